@@ -1,0 +1,5 @@
+import sys
+
+from mobiletag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The ``mobiletag`` command.
+
+This is the only module that reads environment variables and configures logging. A
+:class:`MobiletagError` becomes one clear line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import mobiletag
+from mobiletag.errors import MobiletagError
+
+log = logging.getLogger("mobiletag")
+
+EXIT_USER_ERROR = 2
+
+
+def _config_sources(data_dir: str | None, config_file: str | None) -> list[str | None]:
+    """Override order: configs/default.yaml, the dataset's config.yaml, the user's file."""
+    from mobiletag.data.dataset import DATASET_CONFIG
+
+    sources: list[str | None] = []
+    dataset_config = Path(data_dir, DATASET_CONFIG) if data_dir else None
+    if dataset_config is not None and dataset_config.is_file():
+        sources.append(str(dataset_config))
+    sources.append(config_file)
+    return sources
+
+
+def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mobiletag.config import load_config
+
+    return load_config(*_config_sources(getattr(args, "data_dir", None), args.config))
+
+
+# ======================================================================================
+# Commands
+# ======================================================================================
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from mobiletag.data.sample import make_sample_dataset
+
+    counts = make_sample_dataset(args.out_dir, num_images=args.images, seed=args.seed)
+    print(f"wrote a sample dataset to {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mobiletag.data.dataset import format_summary, validate_dataset
+
+    config = _load_config(args)
+    _, summary = validate_dataset(args.data_dir, config)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(format_summary(summary))
+        print(f"\n{args.data_dir}: valid")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.data.tfrecords import build_tfrecords
+
+    config = _load_config(args)
+    index = index_dataset(args.data_dir, config)
+    build_tfrecords(index, config, args.out_dir)
+    print(f"wrote TFRecords, labels.txt and stats.json to {args.out_dir}")
+    return 0
+
+
+# ======================================================================================
+# Parser
+# ======================================================================================
+
+
+def _add_data_and_config(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    default_data = os.environ.get("DATA_DIR")
+    p.add_argument(
+        "--data-dir",
+        "--data_dir",
+        dest="data_dir",
+        default=default_data,
+        required=data_required and default_data is None,
+        help="dataset folder (images/, *_labels.csv, optional config.yaml); default $DATA_DIR",
+    )
+    p.add_argument(
+        "--config",
+        default=os.environ.get("CONFIG_FILE"),
+        help="YAML file of config overrides (see configs/default.yaml); default $CONFIG_FILE",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobiletag",
+        description="Train mobile multi-label image classifiers and ship them as INT8 TFLite models.",
+    )
+    parser.add_argument("--version", action="version", version=f"mobiletag {mobiletag.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="write a generated multi-label dataset (coloured shapes)")
+    p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder to write the dataset into")
+    p.add_argument("--images", type=int, default=600, help="number of images (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("validate", help="check a dataset and print its summary; exit 2 on a data error")
+    _add_data_and_config(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("prepare", help="validate a dataset and write its TFRecord shards")
+    _add_data_and_config(p)
+    p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder for the shards")
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MobiletagError as exc:
+        print(f"mobiletag {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"mobiletag {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

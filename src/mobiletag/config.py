@@ -1,0 +1,414 @@
+"""Configuration: frozen dataclasses whose defaults are the production settings.
+
+YAML files only hold overrides. They are applied in order (``configs/default.yaml``, the
+dataset's ``config.yaml``, then a user's file); every key is checked against the dataclasses,
+and an unknown key, a wrong type or an out-of-range value is a :class:`ConfigError` naming
+the key, the file it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mobiletag.errors import ConfigError
+
+WEIGHTS_HELP = "'imagenet', 'none', a local file path or a gs:// URI"
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field with its documentation and validation rules (min, max)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class MultiGpuConfig:
+    enabled: bool = _f(True, "train with MirroredStrategy when more than one GPU is visible")
+    mixed_precision: bool = _f(True, "mixed_float16 (mixed_bfloat16 on A100/H100) on GPU; CPU stays float32")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = _f(True, "random horizontal flip")
+    random_resized_crop: bool = _f(True, "random crop of area crop_area_min..1, then resize")
+    crop_area_min: float = _f(0.5, "smallest crop, as a share of the image area", min=0.05, max=1.0)
+    color_jitter: bool = _f(True, "random brightness, contrast and saturation")
+    brightness: float = _f(0.2, "max brightness change, as a share of 255", min=0.0, max=1.0)
+    contrast: float = _f(0.2, "max relative contrast change", min=0.0, max=1.0)
+    saturation: float = _f(0.2, "max relative saturation change", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_stored_side: int | None = _f(
+        None,
+        "longest side of images stored in the TFRecords; null = 15% above the largest training resolution",
+        min=16,
+    )
+    jpeg_quality: int = _f(95, "JPEG quality of the stored images", min=50, max=100)
+    images_per_shard: int = _f(1024, "images per TFRecord shard (about 30-60 MB at the default sizes)", min=1)
+    shuffle_buffer: int = _f(2048, "records in the training shuffle buffer", min=1)
+    cache_train: bool = _f(False, "cache decoded training records in memory (small datasets only)")
+    cache_eval: bool = _f(True, "cache the decoded, resized validation/test images in memory")
+    max_errors: int = _f(50, "stop listing dataset problems after this many", min=1)
+    workers: int = _f(0, "threads that decode images while validating; 0 = one per core", min=0)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    architecture: Literal["efficientnet_b3"] = _f("efficientnet_b3", "teacher backbone")
+    image_size: int = _f(300, "input resolution (pixels, square)", min=32)
+    batch_size: int = _f(64, "global batch size, split across replicas", min=1)
+    weights: str = _f("imagenet", f"backbone weights: {WEIGHTS_HELP}")
+    dropout: float = _f(0.3, "dropout before the classification head", min=0.0, max=0.9)
+    warmup_epochs: int = _f(3, "phase A: epochs training the head with the backbone frozen", min=0)
+    warmup_learning_rate: float = _f(1.0e-3, "phase A learning rate", min=0.0)
+    fine_tune_epochs: int = _f(12, "phase B: epochs fine-tuning the top of the backbone", min=0)
+    fine_tune_learning_rate: float = _f(1.0e-4, "phase B peak learning rate (cosine decay)", min=0.0)
+    fine_tune_fraction: float = _f(0.3, "share of backbone layers unfrozen in phase B", min=0.0, max=1.0)
+    early_stopping_patience: int = _f(4, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    architecture: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = _f(
+        "efficientnet_lite1", "student backbone"
+    )
+    image_size: int = _f(240, "input resolution (pixels, square)", min=32)
+    batch_size: int = _f(128, "global batch size, split across replicas", min=1)
+    weights: str = _f("none", f"backbone weights: {WEIGHTS_HELP}")
+    dropout: float = _f(0.2, "dropout before the classification head", min=0.0, max=0.9)
+    epochs: int = _f(20, "distillation epochs", min=0)
+    learning_rate: float = _f(1.0e-3, "peak learning rate (cosine decay)", min=0.0)
+    alpha: float = _f(0.7, "weight of the hard-label loss; 1 - alpha goes to the distillation term", min=0.0, max=1.0)
+    temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
+    early_stopping_patience: int = _f(5, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    epochs: int = _f(3, "quantization-aware fine-tuning epochs", min=0)
+    learning_rate: float = _f(1.0e-5, "QAT learning rate", min=0.0)
+    batch_size: int = _f(64, "QAT batch size (QAT runs on one device)", min=1)
+    distill: bool = _f(True, "keep distilling from the teacher during QAT")
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    strategy: Literal["f1", "precision", "global"] = _f(
+        "f1",
+        "f1: best F1 per class; precision: highest recall with precision >= min_precision; "
+        "global: one threshold for all classes (best micro F1)",
+    )
+    grid_min: float = _f(0.02, "lowest threshold tried", min=0.0, max=1.0)
+    grid_max: float = _f(0.98, "highest threshold tried", min=0.0, max=1.0)
+    grid_step: float = _f(0.01, "grid step", min=0.001, max=0.5)
+    min_precision: float = _f(0.9, "with strategy 'precision': the precision each class must reach", min=0.0, max=1.0)
+    fallback: float = _f(0.5, "threshold of a class with no validation positives", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    representative_samples: int = _f(256, "training images used to calibrate the INT8 converter", min=1)
+    input_dtype: Literal["uint8", "int8", "float32"] = _f("uint8", "TFLite input type")
+    output_dtype: Literal["uint8", "int8", "float32"] = _f("uint8", "TFLite output type")
+    parity_max_mean_abs_diff: float = _f(0.05, "export check: mean |p_tflite - p_qat| allowed", min=0.0, max=1.0)
+    parity_min_agreement: float = _f(0.95, "export check: share of equal decisions at 0.5 required", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    num_classes: int | None = _f(
+        None, "number of classes; null = inferred from train (an error when it differs)", min=1
+    )
+    classes: list[str] | None = _f(None, "explicit class names in output order; null = sorted train labels")
+    seed: int = _f(42, "seed for shuffling, augmentation and initialisation", min=0)
+    multi_gpu: MultiGpuConfig = field(default_factory=MultiGpuConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    # --- derived values -------------------------------------------------------------
+
+    @property
+    def stored_image_side(self) -> int:
+        """Longest side of images in the TFRecords: a little above the largest resolution."""
+        if self.data.max_stored_side is not None:
+            return self.data.max_stored_side
+        return int(round(max(self.teacher.image_size, self.student.image_size) * 1.15))
+
+    # --- serialisation --------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def section_json(self, *sections: str) -> str:
+        """JSON of the named top-level keys only: a stage's cache key changes with what it reads."""
+        full = self.to_dict()
+        unknown = [s for s in sections if s not in full]
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; sections are {sorted(full)}")
+        return json.dumps({s: full[s] for s in sections}, sort_keys=True)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# ======================================================================================
+# Loading
+# ======================================================================================
+
+
+def load_config(*sources: str | Path | dict[str, Any] | None) -> Config:
+    """Build a Config from override sources applied in order (later wins).
+
+    Each source is a YAML file path, a dict (named ``<overrides>`` in errors) or None (skipped).
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for source in sources:
+        if source is None:
+            continue
+        if isinstance(source, dict):
+            data, name = source, "<overrides>"
+        else:
+            data, name = read_yaml_mapping(Path(source)), str(source)
+        _check_keys_and_types(Config, data, (), name)
+        _merge(merged, data, (), name, origin)
+    config = _build(Config, merged, (), origin)
+    object.__setattr__(config, "_sources", {_key(k): v for k, v in origin.items()})
+    return config
+
+
+def source_of(config: Config, key: str) -> str:
+    """The file that set a config key (for error messages), or 'the default config'."""
+    sources: dict[str, str] = getattr(config, "_sources", {})
+    return sources.get(key, "the default config")
+
+
+def load_config_text(text: str, name: str = "<config_overrides>") -> dict[str, Any]:
+    """Parse YAML override text (for example a pipeline parameter) into a checked mapping."""
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: must be a YAML mapping of config keys, got {type(data).__name__}")
+    _check_keys_and_types(Config, data, (), name)
+    return data
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(
+    into: dict[str, Any],
+    data: dict[str, Any],
+    prefix: tuple[str, ...],
+    name: str,
+    origin: dict[tuple[str, ...], str],
+) -> None:
+    for key, value in data.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, path, name, origin)
+        else:
+            into[key] = copy.deepcopy(value)
+            _mark(origin, path, value, name)
+
+
+def _mark(origin: dict[tuple[str, ...], str], path: tuple[str, ...], value: Any, name: str) -> None:
+    origin[path] = name
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _mark(origin, (*path, key), sub, name)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _key(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
+def _check_keys_and_types(cls: type, data: dict[str, Any], prefix: tuple[str, ...], name: str) -> None:
+    hints = _hints(cls)
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"section '{_key(prefix)}'" if prefix else "the top level"
+            raise ConfigError(
+                f"{name}: unknown config key '{_key(path)}'{hint}; keys allowed in {where}: {', '.join(hints)}"
+            )
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{name}: config key '{_key(path)}' must be a mapping of {', '.join(_hints(tp))}, got {value!r}"
+                )
+            _check_keys_and_types(tp, value, path, name)
+        else:
+            _coerce(tp, value, path, name)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, path: tuple[str, ...], name: str) -> Any:
+    """Return value as type tp, or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, path, name)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{name}: config key '{_key(path)}' is {value!r}; it must be {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: config key '{_key(path)}' must be {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, (*path, f"[{i}]"), name) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                pass
+            else:
+                raise ConfigError(
+                    f"{name}: config key '{_key(path)}' is the text {value!r}, not a number: PyYAML reads "
+                    f"numbers like 1e-4 as text; write it with a dot and a signed exponent (1.0e-4) or as 0.0001"
+                )
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{name}: config key '{_key(path)}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        path = (*prefix, f.name)
+        name = origin.get(path, "<config>")
+        tp = hints[f.name]
+        value = data[f.name]
+        if _is_dataclass_type(tp):
+            kwargs[f.name] = _build(tp, value, path, origin)
+            continue
+        value = _coerce(tp, value, path, name)
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        numbers = value if isinstance(value, list) else [value]
+        for number in numbers:
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                if (low is not None and number < low) or (high is not None and number > high):
+                    allowed = f">= {low}" if high is None else f"between {low} and {high}"
+                    raise ConfigError(f"{name}: config key '{_key(path)}' is {number}; it must be {allowed}")
+        kwargs[f.name] = value
+    config = cls(**kwargs)
+    _check_consistency(config, origin)
+    return config
+
+
+def _check_consistency(config: Any, origin: dict[tuple[str, ...], str]) -> None:
+    if isinstance(config, ThresholdsConfig) and config.grid_min > config.grid_max:
+        src = origin.get(("thresholds", "grid_min"), "<config>")
+        raise ConfigError(
+            f"{src}: thresholds.grid_min ({config.grid_min}) is above thresholds.grid_max ({config.grid_max}); "
+            "swap them"
+        )
+    if isinstance(config, Config) and config.classes is not None:
+        names = [c.strip() for c in config.classes]
+        src = origin.get(("classes",), "<config>")
+        if any(not c for c in names):
+            raise ConfigError(f"{src}: config key 'classes' has an empty class name; remove it")
+        dupes = sorted({c for c in names if names.count(c) > 1})
+        if dupes:
+            raise ConfigError(f"{src}: config key 'classes' lists {dupes} more than once; list each class once")
+        if any("|" in c for c in names):
+            raise ConfigError(f"{src}: config key 'classes' has a name with '|', which separates labels in the CSVs")
+        if config.num_classes is not None and config.num_classes != len(names):
+            raise ConfigError(
+                f"{src}: 'num_classes' is {config.num_classes} but 'classes' lists {len(names)} names; "
+                "make them agree or drop num_classes"
+            )
+
+
+# ======================================================================================
+# Documentation of the defaults (used to check configs/default.yaml)
+# ======================================================================================
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every leaf key, in declaration order."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if _is_dataclass_type(hints[f.name]):
+            rows.extend(describe(hints[f.name], key + "."))
+        else:
+            rows.append((key, f.default, f.metadata.get("help", "")))
+    return rows

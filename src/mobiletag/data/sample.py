@@ -1,0 +1,100 @@
+"""A generated multi-label dataset: coloured shapes on noisy backgrounds.
+
+Each image holds zero to three different shapes (a few images hold none: legal negatives),
+so a small model learns it well on a CPU in minutes while it still exercises everything a
+real dataset does: several labels per image, JPEG and PNG files, sub-folders, all three splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("circle", "cross", "ring", "square", "star", "triangle")
+SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+
+
+def _polygon_star(cx: float, cy: float, r: float, points: int = 5) -> list[tuple[float, float]]:
+    out = []
+    for k in range(points * 2):
+        radius = r if k % 2 == 0 else r * 0.45
+        angle = math.pi * k / points - math.pi / 2
+        out.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+    return out
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour: tuple[int, ...]) -> None:
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "ring":
+        draw.ellipse(box, outline=colour, width=max(2, int(r * 0.3)))
+    elif shape == "square":
+        draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=colour)
+    elif shape == "star":
+        draw.polygon(_polygon_star(cx, cy, r), fill=colour)
+    elif shape == "cross":
+        w = r * 0.32
+        draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
+        draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
+    else:  # pragma: no cover - CLASSES is closed
+        raise ValueError(shape)
+
+
+def _image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
+    width, height = int(rng.integers(112, 192)), int(rng.integers(104, 176))
+    base = rng.integers(30, 226, size=3)
+    gradient = np.linspace(-25, 25, width)[None, :, None] * rng.choice([-1, 1])
+    noise = rng.normal(0, 18, size=(height, width, 3))
+    pixels = np.clip(base[None, None, :] + gradient + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    cells = rng.permutation(4)[: len(labels)]  # one quadrant each, so shapes rarely hide each other
+    for shape, cell in zip(labels, cells):
+        r = float(rng.uniform(0.16, 0.24)) * min(width, height)
+        cx = (cell % 2 + 0.5) * width / 2 + rng.uniform(-0.08, 0.08) * width
+        cy = (cell // 2 + 0.5) * height / 2 + rng.uniform(-0.08, 0.08) * height
+        # a colour far from the background, so the shape is visible
+        colour = tuple(int(v) for v in (base + 128 + rng.integers(-40, 40, size=3)) % 256)
+        _draw(draw, shape, cx, cy, r, colour)
+    return image
+
+
+def make_sample_dataset(out_dir: str | Path, num_images: int = 600, seed: int = 0) -> dict[str, int]:
+    """Write the dataset layout into out_dir; returns the image count per split."""
+    if num_images < 20:
+        raise ValueError("the sample dataset needs at least 20 images (to fill three splits)")
+    root = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[tuple[str, str]]] = {s: [] for s, _ in SPLIT_SHARES}
+    split_of = rng.choice([s for s, _ in SPLIT_SHARES], size=num_images, p=[p for _, p in SPLIT_SHARES])
+    # never an empty split, and every class has a training positive however small the set
+    split_of[: len(CLASSES) + 2] = ["train"] * len(CLASSES) + ["val", "test"]
+    for i in range(num_images):
+        count = int(rng.choice([0, 1, 2, 3], p=[0.05, 0.35, 0.4, 0.2]))
+        labels = sorted(rng.choice(CLASSES, size=count, replace=False).tolist())
+        if i < len(CLASSES) and CLASSES[i] not in labels:
+            labels = sorted([CLASSES[i], *labels[:2]])
+        image = _image(rng, labels)
+        folder = f"set{i % 4}"
+        ext = "png" if i % 10 == 3 else "jpg"
+        rel = f"{folder}/img_{i:05d}.{ext}"
+        (root / "images" / folder).mkdir(exist_ok=True)
+        if ext == "png":
+            image.save(root / "images" / rel, format="PNG")
+        else:
+            image.save(root / "images" / rel, format="JPEG", quality=90)
+        rows[str(split_of[i])].append((rel, "|".join(labels)))
+    for split, split_rows in rows.items():
+        with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["filepath", "labels"])
+            writer.writerows(split_rows)
+    return {split: len(r) for split, r in rows.items()}

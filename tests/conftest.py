@@ -1,0 +1,47 @@
+"""Shared fixtures: generated data only, never downloaded.
+
+TensorFlow gets two logical CPU devices before anything else touches it, so tests can run
+a 2-replica MirroredStrategy on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+import mobiletag  # noqa: F401  (selects tf_keras before TensorFlow is imported)
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fast_config():
+    from mobiletag.config import load_config
+
+    return load_config(REPO / "configs" / "default.yaml", REPO / "configs" / "fast.yaml")
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    from mobiletag.data.sample import make_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample")
+    make_sample_dataset(root, num_images=120, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tfrecord_dir(sample_dir, fast_config, tmp_path_factory) -> Path:
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.data.tfrecords import build_tfrecords
+
+    out = tmp_path_factory.mktemp("tfrecords") / "ds"
+    build_tfrecords(index_dataset(sample_dir, fast_config), fast_config, out)
+    return out

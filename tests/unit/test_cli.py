@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args, env=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mobiletag", *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def test_sample_data_then_validate(tmp_path):
+    out = tmp_path / "data"
+    result = run_cli("sample-data", "--out-dir", str(out), "--images", "40", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert (out / "train_labels.csv").is_file()
+    result = run_cli("validate", "--data-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "6 classes" in result.stdout and "valid" in result.stdout
+    result = run_cli("validate", "--json", env={"DATA_DIR": str(out)})  # legacy environment default
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["splits"]["train"]["num_images"] > 0
+
+
+def test_data_error_is_one_clear_message_and_exit_2(tmp_path):
+    out = tmp_path / "data"
+    assert run_cli("sample-data", "--out-dir", str(out), "--images", "30").returncode == 0
+    with open(out / "val_labels.csv", "a", encoding="utf-8") as fh:
+        fh.write("../../etc/passwd,circle\n")
+    result = run_cli("validate", "--data_dir", str(out))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "val_labels.csv line" in result.stderr and "would escape images/" in result.stderr
+
+
+def test_config_error_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: {alpha: 2}\n")
+    out = tmp_path / "data"
+    assert run_cli("sample-data", "--out-dir", str(out), "--images", "30").returncode == 0
+    result = run_cli("validate", "--data-dir", str(out), "--config", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{bad}: config key 'student.alpha' is 2" in result.stderr
+
+
+def test_dataset_config_yaml_is_applied(tmp_path):
+    out = tmp_path / "data"
+    assert run_cli("sample-data", "--out-dir", str(out), "--images", "30").returncode == 0
+    (out / "config.yaml").write_text("num_classes: 4\n")
+    result = run_cli("validate", "--data-dir", str(out))
+    assert result.returncode == 2
+    assert "config.yaml: config key 'num_classes' is 4 but the data has 6 classes" in result.stderr
