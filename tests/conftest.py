@@ -45,3 +45,28 @@ def tfrecord_dir(sample_dir, fast_config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tfrecords") / "ds"
     build_tfrecords(index_dataset(sample_dir, fast_config), fast_config, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(fast_config):
+    """Smallest settings that still run every code path: 32 px, a couple of epochs."""
+    from mobiletag.config import load_config
+
+    return load_config(
+        REPO / "configs" / "fast.yaml",
+        {
+            "teacher": {"image_size": 32, "batch_size": 16, "warmup_epochs": 1, "fine_tune_epochs": 1},
+            "student": {"image_size": 32, "batch_size": 16, "epochs": 2},
+            "qat": {"epochs": 1, "batch_size": 16},
+            "export": {"representative_samples": 16},
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tfrecord_dir, tiny_config, tmp_path_factory) -> Path:
+    from mobiletag.stages import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher.run(tiny_config, tfrecord_dir, out)
+    return out

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -77,6 +78,39 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mobiletag.local_run import run_pipeline
+
+    config = _load_config(args)
+    started = time.perf_counter()
+    results = run_pipeline(config, args.data_dir, args.out_dir, work_dir=args.work_dir, keep_work=args.work_dir is not None)
+    test = results["evaluate"].metrics
+    out = Path(args.out_dir)
+    print(
+        f"\nfinished in {time.perf_counter() - started:.0f} s\n"
+        f"model:   {out / 'model_qat_int8.tflite'} ({int(test['size_bytes'])} bytes)\n"
+        f"report:  {out / 'report.md'}\n"
+        f"metrics: {out / 'metrics.json'} (test macro mAP {test['test_map_macro']:.3f}, "
+        f"micro F1 {test['test_f1_micro']:.3f}, float student mAP {test['student_map_macro']:.3f}, "
+        f"teacher mAP {test['teacher_map_macro']:.3f})"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mobiletag.predict import Predictor
+
+    predictor = Predictor(args.model_dir, num_threads=args.threads)
+    results = [predictor.predict_file(path) for path in args.images]
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            shown = ", ".join(f"{name} {score:.3f}" for name, score in r["labels"].items()) or "(no label)"
+            print(f"{r['image']}: {shown}")
+    return 0
+
+
 # ======================================================================================
 # Parser
 # ======================================================================================
@@ -123,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_and_config(p)
     p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder for the shards")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="run the whole pipeline on this machine and write the output folder")
+    _add_data_and_config(p)
+    p.add_argument("--out-dir", "--out_dir", dest="out_dir", default=os.environ.get("OUTPUT_DIR", "./output"),
+                   help="output folder (model, labels, metrics, thresholds, inference config); default $OUTPUT_DIR "
+                        "or ./output")
+    p.add_argument("--work-dir", default=None, help="keep every stage's artifacts in this folder (default: a "
+                   "temporary folder, removed at the end)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="label images with an output folder's TFLite model, as an app would")
+    p.add_argument("--model-dir", required=True, help="output folder of `mobiletag train`")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON: every score and the labels above threshold")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -77,6 +77,9 @@ class TeacherConfig:
     fine_tune_learning_rate: float = _f(1.0e-4, "phase B peak learning rate (cosine decay)", min=0.0)
     fine_tune_fraction: float = _f(0.3, "share of backbone layers unfrozen in phase B", min=0.0, max=1.0)
     early_stopping_patience: int = _f(4, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+    batch_norm_momentum: float = _f(
+        0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class StudentConfig:
     alpha: float = _f(0.7, "weight of the hard-label loss; 1 - alpha goes to the distillation term", min=0.0, max=1.0)
     temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
     early_stopping_patience: int = _f(5, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+    batch_norm_momentum: float = _f(
+        0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""inference_config.json: everything an app needs to run the model, and the preprocessing
+that evaluation and ``mobiletag predict`` share with an app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+
+
+def build_inference_config(
+    model: TFLiteModel, labels: list[str], thresholds: dict[str, float] | None = None
+) -> dict[str, Any]:
+    size = model.image_size
+    inp, out = model.input, model.output
+    return {
+        "model_file": MODEL_FILE,
+        "input": {
+            "shape": inp.shape,
+            "dtype": inp.dtype,
+            "color_order": "RGB",
+            "layout": "NHWC",
+            "resize": "bilinear",
+            "crop": "none: the whole image is resized to the input size (aspect ratio not kept)",
+            "value_range": [0, 255],
+            "normalization": "none: feed pixel values; the model normalises (x - 127) / 128 inside",
+            "quantization": {"scale": inp.scale, "zero_point": inp.zero_point},
+            "how_to": (
+                f"decode to RGB, apply EXIF orientation, resize to {size}x{size} (bilinear), then "
+                + ("feed the pixels as they are" if inp.dtype == "uint8" and inp.scale == 1.0 and inp.zero_point == 0
+                   else "quantize: q = round(pixel / scale + zero_point)")
+            ),
+        },
+        "output": {
+            "shape": out.shape,
+            "dtype": out.dtype,
+            "activation": "sigmoid (already applied: the output is a probability per class)",
+            "quantization": {"scale": out.scale, "zero_point": out.zero_point},
+            "dequantize": "probability = scale * (q - zero_point)",
+        },
+        "labels": list(labels),
+        "thresholds": dict(thresholds or {}),
+        "decision": "a label applies when its probability >= its threshold",
+    }
+
+
+def app_pixels(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
+    """An RGB PIL image -> the uint8 pixel array an app feeds, per inference_config.json."""
+    _, height, width, _ = config["input"]["shape"]
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)

@@ -1,0 +1,66 @@
+"""Stage: the output folder of the contract with the app team.
+
+model_qat_int8.tflite, labels.txt, metrics.json, threshold_recommendation.json,
+inference_config.json, teacher_*.h5, student_*.h5 (+ report.md). Written to a temporary
+sibling and renamed, so a folder that exists is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from mobiletag.export.inference_config import build_inference_config
+from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+from mobiletag.stages.common import StageResult, read_json, write_json
+from mobiletag.stages.evaluate import METRICS_FILE, REPORT_FILE
+from mobiletag.stages.optimize_thresholds import THRESHOLDS_FILE
+from mobiletag.stages.quantize import CHECKPOINT as QAT_CHECKPOINT
+from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
+from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
+
+log = logging.getLogger(__name__)
+
+INFERENCE_CONFIG = "inference_config.json"
+CONTRACT = (MODEL_FILE, "labels.txt", METRICS_FILE, THRESHOLDS_FILE, INFERENCE_CONFIG)
+
+
+def run(
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    qat_dir: str | Path,
+    tflite_dir: str | Path,
+    thresholds_dir: str | Path,
+    eval_dir: str | Path,
+    out_dir: str | Path,
+) -> StageResult:
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        copies = {
+            MODEL_FILE: Path(tflite_dir) / MODEL_FILE,
+            "labels.txt": Path(tflite_dir) / "labels.txt",
+            METRICS_FILE: Path(eval_dir) / METRICS_FILE,
+            REPORT_FILE: Path(eval_dir) / REPORT_FILE,
+            THRESHOLDS_FILE: Path(thresholds_dir) / THRESHOLDS_FILE,
+            TEACHER_CHECKPOINT: Path(teacher_dir) / TEACHER_CHECKPOINT,
+            STUDENT_CHECKPOINT: Path(student_dir) / STUDENT_CHECKPOINT,
+            QAT_CHECKPOINT: Path(qat_dir) / QAT_CHECKPOINT,
+        }
+        for name, source in copies.items():
+            shutil.copyfile(source, tmp / name)
+        labels = (tmp / "labels.txt").read_text(encoding="utf-8").splitlines()
+        thresholds = {k: v["threshold"] for k, v in read_json(tmp / THRESHOLDS_FILE)["classes"].items()}
+        config = build_inference_config(TFLiteModel(tmp / MODEL_FILE), labels, thresholds)
+        write_json(tmp / INFERENCE_CONFIG, config)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("output folder: %s", out)
+    return StageResult(files={name: str(out / name) for name in sorted(p.name for p in out.iterdir())})

@@ -1,0 +1,98 @@
+"""Stage: the shipped INT8 model on the test split, with the validation thresholds; the float
+teacher and student on the same images, so metrics.json shows what distillation and
+quantization cost; model size and CPU latency."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from mobiletag.config import Config
+from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
+from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+from mobiletag.models.student import preprocess
+from mobiletag.stages.common import StageResult, dataset_facts, read_json, write_json
+from mobiletag.stages.export_tflite import eval_pixels
+from mobiletag.stages.optimize_thresholds import THRESHOLDS_FILE
+from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
+from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def _keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), 64):
+        batch = tf.constant(images[start : start + 64])
+        logits = model(preprocess(batch) if normalise else batch, training=False)
+        out.append(tf.sigmoid(tf.cast(logits, tf.float32)).numpy())
+    return np.concatenate(out)
+
+
+def run(
+    config: Config,
+    dataset_dir: str | Path,
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    tflite_dir: str | Path,
+    thresholds_dir: str | Path,
+    out_dir: str | Path,
+) -> StageResult:
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = dataset_facts(dataset_dir)
+    model_path = Path(tflite_dir) / MODEL_FILE
+    tflite = TFLiteModel(model_path, num_threads=2)
+    recommendation = read_json(Path(thresholds_dir) / THRESHOLDS_FILE)
+    thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
+
+    images, labels, paths = eval_pixels(dataset_dir, "test", tflite.image_size, with_paths=True)
+    scores = tflite.predict(images)
+    test = classification_metrics(labels, scores, facts.classes, thresholds)
+
+    teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
+    student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
+    teacher_images, _ = eval_pixels(dataset_dir, "test", teacher.input_shape[1])
+    compare = {
+        "teacher": ranking_metrics(labels, _keras_scores(teacher, teacher_images, normalise=False)),
+        "student": ranking_metrics(labels, _keras_scores(student, images, normalise=True)),
+        "student_int8": ranking_metrics(labels, scores),
+    }
+    latency = {f"threads_{n}": round(TFLiteModel(model_path, num_threads=n).latency_ms(), 3) for n in (1, 2)}
+    metrics: dict[str, Any] = {
+        "model": MODEL_FILE,
+        "test": test,
+        "compare": compare,
+        "size_bytes": model_path.stat().st_size,
+        "latency_ms": latency,
+        "thresholds_strategy": recommendation["strategy"],
+        "classes": facts.classes,
+    }
+    write_json(out / METRICS_FILE, metrics)
+    (out / REPORT_FILE).write_text(markdown_report(metrics), encoding="utf-8")
+    write_json(out / "test_scores.json", {"paths": paths, "scores": np.round(scores, 6).tolist(),
+                                          "labels": labels.astype(int).tolist()})
+    log.info("test: macro mAP %.4f (float student %.4f, teacher %.4f), micro F1 %.4f, %d bytes, %.2f ms/img",
+             test["map_macro"] or 0, compare["student"]["map_macro"] or 0, compare["teacher"]["map_macro"] or 0,
+             test["f1_micro"], metrics["size_bytes"], latency["threads_1"])
+    scalars = {
+        "test_map_macro": test["map_macro"] or 0.0, "test_map_micro": test["map_micro"] or 0.0,
+        "test_f1_macro": test["f1_macro"], "test_f1_micro": test["f1_micro"],
+        "test_exact_match": test["exact_match"], "test_hamming_loss": test["hamming_loss"],
+        "teacher_map_macro": compare["teacher"]["map_macro"] or 0.0,
+        "student_map_macro": compare["student"]["map_macro"] or 0.0,
+        "size_bytes": float(metrics["size_bytes"]), "latency_ms_1_thread": latency["threads_1"],
+        "latency_ms_2_threads": latency["threads_2"], "seconds": round(time.perf_counter() - started, 1),
+    }
+    return StageResult(metrics=scalars, files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE)},
+                       details={"labels": labels, "scores": scores})

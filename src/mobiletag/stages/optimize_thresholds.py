@@ -1,0 +1,34 @@
+"""Stage: per-class thresholds by grid search on validation, on the exported INT8 model's outputs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mobiletag.config import Config
+from mobiletag.evaluation.thresholds import optimize_thresholds
+from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+from mobiletag.stages.common import StageResult, dataset_facts, write_json
+from mobiletag.stages.export_tflite import eval_pixels
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS_FILE = "threshold_recommendation.json"
+
+
+def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir: str | Path) -> StageResult:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = dataset_facts(dataset_dir)
+    model = TFLiteModel(Path(tflite_dir) / MODEL_FILE)
+    images, labels = eval_pixels(dataset_dir, "val", model.image_size)
+    scores = model.predict(images)
+    result = optimize_thresholds(labels, scores, facts.classes, config.thresholds)
+    result["model"] = MODEL_FILE
+    result["split"] = "val"
+    write_json(out / THRESHOLDS_FILE, result)
+    f1 = [c["f1"] for c in result["classes"].values() if c["support"] > 0]
+    metrics = {"val_f1_macro_at_thresholds": round(sum(f1) / len(f1), 4) if f1 else 0.0}
+    log.info("thresholds (%s): %s", config.thresholds.strategy,
+             ", ".join(f"{k} {v['threshold']}" for k, v in result["classes"].items()))
+    return StageResult(metrics=metrics, files={"thresholds": str(out / THRESHOLDS_FILE)}, details=result)

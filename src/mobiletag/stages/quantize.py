@@ -1,0 +1,74 @@
+"""Stage: quantization-aware training of the distilled student (one device)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import tf_keras as keras
+
+from mobiletag.config import Config
+from mobiletag.data.pipeline import make_dataset
+from mobiletag.models.student import preprocess
+from mobiletag.quantization.qat import load_qat_model, quantize
+from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
+from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
+from mobiletag.stages.train_student import load_teacher
+from mobiletag.training.fit import Trainer, fit, predict_scores
+from mobiletag.training.metrics import mean_average_precision
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "student_qat.h5"
+METRICS = "qat_metrics.json"
+
+
+def run(
+    config: Config,
+    dataset_dir: str | Path,
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    model_dir: str | Path,
+    backup_dir: str | None = None,
+) -> StageResult:
+    started = time.perf_counter()
+    cfg = config.qat
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = dataset_facts(dataset_dir)
+    steps = steps_per_epoch(facts.num_train, cfg.batch_size, "qat.batch_size")
+    seed_everything(config)
+    size = config.student.image_size
+    distill = cfg.distill and config.student.alpha < 1.0
+    sizes = [config.teacher.image_size, size] if distill else [size]
+    train_ds = make_dataset(dataset_dir, "train", image_sizes=sizes, batch_size=cfg.batch_size, training=True,
+                            repeat=True, num_classes=facts.num_classes, config=config)
+    val_ds = make_dataset(dataset_dir, "val", image_sizes=[size], batch_size=cfg.batch_size, training=False,
+                          num_classes=facts.num_classes, config=config)
+    student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
+    float_map = mean_average_precision(*reversed(predict_scores(student, val_ds, preprocess)))
+    qat_model = quantize(student)
+    teacher = load_teacher(teacher_dir) if distill else None
+    trainer = Trainer(qat_model, teacher, alpha=config.student.alpha if distill else 1.0,
+                      temperature=config.student.temperature, preprocess=preprocess)
+    trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+    checkpoint = out / CHECKPOINT
+    result = fit(trainer, train_ds, val_ds, name="qat", epochs=cfg.epochs, steps_per_epoch=steps,
+                 batch_size=cfg.batch_size, checkpoint=checkpoint,
+                 backup_dir=Path(backup_dir) if backup_dir else None, patience=0, preprocess=preprocess)
+    if not checkpoint.exists():
+        qat_model.save(checkpoint)
+    best = load_qat_model(checkpoint)
+    val_map = mean_average_precision(*reversed(predict_scores(best, val_ds, preprocess)))
+    metrics = {
+        "val_map": round(val_map, 4),
+        "val_map_float_student": round(float_map, 4),
+        "train_images_per_second": round(result.train_images_per_second, 2),
+        "epochs": result.epochs_run,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / METRICS, {"metrics": metrics, "distill": distill, "history": result.history,
+                               "image_size": size, "classes": facts.classes})
+    log.info("qat: validation mAP %.4f (float student %.4f)", val_map, float_map)
+    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint)})

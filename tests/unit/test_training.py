@@ -1,0 +1,178 @@
+"""Losses, the distillation step, the multi-replica reduction, and resuming after a kill."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from mobiletag.models.student import build_student
+from mobiletag.training.fit import Trainer
+from mobiletag.training.losses import distillation_loss, hard_loss, soft_loss
+
+
+def _bce(p, q):
+    return -(p * math.log(q) + (1 - p) * math.log(1 - q))
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_losses_by_hand():
+    labels = tf.constant([[1.0, 0.0]])
+    student = tf.constant([[2.0, -1.0]])
+    teacher = tf.constant([[1.0, 3.0]])
+    hard = (_bce(1, _sig(2.0)) + _bce(0, _sig(-1.0))) / 2
+    T = 2.0
+    soft = (_bce(_sig(1.0 / T), _sig(2.0 / T)) + _bce(_sig(3.0 / T), _sig(-1.0 / T))) / 2
+    assert hard_loss(labels, student).numpy()[0] == pytest.approx(hard, rel=1e-5)
+    assert soft_loss(teacher, student, T).numpy()[0] == pytest.approx(soft, rel=1e-5)
+    total = distillation_loss(labels, student, teacher, alpha=0.7, temperature=T).numpy()[0]
+    assert total == pytest.approx(0.7 * hard + 0.3 * T**2 * soft, rel=1e-5)
+    assert distillation_loss(labels, student, teacher, alpha=1.0, temperature=T).numpy()[0] == pytest.approx(hard)
+
+
+def _tiny_pair(num_classes=3):
+    keras.utils.set_random_seed(1)
+    teacher = build_student(num_classes, 32, "efficientnet_lite0")
+    student = build_student(num_classes, 32, "efficientnet_lite0")
+    return teacher, student
+
+
+def _batch(n=8, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, size=(n, 32, 32, 3)).astype(np.float32)
+    labels = (rng.uniform(size=(n, num_classes)) > 0.5).astype(np.float32)
+    return images, labels
+
+
+def test_distillation_step_updates_student_only():
+    teacher, student = _tiny_pair()
+    trainer = Trainer(student, teacher, alpha=0.7, temperature=2.0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    images, labels = _batch()
+    before_teacher = [w.copy() for w in teacher.get_weights()]
+    before_student = [w.copy() for w in student.get_weights()]
+    trainer.train_on_batch((images, images), labels)
+    assert all(np.array_equal(a, b) for a, b in zip(before_teacher, teacher.get_weights()))
+    changed = [not np.array_equal(a, b) for a, b in zip(before_student, student.get_weights())]
+    assert sum(changed) > len(changed) // 2
+
+
+def test_alpha_one_is_plain_training():
+    teacher, student = _tiny_pair()
+    images, labels = _batch()
+    plain_student = keras.models.clone_model(student)
+    plain_student.set_weights(student.get_weights())
+    with_teacher = Trainer(student, teacher, alpha=1.0, temperature=2.0)
+    plain = Trainer(plain_student)
+    for t in (with_teacher, plain):
+        t.compile(optimizer=keras.optimizers.SGD(0.1))
+    loss_a = with_teacher.train_on_batch((images, images), labels)
+    loss_b = plain.train_on_batch(images, labels)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for a, b in zip(student.get_weights(), plain_student.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _step_under(devices, weights_t, weights_s, images, labels):
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        teacher, student = _tiny_pair()
+        teacher.set_weights(weights_t)
+        student.set_weights(weights_s)
+        for layer in student.layers:  # per-replica batch statistics would differ; the reduction is under test
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        trainer = Trainer(student, teacher, alpha=0.7, temperature=2.0)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05))
+    ds = tf.data.Dataset.from_tensors(((images, images), labels))
+    history = trainer.fit(ds, epochs=1, verbose=0)
+    return history.history["loss"][0], student.get_weights()
+
+
+def test_one_and_two_replicas_give_the_same_step():
+    teacher, student = _tiny_pair()
+    images, labels = _batch(n=8)
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    loss1, weights1 = _step_under(cpus[:1], teacher.get_weights(), student.get_weights(), images, labels)
+    loss2, weights2 = _step_under(cpus[:2], teacher.get_weights(), student.get_weights(), images, labels)
+    assert loss1 == pytest.approx(loss2, rel=1e-4)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_student_stage_distils_and_writes_checkpoint(tfrecord_dir, teacher_dir, tiny_config, tmp_path):
+    from mobiletag.stages import train_student
+
+    result = train_student.run(tiny_config, tfrecord_dir, teacher_dir, tmp_path / "student")
+    assert (tmp_path / "student" / "student_best.h5").is_file()
+    assert 0.0 < result.metrics["val_map"] <= 1.0
+    assert result.metrics["epochs"] == 2 and result.metrics["train_images_per_second"] > 0
+    model = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
+    assert model.output_shape == (None, 6)
+
+
+def test_teacher_stage_output(teacher_dir):
+    import json
+
+    metrics = json.loads((teacher_dir / "teacher_metrics.json").read_text())
+    assert (teacher_dir / "teacher_best.h5").is_file()
+    assert metrics["metrics"]["epochs_phase_a"] == 1 and metrics["metrics"]["epochs_phase_b"] == 1
+    assert 0.0 < metrics["metrics"]["val_map"] <= 1.0
+    model = keras.models.load_model(teacher_dir / "teacher_best.h5", compile=False)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 6)
+
+
+RESUME_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+import mobiletag
+from mobiletag.config import load_config
+from mobiletag.stages import train_student
+config = load_config(sys.argv[1], {"student": {"epochs": 6, "image_size": 32, "batch_size": 16}})
+train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_dir=sys.argv[5])
+print("STAGE DONE", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_epoch(tfrecord_dir, teacher_dir, tmp_path):
+    from ..conftest import REPO
+
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT)
+    backup = tmp_path / "backup"
+    args = [sys.executable, "-u", str(script), str(REPO / "configs" / "fast.yaml"), str(tfrecord_dir),
+            str(teacher_dir), str(tmp_path / "student"), str(backup)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    deadline = time.time() + 300
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if "student epoch 2:" in line:
+            time.sleep(1.0)  # let the epoch-end backup land, then kill without warning
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.time() < deadline, "".join(seen[-20:])
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    assert backup.is_dir()
+    second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    epochs = [line for line in second.stdout.splitlines() if "student epoch" in line]
+    assert epochs[0].startswith("student epoch 3:"), epochs  # resumed after the two finished epochs
+    assert "STAGE DONE" in second.stdout
+    assert not backup.exists()  # the backup is removed once the stage finished
