@@ -47,20 +47,36 @@ def tfrecord_dir(sample_dir, fast_config, tmp_path_factory) -> Path:
     return out
 
 
+# Smallest settings that still run every code path: 32 px, one or two epochs.
+TINY = {
+    "teacher": {"image_size": 32, "batch_size": 16, "warmup_epochs": 1, "fine_tune_epochs": 1},
+    "student": {"image_size": 32, "batch_size": 16, "epochs": 2},
+    "qat": {"epochs": 1, "batch_size": 16},
+    "export": {"representative_samples": 16, "parity_max_mean_abs_diff": 0.1, "parity_min_agreement": 0.8},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides_text() -> str:
+    """configs/fast.yaml with the TINY settings on top, as one YAML text (a run's overrides)."""
+    import yaml
+
+    fast = yaml.safe_load((REPO / "configs" / "fast.yaml").read_text())
+    return yaml.safe_dump(_merge(fast, TINY))
+
+
 @pytest.fixture(scope="session")
 def tiny_config(fast_config):
-    """Smallest settings that still run every code path: 32 px, a couple of epochs."""
     from mobiletag.config import load_config
 
-    return load_config(
-        REPO / "configs" / "fast.yaml",
-        {
-            "teacher": {"image_size": 32, "batch_size": 16, "warmup_epochs": 1, "fine_tune_epochs": 1},
-            "student": {"image_size": 32, "batch_size": 16, "epochs": 2},
-            "qat": {"epochs": 1, "batch_size": 16},
-            "export": {"representative_samples": 16},
-        },
-    )
+    return load_config(REPO / "configs" / "fast.yaml", TINY)
 
 
 @pytest.fixture(scope="session")

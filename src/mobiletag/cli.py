@@ -79,20 +79,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mobiletag.local_run import run_pipeline
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.storage import is_gcs
 
-    config = _load_config(args)
+    config = _load_config(args)  # checked first: a config or CSV error stops before any stage starts
+    if not is_gcs(args.data_dir):
+        index_dataset(args.data_dir, config)
     started = time.perf_counter()
-    results = run_pipeline(config, args.data_dir, args.out_dir, work_dir=args.work_dir, keep_work=args.work_dir is not None)
-    test = results["evaluate"].metrics
+    if args.runner == "inprocess":
+        from mobiletag.local_run import run_pipeline
+
+        run_pipeline(config, args.data_dir, args.out_dir, work_dir=args.work_dir, keep_work=args.work_dir is not None)
+    else:
+        from mobiletag.kfp_run import run_local
+
+        config_text = Path(args.config).read_text(encoding="utf-8") if args.config else ""
+        run_local(args.data_dir, args.out_dir, config_text, runner=args.runner, work_dir=args.work_dir)
     out = Path(args.out_dir)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    test, compare = metrics["test"], metrics["compare"]
     print(
         f"\nfinished in {time.perf_counter() - started:.0f} s\n"
-        f"model:   {out / 'model_qat_int8.tflite'} ({int(test['size_bytes'])} bytes)\n"
+        f"model:   {out / 'model_qat_int8.tflite'} ({metrics['size_bytes']} bytes, "
+        f"{metrics['latency_ms']['threads_1']} ms/image on 1 CPU thread)\n"
         f"report:  {out / 'report.md'}\n"
-        f"metrics: {out / 'metrics.json'} (test macro mAP {test['test_map_macro']:.3f}, "
-        f"micro F1 {test['test_f1_micro']:.3f}, float student mAP {test['student_map_macro']:.3f}, "
-        f"teacher mAP {test['teacher_map_macro']:.3f})"
+        f"metrics: {out / 'metrics.json'}: test macro mAP {test['map_macro']} (float student "
+        f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}"
     )
     return 0
 
@@ -109,6 +121,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{name} {score:.3f}" for name, score in r["labels"].items()) or "(no label)"
             print(f"{r['image']}: {shown}")
     return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mobiletag.kfp_run import run_parameters, submit
+
+    given = {"data_uri": args.data_uri, "config_overrides": _read_overrides(args.config), "output_uri": args.output_uri,
+             "backup_uri": args.backup_uri, "teacher_gpus": args.teacher_gpus, "student_gpus": args.student_gpus,
+             "gpu_node_pool": args.gpu_node_pool, "gpu_accelerator": args.gpu_accelerator}
+    params = run_parameters(given, dict(os.environ))
+    run_name = args.run_name or f"{args.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    ident = submit(params, pipeline_name=args.pipeline_name, package=args.package, experiment=args.experiment,
+                   run_name=run_name, cron=args.cron, host=args.host, namespace=args.namespace)
+    kind = "recurring run" if args.cron else "run"
+    print(f"started {kind} {run_name} ({ident}) with {json.dumps(params, sort_keys=True)}")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from mobiletag.kfp_run import upload
+
+    ident = upload(args.package, args.pipeline_name, args.version, args.host, args.namespace)
+    print(f"uploaded {args.package} as {args.pipeline_name} version {args.version} ({ident})")
+    return 0
+
+
+def _read_overrides(path: str | None) -> str | None:
+    if path is None:
+        return None
+    from mobiletag.config import load_config_text
+
+    text = Path(path).read_text(encoding="utf-8")
+    load_config_text(text, path)  # refuse a bad file before anything reaches the server
+    return text
 
 
 # ======================================================================================
@@ -165,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or ./output")
     p.add_argument("--work-dir", default=None, help="keep every stage's artifacts in this folder (default: a "
                    "temporary folder, removed at the end)")
+    p.add_argument("--runner", choices=("subprocess", "docker", "inprocess"), default="subprocess",
+                   help="subprocess (default): the KFP pipeline with kfp.local, each stage in its own process; "
+                        "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage "
+                        "in this process (fastest, no kfp)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="label images with an output folder's TFLite model, as an app would")
@@ -173,6 +222,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON: every score and the labels above threshold")
     p.set_defaults(func=cmd_predict)
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+                        help="KFP API address; default $KF_PIPELINES_ENDPOINT, else the in-cluster default "
+                             "(with the service-account token at $KF_PIPELINES_SA_TOKEN_PATH)")
+    server.add_argument("--namespace", default=os.environ.get("MOBILETAG_NAMESPACE"),
+                        help="Kubeflow profile namespace; default $MOBILETAG_NAMESPACE")
+    server.add_argument("--pipeline-name", default=os.environ.get("MOBILETAG_PIPELINE_NAME", "mobiletag"),
+                        help="name of the uploaded pipeline (default $MOBILETAG_PIPELINE_NAME or mobiletag)")
+
+    p = sub.add_parser(
+        "submit", parents=[server],
+        help="start a run of the uploaded pipeline on a Kubeflow Pipelines server (or schedule one with --cron)",
+        description=(
+            "Start a run of the uploaded pipeline (latest version) or of a compiled package. Run parameters come "
+            "from the flags, else from MOBILETAG_* environment variables (the CronJob in manifests/ reads them "
+            "from a ConfigMap). Two ways to retrain on a schedule: (1) kubectl apply -k manifests/ creates a "
+            "Kubernetes CronJob that runs `mobiletag submit` in the cluster; `kubectl create job "
+            "--from=cronjob/mobiletag-retrain now` starts one at once. (2) `mobiletag submit --cron "
+            "'0 0 3 * * 1'` creates a KFP recurring run, visible and pausable in the Kubeflow UI."
+        ),
+    )
+    p.add_argument("--package", help="compiled pipeline YAML to run instead of the uploaded pipeline")
+    p.add_argument("--experiment", default=os.environ.get("MOBILETAG_EXPERIMENT", "mobiletag"),
+                   help="experiment name (default $MOBILETAG_EXPERIMENT or mobiletag)")
+    p.add_argument("--run-name", help="run name (default: pipeline name + UTC time)")
+    p.add_argument("--cron", help="create a KFP recurring run with this cron expression (KFP's 6-field "
+                                  "format with seconds, e.g. '0 0 3 * * 1' = Mondays 03:00) instead of one run")
+    p.add_argument("--data-uri", help="dataset (gs://...); default $MOBILETAG_DATA_URI")
+    p.add_argument("--config", help="YAML file of config overrides; default $MOBILETAG_CONFIG_OVERRIDES (YAML text)")
+    p.add_argument("--output-uri", help="where to publish the output folder; default $MOBILETAG_OUTPUT_URI")
+    p.add_argument("--backup-uri", help="training backups prefix; default $MOBILETAG_BACKUP_URI")
+    p.add_argument("--teacher-gpus", help="GPUs for the teacher; default $MOBILETAG_TEACHER_GPUS or 4")
+    p.add_argument("--student-gpus", help="GPUs for the student; default $MOBILETAG_STUDENT_GPUS or 4")
+    p.add_argument("--gpu-node-pool", help="GKE node pool; default $MOBILETAG_GPU_NODE_POOL")
+    p.add_argument("--gpu-accelerator", help="GKE accelerator label; default $MOBILETAG_GPU_ACCELERATOR")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("upload", parents=[server], help="upload the compiled pipeline (or a new version of it)")
+    p.add_argument("--package", default="pipeline.yaml", help="compiled pipeline YAML (default pipeline.yaml)")
+    p.add_argument("--version", default=f"v{mobiletag.__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
+                   help="version name (default: package version + UTC time)")
+    p.set_defaults(func=cmd_upload)
     return parser
 
 

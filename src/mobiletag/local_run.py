@@ -62,7 +62,7 @@ def run_pipeline(config: Config, data_dir: str | Path, out_dir: str | Path, work
               str(work / "backup" / "qat"))
         stage("export_tflite", export_tflite.run, config, d["dataset"], d["qat"], d["tflite"])
         stage("optimize_thresholds", optimize_thresholds.run, config, d["dataset"], d["tflite"], d["thresholds"])
-        stage("evaluate", evaluate.run, config, d["dataset"], d["teacher"], d["student"], d["tflite"],
+        stage("evaluate", evaluate.run, d["dataset"], d["teacher"], d["student"], d["tflite"],
               d["thresholds"], d["evaluation"])
         stage("bundle", bundle.run, d["teacher"], d["student"], d["qat"], d["tflite"], d["thresholds"],
               d["evaluation"], out_dir)

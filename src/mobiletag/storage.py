@@ -54,3 +54,15 @@ def fetch_file(uri: str, cache_dir: str | Path | None = None) -> Path:
         raise StorageError(f"cannot download {uri}: {exc}") from exc
     log.info("downloaded %s", uri)
     return target
+
+
+def read_text_if_exists(uri: str) -> str | None:
+    """Text of a gs:// object, or None when it does not exist."""
+    bucket, blob = split_gcs(uri)
+    try:
+        obj = gcs_client().bucket(bucket).blob(blob)
+        if not obj.exists():
+            return None
+        return obj.download_as_text(encoding="utf-8")
+    except Exception as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc

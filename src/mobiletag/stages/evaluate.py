@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from sklearn.metrics import roc_curve
 
-from mobiletag.config import Config
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
 from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
 from mobiletag.models.student import preprocess
@@ -39,7 +39,6 @@ def _keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np
 
 
 def run(
-    config: Config,
     dataset_dir: str | Path,
     teacher_dir: str | Path,
     student_dir: str | Path,
@@ -94,5 +93,9 @@ def run(
         "size_bytes": float(metrics["size_bytes"]), "latency_ms_1_thread": latency["threads_1"],
         "latency_ms_2_threads": latency["threads_2"], "seconds": round(time.perf_counter() - started, 1),
     }
+    fpr, tpr, cut = roc_curve(labels.ravel(), scores.ravel())
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).round().astype(int))
+    roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(),
+           "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
     return StageResult(metrics=scalars, files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE)},
-                       details={"labels": labels, "scores": scores})
+                       details={"roc": roc, "report": (out / REPORT_FILE).read_text(encoding="utf-8")})

@@ -87,4 +87,7 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
              parity.mean_abs_diff, parity.agreement)
     metrics = {"size_bytes": float(len(flatbuffer)), "parity_mean_abs_diff": round(parity.mean_abs_diff, 5),
                "parity_agreement": round(parity.agreement, 4)}
-    return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / REPORT)})
+    details = {"framework": "tflite (full-integer INT8)", "architecture": config.student.architecture,
+               "image_size": size, "size_bytes": len(flatbuffer), "input_dtype": tflite.input.dtype,
+               "output_dtype": tflite.output.dtype}
+    return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / REPORT)}, details=details)

@@ -71,4 +71,6 @@ def run(
     write_json(out / METRICS, {"metrics": metrics, "distill": distill, "history": result.history,
                                "image_size": size, "classes": facts.classes})
     log.info("qat: validation mAP %.4f (float student %.4f)", val_map, float_map)
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint)})
+    details = {"framework": "tf_keras + tensorflow-model-optimization (QAT)", "architecture": config.student.architecture,
+               "image_size": size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
+    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint)}, details=details)

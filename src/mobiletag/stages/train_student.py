@@ -112,4 +112,7 @@ def run(
         "precision_policy": policy, "history": result.history,
     })
     log.info("student: validation mAP %.4f (%s)", val_map, checkpoint)
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)})
+    details = {"framework": f"tf_keras {keras.__version__}", "architecture": cfg.architecture,
+               "image_size": cfg.image_size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
+    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)},
+                       details=details)

@@ -111,4 +111,7 @@ def run(
         "history": {"phase_a": result_a.history if result_a else {}, "phase_b": result_b.history},
     })
     log.info("teacher: validation mAP %.4f (%s)", val_map, checkpoint)
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)})
+    details = {"framework": f"tf_keras {keras.__version__}", "architecture": cfg.architecture,
+               "image_size": cfg.image_size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
+    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)},
+                       details=details)

@@ -181,7 +181,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value > self.best:
             self.best, self.best_epoch = value, epoch
             tmp = self.path.with_suffix(".tmp.h5")
-            self.inner.save(tmp)
+            self.inner.save(tmp, include_optimizer=False)
             tmp.replace(self.path)
             self.sidecar.write_text(json.dumps({"val_map": value, "epoch": epoch}))
 

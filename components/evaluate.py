@@ -1,0 +1,40 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    dataset: dsl.Input[dsl.Dataset],
+    teacher: dsl.Input[dsl.Model],
+    student: dsl.Input[dsl.Model],
+    tflite_model: dsl.Input[dsl.Model],
+    thresholds: dsl.Input[dsl.Artifact],
+    evaluation: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+    roc: dsl.Output[dsl.ClassificationMetrics],
+    report: dsl.Output[dsl.Markdown],
+):
+    """Evaluates the shipped INT8 model on the test split, beside the float teacher and student.
+
+    Args:
+        dataset: TFRecords (test split).
+        teacher: The float teacher, for comparison.
+        student: The float student, for comparison.
+        tflite_model: The exported INT8 model.
+        thresholds: threshold_recommendation.json.
+        evaluation: metrics.json and report.md.
+        metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.
+        roc: Micro-averaged ROC curve of the INT8 model on the test split.
+        report: Per-class table of AP, precision, recall, F1 and threshold.
+    """
+    from mobiletag.stages import evaluate as stage
+
+    result = stage.run(dataset.path, teacher.path, student.path, tflite_model.path, thresholds.path,
+                       evaluation.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    curve = result.details["roc"]
+    roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
+    with open(report.path, "w", encoding="utf-8") as fh:
+        fh.write(result.details["report"])

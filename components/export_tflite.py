@@ -1,0 +1,29 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def export_tflite(
+    dataset: dsl.Input[dsl.Dataset],
+    qat_model: dsl.Input[dsl.Model],
+    config_json: str,
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Converts the QAT model to a full-integer INT8 TFLite model and verifies it.
+
+    Args:
+        dataset: TFRecords (representative data from train, parity check on validation).
+        qat_model: The QAT model.
+        config_json: This stage's config sections (from resolve_config).
+        model: model_qat_int8.tflite, labels.txt, export_report.json.
+        metrics: Size in bytes and the parity with the QAT model.
+    """
+    from mobiletag.stages import export_tflite as stage
+    from mobiletag.stages.resolve_config import config_from_json
+
+    result = stage.run(config_from_json(config_json), dataset.path, qat_model.path, model.path)
+    model.metadata.update(result.details)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

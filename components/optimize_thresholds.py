@@ -1,0 +1,28 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def optimize_thresholds(
+    dataset: dsl.Input[dsl.Dataset],
+    tflite_model: dsl.Input[dsl.Model],
+    config_json: str,
+    thresholds: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Chooses per-class thresholds by grid search on validation, on the INT8 model's outputs.
+
+    Args:
+        dataset: TFRecords (validation split).
+        tflite_model: The exported INT8 model.
+        config_json: This stage's config sections (from resolve_config).
+        thresholds: threshold_recommendation.json.
+        metrics: Validation macro F1 at the chosen thresholds.
+    """
+    from mobiletag.stages import optimize_thresholds as stage
+    from mobiletag.stages.resolve_config import config_from_json
+
+    result = stage.run(config_from_json(config_json), dataset.path, tflite_model.path, thresholds.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

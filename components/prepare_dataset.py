@@ -1,0 +1,27 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def prepare_dataset(
+    data_uri: str,
+    config_json: str,
+    dataset: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Validates the dataset and writes its TFRecord shards, labels.txt and stats.json.
+
+    Args:
+        data_uri: Dataset folder (local path or gs:// URI): images/, train/val/test_labels.csv.
+        config_json: This stage's config sections (from resolve_config).
+        dataset: TFRecord shards per split, labels.txt, stats.json.
+        metrics: Images per split and number of classes.
+    """
+    from mobiletag.stages import prepare_dataset as stage
+    from mobiletag.stages.resolve_config import config_from_json
+
+    result = stage.run(config_from_json(config_json), data_uri, dataset.path)
+    dataset.metadata.update(result.details)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,34 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def quantize(
+    dataset: dsl.Input[dsl.Dataset],
+    teacher: dsl.Input[dsl.Model],
+    student: dsl.Input[dsl.Model],
+    config_json: str,
+    backup_uri: str,
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Quantization-aware training of the student (tensorflow-model-optimization), one device.
+
+    Args:
+        dataset: TFRecords from prepare_dataset.
+        teacher: The trained teacher (distillation stays on during QAT by default).
+        student: The distilled float student.
+        config_json: This stage's config sections (from resolve_config).
+        backup_uri: Folder for BackupAndRestore; empty: none.
+        model: student_qat.h5.
+        metrics: Validation mAP of the QAT model and of the float student.
+    """
+    from mobiletag.stages import quantize as stage
+    from mobiletag.stages.resolve_config import config_from_json
+
+    result = stage.run(config_from_json(config_json), dataset.path, teacher.path, student.path, model.path,
+                       backup_dir=backup_uri or None)
+    model.metadata.update(result.details)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,72 @@
+"""Stage: merge the default config, the dataset's config.yaml and the run's overrides, check
+them, and give each stage only the JSON of the sections it reads (so KFP's cache re-runs
+only what a change touches)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mobiletag.config import Config, load_config, load_config_text, read_yaml_mapping
+from mobiletag.data.dataset import DATASET_CONFIG
+from mobiletag.errors import ConfigError
+
+# What each stage reads. prepare_dataset gets the stored image side resolved, not the model
+# sections it is derived from, so changing an epoch count does not rebuild the TFRecords.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare_dataset": ("num_classes", "classes", "seed", "data"),
+    "train_teacher": ("seed", "multi_gpu", "data", "teacher"),
+    "train_student": ("seed", "multi_gpu", "data", "teacher", "student"),
+    "quantize": ("seed", "data", "teacher", "student", "qat"),
+    "export_tflite": ("student", "export"),
+    "optimize_thresholds": ("thresholds",),
+}
+
+
+def stage_config_json(config: Config, stage: str) -> str:
+    data = json.loads(config.section_json(*STAGE_SECTIONS[stage]))
+    if stage == "prepare_dataset":
+        data["data"]["max_stored_side"] = config.stored_image_side
+    return json.dumps(data, sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    """A stage's Config from its JSON (sections it does not read keep their defaults)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"stage config is not valid JSON: {exc}") from exc
+    return load_config(data)
+
+
+def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
+    if data_uri.startswith("gs://"):
+        from mobiletag.storage import read_text_if_exists
+
+        text = read_text_if_exists(f"{data_uri.rstrip('/')}/{DATASET_CONFIG}")
+        return load_config_text(text, f"{data_uri.rstrip('/')}/{DATASET_CONFIG}") if text is not None else None
+    path = Path(data_uri) / DATASET_CONFIG
+    return str(path) if path.is_file() else None
+
+
+def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = None) -> dict[str, str]:
+    sources: list[Any] = [defaults_file]
+    sources.append(dataset_config_source(data_uri))
+    sources.append(load_config_text(config_overrides) if config_overrides.strip() else None)
+    if defaults_file is not None:
+        read_yaml_mapping(Path(defaults_file))  # fail early with the file name
+    config = load_config(*sources)
+    out = {stage: stage_config_json(config, stage) for stage in STAGE_SECTIONS}
+    out["full"] = config.to_yaml()
+    return out
+
+
+def gpu_node_selector(node_pool: str, accelerator: str) -> dict[str, str]:
+    """The nodeSelector of the GPU training steps (GKE labels); empty values are left out."""
+    selector = {}
+    if node_pool.strip():
+        selector["cloud.google.com/gke-nodepool"] = node_pool.strip()
+    if accelerator.strip():
+        selector["cloud.google.com/gke-accelerator"] = accelerator.strip()
+    return selector

@@ -1,0 +1,130 @@
+"""Each component's python_func on real artifacts, in pipeline order, on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from ..conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+from components.bundle import bundle
+from components.evaluate import evaluate
+from components.export_tflite import export_tflite
+from components.optimize_thresholds import optimize_thresholds
+from components.prepare_dataset import prepare_dataset
+from components.quantize import quantize
+from components.resolve_config import resolve_config
+from components.train_student import train_student
+from components.train_teacher import train_teacher
+
+pytestmark = pytest.mark.slow
+
+
+def artifact(kind, path: Path):
+    return kind(name=path.name, uri=str(path), metadata={})
+
+
+@pytest.fixture(scope="module")
+def run(sample_dir, tiny_overrides_text, tmp_path_factory):
+    """Every stage's artifacts, produced by calling the components one after the other."""
+    root = tmp_path_factory.mktemp("components")
+    a = {}
+
+    def out(kind, name):
+        a[name] = artifact(kind, root / name)
+        return a[name]
+
+    configs = resolve_config.python_func(
+        data_uri=str(sample_dir), config_overrides=tiny_overrides_text, gpu_node_pool="pool",
+        gpu_accelerator="nvidia-l4", config=out(dsl.Artifact, "config.yaml"),
+    )
+    a["configs"] = configs
+    prepare_dataset.python_func(data_uri=str(sample_dir), config_json=configs.prepare_dataset,
+                                dataset=out(dsl.Dataset, "dataset"), metrics=out(dsl.Metrics, "prepare_metrics"))
+    train_teacher.python_func(dataset=a["dataset"], config_json=configs.train_teacher, backup_uri="",
+                              model=out(dsl.Model, "teacher"), metrics=out(dsl.Metrics, "teacher_metrics"))
+    train_student.python_func(dataset=a["dataset"], teacher=a["teacher"], config_json=configs.train_student,
+                              backup_uri=str(root / "backup"), model=out(dsl.Model, "student"),
+                              metrics=out(dsl.Metrics, "student_metrics"))
+    quantize.python_func(dataset=a["dataset"], teacher=a["teacher"], student=a["student"],
+                         config_json=configs.quantize, backup_uri="", model=out(dsl.Model, "qat"),
+                         metrics=out(dsl.Metrics, "qat_metrics"))
+    export_tflite.python_func(dataset=a["dataset"], qat_model=a["qat"], config_json=configs.export_tflite,
+                              model=out(dsl.Model, "tflite"), metrics=out(dsl.Metrics, "export_metrics"))
+    optimize_thresholds.python_func(dataset=a["dataset"], tflite_model=a["tflite"],
+                                    config_json=configs.optimize_thresholds, thresholds=out(dsl.Artifact, "thresholds"),
+                                    metrics=out(dsl.Metrics, "threshold_metrics"))
+    evaluate.python_func(dataset=a["dataset"], teacher=a["teacher"], student=a["student"], tflite_model=a["tflite"],
+                         thresholds=a["thresholds"], evaluation=out(dsl.Artifact, "evaluation"),
+                         metrics=out(dsl.Metrics, "eval_metrics"), roc=out(dsl.ClassificationMetrics, "roc"),
+                         report=out(dsl.Markdown, "report.md"))
+    bundle.python_func(teacher=a["teacher"], student=a["student"], qat_model=a["qat"], tflite_model=a["tflite"],
+                       thresholds=a["thresholds"], evaluation=a["evaluation"], output_uri=str(root / "published"),
+                       output=out(dsl.Artifact, "output"))
+    return a
+
+
+def test_resolve_config(run):
+    configs = run["configs"]
+    assert json.loads(configs.train_teacher)["teacher"]["image_size"] == 32
+    assert set(json.loads(configs.optimize_thresholds)) == {"thresholds"}
+    assert configs.gpu_node_selector == {"cloud.google.com/gke-nodepool": "pool",
+                                         "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert "image_size: 32" in Path(run["config.yaml"].path).read_text()
+
+
+def test_prepare_dataset(run, sample_dir):
+    assert run["dataset"].metadata["classes"] == ["circle", "cross", "ring", "square", "star", "triangle"]
+    total = sum(run["dataset"].metadata["num_images"].values())
+    assert total == 120
+    assert run["prepare_metrics"].metadata["num_classes"] == 6.0
+    assert sorted(p.name for p in Path(run["dataset"].path).glob("*.tfrecord"))[0].startswith("test-")
+
+
+def test_training_components(run):
+    for name, checkpoint, arch in (("teacher", "teacher_best.h5", "efficientnet_b3"),
+                                   ("student", "student_best.h5", "efficientnet_lite1")):
+        model = run[name]
+        assert (Path(model.path) / checkpoint).is_file()
+        assert model.metadata["architecture"] == arch and model.metadata["image_size"] == 32
+        assert model.metadata["size_bytes"] == (Path(model.path) / checkpoint).stat().st_size
+        metrics = run[f"{name}_metrics"].metadata
+        assert 0 < metrics["val_map"] <= 1 and metrics["train_images_per_second"] > 0
+    assert (Path(run["qat"].path) / "student_qat.h5").is_file()
+
+
+def test_export_component(run):
+    meta = run["tflite"].metadata
+    assert meta["input_dtype"] == "uint8" and meta["output_dtype"] == "uint8"
+    assert meta["size_bytes"] == (Path(run["tflite"].path) / "model_qat_int8.tflite").stat().st_size
+    assert run["export_metrics"].metadata["parity_agreement"] >= 0.8
+
+
+def test_evaluate_component(run):
+    metrics = run["eval_metrics"].metadata
+    assert 0 <= metrics["test_map_macro"] <= 1 and metrics["latency_ms_1_thread"] > 0
+    roc = run["roc"].metadata["confidenceMetrics"]
+    assert len(roc) > 2 and all(0 <= p["falsePositiveRate"] <= 1 for p in roc)
+    report = Path(run["report.md"].path).read_text()
+    assert "| class | AP | precision | recall | F1 | threshold | support |" in report and "| circle |" in report
+
+
+def test_bundle_component(run):
+    out = Path(run["output"].path)
+    expected = {"model_qat_int8.tflite", "labels.txt", "metrics.json", "threshold_recommendation.json",
+                "inference_config.json", "teacher_best.h5", "student_best.h5", "student_qat.h5", "report.md"}
+    assert set(run["output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
+    published = Path(run["output"].metadata["output_uri"])
+    assert {p.name for p in published.iterdir()} == expected
+    assert (published / "model_qat_int8.tflite").read_bytes() == (out / "model_qat_int8.tflite").read_bytes()
+    config = json.loads((out / "inference_config.json").read_text())
+    thresholds = json.loads((out / "threshold_recommendation.json").read_text())
+    assert config["thresholds"] == {k: v["threshold"] for k, v in thresholds["classes"].items()}
+    assert np.isclose(config["output"]["quantization"]["scale"], 1 / 256)

@@ -1,0 +1,135 @@
+"""`mobiletag train`: the KFP pipeline run with kfp.local on a tiny dataset, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CONTRACT = {"model_qat_int8.tflite", "labels.txt", "metrics.json", "threshold_recommendation.json",
+            "inference_config.json", "teacher_best.h5", "student_best.h5", "student_qat.h5", "report.md"}
+
+
+def mobiletag(*args, timeout=1200):
+    exe = Path(sys.executable).parent / "mobiletag"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def output(sample_dir, tiny_overrides_text, tmp_path_factory):
+    root = tmp_path_factory.mktemp("local_run")
+    config = root / "tiny.yaml"
+    config.write_text(tiny_overrides_text)
+    result = mobiletag("train", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Executing task" in result.stdout + result.stderr  # it ran through kfp.local
+    return root / "out", result.stdout
+
+
+def test_output_folder_is_the_contract(output):
+    out, stdout = output
+    assert {p.name for p in out.iterdir()} == CONTRACT
+    assert f"model:   {out / 'model_qat_int8.tflite'}" in stdout
+
+
+def test_labels_and_metrics(output, sample_dir):
+    out, _ = output
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert labels == ["circle", "cross", "ring", "square", "star", "triangle"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    with open(sample_dir / "test_labels.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert test["num_images"] == len(rows)
+    for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "precision_micro", "recall_micro", "exact_match",
+                "hamming_loss"):
+        assert 0.0 <= test[key] <= 1.0, key
+    assert set(test["per_class"]) == set(labels)
+    for name, m in test["per_class"].items():
+        assert m["support"] == sum(name in r["labels"].split("|") for r in rows)
+    assert set(metrics["compare"]) == {"teacher", "student", "student_int8"}
+    assert metrics["compare"]["student_int8"]["map_macro"] == test["map_macro"]
+    assert metrics["size_bytes"] == (out / "model_qat_int8.tflite").stat().st_size
+    assert metrics["latency_ms"]["threads_1"] > 0 and metrics["latency_ms"]["threads_2"] > 0
+
+
+def test_thresholds_and_inference_config(output):
+    out, _ = output
+    rec = json.loads((out / "threshold_recommendation.json").read_text())
+    config = json.loads((out / "inference_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert rec["strategy"] == "f1" and rec["split"] == "val"
+    for name, entry in rec["classes"].items():
+        assert set(entry) >= {"threshold", "precision", "recall", "f1", "support"}
+        assert config["thresholds"][name] == entry["threshold"] == metrics["test"]["per_class"][name]["threshold"]
+    assert config["model_file"] == "model_qat_int8.tflite"
+    assert config["input"]["shape"] == [1, 32, 32, 3] and config["input"]["dtype"] == "uint8"
+    assert config["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}  # raw pixels in
+    assert config["output"]["dtype"] == "uint8" and config["output"]["quantization"]["scale"] == 1 / 256
+    assert config["labels"] == (out / "labels.txt").read_text().splitlines()
+
+
+def test_model_is_integer_and_checkpoints_load(output):
+    import tf_keras as keras
+
+    from mobiletag.export.tflite import TFLiteModel
+    from mobiletag.quantization.qat import load_qat_model
+
+    out, _ = output
+    model = TFLiteModel(out / "model_qat_int8.tflite")
+    assert model.float_ops() == [] and model.input.dtype == "uint8"
+    probs = model.predict(np.zeros((1, 32, 32, 3), np.float32))
+    assert probs.shape == (1, 6) and np.all((probs >= 0) & (probs <= 1))
+    assert keras.models.load_model(out / "teacher_best.h5", compile=False).output_shape == (None, 6)
+    assert keras.models.load_model(out / "student_best.h5", compile=False).output_shape == (None, 6)
+    assert load_qat_model(out / "student_qat.h5").output_shape == (None, 6)
+
+
+def test_predict_command(output, sample_dir):
+    out, _ = output
+    with open(sample_dir / "test_labels.csv", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh))["filepath"]
+    result = mobiletag("predict", "--model-dir", out, "--json", sample_dir / "images" / first, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(result.stdout)
+    assert set(entry["scores"]) == set((out / "labels.txt").read_text().splitlines())
+    config = json.loads((out / "inference_config.json").read_text())
+    assert set(entry["labels"]) == {k for k, v in entry["scores"].items() if v >= config["thresholds"][k]}
+
+
+def test_failed_stage_names_it_and_leaves_no_output(sample_dir, tiny_overrides_text, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sample_dir, broken)
+    with open(broken / "val_labels.csv", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh))["filepath"]
+    (broken / "images" / first).write_bytes(b"not a jpeg")  # found only when prepare_dataset decodes
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_overrides_text)
+    result = mobiletag("train", "--data-dir", broken, "--out-dir", tmp_path / "out", "--config", config,
+                       timeout=300)
+    assert result.returncode == 2
+    assert "Inner task failed: 'prepare-dataset'" in result.stderr
+    assert f"val_labels.csv line 2 ({first}): not an image PIL can read" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_error_stops_before_any_stage(sample_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sample_dir, broken)
+    with open(broken / "train_labels.csv", "a", encoding="utf-8") as fh:
+        fh.write("/etc/passwd,circle\n")
+    result = mobiletag("train", "--data-dir", broken, "--out-dir", tmp_path / "out", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train_labels.csv line" in result.stderr and "is absolute" in result.stderr
+    assert "Executing task" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
