@@ -41,10 +41,10 @@ def test_losses_by_hand():
     assert distillation_loss(labels, student, teacher, alpha=1.0, temperature=T).numpy()[0] == pytest.approx(hard)
 
 
-def _tiny_pair(num_classes=3):
+def _tiny_pair(num_classes=3, dropout=None):
     keras.utils.set_random_seed(1)
-    teacher = build_student(num_classes, 32, "efficientnet_lite0")
-    student = build_student(num_classes, 32, "efficientnet_lite0")
+    teacher = build_student(num_classes, 32, "efficientnet_lite0", dropout=dropout)
+    student = build_student(num_classes, 32, "efficientnet_lite0", dropout=dropout)
     return teacher, student
 
 
@@ -87,7 +87,7 @@ def test_alpha_one_is_plain_training():
 def _step_under(devices, weights_t, weights_s, images, labels):
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
-        teacher, student = _tiny_pair()
+        teacher, student = _tiny_pair(dropout=0.0)  # no per-replica randomness
         teacher.set_weights(weights_t)
         student.set_weights(weights_s)
         for layer in student.layers:  # per-replica batch statistics would differ; the reduction is under test
@@ -101,7 +101,7 @@ def _step_under(devices, weights_t, weights_s, images, labels):
 
 
 def test_one_and_two_replicas_give_the_same_step():
-    teacher, student = _tiny_pair()
+    teacher, student = _tiny_pair(dropout=0.0)
     images, labels = _batch(n=8)
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     loss1, weights1 = _step_under(cpus[:1], teacher.get_weights(), student.get_weights(), images, labels)
@@ -140,7 +140,8 @@ logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 import mobiletag
 from mobiletag.config import load_config
 from mobiletag.stages import train_student
-config = load_config(sys.argv[1], {"student": {"epochs": 6, "image_size": 32, "batch_size": 16}})
+config = load_config(sys.argv[1], {"teacher": {"image_size": 32},
+                                   "student": {"epochs": 6, "image_size": 32, "batch_size": 16}})
 train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_dir=sys.argv[5])
 print("STAGE DONE", flush=True)
 """

@@ -1,0 +1,293 @@
+"""`make bench`: the pipeline's speed as ratios of two things measured in the same run.
+
+Writes bench/results.json and prints a table. Small enough to finish in under 10 minutes
+on 2 cores: it trains nothing to convergence, it times steps.
+
+    python bench/run.py [--skip-run] [--out bench/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+import mobiletag  # noqa: F401  (tf_keras before TensorFlow)
+from mobiletag.config import load_config
+from mobiletag.data.dataset import index_dataset
+from mobiletag.data.pipeline import list_shards, make_dataset
+from mobiletag.data.sample import make_sample_dataset
+from mobiletag.data.tfrecords import build_tfrecords
+from mobiletag.export.tflite import TFLiteModel, convert_int8
+from mobiletag.models.student import build_student, preprocess
+from mobiletag.models.teacher import build_teacher
+from mobiletag.quantization.qat import quantize
+from mobiletag.training.fit import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of fn() over repeats, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def rate(images: int, seconds: float) -> float:
+    return images / seconds if seconds > 0 else float("inf")
+
+
+# === 1. Input pipeline ===
+
+
+def bench_input(tfrecords: Path, config, sizes: dict[str, int], batch: int) -> dict:
+    out: dict = {}
+    # raw decode of the same JPEG bytes in a tight loop (the floor of what tf.data can do)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(list_shards(tfrecords, "train"))]
+    feature = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+    jpegs = [tf.io.parse_single_example(r, feature)["image/encoded"] for r in records]
+    decode = tf.function(lambda b: tf.io.decode_jpeg(b, channels=3))
+    n = len(jpegs)
+
+    def decode_all():
+        for j in jpegs:
+            decode(j)
+
+    raw = rate(n, timed(decode_all, 3))
+    out["raw_decode_images_per_s_1_thread"] = round(raw, 1)
+    for name, size_list in (("student", [sizes["student"]]), ("teacher", [sizes["teacher"]]),
+                            ("distill_two_views", [sizes["teacher"], sizes["student"]])):
+        ds = make_dataset(tfrecords, "train", image_sizes=size_list, batch_size=batch, training=True, repeat=True,
+                          num_classes=6, config=config)
+        it = iter(ds)
+        for _ in range(3):
+            next(it)
+        steps = 30
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        seconds = time.perf_counter() - start
+        out[f"pipeline_{name}_images_per_s"] = round(rate(steps * batch, seconds), 1)
+    out["pipeline_student_vs_raw_decode"] = round(out["pipeline_student_images_per_s"] / raw, 3)
+    return out
+
+
+# === 2. Training steps ===
+
+
+def _step_fn(trainer: Trainer):
+    @tf.function
+    def step(x, y):
+        return trainer.train_step((x, y))
+
+    return step
+
+
+def bench_training(tfrecords: Path, config, sizes: dict[str, int], batch: int) -> dict:
+    out: dict = {}
+    keras.utils.set_random_seed(0)
+    s, t = sizes["student"], sizes["teacher"]
+    rng = np.random.default_rng(0)
+    xs = tf.constant(rng.uniform(0, 255, (batch, s, s, 3)).astype(np.float32))
+    xt = tf.constant(rng.uniform(0, 255, (batch, t, t, 3)).astype(np.float32))
+    y = tf.constant((rng.uniform(size=(batch, 6)) > 0.6).astype(np.float32))
+    steps = 8
+
+    student = build_student(6, s)
+    plain = Trainer(student, preprocess=preprocess)
+    plain.compile(optimizer=keras.optimizers.Adam(1e-4))
+    step = _step_fn(plain)
+    in_memory = timed(lambda: [step(xs, y) for _ in range(steps)], 2) / steps
+    out["student_step_ms_in_memory"] = round(in_memory * 1000, 1)
+
+    # the same step fed by the real input pipeline
+    ds = make_dataset(tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True,
+                      num_classes=6, config=config)
+    it = iter(ds)
+
+    def fed():
+        for _ in range(steps):
+            x, labels = next(it)
+            step(x, labels)
+
+    fed_s = timed(fed, 2) / steps
+    out["student_step_ms_fed_by_pipeline"] = round(fed_s * 1000, 1)
+    out["pipeline_fed_vs_in_memory_step_rate"] = round(in_memory / fed_s, 3)
+
+    teacher = build_teacher(6, t, weights="none")
+    teacher_only = Trainer(teacher)
+    teacher_only.compile(optimizer=keras.optimizers.Adam(1e-4))
+    t_step = _step_fn(teacher_only)
+    teacher_fwd_bwd = timed(lambda: [t_step(xt, y) for _ in range(steps)], 2) / steps
+    teacher_fwd = tf.function(lambda x: teacher(x, training=False))
+    teacher_forward = timed(lambda: [teacher_fwd(xt) for _ in range(steps)], 2) / steps
+
+    distill = Trainer(student, teacher, alpha=0.7, temperature=2.0, preprocess=preprocess)
+    distill.compile(optimizer=keras.optimizers.Adam(1e-4))
+
+    @tf.function
+    def d_step(a, b, labels):
+        return distill.train_step(((a, b), labels))
+
+    distill_s = timed(lambda: [d_step(xt, xs, y) for _ in range(steps)], 2) / steps
+    out["distill_step_ms"] = round(distill_s * 1000, 1)
+    out["teacher_forward_ms"] = round(teacher_forward * 1000, 1)
+    out["teacher_forward_backward_ms"] = round(teacher_fwd_bwd * 1000, 1)
+    out["distill_vs_student_step_plus_teacher_forward"] = round(distill_s / (in_memory + teacher_forward), 3)
+    out["distill_vs_sum_of_both_forward_backward"] = round(distill_s / (in_memory + teacher_fwd_bwd), 3)
+
+    qat_model = quantize(build_student(6, s))
+    qat = Trainer(qat_model, preprocess=preprocess)
+    qat.compile(optimizer=keras.optimizers.Adam(1e-5))
+    q_step = _step_fn(qat)
+    qat_s = timed(lambda: [q_step(xs, y) for _ in range(steps)], 2) / steps
+    out["qat_step_ms"] = round(qat_s * 1000, 1)
+    out["qat_vs_float_student_step"] = round(qat_s / in_memory, 3)
+    return out
+
+
+# === 3. The shipped model ===
+
+
+def bench_model(image_size: int) -> dict:
+    keras.utils.set_random_seed(0)
+    student = build_student(6, image_size)
+    qat_model = quantize(student)
+    rng = np.random.default_rng(0)
+    representative = rng.uniform(0, 255, (32, image_size, image_size, 3)).astype(np.float32)
+    int8 = convert_int8(qat_model, representative)
+    converter = tf.lite.TFLiteConverter.from_keras_model(student)
+    float_model = converter.convert()
+    out = {"image_size": image_size, "int8_bytes": len(int8), "float_bytes": len(float_model)}
+    for threads in (1, 2):
+        out[f"int8_ms_{threads}_thread"] = round(TFLiteModel(int8, threads).latency_ms(50), 3)
+        out[f"float_ms_{threads}_thread"] = round(TFLiteModel(float_model, threads).latency_ms(50), 3)
+    out["size_int8_vs_float"] = round(len(int8) / len(float_model), 3)
+    out["latency_int8_vs_float_1_thread"] = round(out["int8_ms_1_thread"] / out["float_ms_1_thread"], 3)
+    out["latency_int8_vs_float_2_threads"] = round(out["int8_ms_2_thread"] / out["float_ms_2_thread"], 3)
+    return out
+
+
+# === 4. The whole run ===
+
+STAGE_DONE = re.compile(r"Task '?([a-z-]+)'? finished with status .*SUCCESS")
+STAGE_LOG = re.compile(r"=== stage (\S+) done in ([0-9.]+) s ===")
+
+
+def bench_run(data_dir: Path, work: Path) -> dict:
+    """`mobiletag train` (kfp.local) on the sample data with configs/fast.yaml."""
+    exe = Path(sys.executable).parent / "mobiletag"
+    start = time.perf_counter()
+    result = subprocess.run([str(exe), "train", "--data-dir", str(data_dir), "--out-dir", str(work / "out"),
+                             "--config", str(REPO / "configs" / "fast.yaml"), "--work-dir", str(work / "kfp")],
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"mobiletag train failed:\n{result.stderr[-3000:]}")
+    log = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # kfp.local colours task names
+    task_seconds: dict[str, float] = {}
+    started: dict[str, float] = {}
+    for h, m, sec, frac, event, task in re.findall(
+        r"^(\d\d):(\d\d):(\d\d)\.(\d+) - \w+ - (Executing task|Task) '([a-z-]+)'", log, flags=re.MULTILINE
+    ):
+        t = int(h) * 3600 + int(m) * 60 + int(sec) + float(f"0.{frac}")
+        if event == "Executing task":
+            started[task] = t
+        elif task in started:
+            task_seconds[task] = round(t - started.pop(task), 1)
+    compute = {}
+    for metrics_file in (work / "kfp").rglob("executor_output.json"):
+        data = json.loads(metrics_file.read_text())
+        for artifact in data.get("artifacts", {}).values():
+            for a in artifact.get("artifacts", []):
+                meta = a.get("metadata", {})
+                if "seconds" in meta:
+                    compute[metrics_file.parent.name] = float(meta["seconds"])
+    overhead = {task: round(1 - compute[task] / total, 3) for task, total in task_seconds.items()
+                if task in compute and total > 0}
+    return {"wall_seconds": round(wall, 1), "task_seconds": task_seconds, "stage_compute_seconds": compute,
+            "overhead_share": overhead,
+            "outside_compute_share": round(1 - sum(compute.values()) / wall, 3) if compute else None}
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
+            "platform": platform.platform(), "gpus": len(tf.config.list_physical_devices("GPU")),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--skip-run", action="store_true", help="skip the whole-run measurement")
+    args = parser.parse_args()
+    config = load_config(REPO / "configs" / "fast.yaml")
+    sizes = {"teacher": config.teacher.image_size, "student": config.student.image_size}
+    results: dict = {"machine": machine(), "sizes": sizes, "batch": config.student.batch_size}
+    with tempfile.TemporaryDirectory(prefix="mobiletag-bench-") as tmp:
+        work = Path(tmp)
+        make_sample_dataset(work / "data", num_images=1000, seed=0)
+        build_tfrecords(index_dataset(work / "data", config), config, work / "tfrecords")
+        print("input pipeline ...", flush=True)
+        results["input"] = bench_input(work / "tfrecords", config, sizes, config.student.batch_size)
+        print("training steps ...", flush=True)
+        results["training"] = bench_training(work / "tfrecords", config, sizes, config.student.batch_size)
+        print("model ...", flush=True)
+        results["model"] = bench_model(240)
+        if not args.skip_run:
+            print("whole run (mobiletag train, configs/fast.yaml) ...", flush=True)
+            results["run"] = bench_run(work / "data", work)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+def table(r: dict) -> str:
+    i, t, m = r["input"], r["training"], r["model"]
+    rows = [
+        ("input: train pipeline (student size) / raw JPEG decode, img/s",
+         f"{i['pipeline_student_images_per_s']} / {i['raw_decode_images_per_s_1_thread']}",
+         i["pipeline_student_vs_raw_decode"], ">= 1 (parallel)"),
+        ("student step rate: fed by pipeline / in memory", f"{t['student_step_ms_fed_by_pipeline']} / "
+         f"{t['student_step_ms_in_memory']} ms", t["pipeline_fed_vs_in_memory_step_rate"], ">= 0.90"),
+        ("distill step / (student step + teacher fwd+bwd)", f"{t['distill_step_ms']} / "
+         f"{t['student_step_ms_in_memory']} + {t['teacher_forward_backward_ms']} ms",
+         t["distill_vs_sum_of_both_forward_backward"], "<= 1.10"),
+        ("QAT step / float student step", f"{t['qat_step_ms']} / {t['student_step_ms_in_memory']} ms",
+         t["qat_vs_float_student_step"], "<= 1.40"),
+        ("INT8 / float TFLite size (Lite1 @240)", f"{m['int8_bytes']} / {m['float_bytes']} B",
+         m["size_int8_vs_float"], "<= 0.30"),
+        ("INT8 / float latency, 1 thread", f"{m['int8_ms_1_thread']} / {m['float_ms_1_thread']} ms",
+         m["latency_int8_vs_float_1_thread"], "<= 0.55"),
+        ("INT8 / float latency, 2 threads", f"{m['int8_ms_2_thread']} / {m['float_ms_2_thread']} ms",
+         m["latency_int8_vs_float_2_threads"], "<= 0.55"),
+    ]
+    if "run" in r:
+        rows.append(("whole demo run (kfp.local), s", f"{r['run']['wall_seconds']}", "", "< 900"))
+    width = max(len(row[0]) for row in rows)
+    head = f"{'measure'.ljust(width)} | figures | ratio | goal"
+    lines = [f"machine: {r['machine']}", head, "-" * len(head)]
+    lines += [f"{a.ljust(width)} | {b} | {c} | {d}" for a, b, c, d in rows]
+    if "run" in r:
+        lines.append(f"per task (s): {r['run']['task_seconds']}")
+        lines.append(f"overhead share per task: {r['run']['overhead_share']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
