@@ -37,8 +37,8 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests components pipeline.py
-	$(BIN)/ruff format --check src tests components pipeline.py
+	$(BIN)/ruff check src tests components pipeline.py bench
+	$(BIN)/ruff format --check src tests components pipeline.py bench
 	$(BIN)/mypy src
 
 # pipeline.yaml beside pipeline.py (what `kfp dsl compile --py pipeline.py` gives too)

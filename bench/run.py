@@ -8,9 +8,12 @@ on 2 cores: it trains nothing to convergence, it times steps.
 
 from __future__ import annotations
 
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras for QAT, before TensorFlow is imported
+
 import argparse
 import json
-import os
 import platform
 import re
 import subprocess
@@ -23,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import mobiletag  # noqa: F401  (tf_keras before TensorFlow)
 from mobiletag.config import load_config
 from mobiletag.data.dataset import index_dataset
 from mobiletag.data.pipeline import list_shards, make_dataset
@@ -71,10 +73,21 @@ def bench_input(tfrecords: Path, config, sizes: dict[str, int], batch: int) -> d
 
     raw = rate(n, timed(decode_all, 3))
     out["raw_decode_images_per_s_1_thread"] = round(raw, 1)
-    for name, size_list in (("student", [sizes["student"]]), ("teacher", [sizes["teacher"]]),
-                            ("distill_two_views", [sizes["teacher"], sizes["student"]])):
-        ds = make_dataset(tfrecords, "train", image_sizes=size_list, batch_size=batch, training=True, repeat=True,
-                          num_classes=6, config=config)
+    for name, size_list in (
+        ("student", [sizes["student"]]),
+        ("teacher", [sizes["teacher"]]),
+        ("distill_two_views", [sizes["teacher"], sizes["student"]]),
+    ):
+        ds = make_dataset(
+            tfrecords,
+            "train",
+            image_sizes=size_list,
+            batch_size=batch,
+            training=True,
+            repeat=True,
+            num_classes=6,
+            config=config,
+        )
         it = iter(ds)
         for _ in range(3):
             next(it)
@@ -117,8 +130,9 @@ def bench_training(tfrecords: Path, config, sizes: dict[str, int], batch: int) -
     out["student_step_ms_in_memory"] = round(in_memory * 1000, 1)
 
     # the same step fed by the real input pipeline
-    ds = make_dataset(tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True,
-                      num_classes=6, config=config)
+    ds = make_dataset(
+        tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True, num_classes=6, config=config
+    )
     it = iter(ds)
 
     def fed():
@@ -194,9 +208,22 @@ def bench_run(data_dir: Path, work: Path) -> dict:
     """`mobiletag train` (kfp.local) on the sample data with configs/fast.yaml."""
     exe = Path(sys.executable).parent / "mobiletag"
     start = time.perf_counter()
-    result = subprocess.run([str(exe), "train", "--data-dir", str(data_dir), "--out-dir", str(work / "out"),
-                             "--config", str(REPO / "configs" / "fast.yaml"), "--work-dir", str(work / "kfp")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(exe),
+            "train",
+            "--data-dir",
+            str(data_dir),
+            "--out-dir",
+            str(work / "out"),
+            "--config",
+            str(REPO / "configs" / "fast.yaml"),
+            "--work-dir",
+            str(work / "kfp"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"mobiletag train failed:\n{result.stderr[-3000:]}")
@@ -219,17 +246,29 @@ def bench_run(data_dir: Path, work: Path) -> dict:
                 meta = a.get("metadata", {})
                 if "seconds" in meta:
                     compute[metrics_file.parent.name] = float(meta["seconds"])
-    overhead = {task: round(1 - compute[task] / total, 3) for task, total in task_seconds.items()
-                if task in compute and total > 0}
-    return {"wall_seconds": round(wall, 1), "task_seconds": task_seconds, "stage_compute_seconds": compute,
-            "overhead_share": overhead,
-            "outside_compute_share": round(1 - sum(compute.values()) / wall, 3) if compute else None}
+    overhead = {
+        task: round(1 - compute[task] / total, 3)
+        for task, total in task_seconds.items()
+        if task in compute and total > 0
+    }
+    return {
+        "wall_seconds": round(wall, 1),
+        "task_seconds": task_seconds,
+        "stage_compute_seconds": compute,
+        "overhead_share": overhead,
+        "outside_compute_share": round(1 - sum(compute.values()) / wall, 3) if compute else None,
+    }
 
 
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "platform": platform.platform(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "platform": platform.platform(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def main() -> None:
@@ -260,22 +299,48 @@ def main() -> None:
 def table(r: dict) -> str:
     i, t, m = r["input"], r["training"], r["model"]
     rows = [
-        ("input: train pipeline (student size) / raw JPEG decode, img/s",
-         f"{i['pipeline_student_images_per_s']} / {i['raw_decode_images_per_s_1_thread']}",
-         i["pipeline_student_vs_raw_decode"], ">= 1 (parallel)"),
-        ("student step rate: fed by pipeline / in memory", f"{t['student_step_ms_fed_by_pipeline']} / "
-         f"{t['student_step_ms_in_memory']} ms", t["pipeline_fed_vs_in_memory_step_rate"], ">= 0.90"),
-        ("distill step / (student step + teacher fwd+bwd)", f"{t['distill_step_ms']} / "
-         f"{t['student_step_ms_in_memory']} + {t['teacher_forward_backward_ms']} ms",
-         t["distill_vs_sum_of_both_forward_backward"], "<= 1.10"),
-        ("QAT step / float student step", f"{t['qat_step_ms']} / {t['student_step_ms_in_memory']} ms",
-         t["qat_vs_float_student_step"], "<= 1.40"),
-        ("INT8 / float TFLite size (Lite1 @240)", f"{m['int8_bytes']} / {m['float_bytes']} B",
-         m["size_int8_vs_float"], "<= 0.30"),
-        ("INT8 / float latency, 1 thread", f"{m['int8_ms_1_thread']} / {m['float_ms_1_thread']} ms",
-         m["latency_int8_vs_float_1_thread"], "<= 0.55"),
-        ("INT8 / float latency, 2 threads", f"{m['int8_ms_2_thread']} / {m['float_ms_2_thread']} ms",
-         m["latency_int8_vs_float_2_threads"], "<= 0.55"),
+        (
+            "input: train pipeline (student size) / raw JPEG decode, img/s",
+            f"{i['pipeline_student_images_per_s']} / {i['raw_decode_images_per_s_1_thread']}",
+            i["pipeline_student_vs_raw_decode"],
+            ">= 1 (parallel)",
+        ),
+        (
+            "student step rate: fed by pipeline / in memory",
+            f"{t['student_step_ms_fed_by_pipeline']} / {t['student_step_ms_in_memory']} ms",
+            t["pipeline_fed_vs_in_memory_step_rate"],
+            ">= 0.90",
+        ),
+        (
+            "distill step / (student step + teacher fwd+bwd)",
+            f"{t['distill_step_ms']} / {t['student_step_ms_in_memory']} + {t['teacher_forward_backward_ms']} ms",
+            t["distill_vs_sum_of_both_forward_backward"],
+            "<= 1.10",
+        ),
+        (
+            "QAT step / float student step",
+            f"{t['qat_step_ms']} / {t['student_step_ms_in_memory']} ms",
+            t["qat_vs_float_student_step"],
+            "<= 1.40",
+        ),
+        (
+            "INT8 / float TFLite size (Lite1 @240)",
+            f"{m['int8_bytes']} / {m['float_bytes']} B",
+            m["size_int8_vs_float"],
+            "<= 0.30",
+        ),
+        (
+            "INT8 / float latency, 1 thread",
+            f"{m['int8_ms_1_thread']} / {m['float_ms_1_thread']} ms",
+            m["latency_int8_vs_float_1_thread"],
+            "<= 0.55",
+        ),
+        (
+            "INT8 / float latency, 2 threads",
+            f"{m['int8_ms_2_thread']} / {m['float_ms_2_thread']} ms",
+            m["latency_int8_vs_float_2_threads"],
+            "<= 0.55",
+        ),
     ]
     if "run" in r:
         rows.append(("whole demo run (kfp.local), s", f"{r['run']['wall_seconds']}", "", "< 900"))

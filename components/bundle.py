@@ -11,7 +11,6 @@ def bundle(
     tflite_model: dsl.Input[dsl.Model],
     thresholds: dsl.Input[dsl.Artifact],
     evaluation: dsl.Input[dsl.Artifact],
-    output_uri: str,
     output: dsl.Output[dsl.Artifact],
 ):
     """Assembles the output folder (model, labels, metrics, thresholds, inference config, checkpoints).
@@ -23,11 +22,11 @@ def bundle(
         tflite_model: The INT8 TFLite model and labels.
         thresholds: threshold_recommendation.json.
         evaluation: metrics.json and report.md.
-        output_uri: Where to copy the output folder too (local path or gs://); empty: nowhere.
         output: The output folder of the contract with the app team.
     """
     from mobiletag.stages import bundle as stage
 
-    result = stage.run(teacher.path, student.path, qat_model.path, tflite_model.path, thresholds.path,
-                       evaluation.path, output.path, output_uri=output_uri or None)
+    result = stage.run(
+        teacher.path, student.path, qat_model.path, tflite_model.path, thresholds.path, evaluation.path, output.path
+    )
     output.metadata.update(result.details)

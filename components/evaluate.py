@@ -30,8 +30,7 @@ def evaluate(
     """
     from mobiletag.stages import evaluate as stage
 
-    result = stage.run(dataset.path, teacher.path, student.path, tflite_model.path, thresholds.path,
-                       evaluation.path)
+    result = stage.run(dataset.path, teacher.path, student.path, tflite_model.path, thresholds.path, evaluation.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     curve = result.details["roc"]

@@ -27,8 +27,14 @@ def quantize(
     from mobiletag.stages import quantize as stage
     from mobiletag.stages.resolve_config import config_from_json
 
-    result = stage.run(config_from_json(config_json), dataset.path, teacher.path, student.path, model.path,
-                       backup_dir=backup_uri or None)
+    result = stage.run(
+        config_from_json(config_json),
+        dataset.path,
+        teacher.path,
+        student.path,
+        model.path,
+        backup_dir=backup_uri or None,
+    )
     model.metadata.update(result.details)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -21,6 +21,7 @@ def resolve_config(
         ("quantize", str),
         ("export_tflite", str),
         ("optimize_thresholds", str),
+        ("publish", str),
         ("gpu_node_selector", dict),
     ],
 ):
@@ -43,6 +44,14 @@ def resolve_config(
         fh.write(result["full"])
     from collections import namedtuple
 
-    stages = ["prepare_dataset", "train_teacher", "train_student", "quantize", "export_tflite", "optimize_thresholds"]
+    stages = [
+        "prepare_dataset",
+        "train_teacher",
+        "train_student",
+        "quantize",
+        "export_tflite",
+        "optimize_thresholds",
+        "publish",
+    ]
     outputs = namedtuple("StageConfigs", [*stages, "gpu_node_selector"])
     return outputs(*[result[s] for s in stages], stage.gpu_node_selector(gpu_node_pool, gpu_accelerator))

@@ -6,12 +6,16 @@ a 2-replica MirroredStrategy on a CPU-only machine.
 
 from __future__ import annotations
 
+import os
+
+# Keras 2 (tf_keras) for QAT: set before TensorFlow is first imported, also when pytest is
+# run directly rather than through `make test`.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
-
-import mobiletag  # noqa: F401  (selects tf_keras before TensorFlow is imported)
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

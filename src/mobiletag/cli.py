@@ -23,22 +23,13 @@ log = logging.getLogger("mobiletag")
 EXIT_USER_ERROR = 2
 
 
-def _config_sources(data_dir: str | None, config_file: str | None) -> list[str | None]:
-    """Override order: configs/default.yaml, the dataset's config.yaml, the user's file."""
-    from mobiletag.data.dataset import DATASET_CONFIG
-
-    sources: list[str | None] = []
-    dataset_config = Path(data_dir, DATASET_CONFIG) if data_dir else None
-    if dataset_config is not None and dataset_config.is_file():
-        sources.append(str(dataset_config))
-    sources.append(config_file)
-    return sources
-
-
 def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Override order: configs/default.yaml (= the defaults), the dataset's config.yaml, the user's file."""
     from mobiletag.config import load_config
+    from mobiletag.stages.resolve_config import dataset_config_source
 
-    return load_config(*_config_sources(getattr(args, "data_dir", None), args.config))
+    data_dir = getattr(args, "data_dir", None)
+    return load_config(dataset_config_source(data_dir) if data_dir else None, args.config)
 
 
 # ======================================================================================
@@ -80,21 +71,33 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mobiletag.data.dataset import index_dataset
-    from mobiletag.storage import is_gcs
 
     config = _load_config(args)  # checked first: a config or CSV error stops before any stage starts
-    if not is_gcs(args.data_dir):
-        index_dataset(args.data_dir, config)
+    index_dataset(args.data_dir, config)
     started = time.perf_counter()
     if args.runner == "inprocess":
         from mobiletag.local_run import run_pipeline
 
-        run_pipeline(config, args.data_dir, args.out_dir, work_dir=args.work_dir, keep_work=args.work_dir is not None)
+        run_pipeline(
+            config,
+            args.data_dir,
+            args.out_dir,
+            work_dir=args.work_dir,
+            keep_work=args.work_dir is not None,
+            output_uri=args.output_uri,
+        )
     else:
         from mobiletag.kfp_run import run_local
 
         config_text = Path(args.config).read_text(encoding="utf-8") if args.config else ""
-        run_local(args.data_dir, args.out_dir, config_text, runner=args.runner, work_dir=args.work_dir)
+        run_local(
+            args.data_dir,
+            args.out_dir,
+            config_text,
+            runner=args.runner,
+            work_dir=args.work_dir,
+            output_uri=args.output_uri or "",
+        )
     out = Path(args.out_dir)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     test, compare = metrics["test"], metrics["compare"]
@@ -126,13 +129,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from mobiletag.kfp_run import run_parameters, submit
 
-    given = {"data_uri": args.data_uri, "config_overrides": _read_overrides(args.config), "output_uri": args.output_uri,
-             "backup_uri": args.backup_uri, "teacher_gpus": args.teacher_gpus, "student_gpus": args.student_gpus,
-             "gpu_node_pool": args.gpu_node_pool, "gpu_accelerator": args.gpu_accelerator}
+    given = {
+        "data_uri": args.data_uri,
+        "config_overrides": _read_overrides(args.config),
+        "output_uri": args.output_uri,
+        "backup_uri": args.backup_uri,
+        "teacher_gpus": args.teacher_gpus,
+        "student_gpus": args.student_gpus,
+        "gpu_node_pool": args.gpu_node_pool,
+        "gpu_accelerator": args.gpu_accelerator,
+    }
     params = run_parameters(given, dict(os.environ))
     run_name = args.run_name or f"{args.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    ident = submit(params, pipeline_name=args.pipeline_name, package=args.package, experiment=args.experiment,
-                   run_name=run_name, cron=args.cron, host=args.host, namespace=args.namespace)
+    ident = submit(
+        params,
+        pipeline_name=args.pipeline_name,
+        package=args.package,
+        experiment=args.experiment,
+        run_name=run_name,
+        cron=args.cron,
+        host=args.host,
+        namespace=args.namespace,
+    )
     kind = "recurring run" if args.cron else "run"
     print(f"started {kind} {run_name} ({ident}) with {json.dumps(params, sort_keys=True)}")
     return 0
@@ -205,15 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the whole pipeline on this machine and write the output folder")
     _add_data_and_config(p)
-    p.add_argument("--out-dir", "--out_dir", dest="out_dir", default=os.environ.get("OUTPUT_DIR", "./output"),
-                   help="output folder (model, labels, metrics, thresholds, inference config); default $OUTPUT_DIR "
-                        "or ./output")
-    p.add_argument("--work-dir", default=None, help="keep every stage's artifacts in this folder (default: a "
-                   "temporary folder, removed at the end)")
-    p.add_argument("--runner", choices=("subprocess", "docker", "inprocess"), default="subprocess",
-                   help="subprocess (default): the KFP pipeline with kfp.local, each stage in its own process; "
-                        "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage "
-                        "in this process (fastest, no kfp)")
+    p.add_argument(
+        "--out-dir",
+        "--out_dir",
+        dest="out_dir",
+        default=os.environ.get("OUTPUT_DIR", "./output"),
+        help="output folder (model, labels, metrics, thresholds, inference config); default $OUTPUT_DIR or ./output",
+    )
+    p.add_argument(
+        "--output-uri",
+        default=None,
+        help="also publish the output folder there (gs:// or local): a new versioned prefix per run, "
+        "LATEST moved only when the quality gate (config 'gate') passes",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep every stage's artifacts in this folder (default: a temporary folder, removed at the end)",
+    )
+    p.add_argument(
+        "--runner",
+        choices=("subprocess", "docker", "inprocess"),
+        default="subprocess",
+        help="subprocess (default): the KFP pipeline with kfp.local, each stage in its own process; "
+        "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage "
+        "in this process (fastest, no kfp)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="label images with an output folder's TFLite model, as an app would")
@@ -224,16 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-                        help="KFP API address; default $KF_PIPELINES_ENDPOINT, else the in-cluster default "
-                             "(with the service-account token at $KF_PIPELINES_SA_TOKEN_PATH)")
-    server.add_argument("--namespace", default=os.environ.get("MOBILETAG_NAMESPACE"),
-                        help="Kubeflow profile namespace; default $MOBILETAG_NAMESPACE")
-    server.add_argument("--pipeline-name", default=os.environ.get("MOBILETAG_PIPELINE_NAME", "mobiletag"),
-                        help="name of the uploaded pipeline (default $MOBILETAG_PIPELINE_NAME or mobiletag)")
+    server.add_argument(
+        "--host",
+        default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+        help="KFP API address; default $KF_PIPELINES_ENDPOINT, else the in-cluster default "
+        "(with the service-account token at $KF_PIPELINES_SA_TOKEN_PATH)",
+    )
+    server.add_argument(
+        "--namespace",
+        default=os.environ.get("MOBILETAG_NAMESPACE"),
+        help="Kubeflow profile namespace; default $MOBILETAG_NAMESPACE",
+    )
+    server.add_argument(
+        "--pipeline-name",
+        default=os.environ.get("MOBILETAG_PIPELINE_NAME", "mobiletag"),
+        help="name of the uploaded pipeline (default $MOBILETAG_PIPELINE_NAME or mobiletag)",
+    )
 
     p = sub.add_parser(
-        "submit", parents=[server],
+        "submit",
+        parents=[server],
         help="start a run of the uploaded pipeline on a Kubeflow Pipelines server (or schedule one with --cron)",
         description=(
             "Start a run of the uploaded pipeline (latest version) or of a compiled package. Run parameters come "
@@ -245,11 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--package", help="compiled pipeline YAML to run instead of the uploaded pipeline")
-    p.add_argument("--experiment", default=os.environ.get("MOBILETAG_EXPERIMENT", "mobiletag"),
-                   help="experiment name (default $MOBILETAG_EXPERIMENT or mobiletag)")
+    p.add_argument(
+        "--experiment",
+        default=os.environ.get("MOBILETAG_EXPERIMENT", "mobiletag"),
+        help="experiment name (default $MOBILETAG_EXPERIMENT or mobiletag)",
+    )
     p.add_argument("--run-name", help="run name (default: pipeline name + UTC time)")
-    p.add_argument("--cron", help="create a KFP recurring run with this cron expression (KFP's 6-field "
-                                  "format with seconds, e.g. '0 0 3 * * 1' = Mondays 03:00) instead of one run")
+    p.add_argument(
+        "--cron",
+        help="create a KFP recurring run with this cron expression (KFP's 6-field "
+        "format with seconds, e.g. '0 0 3 * * 1' = Mondays 03:00) instead of one run",
+    )
     p.add_argument("--data-uri", help="dataset (gs://...); default $MOBILETAG_DATA_URI")
     p.add_argument("--config", help="YAML file of config overrides; default $MOBILETAG_CONFIG_OVERRIDES (YAML text)")
     p.add_argument("--output-uri", help="where to publish the output folder; default $MOBILETAG_OUTPUT_URI")
@@ -262,8 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upload", parents=[server], help="upload the compiled pipeline (or a new version of it)")
     p.add_argument("--package", default="pipeline.yaml", help="compiled pipeline YAML (default pipeline.yaml)")
-    p.add_argument("--version", default=f"v{mobiletag.__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
-                   help="version name (default: package version + UTC time)")
+    p.add_argument(
+        "--version",
+        default=f"v{mobiletag.__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
+        help="version name (default: package version + UTC time)",
+    )
     p.set_defaults(func=cmd_upload)
     return parser
 

@@ -133,6 +133,16 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    min_f1_micro: float = _f(0.0, "publish: lowest test micro F1 a model needs to be promoted", min=0.0, max=1.0)
+    min_map_macro: float = _f(0.0, "publish: lowest test macro mAP a model needs to be promoted", min=0.0, max=1.0)
+    require_improvement: bool = _f(False, "publish: promote only a model that beats the one LATEST points to")
+    metric: Literal["map_macro", "map_micro", "f1_micro", "f1_macro"] = _f(
+        "map_macro", "publish: the test figure compared with the published model"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     num_classes: int | None = _f(
         None, "number of classes; null = inferred from train (an error when it differs)", min=1
@@ -146,6 +156,7 @@ class Config:
     qat: QatConfig = field(default_factory=QatConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     # --- derived values -------------------------------------------------------------
 

@@ -48,6 +48,7 @@ def run_local(
     runner: str = "subprocess",
     work_dir: str | None = None,
     gpus: int = 0,
+    output_uri: str = "",
 ) -> Path:
     """Run the pipeline function with kfp.local and copy its output folder to out_dir.
 
@@ -69,7 +70,7 @@ def run_local(
         result = module.mobiletag_pipeline(
             data_uri=str(Path(data_dir).resolve()),
             config_overrides=config_text,
-            output_uri="",
+            output_uri=output_uri,
             backup_uri=str(root / "backup"),
             teacher_gpus=gpus,
             student_gpus=gpus,
@@ -181,8 +182,9 @@ def submit(
         version_id = versions.pipeline_versions[0].pipeline_version_id
         source = {"pipeline_id": pipeline_id, "version_id": version_id}
     if cron:
-        job = kfp_client.create_recurring_run(experiment_id, run_name, cron_expression=cron, params=params,
-                                              max_concurrency=1, **source)
+        job = kfp_client.create_recurring_run(
+            experiment_id, run_name, cron_expression=cron, params=params, max_concurrency=1, **source
+        )
         return str(job.recurring_run_id)
     run = kfp_client.run_pipeline(experiment_id, run_name, params=params, **source)
     return str(run.run_id)

@@ -23,8 +23,14 @@ class StageFailed(MobiletagError):
     pass
 
 
-def run_pipeline(config: Config, data_dir: str | Path, out_dir: str | Path, work_dir: str | Path | None = None,
-                 keep_work: bool = False) -> dict[str, StageResult]:
+def run_pipeline(
+    config: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path | None = None,
+    keep_work: bool = False,
+    output_uri: str | None = None,
+) -> dict[str, StageResult]:
     from mobiletag.data.dataset import index_dataset
     from mobiletag.data.tfrecords import build_tfrecords
     from mobiletag.stages import (
@@ -36,6 +42,7 @@ def run_pipeline(config: Config, data_dir: str | Path, out_dir: str | Path, work
         train_student,
         train_teacher,
     )
+    from mobiletag.stages import publish as publish_stage
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mobiletag-run-"))
     d = {name: work / name for name in ("dataset", "teacher", "student", "qat", "tflite", "thresholds", "evaluation")}
@@ -53,19 +60,55 @@ def run_pipeline(config: Config, data_dir: str | Path, out_dir: str | Path, work
         log.info("=== stage %s done in %.1f s ===", name, timings[name])
 
     try:
-        stage("prepare_dataset", lambda: StageResult(details=build_tfrecords(index_dataset(data_dir, config), config,
-                                                                             d["dataset"])))
+        stage(
+            "prepare_dataset",
+            lambda: StageResult(details=build_tfrecords(index_dataset(data_dir, config), config, d["dataset"])),
+        )
         stage("train_teacher", train_teacher.run, config, d["dataset"], d["teacher"], str(work / "backup" / "teacher"))
-        stage("train_student", train_student.run, config, d["dataset"], d["teacher"], d["student"],
-              str(work / "backup" / "student"))
-        stage("quantize", quantize.run, config, d["dataset"], d["teacher"], d["student"], d["qat"],
-              str(work / "backup" / "qat"))
+        stage(
+            "train_student",
+            train_student.run,
+            config,
+            d["dataset"],
+            d["teacher"],
+            d["student"],
+            str(work / "backup" / "student"),
+        )
+        stage(
+            "quantize",
+            quantize.run,
+            config,
+            d["dataset"],
+            d["teacher"],
+            d["student"],
+            d["qat"],
+            str(work / "backup" / "qat"),
+        )
         stage("export_tflite", export_tflite.run, config, d["dataset"], d["qat"], d["tflite"])
         stage("optimize_thresholds", optimize_thresholds.run, config, d["dataset"], d["tflite"], d["thresholds"])
-        stage("evaluate", evaluate.run, d["dataset"], d["teacher"], d["student"], d["tflite"],
-              d["thresholds"], d["evaluation"])
-        stage("bundle", bundle.run, d["teacher"], d["student"], d["qat"], d["tflite"], d["thresholds"],
-              d["evaluation"], out_dir)
+        stage(
+            "evaluate",
+            evaluate.run,
+            d["dataset"],
+            d["teacher"],
+            d["student"],
+            d["tflite"],
+            d["thresholds"],
+            d["evaluation"],
+        )
+        stage(
+            "bundle",
+            bundle.run,
+            d["teacher"],
+            d["student"],
+            d["qat"],
+            d["tflite"],
+            d["thresholds"],
+            d["evaluation"],
+            out_dir,
+        )
+        if output_uri:
+            stage("publish", publish_stage.run, config, out_dir, output_uri, f"local-{work.name}")
     finally:
         if not keep_work and work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -51,5 +51,8 @@ class Predictor:
             raise DataError(f"{path}: {exc}") from exc
         scores = self.scores(app_pixels(image, self.config))
         chosen = {name: float(s) for name, s, t in zip(self.labels, scores, self.thresholds) if s >= t}
-        return {"image": str(path), "labels": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
-                "scores": {name: round(float(s), 6) for name, s in zip(self.labels, scores)}}
+        return {
+            "image": str(path),
+            "labels": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
+            "scores": {name: round(float(s), 6) for name, s in zip(self.labels, scores)},
+        }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+import threading
 from pathlib import Path
 
 from mobiletag.errors import StorageError
@@ -13,6 +15,13 @@ log = logging.getLogger(__name__)
 
 def is_gcs(uri: str) -> bool:
     return uri.startswith("gs://")
+
+
+def join(root: str, *parts: str) -> str:
+    """root/part/... for a local folder or a gs:// prefix."""
+    if is_gcs(root):
+        return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(root, *parts))
 
 
 def split_gcs(uri: str) -> tuple[str, str]:
@@ -25,11 +34,54 @@ def split_gcs(uri: str) -> tuple[str, str]:
 def gcs_client():  # type: ignore[no-untyped-def]
     """A storage client with Application Default Credentials (Workload Identity on GKE).
 
-    STORAGE_EMULATOR_HOST, when set by the caller's environment, is honoured by the client.
+    With STORAGE_EMULATOR_HOST set (a local emulator), the client talks to it anonymously.
+    That variable is the storage library's own convention, so it is read here, not only in
+    the CLI. No credential is ever logged or written.
     """
     from google.cloud import storage
 
-    return storage.Client()
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return storage.Client.create_anonymous_client()
+    try:
+        return storage.Client()
+    except Exception as exc:  # google.auth.exceptions.DefaultCredentialsError and friends
+        raise StorageError(
+            f"no Google Cloud credentials for gs:// access ({type(exc).__name__}); on GKE use Workload Identity, "
+            "elsewhere run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+        ) from exc
+
+
+_local = threading.local()
+
+
+def thread_client():  # type: ignore[no-untyped-def]
+    """One client per thread (parallel image downloads)."""
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = gcs_client()
+    return client
+
+
+def read_bytes(uri: str, retry_deadline: float = 120.0) -> bytes:
+    """The bytes of a gs:// object, with the client's retry on transient errors.
+
+    Raises FileNotFoundError when the object does not exist, StorageError on other failures.
+    """
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, blob = split_gcs(uri)
+    try:
+        return (
+            thread_client()
+            .bucket(bucket)
+            .blob(blob)
+            .download_as_bytes(retry=DEFAULT_RETRY.with_deadline(retry_deadline))
+        )
+    except exceptions.NotFound as exc:
+        raise FileNotFoundError(uri) from exc
+    except Exception as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
 
 
 def fetch_file(uri: str, cache_dir: str | Path | None = None) -> Path:
@@ -57,12 +109,9 @@ def fetch_file(uri: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def read_text_if_exists(uri: str) -> str | None:
-    """Text of a gs:// object, or None when it does not exist."""
-    bucket, blob = split_gcs(uri)
+    """Text of a local file or gs:// object (UTF-8, BOM removed), or None when it does not exist."""
     try:
-        obj = gcs_client().bucket(bucket).blob(blob)
-        if not obj.exists():
-            return None
-        return obj.download_as_text(encoding="utf-8")
-    except Exception as exc:
-        raise StorageError(f"cannot read {uri}: {exc}") from exc
+        data = read_bytes(uri) if is_gcs(uri) else Path(uri).read_bytes()
+    except FileNotFoundError:
+        return None
+    return data.decode("utf-8-sig")

@@ -19,6 +19,8 @@ from components.evaluate import evaluate
 from components.export_tflite import export_tflite
 from components.optimize_thresholds import optimize_thresholds
 from components.prepare_dataset import prepare_dataset
+from components.promote import promote
+from components.publish import publish
 from components.quantize import quantize
 from components.resolve_config import resolve_config
 from components.train_student import train_student
@@ -42,32 +44,90 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         return a[name]
 
     configs = resolve_config.python_func(
-        data_uri=str(sample_dir), config_overrides=tiny_overrides_text, gpu_node_pool="pool",
-        gpu_accelerator="nvidia-l4", config=out(dsl.Artifact, "config.yaml"),
+        data_uri=str(sample_dir),
+        config_overrides=tiny_overrides_text,
+        gpu_node_pool="pool",
+        gpu_accelerator="nvidia-l4",
+        config=out(dsl.Artifact, "config.yaml"),
     )
     a["configs"] = configs
-    prepare_dataset.python_func(data_uri=str(sample_dir), config_json=configs.prepare_dataset,
-                                dataset=out(dsl.Dataset, "dataset"), metrics=out(dsl.Metrics, "prepare_metrics"))
-    train_teacher.python_func(dataset=a["dataset"], config_json=configs.train_teacher, backup_uri="",
-                              model=out(dsl.Model, "teacher"), metrics=out(dsl.Metrics, "teacher_metrics"))
-    train_student.python_func(dataset=a["dataset"], teacher=a["teacher"], config_json=configs.train_student,
-                              backup_uri=str(root / "backup"), model=out(dsl.Model, "student"),
-                              metrics=out(dsl.Metrics, "student_metrics"))
-    quantize.python_func(dataset=a["dataset"], teacher=a["teacher"], student=a["student"],
-                         config_json=configs.quantize, backup_uri="", model=out(dsl.Model, "qat"),
-                         metrics=out(dsl.Metrics, "qat_metrics"))
-    export_tflite.python_func(dataset=a["dataset"], qat_model=a["qat"], config_json=configs.export_tflite,
-                              model=out(dsl.Model, "tflite"), metrics=out(dsl.Metrics, "export_metrics"))
-    optimize_thresholds.python_func(dataset=a["dataset"], tflite_model=a["tflite"],
-                                    config_json=configs.optimize_thresholds, thresholds=out(dsl.Artifact, "thresholds"),
-                                    metrics=out(dsl.Metrics, "threshold_metrics"))
-    evaluate.python_func(dataset=a["dataset"], teacher=a["teacher"], student=a["student"], tflite_model=a["tflite"],
-                         thresholds=a["thresholds"], evaluation=out(dsl.Artifact, "evaluation"),
-                         metrics=out(dsl.Metrics, "eval_metrics"), roc=out(dsl.ClassificationMetrics, "roc"),
-                         report=out(dsl.Markdown, "report.md"))
-    bundle.python_func(teacher=a["teacher"], student=a["student"], qat_model=a["qat"], tflite_model=a["tflite"],
-                       thresholds=a["thresholds"], evaluation=a["evaluation"], output_uri=str(root / "published"),
-                       output=out(dsl.Artifact, "output"))
+    prepare_dataset.python_func(
+        data_uri=str(sample_dir),
+        config_json=configs.prepare_dataset,
+        dataset=out(dsl.Dataset, "dataset"),
+        metrics=out(dsl.Metrics, "prepare_metrics"),
+    )
+    train_teacher.python_func(
+        dataset=a["dataset"],
+        config_json=configs.train_teacher,
+        backup_uri="",
+        model=out(dsl.Model, "teacher"),
+        metrics=out(dsl.Metrics, "teacher_metrics"),
+    )
+    train_student.python_func(
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        config_json=configs.train_student,
+        backup_uri=str(root / "backup"),
+        model=out(dsl.Model, "student"),
+        metrics=out(dsl.Metrics, "student_metrics"),
+    )
+    quantize.python_func(
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        student=a["student"],
+        config_json=configs.quantize,
+        backup_uri="",
+        model=out(dsl.Model, "qat"),
+        metrics=out(dsl.Metrics, "qat_metrics"),
+    )
+    export_tflite.python_func(
+        dataset=a["dataset"],
+        qat_model=a["qat"],
+        config_json=configs.export_tflite,
+        model=out(dsl.Model, "tflite"),
+        metrics=out(dsl.Metrics, "export_metrics"),
+    )
+    optimize_thresholds.python_func(
+        dataset=a["dataset"],
+        tflite_model=a["tflite"],
+        config_json=configs.optimize_thresholds,
+        thresholds=out(dsl.Artifact, "thresholds"),
+        metrics=out(dsl.Metrics, "threshold_metrics"),
+    )
+    evaluate.python_func(
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        student=a["student"],
+        tflite_model=a["tflite"],
+        thresholds=a["thresholds"],
+        evaluation=out(dsl.Artifact, "evaluation"),
+        metrics=out(dsl.Metrics, "eval_metrics"),
+        roc=out(dsl.ClassificationMetrics, "roc"),
+        report=out(dsl.Markdown, "report.md"),
+    )
+    bundle.python_func(
+        teacher=a["teacher"],
+        student=a["student"],
+        qat_model=a["qat"],
+        tflite_model=a["tflite"],
+        thresholds=a["thresholds"],
+        evaluation=a["evaluation"],
+        output=out(dsl.Artifact, "output"),
+    )
+    a["published"] = publish.python_func(
+        output=a["output"],
+        output_uri=str(root / "models"),
+        run_id="run-1",
+        config_json=configs.publish,
+        metrics=out(dsl.Metrics, "publish_metrics"),
+    )
+    promote.python_func(
+        output_uri=str(root / "models"),
+        version=a["published"].version,
+        previous_version=a["published"].previous_version,
+    )
+    a["models"] = root / "models"
     return a
 
 
@@ -75,8 +135,10 @@ def test_resolve_config(run):
     configs = run["configs"]
     assert json.loads(configs.train_teacher)["teacher"]["image_size"] == 32
     assert set(json.loads(configs.optimize_thresholds)) == {"thresholds"}
-    assert configs.gpu_node_selector == {"cloud.google.com/gke-nodepool": "pool",
-                                         "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert configs.gpu_node_selector == {
+        "cloud.google.com/gke-nodepool": "pool",
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+    }
     assert "image_size: 32" in Path(run["config.yaml"].path).read_text()
 
 
@@ -89,8 +151,10 @@ def test_prepare_dataset(run, sample_dir):
 
 
 def test_training_components(run):
-    for name, checkpoint, arch in (("teacher", "teacher_best.h5", "efficientnet_b3"),
-                                   ("student", "student_best.h5", "efficientnet_lite1")):
+    for name, checkpoint, arch in (
+        ("teacher", "teacher_best.h5", "efficientnet_b3"),
+        ("student", "student_best.h5", "efficientnet_lite1"),
+    ):
         model = run[name]
         assert (Path(model.path) / checkpoint).is_file()
         assert model.metadata["architecture"] == arch and model.metadata["image_size"] == 32
@@ -118,13 +182,31 @@ def test_evaluate_component(run):
 
 def test_bundle_component(run):
     out = Path(run["output"].path)
-    expected = {"model_qat_int8.tflite", "labels.txt", "metrics.json", "threshold_recommendation.json",
-                "inference_config.json", "teacher_best.h5", "student_best.h5", "student_qat.h5", "report.md"}
+    expected = {
+        "model_qat_int8.tflite",
+        "labels.txt",
+        "metrics.json",
+        "threshold_recommendation.json",
+        "inference_config.json",
+        "teacher_best.h5",
+        "student_best.h5",
+        "student_qat.h5",
+        "report.md",
+    }
     assert set(run["output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
-    published = Path(run["output"].metadata["output_uri"])
-    assert {p.name for p in published.iterdir()} == expected
-    assert (published / "model_qat_int8.tflite").read_bytes() == (out / "model_qat_int8.tflite").read_bytes()
     config = json.loads((out / "inference_config.json").read_text())
     thresholds = json.loads((out / "threshold_recommendation.json").read_text())
     assert config["thresholds"] == {k: v["threshold"] for k, v in thresholds["classes"].items()}
     assert np.isclose(config["output"]["quantization"]["scale"], 1 / 256)
+
+
+def test_publish_and_promote_components(run):
+    published = run["published"]
+    assert published.gate_passed is True and published.previous_version == ""
+    assert published.version.endswith("-run-1")
+    version_dir = run["models"] / published.version
+    assert {p.name for p in version_dir.iterdir()} == {p.name for p in Path(run["output"].path).iterdir()} | {
+        "gate.json"
+    }
+    assert (run["models"] / "LATEST").read_text().strip() == published.version
+    assert run["publish_metrics"].metadata["promoted"] == 1.0

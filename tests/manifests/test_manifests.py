@@ -25,8 +25,9 @@ def _tool(name: str) -> str:
 
 
 def _rendered() -> list[dict]:
-    out = subprocess.run([_tool("kubectl"), "kustomize", str(REPO / "manifests")], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(REPO / "manifests")], capture_output=True, text=True, check=True, timeout=60
+    )
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -34,8 +35,11 @@ def test_kustomization_renders_every_resource():
     docs = _rendered()
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == [
-        ("ConfigMap", "mobiletag-run-params"), ("CronJob", "mobiletag-retrain"), ("Role", "mobiletag-scheduler"),
-        ("RoleBinding", "mobiletag-scheduler"), ("ServiceAccount", "mobiletag-scheduler"),
+        ("ConfigMap", "mobiletag-run-params"),
+        ("CronJob", "mobiletag-retrain"),
+        ("Role", "mobiletag-scheduler"),
+        ("RoleBinding", "mobiletag-scheduler"),
+        ("ServiceAccount", "mobiletag-scheduler"),
     ]
     assert {d["metadata"]["namespace"] for d in docs} == {"kubeflow-user-example-com"}
 
@@ -60,7 +64,9 @@ def test_cronjob_runs_submit_with_the_run_parameters():
     token = job["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
     binding = docs["RoleBinding"]
-    assert binding["subjects"][0]["name"] == "mobiletag-scheduler" and binding["roleRef"]["name"] == "mobiletag-scheduler"
+    assert (
+        binding["subjects"][0]["name"] == "mobiletag-scheduler" and binding["roleRef"]["name"] == "mobiletag-scheduler"
+    )
 
 
 def test_image_tag_matches_package_version():
@@ -75,8 +81,9 @@ def test_image_tag_matches_package_version():
 
 
 def test_dockerfile_lints_clean():
-    result = subprocess.run([_tool("hadolint"), str(REPO / "images" / "Dockerfile")], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [_tool("hadolint"), str(REPO / "images" / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -15,14 +15,28 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-CONTRACT = {"model_qat_int8.tflite", "labels.txt", "metrics.json", "threshold_recommendation.json",
-            "inference_config.json", "teacher_best.h5", "student_best.h5", "student_qat.h5", "report.md"}
+CONTRACT = {
+    "model_qat_int8.tflite",
+    "labels.txt",
+    "metrics.json",
+    "threshold_recommendation.json",
+    "inference_config.json",
+    "teacher_best.h5",
+    "student_best.h5",
+    "student_qat.h5",
+    "report.md",
+}
 
 
 def mobiletag(*args, timeout=1200):
     exe = Path(sys.executable).parent / "mobiletag"
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +65,16 @@ def test_labels_and_metrics(output, sample_dir):
     with open(sample_dir / "test_labels.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert test["num_images"] == len(rows)
-    for key in ("map_macro", "map_micro", "f1_macro", "f1_micro", "precision_micro", "recall_micro", "exact_match",
-                "hamming_loss"):
+    for key in (
+        "map_macro",
+        "map_micro",
+        "f1_macro",
+        "f1_micro",
+        "precision_micro",
+        "recall_micro",
+        "exact_match",
+        "hamming_loss",
+    ):
         assert 0.0 <= test[key] <= 1.0, key
     assert set(test["per_class"]) == set(labels)
     for name, m in test["per_class"].items():
@@ -115,8 +137,7 @@ def test_failed_stage_names_it_and_leaves_no_output(sample_dir, tiny_overrides_t
     (broken / "images" / first).write_bytes(b"not a jpeg")  # found only when prepare_dataset decodes
     config = tmp_path / "tiny.yaml"
     config.write_text(tiny_overrides_text)
-    result = mobiletag("train", "--data-dir", broken, "--out-dir", tmp_path / "out", "--config", config,
-                       timeout=300)
+    result = mobiletag("train", "--data-dir", broken, "--out-dir", tmp_path / "out", "--config", config, timeout=300)
     assert result.returncode == 2
     assert "Inner task failed: 'prepare-dataset'" in result.stderr
     assert f"val_labels.csv line 2 ({first}): not an image PIL can read" in result.stdout + result.stderr

@@ -58,24 +58,68 @@ def test_loads_into_the_protos_a_server_uses(compiled):
     platform = json_format.ParseDict(compiled[1], pipeline_spec_pb2.PlatformSpec())
     executors = platform.platforms["kubernetes"].deployment_spec.executors
     for name, config in executors.items():
-        k8s = json_format.ParseDict(json_format.MessageToDict(config), kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+        k8s = json_format.ParseDict(
+            json_format.MessageToDict(config), kubernetes_executor_config_pb2.KubernetesExecutorConfig()
+        )
         assert k8s.tolerations, name
 
 
 def test_kfp_cli_compiles_the_same(compiled, tmp_path):
     out = tmp_path / "cli.yaml"
-    subprocess.run([str(Path(sys.executable).parent / "kfp"), "dsl", "compile", "--py", str(REPO / "pipeline.py"),
-                    "--output", str(out)], check=True, cwd=REPO, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kfp"),
+            "dsl",
+            "compile",
+            "--py",
+            str(REPO / "pipeline.py"),
+            "--output",
+            str(out),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     assert normalise([d for d in yaml.safe_load_all(out.read_text()) if d]) == normalise(compiled)
 
 
 def _tasks(compiled):
-    return compiled[0]["root"]["dag"]["tasks"]
+    """Every container task, also those inside condition sub-DAGs (publish, promote)."""
+    spec = compiled[0]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {
+        name: task
+        for dag in dags
+        for name, task in dag["tasks"].items()
+        if "executorLabel" in spec["components"][task["componentRef"]["name"]]
+    }
 
 
 def _executor(compiled, task):
     label = _tasks(compiled)[task]["componentRef"]["name"].replace("comp-", "exec-")
     return label, compiled[0]["deploymentSpec"]["executors"][label]["container"]
+
+
+def _by_display_name(tasks: dict, name: str) -> dict:
+    (task,) = [t for t in tasks.values() if t["taskInfo"]["name"] == name]
+    return task
+
+
+def test_publish_only_when_asked_and_promote_only_past_the_gate(compiled):
+    spec = compiled[0]
+    requested = _by_display_name(spec["root"]["dag"]["tasks"], "publish-requested")
+    assert requested["triggerPolicy"]["condition"] == ("inputs.parameter_values['pipelinechannel--output_uri'] != ''")
+    assert "bundle" in requested["dependentTasks"]
+    inner = spec["components"][requested["componentRef"]["name"]]["dag"]["tasks"]
+    assert inner["publish"]["cachingOptions"] == {}  # never cached: LATEST may have moved
+    gate = _by_display_name(inner, "gate-passed")
+    assert gate["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--publish-gate_passed'] == true"
+    )
+    promote = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]["promote"]
+    assert promote["cachingOptions"] == {}
+    assert promote["inputs"]["parameters"]["version"] == {"componentInputParameter": "pipelinechannel--publish-version"}
 
 
 def test_dag_order(compiled):
@@ -113,10 +157,13 @@ def test_gpu_pool_placement_shm_and_retries(compiled):
     for task in gpu_tasks:
         config = platform[_executor(compiled, task)[0]]
         assert config["nodeSelector"]["nodeSelectorJson"]["taskOutputParameter"] == {
-            "outputParameterKey": "gpu_node_selector", "producerTask": "resolve-config"}
+            "outputParameterKey": "gpu_node_selector",
+            "producerTask": "resolve-config",
+        }
         assert config["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
-        assert config["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
-                                             "volumeName": "dshm"}]
+        assert config["emptyDirMounts"] == [
+            {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"}
+        ]
         assert _tasks(compiled)[task]["retryPolicy"]["maxRetryCount"] == 3
     assert "retryPolicy" not in _tasks(compiled)["export-tflite"]
 
@@ -144,7 +191,9 @@ def test_node_selector_from_parameters():
     from mobiletag.stages.resolve_config import gpu_node_selector
 
     assert gpu_node_selector("gpu-pool", "nvidia-l4") == {
-        "cloud.google.com/gke-nodepool": "gpu-pool", "cloud.google.com/gke-accelerator": "nvidia-l4"}
+        "cloud.google.com/gke-nodepool": "gpu-pool",
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+    }
     assert gpu_node_selector("", " ") == {}
 
 

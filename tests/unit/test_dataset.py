@@ -151,7 +151,10 @@ def test_image_faults_all_reported_in_one_run(tmp_path):
     root = make_dataset(tmp_path, train, "", "", images)
     message = errors_of(root)
     assert "4 problem(s)" in message
-    assert "train_labels.csv line 5 (missing.jpg): the image file does not exist" in message
+    assert (
+        f"train_labels.csv line 5 (missing.jpg): the image file {tmp_path / 'images' / 'missing.jpg'} does not exist"
+        in message
+    )
     assert "train_labels.csv line 6 (empty.jpg): the file is empty (0 bytes)" in message
     assert "train_labels.csv line 7 (trunc.jpg): cannot be decoded" in message
     assert "train_labels.csv line 8 (junk.jpg): not an image PIL can read" in message

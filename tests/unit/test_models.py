@@ -28,7 +28,9 @@ def test_student_is_flat_quantizable_and_lite_shaped():
     kinds = {type(layer).__name__ for layer in model.layers}
     assert "Multiply" not in kinds and "Rescaling" not in kinds and "Normalization" not in kinds
     assert all(layer.max_value == 6.0 for layer in model.layers if isinstance(layer, keras.layers.ReLU))
-    assert all(layer.activation.__name__ == "linear" for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert all(
+        layer.activation.__name__ == "linear" for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+    )
     assert model.get_layer("stem_conv").filters == 32 and model.get_layer("top_conv").filters == 1280
     # depth 1.1: block groups 2-6 get ceil(1.1 * repeats); first and last stay
     groups = {}
@@ -55,7 +57,7 @@ def test_teacher_phases():
     assert not any(layer.trainable for layer in body)
     assert model.get_layer("logits").trainable
     set_phase(model, "finetune", 0.3, pretrained=True)
-    top = body[len(body) - round(len(body) * 0.3):]
+    top = body[len(body) - round(len(body) * 0.3) :]
     bottom = body[: len(body) - round(len(body) * 0.3)]
     assert not any(layer.trainable for layer in bottom)
     assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)

@@ -154,8 +154,16 @@ def test_killed_training_resumes_from_last_epoch(tfrecord_dir, teacher_dir, tmp_
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
     backup = tmp_path / "backup"
-    args = [sys.executable, "-u", str(script), str(REPO / "configs" / "fast.yaml"), str(tfrecord_dir),
-            str(teacher_dir), str(tmp_path / "student"), str(backup)]
+    args = [
+        sys.executable,
+        "-u",
+        str(script),
+        str(REPO / "configs" / "fast.yaml"),
+        str(tfrecord_dir),
+        str(teacher_dir),
+        str(tmp_path / "student"),
+        str(backup),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen = []

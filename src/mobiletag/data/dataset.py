@@ -15,7 +15,7 @@ import csv
 import logging
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ import numpy as np
 
 from mobiletag.config import Config, source_of
 from mobiletag.data.images import ImageInfo, ImageProblem, inspect_image
-from mobiletag.errors import DataError
+from mobiletag.errors import DataError, StorageError
+from mobiletag.storage import is_gcs, join, read_bytes, read_text_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,42 @@ class Row:
 
 @dataclass(frozen=True)
 class DatasetIndex:
-    """The parsed, label-checked dataset: what every later step reads."""
+    """The parsed, label-checked dataset: what every later step reads.
 
-    root: Path
+    ``root`` is a local folder or a gs:// prefix.
+    """
+
+    root: str
     classes: tuple[str, ...]
     splits: dict[str, tuple[Row, ...]]
     warnings: tuple[str, ...] = ()
 
     @property
-    def images_dir(self) -> Path:
-        return self.root / IMAGES_DIR
+    def images_root(self) -> str:
+        return join(self.root, IMAGES_DIR)
 
-    def image_path(self, row: Row) -> Path:
-        return self.images_dir / row.filepath
+    def image_location(self, row: Row) -> str:
+        return join(self.images_root, row.filepath)
+
+    def read_image(self, row: Row) -> bytes:
+        """The image file's bytes; ImageProblem when it cannot be had. Never leaves images/."""
+        location = self.image_location(row)
+        try:
+            if is_gcs(location):
+                return read_bytes(location)
+            path = Path(location).resolve()
+            if not path.is_relative_to(Path(self.images_root).resolve()):
+                raise ImageProblem("is a link that points outside images/; refused, never opened")
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            what = "object" if is_gcs(location) else "image file"
+            raise ImageProblem(f"the {what} {location} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise ImageProblem("is a directory, not an image file") from exc
+        except StorageError as exc:
+            raise ImageProblem(str(exc)) from exc
+        except OSError as exc:
+            raise ImageProblem(f"cannot be read: {exc.strerror or exc}") from exc
 
     def where(self, split: str, row: Row) -> str:
         return f"{csv_name(split)} line {row.line} ({row.filepath})"
@@ -158,17 +182,17 @@ def parse_labels(field_text: str) -> tuple[str, ...]:
     return labels
 
 
-def read_split_csv(path: Path, split: str, problems: Problems) -> list[Row] | None:
+def read_split_csv(root: str, split: str, problems: Problems) -> list[Row] | None:
     """Rows of one split CSV; problems go to ``problems``. None when the file is unusable."""
-    name = path.name
-    if not path.is_file():
-        problems.add(f"{name}: missing; every dataset needs {', '.join(csv_name(s) for s in SPLITS)}")
-        return None
+    name = csv_name(split)
+    location = join(root, name)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text_if_exists(location)
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        problems.add(f"{name} line {line}: not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+        problems.add(f"{name}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8")
+        return None
+    if text is None:
+        problems.add(f"{name}: missing ({location}); every dataset needs {', '.join(csv_name(s) for s in SPLITS)}")
         return None
     reader = csv.reader(text.splitlines(), skipinitialspace=True)
     header = next(reader, None)
@@ -255,16 +279,20 @@ def resolve_classes(splits: dict[str, list[Row]], config: Config, problems: Prob
 
 
 def index_dataset(data_dir: str | Path, config: Config) -> DatasetIndex:
-    """Parse and check the three CSVs and the labels (not the image contents)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"dataset folder {root} does not exist; pass --data-dir pointing at a dataset")
+    """Parse and check the three CSVs and the labels (not the image contents).
+
+    ``data_dir`` is a local folder or a gs:// prefix.
+    """
+    root = str(data_dir).rstrip("/") if is_gcs(str(data_dir)) else str(Path(data_dir))
     problems = Problems(config.data.max_errors)
-    if not (root / IMAGES_DIR).is_dir():
-        problems.add(f"{root}: has no {IMAGES_DIR}/ folder; the CSV filepaths are relative to it")
+    if not is_gcs(root):
+        if not Path(root).is_dir():
+            raise DataError(f"dataset folder {root} does not exist; pass --data-dir pointing at a dataset")
+        if not Path(root, IMAGES_DIR).is_dir():
+            problems.add(f"{root}: has no {IMAGES_DIR}/ folder; the CSV filepaths are relative to it")
     splits: dict[str, list[Row]] = {}
     for split in SPLITS:
-        rows = read_split_csv(root / csv_name(split), split, problems)
+        rows = read_split_csv(root, split, problems)
         if rows is not None:
             splits[split] = rows
     if "train" in splits and not splits["train"]:
@@ -300,7 +328,8 @@ T = TypeVar("T")
 
 
 def worker_count(config: Config) -> int:
-    return config.data.workers or max(1, min(32, (os.cpu_count() or 1) * 2))
+    """Threads for reading and decoding: decoding needs a core each, downloads wait on the network."""
+    return config.data.workers or max(1, min(32, (os.cpu_count() or 1) * 4))
 
 
 def map_images(
@@ -309,33 +338,29 @@ def map_images(
     rows: Iterable[Row],
     config: Config,
     problems: Problems,
-    fn: Callable[[Path], T],
+    fn: Callable[[bytes], T],
 ) -> Iterator[tuple[Row, T]]:
-    """fn(image path) for every row, in parallel, in row order; failures go to problems.
+    """fn(image bytes) for every row, in parallel, in row order; failures go to problems.
 
-    Results stream out in order with a bounded window, so memory does not grow with the
-    dataset and a consumer (the TFRecord writer) works while the next images decode.
+    Reads (local or gs://, with retries) and decodes run in a thread pool. Results stream
+    out in order with a bounded window, so memory does not grow with the dataset and a
+    consumer (the TFRecord writer) works while the next images load.
     """
     rows = list(rows)
-    images_root = index.images_dir.resolve()
     workers = worker_count(config)
 
     def task(row: Row) -> tuple[Row, T | None, str | None]:
-        path = index.image_path(row)
         try:
-            resolved = path.resolve()
-            if not resolved.is_relative_to(images_root):
-                return row, None, "is a link that points outside images/; refused, never opened"
-            return row, fn(resolved), None
+            return row, fn(index.read_image(row)), None
         except ImageProblem as exc:
             return row, None, str(exc)
 
     window = workers * 4
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending = [pool.submit(task, row) for row in rows[:window]]
+        pending = deque(pool.submit(task, row) for row in rows[:window])
         next_row = len(pending)
         while pending:
-            row, result, problem = pending.pop(0).result()
+            row, result, problem = pending.popleft().result()
             if next_row < len(rows):
                 pending.append(pool.submit(task, rows[next_row]))
                 next_row += 1
@@ -353,7 +378,7 @@ def check_images(index: DatasetIndex, config: Config) -> dict[str, dict[str, Ima
     decoded: dict[str, ImageInfo] = {}  # an image shared between splits is decoded once
     for split, rows in index.splits.items():
         todo = [r for r in rows if r.filepath not in decoded]
-        for row, info in map_images(index, split, todo, config, problems, lambda p: inspect_image(p, max_side=side)):
+        for row, info in map_images(index, split, todo, config, problems, lambda b: inspect_image(b, max_side=side)):
             decoded[row.filepath] = info
         infos[split] = {r.filepath: decoded[r.filepath] for r in rows if r.filepath in decoded}
     problems.raise_if_any(f"dataset {index.root} has unusable images")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -89,16 +88,8 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def inspect_image(path: Path, max_side: int | None = None, jpeg_quality: int | None = None) -> ImageInfo:
-    """Check that a file is a usable image; with jpeg_quality, also return it re-encoded."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageProblem("the image file does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ImageProblem("is a directory, not an image file") from exc
-    except OSError as exc:
-        raise ImageProblem(f"cannot be read: {exc.strerror or exc}") from exc
+def inspect_image(data: bytes, max_side: int | None = None, jpeg_quality: int | None = None) -> ImageInfo:
+    """Check that file bytes are a usable image; with jpeg_quality, also return it re-encoded."""
     image, info = decode_image(data, max_side=max_side)
     if jpeg_quality is None:
         return info

@@ -93,7 +93,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
                     rows,
                     config,
                     problems,
-                    lambda p: inspect_image(p, max_side=side, jpeg_quality=quality),
+                    lambda data: inspect_image(data, max_side=side, jpeg_quality=quality),
                 ):
                     assert info.jpeg is not None and info.stored_size is not None
                     i = position[row.filepath]

@@ -15,8 +15,10 @@ def _r(value: float) -> float | None:
 
 
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    return {"map_macro": _r(mean_average_precision(labels, scores)),
-            "map_micro": _r(micro_average_precision(labels, scores))}
+    return {
+        "map_macro": _r(mean_average_precision(labels, scores)),
+        "map_micro": _r(micro_average_precision(labels, scores)),
+    }
 
 
 def classification_metrics(
@@ -33,8 +35,14 @@ def classification_metrics(
     aps = per_class_ap(labels, scores)
     has_positive = y.sum(axis=0) > 0
     per_class = {
-        name: {"ap": _r(aps[c]), "precision": round(float(precision[c]), 4), "recall": round(float(recall[c]), 4),
-               "f1": round(float(f1[c]), 4), "threshold": float(t[c]), "support": int(y[:, c].sum())}
+        name: {
+            "ap": _r(aps[c]),
+            "precision": round(float(precision[c]), 4),
+            "recall": round(float(recall[c]), 4),
+            "f1": round(float(f1[c]), 4),
+            "threshold": float(t[c]),
+            "support": int(y[:, c].sum()),
+        }
         for c, name in enumerate(classes)
     }
     return {
@@ -63,13 +71,17 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in test["per_class"].items():
-        lines.append(f"| {name} | {m['ap']} | {m['precision']} | {m['recall']} | {m['f1']} | {m['threshold']} | "
-                     f"{m['support']} |")
+        lines.append(
+            f"| {name} | {m['ap']} | {m['precision']} | {m['recall']} | {m['f1']} | {m['threshold']} | {m['support']} |"
+        )
     compare = metrics.get("compare", {})
     if compare:
         lines += ["", "| model | macro mAP | micro mAP |", "|---|---|---|"]
         for name, m in compare.items():
             lines.append(f"| {name} | {m.get('map_macro')} | {m.get('map_micro')} |")
-    lines += ["", f"Model size: {metrics.get('size_bytes')} bytes; CPU latency per image (LiteRT, XNNPACK): "
-              + ", ".join(f"{k.replace('threads_', '')} thread(s) {v} ms" for k, v in metrics.get("latency_ms", {}).items())]
+    lines += [
+        "",
+        f"Model size: {metrics.get('size_bytes')} bytes; CPU latency per image (LiteRT, XNNPACK): "
+        + ", ".join(f"{k.replace('threads_', '')} thread(s) {v} ms" for k, v in metrics.get("latency_ms", {}).items()),
+    ]
     return "\n".join(lines) + "\n"

@@ -52,8 +52,13 @@ def optimize_thresholds(
 ) -> dict[str, Any]:
     """The threshold per class and the validation figures behind it."""
     candidates = grid(cfg)
-    result: dict[str, Any] = {"strategy": cfg.strategy, "grid": [cfg.grid_min, cfg.grid_max, cfg.grid_step],
-                              "num_images": int(len(labels)), "classes": {}, "warnings": []}
+    result: dict[str, Any] = {
+        "strategy": cfg.strategy,
+        "grid": [cfg.grid_min, cfg.grid_max, cfg.grid_step],
+        "num_images": int(len(labels)),
+        "classes": {},
+        "warnings": [],
+    }
     global_t = None
     if cfg.strategy == "global":
         tp: Any = 0
@@ -82,14 +87,18 @@ def optimize_thresholds(
                 threshold = float(candidates[_pick(masked, candidates)])
             else:
                 threshold = float(candidates[_pick(f1, candidates)])
-                note = (f"no threshold reaches precision {cfg.min_precision} on validation; "
-                        "using the best-F1 threshold")
+                note = f"no threshold reaches precision {cfg.min_precision} on validation; using the best-F1 threshold"
         else:
             threshold = float(candidates[_pick(f1, candidates)])
         a, b, d = counts_at(y, s, np.array([threshold]))
         p, r, f = prf(a, b, d)
-        entry: dict[str, Any] = {"threshold": round(threshold, 6), "precision": round(float(p[0]), 4),
-                 "recall": round(float(r[0]), 4), "f1": round(float(f[0]), 4), "support": support}
+        entry: dict[str, Any] = {
+            "threshold": round(threshold, 6),
+            "precision": round(float(p[0]), 4),
+            "recall": round(float(r[0]), 4),
+            "f1": round(float(f[0]), 4),
+            "support": support,
+        }
         if note:
             entry["note"] = note
             result["warnings"].append(f"{name}: {note}")

@@ -30,8 +30,11 @@ def build_inference_config(
             "quantization": {"scale": inp.scale, "zero_point": inp.zero_point},
             "how_to": (
                 f"decode to RGB, apply EXIF orientation, resize to {size}x{size} (bilinear), then "
-                + ("feed the pixels as they are" if inp.dtype == "uint8" and inp.scale == 1.0 and inp.zero_point == 0
-                   else "quantize: q = round(pixel / scale + zero_point)")
+                + (
+                    "feed the pixels as they are"
+                    if inp.dtype == "uint8" and inp.scale == 1.0 and inp.zero_point == 0
+                    else "quantize: q = round(pixel / scale + zero_point)"
+                )
             ),
         },
         "output": {

@@ -212,14 +212,23 @@ def verify_export(
         agreement=float(np.mean((got >= 0.5) == (reference >= 0.5))),
         num_images=len(images),
     )
-    log.info("export parity on %d validation images: mean |diff| %.4f, max %.4f, equal decisions at 0.5: %.3f",
-             report.num_images, report.mean_abs_diff, report.max_abs_diff, report.agreement)
+    log.info(
+        "export parity on %d validation images: mean |diff| %.4f, max %.4f, equal decisions at 0.5: %.3f",
+        report.num_images,
+        report.mean_abs_diff,
+        report.max_abs_diff,
+        report.agreement,
+    )
     if report.mean_abs_diff > max_mean_abs_diff:
-        problems.append(f"TFLite probabilities differ from the QAT model's by {report.mean_abs_diff:.4f} on average "
-                        f"(allowed: export.parity_max_mean_abs_diff = {max_mean_abs_diff})")
+        problems.append(
+            f"TFLite probabilities differ from the QAT model's by {report.mean_abs_diff:.4f} on average "
+            f"(allowed: export.parity_max_mean_abs_diff = {max_mean_abs_diff})"
+        )
     if report.agreement < min_agreement:
-        problems.append(f"only {report.agreement:.1%} of decisions at 0.5 agree with the QAT model "
-                        f"(required: export.parity_min_agreement = {min_agreement})")
+        problems.append(
+            f"only {report.agreement:.1%} of decisions at 0.5 agree with the QAT model "
+            f"(required: export.parity_min_agreement = {min_agreement})"
+        )
     if problems:
         raise ExportError("the exported TFLite model failed its checks: " + "; ".join(problems))
     return report

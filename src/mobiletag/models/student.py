@@ -60,7 +60,6 @@ BLOCKS = (
 )
 
 
-
 def _conv_init() -> keras.initializers.Initializer:
     # a new instance per layer: one shared instance would give every layer the same weights
     return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="truncated_normal")
@@ -95,7 +94,13 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
 
 def _conv_bn(x: tf.Tensor, filters: int, kernel: int, stride: int, name: str, relu: bool = True) -> tf.Tensor:
     x = layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer=_conv_init(), name=f"{name}_conv"
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_conv_init(),
+        name=f"{name}_conv",
     )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if relu:
@@ -110,7 +115,11 @@ def _mbconv(x: tf.Tensor, args: BlockArgs, filters_in: int, filters_out: int, st
     if args.expand_ratio != 1:
         x = _conv_bn(x, expanded, 1, 1, f"{name}_expand")
     x = layers.DepthwiseConv2D(
-        args.kernel, strides=stride, padding="same", use_bias=False, depthwise_initializer=_conv_init(),
+        args.kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=_conv_init(),
         name=f"{name}_dwconv",
     )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
@@ -144,7 +153,11 @@ def build_student(
         repeats = args.repeats if b in (0, last) else round_repeats(args.repeats, depth)
         for r in range(repeats):
             x = _mbconv(
-                x, args, filters_in if r == 0 else filters_out, filters_out, args.stride if r == 0 else 1,
+                x,
+                args,
+                filters_in if r == 0 else filters_out,
+                filters_out,
+                args.stride if r == 0 else 1,
                 name=f"block{b + 1}{chr(ord('a') + r)}",
             )
     x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top")  # head fixed in Lite

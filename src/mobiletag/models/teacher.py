@@ -17,6 +17,7 @@ from mobiletag.storage import fetch_file
 
 log = logging.getLogger(__name__)
 
+
 def resolve_weights(weights: str, key: str) -> str | None:
     """'imagenet' -> 'imagenet'; 'none' -> None; a path or gs:// URI -> a local file path."""
     value = weights.strip()
@@ -27,7 +28,9 @@ def resolve_weights(weights: str, key: str) -> str | None:
     try:
         return str(fetch_file(value))
     except Exception as exc:
-        raise ConfigError(f"config key '{key}' is {weights!r}: {exc}; give 'imagenet', 'none', a file or gs:// URI") from exc
+        raise ConfigError(
+            f"config key '{key}' is {weights!r}: {exc}; give 'imagenet', 'none', a file or gs:// URI"
+        ) from exc
 
 
 def build_teacher(num_classes: int, image_size: int, weights: str = "imagenet", dropout: float = 0.3) -> keras.Model:

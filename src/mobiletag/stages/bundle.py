@@ -19,7 +19,6 @@ from mobiletag.stages.optimize_thresholds import THRESHOLDS_FILE
 from mobiletag.stages.quantize import CHECKPOINT as QAT_CHECKPOINT
 from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
 from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
-from mobiletag.storage import gcs_client, is_gcs, split_gcs
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ def run(
     thresholds_dir: str | Path,
     eval_dir: str | Path,
     out_dir: str | Path,
-    output_uri: str | None = None,
 ) -> StageResult:
     out = Path(out_dir)
     tmp = out.parent / f".{out.name}.partial"
@@ -65,26 +63,5 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("output folder: %s", out)
-    if output_uri:
-        copy_folder(out, output_uri)
     files = sorted(p.name for p in out.iterdir())
-    return StageResult(files={name: str(out / name) for name in files},
-                       details={"files": files, "output_uri": output_uri or ""})
-
-
-def copy_folder(folder: Path, uri: str) -> None:
-    """Copy the output folder to a local path or gs:// prefix (complete folders only)."""
-    if is_gcs(uri):
-        bucket_name, prefix = split_gcs(uri)
-        bucket = gcs_client().bucket(bucket_name)
-        for path in sorted(folder.iterdir()):
-            bucket.blob(f"{prefix.rstrip('/')}/{path.name}".lstrip("/")).upload_from_filename(str(path))
-    else:
-        target = Path(uri)
-        tmp = target.parent / f".{target.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    log.info("copied the output folder to %s", uri)
+    return StageResult(files={name: str(out / name) for name in files}, details={"files": files})

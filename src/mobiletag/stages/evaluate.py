@@ -79,23 +79,38 @@ def run(
     }
     write_json(out / METRICS_FILE, metrics)
     (out / REPORT_FILE).write_text(markdown_report(metrics), encoding="utf-8")
-    write_json(out / "test_scores.json", {"paths": paths, "scores": np.round(scores, 6).tolist(),
-                                          "labels": labels.astype(int).tolist()})
-    log.info("test: macro mAP %.4f (float student %.4f, teacher %.4f), micro F1 %.4f, %d bytes, %.2f ms/img",
-             test["map_macro"] or 0, compare["student"]["map_macro"] or 0, compare["teacher"]["map_macro"] or 0,
-             test["f1_micro"], metrics["size_bytes"], latency["threads_1"])
+    write_json(
+        out / "test_scores.json",
+        {"paths": paths, "scores": np.round(scores, 6).tolist(), "labels": labels.astype(int).tolist()},
+    )
+    log.info(
+        "test: macro mAP %.4f (float student %.4f, teacher %.4f), micro F1 %.4f, %d bytes, %.2f ms/img",
+        test["map_macro"] or 0,
+        compare["student"]["map_macro"] or 0,
+        compare["teacher"]["map_macro"] or 0,
+        test["f1_micro"],
+        metrics["size_bytes"],
+        latency["threads_1"],
+    )
     scalars = {
-        "test_map_macro": test["map_macro"] or 0.0, "test_map_micro": test["map_micro"] or 0.0,
-        "test_f1_macro": test["f1_macro"], "test_f1_micro": test["f1_micro"],
-        "test_exact_match": test["exact_match"], "test_hamming_loss": test["hamming_loss"],
+        "test_map_macro": test["map_macro"] or 0.0,
+        "test_map_micro": test["map_micro"] or 0.0,
+        "test_f1_macro": test["f1_macro"],
+        "test_f1_micro": test["f1_micro"],
+        "test_exact_match": test["exact_match"],
+        "test_hamming_loss": test["hamming_loss"],
         "teacher_map_macro": compare["teacher"]["map_macro"] or 0.0,
         "student_map_macro": compare["student"]["map_macro"] or 0.0,
-        "size_bytes": float(metrics["size_bytes"]), "latency_ms_1_thread": latency["threads_1"],
-        "latency_ms_2_threads": latency["threads_2"], "seconds": round(time.perf_counter() - started, 1),
+        "size_bytes": float(metrics["size_bytes"]),
+        "latency_ms_1_thread": latency["threads_1"],
+        "latency_ms_2_threads": latency["threads_2"],
+        "seconds": round(time.perf_counter() - started, 1),
     }
     fpr, tpr, cut = roc_curve(labels.ravel(), scores.ravel())
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).round().astype(int))
-    roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(),
-           "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
-    return StageResult(metrics=scalars, files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE)},
-                       details={"roc": roc, "report": (out / REPORT_FILE).read_text(encoding="utf-8")})
+    roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
+    return StageResult(
+        metrics=scalars,
+        files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE)},
+        details={"roc": roc, "report": (out / REPORT_FILE).read_text(encoding="utf-8")},
+    )

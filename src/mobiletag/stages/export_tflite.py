@@ -23,8 +23,9 @@ REPORT = "export_report.json"
 PARITY_IMAGES = 64
 
 
-def eval_pixels(dataset_dir: str | Path, split: str, size: int, limit: int | None = None,
-                with_paths: bool = False) -> Any:
+def eval_pixels(
+    dataset_dir: str | Path, split: str, size: int, limit: int | None = None, with_paths: bool = False
+) -> Any:
     """A split's images preprocessed exactly as inference_config.json tells an app (PIL decode,
     whole image, bilinear resize), as float pixel values 0..255, with their labels (and paths)."""
     import io
@@ -32,9 +33,11 @@ def eval_pixels(dataset_dir: str | Path, split: str, size: int, limit: int | Non
     import tensorflow as tf
     from PIL import Image
 
-    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-                "image/labels": tf.io.VarLenFeature(tf.float32),
-                "image/filepath": tf.io.FixedLenFeature([], tf.string)}
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/labels": tf.io.VarLenFeature(tf.float32),
+        "image/filepath": tf.io.FixedLenFeature([], tf.string),
+    }
     config = {"input": {"shape": [1, size, size, 3]}}
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -63,9 +66,13 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
     tflite = TFLiteModel(flatbuffer)
     check_images, _ = eval_pixels(dataset_dir, "val", size, PARITY_IMAGES)
     parity = verify_export(
-        tflite, qat_model, check_images,
-        input_dtype=config.export.input_dtype, output_dtype=config.export.output_dtype,
-        max_mean_abs_diff=config.export.parity_max_mean_abs_diff, min_agreement=config.export.parity_min_agreement,
+        tflite,
+        qat_model,
+        check_images,
+        input_dtype=config.export.input_dtype,
+        output_dtype=config.export.output_dtype,
+        max_mean_abs_diff=config.export.parity_max_mean_abs_diff,
+        min_agreement=config.export.parity_min_agreement,
     )
     path = out / MODEL_FILE
     tmp = path.with_suffix(".partial")
@@ -83,11 +90,24 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / REPORT, report)
-    log.info("exported %s: %d bytes, parity mean |diff| %.4f, agreement %.3f", path, len(flatbuffer),
-             parity.mean_abs_diff, parity.agreement)
-    metrics = {"size_bytes": float(len(flatbuffer)), "parity_mean_abs_diff": round(parity.mean_abs_diff, 5),
-               "parity_agreement": round(parity.agreement, 4)}
-    details = {"framework": "tflite (full-integer INT8)", "architecture": config.student.architecture,
-               "image_size": size, "size_bytes": len(flatbuffer), "input_dtype": tflite.input.dtype,
-               "output_dtype": tflite.output.dtype}
+    log.info(
+        "exported %s: %d bytes, parity mean |diff| %.4f, agreement %.3f",
+        path,
+        len(flatbuffer),
+        parity.mean_abs_diff,
+        parity.agreement,
+    )
+    metrics = {
+        "size_bytes": float(len(flatbuffer)),
+        "parity_mean_abs_diff": round(parity.mean_abs_diff, 5),
+        "parity_agreement": round(parity.agreement, 4),
+    }
+    details = {
+        "framework": "tflite (full-integer INT8)",
+        "architecture": config.student.architecture,
+        "image_size": size,
+        "size_bytes": len(flatbuffer),
+        "input_dtype": tflite.input.dtype,
+        "output_dtype": tflite.output.dtype,
+    }
     return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / REPORT)}, details=details)

@@ -29,6 +29,9 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
     write_json(out / THRESHOLDS_FILE, result)
     f1 = [c["f1"] for c in result["classes"].values() if c["support"] > 0]
     metrics = {"val_f1_macro_at_thresholds": round(sum(f1) / len(f1), 4) if f1 else 0.0}
-    log.info("thresholds (%s): %s", config.thresholds.strategy,
-             ", ".join(f"{k} {v['threshold']}" for k, v in result["classes"].items()))
+    log.info(
+        "thresholds (%s): %s",
+        config.thresholds.strategy,
+        ", ".join(f"{k} {v['threshold']}" for k, v in result["classes"].items()),
+    )
     return StageResult(metrics=metrics, files={"thresholds": str(out / THRESHOLDS_FILE)}, details=result)

@@ -8,18 +8,16 @@ from mobiletag.config import Config
 from mobiletag.data.dataset import index_dataset
 from mobiletag.data.tfrecords import build_tfrecords
 from mobiletag.stages.common import StageResult
-from mobiletag.storage import is_gcs
 
 
 def run(config: Config, data_uri: str, out_dir: str | Path) -> StageResult:
-    if is_gcs(data_uri):
-        from mobiletag.errors import StorageError
-
-        raise StorageError(f"data_uri {data_uri}: gs:// datasets are not supported yet; copy the dataset locally")
     stats = build_tfrecords(index_dataset(data_uri, config), config, out_dir)
     splits = stats["splits"]
     metrics = {f"{split}_images": float(v["num_images"]) for split, v in splits.items()}
     metrics["num_classes"] = float(stats["num_classes"])
-    details = {"classes": stats["classes"], "stored_image_side": stats["stored_image_side"],
-               "num_images": {split: v["num_images"] for split, v in splits.items()}}
+    details = {
+        "classes": stats["classes"],
+        "stored_image_side": stats["stored_image_side"],
+        "num_images": {split: v["num_images"] for split, v in splits.items()},
+    }
     return StageResult(metrics=metrics, details=details)

@@ -42,21 +42,51 @@ def run(
     size = config.student.image_size
     distill = cfg.distill and config.student.alpha < 1.0
     sizes = [config.teacher.image_size, size] if distill else [size]
-    train_ds = make_dataset(dataset_dir, "train", image_sizes=sizes, batch_size=cfg.batch_size, training=True,
-                            repeat=True, num_classes=facts.num_classes, config=config)
-    val_ds = make_dataset(dataset_dir, "val", image_sizes=[size], batch_size=cfg.batch_size, training=False,
-                          num_classes=facts.num_classes, config=config)
+    train_ds = make_dataset(
+        dataset_dir,
+        "train",
+        image_sizes=sizes,
+        batch_size=cfg.batch_size,
+        training=True,
+        repeat=True,
+        num_classes=facts.num_classes,
+        config=config,
+    )
+    val_ds = make_dataset(
+        dataset_dir,
+        "val",
+        image_sizes=[size],
+        batch_size=cfg.batch_size,
+        training=False,
+        num_classes=facts.num_classes,
+        config=config,
+    )
     student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
     float_map = mean_average_precision(*reversed(predict_scores(student, val_ds, preprocess)))
     qat_model = quantize(student)
     teacher = load_teacher(teacher_dir) if distill else None
-    trainer = Trainer(qat_model, teacher, alpha=config.student.alpha if distill else 1.0,
-                      temperature=config.student.temperature, preprocess=preprocess)
+    trainer = Trainer(
+        qat_model,
+        teacher,
+        alpha=config.student.alpha if distill else 1.0,
+        temperature=config.student.temperature,
+        preprocess=preprocess,
+    )
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     checkpoint = out / CHECKPOINT
-    result = fit(trainer, train_ds, val_ds, name="qat", epochs=cfg.epochs, steps_per_epoch=steps,
-                 batch_size=cfg.batch_size, checkpoint=checkpoint,
-                 backup_dir=Path(backup_dir) if backup_dir else None, patience=0, preprocess=preprocess)
+    result = fit(
+        trainer,
+        train_ds,
+        val_ds,
+        name="qat",
+        epochs=cfg.epochs,
+        steps_per_epoch=steps,
+        batch_size=cfg.batch_size,
+        checkpoint=checkpoint,
+        backup_dir=Path(backup_dir) if backup_dir else None,
+        patience=0,
+        preprocess=preprocess,
+    )
     if not checkpoint.exists():
         qat_model.save(checkpoint)
     best = load_qat_model(checkpoint)
@@ -68,9 +98,22 @@ def run(
         "epochs": result.epochs_run,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / METRICS, {"metrics": metrics, "distill": distill, "history": result.history,
-                               "image_size": size, "classes": facts.classes})
+    write_json(
+        out / METRICS,
+        {
+            "metrics": metrics,
+            "distill": distill,
+            "history": result.history,
+            "image_size": size,
+            "classes": facts.classes,
+        },
+    )
     log.info("qat: validation mAP %.4f (float student %.4f)", val_map, float_map)
-    details = {"framework": "tf_keras + tensorflow-model-optimization (QAT)", "architecture": config.student.architecture,
-               "image_size": size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
+    details = {
+        "framework": "tf_keras + tensorflow-model-optimization (QAT)",
+        "architecture": config.student.architecture,
+        "image_size": size,
+        "size_bytes": checkpoint.stat().st_size,
+        "val_map": metrics["val_map"],
+    }
     return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint)}, details=details)

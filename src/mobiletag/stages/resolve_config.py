@@ -11,6 +11,7 @@ from typing import Any
 from mobiletag.config import Config, load_config, load_config_text, read_yaml_mapping
 from mobiletag.data.dataset import DATASET_CONFIG
 from mobiletag.errors import ConfigError
+from mobiletag.storage import is_gcs, join, read_text_if_exists
 
 # What each stage reads. prepare_dataset gets the stored image side resolved, not the model
 # sections it is derived from, so changing an epoch count does not rebuild the TFRecords.
@@ -21,6 +22,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "quantize": ("seed", "data", "teacher", "student", "qat"),
     "export_tflite": ("student", "export"),
     "optimize_thresholds": ("thresholds",),
+    "publish": ("gate",),
 }
 
 
@@ -41,13 +43,12 @@ def config_from_json(text: str) -> Config:
 
 
 def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
-    if data_uri.startswith("gs://"):
-        from mobiletag.storage import read_text_if_exists
-
-        text = read_text_if_exists(f"{data_uri.rstrip('/')}/{DATASET_CONFIG}")
-        return load_config_text(text, f"{data_uri.rstrip('/')}/{DATASET_CONFIG}") if text is not None else None
-    path = Path(data_uri) / DATASET_CONFIG
-    return str(path) if path.is_file() else None
+    """The dataset's config.yaml (a local file path, or the parsed gs:// object), if it has one."""
+    location = join(data_uri, DATASET_CONFIG)
+    if not is_gcs(location):
+        return location if Path(location).is_file() else None
+    text = read_text_if_exists(location)
+    return load_config_text(text, location) if text is not None else None
 
 
 def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = None) -> dict[str, str]:

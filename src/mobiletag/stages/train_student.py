@@ -72,25 +72,54 @@ def run(
     strategy = get_strategy(config.multi_gpu, devices)
     policy = set_precision(config.multi_gpu)
     teacher_size = config.teacher.image_size
-    log.info("student: %s at %d px distilled from the teacher at %d px (alpha %.2f, T %.1f), %d replica(s)",
-             cfg.architecture, cfg.image_size, teacher_size, cfg.alpha, cfg.temperature,
-             strategy.num_replicas_in_sync)
+    log.info(
+        "student: %s at %d px distilled from the teacher at %d px (alpha %.2f, T %.1f), %d replica(s)",
+        cfg.architecture,
+        cfg.image_size,
+        teacher_size,
+        cfg.alpha,
+        cfg.temperature,
+        strategy.num_replicas_in_sync,
+    )
 
-    train_ds = make_dataset(dataset_dir, "train", image_sizes=[teacher_size, cfg.image_size],
-                            batch_size=cfg.batch_size, training=True, repeat=True,
-                            num_classes=facts.num_classes, config=config)
-    val_ds = make_dataset(dataset_dir, "val", image_sizes=[cfg.image_size], batch_size=cfg.batch_size,
-                          training=False, num_classes=facts.num_classes, config=config)
+    train_ds = make_dataset(
+        dataset_dir,
+        "train",
+        image_sizes=[teacher_size, cfg.image_size],
+        batch_size=cfg.batch_size,
+        training=True,
+        repeat=True,
+        num_classes=facts.num_classes,
+        config=config,
+    )
+    val_ds = make_dataset(
+        dataset_dir,
+        "val",
+        image_sizes=[cfg.image_size],
+        batch_size=cfg.batch_size,
+        training=False,
+        num_classes=facts.num_classes,
+        config=config,
+    )
     checkpoint = out / CHECKPOINT
     with strategy.scope():
         teacher = load_teacher(teacher_dir)
         student = build_student_for(config, facts.num_classes)
         trainer = Trainer(student, teacher, alpha=cfg.alpha, temperature=cfg.temperature, preprocess=preprocess)
         trainer.compile(optimizer=keras.optimizers.Adam(cosine_schedule(cfg.learning_rate, cfg.epochs * steps)))
-    result = fit(trainer, train_ds, val_ds, name="student", epochs=cfg.epochs, steps_per_epoch=steps,
-                 batch_size=cfg.batch_size, checkpoint=checkpoint,
-                 backup_dir=Path(backup_dir) if backup_dir else None,
-                 patience=cfg.early_stopping_patience, preprocess=preprocess)
+    result = fit(
+        trainer,
+        train_ds,
+        val_ds,
+        name="student",
+        epochs=cfg.epochs,
+        steps_per_epoch=steps,
+        batch_size=cfg.batch_size,
+        checkpoint=checkpoint,
+        backup_dir=Path(backup_dir) if backup_dir else None,
+        patience=cfg.early_stopping_patience,
+        preprocess=preprocess,
+    )
     if not checkpoint.exists():
         student.save(checkpoint)
     best = keras.models.load_model(checkpoint, compile=False)
@@ -106,13 +135,27 @@ def run(
         "params": int(best.count_params()),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / METRICS, {
-        "metrics": metrics, "architecture": cfg.architecture, "image_size": cfg.image_size,
-        "classes": facts.classes, "alpha": cfg.alpha, "temperature": cfg.temperature,
-        "precision_policy": policy, "history": result.history,
-    })
+    write_json(
+        out / METRICS,
+        {
+            "metrics": metrics,
+            "architecture": cfg.architecture,
+            "image_size": cfg.image_size,
+            "classes": facts.classes,
+            "alpha": cfg.alpha,
+            "temperature": cfg.temperature,
+            "precision_policy": policy,
+            "history": result.history,
+        },
+    )
     log.info("student: validation mAP %.4f (%s)", val_map, checkpoint)
-    details = {"framework": f"tf_keras {keras.__version__}", "architecture": cfg.architecture,
-               "image_size": cfg.image_size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)},
-                       details=details)
+    details = {
+        "framework": f"tf_keras {keras.__version__}",
+        "architecture": cfg.architecture,
+        "image_size": cfg.image_size,
+        "size_bytes": checkpoint.stat().st_size,
+        "val_map": metrics["val_map"],
+    }
+    return StageResult(
+        metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)}, details=details
+    )

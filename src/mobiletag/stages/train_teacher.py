@@ -42,8 +42,14 @@ def run(
     enable_memory_growth()
     strategy = get_strategy(config.multi_gpu, devices)
     policy = set_precision(config.multi_gpu)
-    log.info("teacher: %d classes, %d train images, %d steps/epoch, %d replica(s), %s",
-             facts.num_classes, facts.num_train, steps, strategy.num_replicas_in_sync, policy)
+    log.info(
+        "teacher: %d classes, %d train images, %d steps/epoch, %d replica(s), %s",
+        facts.num_classes,
+        facts.num_train,
+        steps,
+        strategy.num_replicas_in_sync,
+        policy,
+    )
 
     common: dict[str, Any] = dict(image_sizes=[cfg.image_size], num_classes=facts.num_classes, config=config)
     train_ds = make_dataset(dataset_dir, "train", batch_size=cfg.batch_size, training=True, repeat=True, **common)
@@ -56,8 +62,9 @@ def run(
         trainer = Trainer(model)
 
     phase_a_done = f"{backup_dir}/phase_a_done/weights" if backup_dir else None
-    fit_args: dict[str, Any] = dict(steps_per_epoch=steps, batch_size=cfg.batch_size, checkpoint=checkpoint,
-                    patience=cfg.early_stopping_patience)
+    fit_args: dict[str, Any] = dict(
+        steps_per_epoch=steps, batch_size=cfg.batch_size, checkpoint=checkpoint, patience=cfg.early_stopping_patience
+    )
 
     # Phase A: head warm-up on a frozen backbone.
     if phase_a_done and tf.io.gfile.exists(phase_a_done + ".index"):
@@ -68,23 +75,42 @@ def run(
         set_phase(model, "warmup", cfg.fine_tune_fraction)
         with strategy.scope():
             trainer.compile(optimizer=keras.optimizers.Adam(cfg.warmup_learning_rate))
-        result_a = fit(trainer, train_ds, val_ds, name="teacher phase A", epochs=cfg.warmup_epochs,
-                       backup_dir=Path(backup_dir) / "phase_a" if backup_dir else None, **fit_args)
+        result_a = fit(
+            trainer,
+            train_ds,
+            val_ds,
+            name="teacher phase A",
+            epochs=cfg.warmup_epochs,
+            backup_dir=Path(backup_dir) / "phase_a" if backup_dir else None,
+            **fit_args,
+        )
         if phase_a_done:
             model.save_weights(phase_a_done)
 
     # Phase B: fine-tune the top of the backbone; BatchNormalization stays in inference mode.
     pretrained = resolve_weights(cfg.weights, "teacher.weights") is not None
     trainable = set_phase(model, "finetune", cfg.fine_tune_fraction, pretrained=pretrained)
-    log.info("teacher phase B: %d trainable layers (%s)", trainable,
-             f"top {cfg.fine_tune_fraction:.0%} of the backbone + head" if pretrained
-             else "no pretrained weights: the whole backbone")
+    log.info(
+        "teacher phase B: %d trainable layers (%s)",
+        trainable,
+        f"top {cfg.fine_tune_fraction:.0%} of the backbone + head"
+        if pretrained
+        else "no pretrained weights: the whole backbone",
+    )
     with strategy.scope():
         schedule = cosine_schedule(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs * steps)
         trainer.compile(optimizer=keras.optimizers.Adam(schedule))
     best_a = result_a.best_val_map if result_a else -float("inf")
-    result_b = fit(trainer, train_ds, val_ds, name="teacher phase B", epochs=cfg.fine_tune_epochs,
-                   backup_dir=Path(backup_dir) / "phase_b" if backup_dir else None, best_so_far=best_a, **fit_args)
+    result_b = fit(
+        trainer,
+        train_ds,
+        val_ds,
+        name="teacher phase B",
+        epochs=cfg.fine_tune_epochs,
+        backup_dir=Path(backup_dir) / "phase_b" if backup_dir else None,
+        best_so_far=best_a,
+        **fit_args,
+    )
 
     if not checkpoint.exists():  # no epoch at all (both phases 0 epochs): keep the model as built
         model.save(checkpoint)
@@ -95,23 +121,33 @@ def run(
         tf.io.gfile.rmtree(backup_dir)
     metrics = {
         "val_map": round(val_map, 4),
-        "train_images_per_second": round(result_b.train_images_per_second
-                                         or (result_a.train_images_per_second if result_a else 0.0), 2),
+        "train_images_per_second": round(
+            result_b.train_images_per_second or (result_a.train_images_per_second if result_a else 0.0), 2
+        ),
         "epochs_phase_a": result_a.epochs_run if result_a else cfg.warmup_epochs,
         "epochs_phase_b": result_b.epochs_run,
         "replicas": strategy.num_replicas_in_sync,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / METRICS, {
-        "metrics": metrics,
+    write_json(
+        out / METRICS,
+        {
+            "metrics": metrics,
+            "architecture": cfg.architecture,
+            "image_size": cfg.image_size,
+            "classes": facts.classes,
+            "precision_policy": policy,
+            "history": {"phase_a": result_a.history if result_a else {}, "phase_b": result_b.history},
+        },
+    )
+    log.info("teacher: validation mAP %.4f (%s)", val_map, checkpoint)
+    details = {
+        "framework": f"tf_keras {keras.__version__}",
         "architecture": cfg.architecture,
         "image_size": cfg.image_size,
-        "classes": facts.classes,
-        "precision_policy": policy,
-        "history": {"phase_a": result_a.history if result_a else {}, "phase_b": result_b.history},
-    })
-    log.info("teacher: validation mAP %.4f (%s)", val_map, checkpoint)
-    details = {"framework": f"tf_keras {keras.__version__}", "architecture": cfg.architecture,
-               "image_size": cfg.image_size, "size_bytes": checkpoint.stat().st_size, "val_map": metrics["val_map"]}
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)},
-                       details=details)
+        "size_bytes": checkpoint.stat().st_size,
+        "val_map": metrics["val_map"],
+    }
+    return StageResult(
+        metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)}, details=details
+    )

@@ -202,8 +202,14 @@ class EpochLog(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._start
         self.epoch_seconds.append(seconds)
         shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
-        log.info("%s epoch %d: %s (%.1f s, %.1f img/s)", self.name, epoch + 1, shown, seconds,
-                 self.images_per_epoch / max(seconds, 1e-9))
+        log.info(
+            "%s epoch %d: %s (%.1f s, %.1f img/s)",
+            self.name,
+            epoch + 1,
+            shown,
+            seconds,
+            self.images_per_epoch / max(seconds, 1e-9),
+        )
 
 
 @dataclass
@@ -281,7 +287,9 @@ def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
             layer.momentum = momentum
 
 
-def cosine_schedule(peak: float, total_steps: int, warmup_steps: int = 0) -> keras.optimizers.schedules.LearningRateSchedule:
+def cosine_schedule(
+    peak: float, total_steps: int, warmup_steps: int = 0
+) -> keras.optimizers.schedules.LearningRateSchedule:
     total = max(1, total_steps)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=peak if warmup_steps == 0 else 0.0,

@@ -1,0 +1,204 @@
+"""Safe publishing of an output folder for recurring runs.
+
+The folder goes to a new versioned prefix ``<output_uri>/<UTC timestamp>-<run id>/``. Only
+after every object is written and checked (size and CRC32C) does a small ``LATEST`` object
+move to it, and only if the model passes the quality gate. A failure midway leaves
+``LATEST`` where it was; a model that fails the gate stays in its versioned prefix, with
+``gate.json`` saying why, but is not promoted. Works for gs:// and for local folders.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+
+from mobiletag.config import GateConfig
+from mobiletag.errors import StorageError
+from mobiletag.storage import gcs_client, is_gcs, join, read_text_if_exists, split_gcs
+
+log = logging.getLogger(__name__)
+
+LATEST = "LATEST"
+GATE_FILE = "gate.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    previous_version: str | None = None
+    previous_value: float | None = None
+
+
+@dataclass
+class PublishResult:
+    version: str
+    version_uri: str
+    promoted: bool
+    gate: GateDecision
+
+
+def version_name(run_id: str, now: dt.datetime | None = None) -> str:
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-") or "run"
+    return f"{stamp}-{safe}"
+
+
+def _crc32c(path: Path) -> str:
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            checksum.update(chunk)
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def read_latest(output_uri: str) -> str | None:
+    text = read_text_if_exists(join(output_uri, LATEST))
+    return text.strip() or None if text is not None else None
+
+
+def check_gate(metrics: dict[str, Any], cfg: GateConfig, output_uri: str) -> GateDecision:
+    """Minimum test figures, and optionally beating the model LATEST points to."""
+    test = metrics["test"]
+    decision = GateDecision(passed=True)
+    for key, minimum in (("f1_micro", cfg.min_f1_micro), ("map_macro", cfg.min_map_macro)):
+        value = test.get(key) or 0.0
+        if value < minimum:
+            decision.reasons.append(f"test {key} {value:.4f} is below the minimum {minimum} (gate.min_{key})")
+    previous = read_latest(output_uri)
+    decision.previous_version = previous
+    if cfg.require_improvement and previous:
+        text = read_text_if_exists(join(output_uri, previous, METRICS_FILE))
+        if text is None:
+            log.warning("LATEST points to %s, which has no %s; comparing with nothing", previous, METRICS_FILE)
+        else:
+            old = json.loads(text)["test"].get(cfg.metric) or 0.0
+            new = test.get(cfg.metric) or 0.0
+            decision.previous_value = old
+            if not new > old:
+                decision.reasons.append(
+                    f"test {cfg.metric} {new:.4f} does not beat {old:.4f} of the published {previous} "
+                    "(gate.require_improvement)"
+                )
+    decision.passed = not decision.reasons
+    return decision
+
+
+def _upload_gcs(
+    folder: Path, prefix_uri: str, retry_deadline: float, on_uploaded: Callable[[str], None] | None
+) -> None:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket_name, prefix = split_gcs(prefix_uri)
+    bucket = gcs_client().bucket(bucket_name)
+    retry = DEFAULT_RETRY.with_deadline(retry_deadline)
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for path in files:
+        blob = bucket.blob(f"{prefix}/{path.name}")
+        blob.upload_from_filename(str(path), checksum="crc32c", retry=retry, timeout=60)
+        if on_uploaded:
+            on_uploaded(path.name)
+    for path in files:  # check what the server holds, not what we sent
+        blob = bucket.get_blob(f"{prefix}/{path.name}", retry=retry)
+        if blob is None or blob.size != path.stat().st_size or blob.crc32c != _crc32c(path):
+            raise StorageError(f"{prefix_uri}/{path.name} does not match the local file after upload")
+
+
+def _upload_local(folder: Path, target: Path, on_uploaded: Callable[[str], None] | None) -> None:
+    tmp = target.parent / f".{target.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        shutil.copyfile(path, tmp / path.name)
+        if on_uploaded:
+            on_uploaded(path.name)
+    for path in folder.iterdir():
+        if path.is_file() and _crc32c(tmp / path.name) != _crc32c(path):
+            raise StorageError(f"{tmp / path.name} does not match {path} after copying")
+    tmp.rename(target)
+
+
+def write_latest(output_uri: str, version: str, expected_previous: str | None) -> None:
+    """Point LATEST at version, unless another run moved it since we read it."""
+    if is_gcs(output_uri):
+        bucket_name, prefix = split_gcs(join(output_uri, LATEST))
+        blob = gcs_client().bucket(bucket_name).blob(prefix)
+        current = read_latest(output_uri)
+        if current != expected_previous:
+            raise StorageError(f"{output_uri}/{LATEST} moved to {current} during this run; not overwriting it")
+        blob.upload_from_string(version + "\n", content_type="text/plain")
+        return
+    path = Path(output_uri, LATEST)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(version + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def publish(
+    folder: str | Path,
+    output_uri: str,
+    run_id: str,
+    gate: GateConfig,
+    *,
+    promote: bool = True,
+    now: dt.datetime | None = None,
+    retry_deadline: float = 120.0,
+    on_uploaded: Callable[[str], None] | None = None,
+) -> PublishResult:
+    """Upload folder to a new versioned prefix, check it, and move LATEST if the gate passes.
+
+    With ``promote=False`` only the upload and the gate decision happen (the pipeline moves
+    LATEST in a separate step, shown in the UI under a condition).
+    """
+    output_uri = output_uri.rstrip("/")
+    metrics = json.loads(Path(folder, METRICS_FILE).read_text(encoding="utf-8"))
+    version = version_name(run_id, now)
+    version_uri = join(output_uri, version)
+    decision = check_gate(metrics, gate, output_uri)
+    with tempfile.TemporaryDirectory(prefix="mobiletag-publish-") as tmp:
+        source = Path(tmp, "folder")
+        shutil.copytree(folder, source)  # the input artifact stays untouched
+        (source / GATE_FILE).write_text(
+            json.dumps(
+                {
+                    "passed": decision.passed,
+                    "reasons": decision.reasons,
+                    "previous_version": decision.previous_version,
+                    "previous_value": decision.previous_value,
+                    "metric": gate.metric,
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        try:
+            if is_gcs(output_uri):
+                _upload_gcs(source, version_uri, retry_deadline, on_uploaded)
+            else:
+                Path(output_uri).mkdir(parents=True, exist_ok=True)
+                _upload_local(source, Path(version_uri), on_uploaded)
+        except Exception as exc:
+            raise StorageError(f"publishing to {version_uri} failed midway ({exc}); {LATEST} was not moved") from exc
+    log.info("published %s", version_uri)
+    promoted = False
+    if decision.passed and promote:
+        write_latest(output_uri, version, decision.previous_version)
+        promoted = True
+        log.info("%s now points to %s", join(output_uri, LATEST), version)
+    elif not decision.passed:
+        log.warning("not promoted: %s", "; ".join(decision.reasons))
+    return PublishResult(version=version, version_uri=version_uri, promoted=promoted, gate=decision)
