@@ -70,3 +70,24 @@ def test_weights_from_file(tmp_path):
 
     with pytest.raises(ConfigError, match=r"config key 'teacher.weights' is '/no/such\.h5'"):
         build_teacher(3, 32, weights="/no/such.h5")
+
+
+def test_qat_range_calibration_fits_ranges_and_changes_nothing_else():
+    import tensorflow as tf
+
+    from mobiletag.quantization.qat import calibrate_ranges, quantize
+
+    keras.utils.set_random_seed(0)
+    qat = quantize(build_student(4, 32, "efficientnet_lite0"))
+    ranges = {v.name: v for v in qat.variables if v.name.endswith(("output_min:0", "output_max:0"))}
+    relu_min = ranges["quant_stem_relu6/output_min:0"]
+    assert relu_min.numpy() == -6.0  # tfmot's start
+    others = {v.name: v.numpy().copy() for v in qat.variables if not v.name.endswith(("_min:0", "_max:0"))}
+    images = tf.data.Dataset.from_tensor_slices(np.random.default_rng(0).uniform(0, 255, (40, 32, 32, 3)))
+    used = calibrate_ranges(qat, images.map(lambda x: tf.cast(x, tf.float32)).batch(4).repeat(), preprocess)
+    assert used == 20
+    assert -0.1 < relu_min.numpy() <= 0.0  # ReLU6 outputs are >= 0: the range no longer wastes [-6, 0]
+    assert ranges["quant_stem_relu6/output_max:0"].numpy() <= 6.0
+    for name, before in others.items():  # weights and BatchNormalization statistics untouched
+        np.testing.assert_array_equal(before, next(v for v in qat.variables if v.name == name).numpy(), err_msg=name)
+    assert all(layer.trainable for layer in qat.layers)  # frozen only while calibrating

@@ -11,7 +11,7 @@ import tf_keras as keras
 from mobiletag.config import Config
 from mobiletag.data.pipeline import make_dataset
 from mobiletag.models.student import preprocess
-from mobiletag.quantization.qat import load_qat_model, quantize
+from mobiletag.quantization.qat import calibrate_ranges, load_qat_model, quantize
 from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
 from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
 from mobiletag.stages.train_student import load_teacher
@@ -64,6 +64,13 @@ def run(
     student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
     float_map = mean_average_precision(*reversed(predict_scores(student, val_ds, preprocess)))
     qat_model = quantize(student)
+    # the student's view of training batches ((teacher view, student view) when distilling)
+    calibration = train_ds.map(lambda images, labels: images[-1] if distill else images)
+    calibrate_ranges(qat_model, calibration, preprocess)
+    calibrated_map = mean_average_precision(*reversed(predict_scores(qat_model, val_ds, preprocess)))
+    log.info(
+        "qat: validation mAP %.4f after range calibration, before training (float %.4f)", calibrated_map, float_map
+    )
     teacher = load_teacher(teacher_dir) if distill else None
     trainer = Trainer(
         qat_model,
@@ -94,6 +101,7 @@ def run(
     metrics = {
         "val_map": round(val_map, 4),
         "val_map_float_student": round(float_map, 4),
+        "val_map_calibrated": round(calibrated_map, 4),
         "train_images_per_second": round(result.train_images_per_second, 2),
         "epochs": result.epochs_run,
         "seconds": round(time.perf_counter() - started, 1),
