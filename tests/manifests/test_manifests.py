@@ -98,3 +98,17 @@ def test_dockerfile_installs_what_pyproject_pins():
     assert re.search(r"^USER 1000", dockerfile, flags=re.MULTILINE)  # never root
     assert "TF_USE_LEGACY_KERAS=1" in dockerfile
     assert "pip install --no-cache-dir ." in dockerfile  # the package with its pinned dependencies
+
+
+def test_image_bakes_converted_student_weights_without_torch_at_runtime():
+    dockerfile = (REPO / "images" / "Dockerfile").read_text()
+    build, runtime = re.split(r"^FROM tensorflow/tensorflow:", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^FROM \S+ AS weights$", build, flags=re.MULTILINE)
+    for variant in ("lite0", "lite1", "lite2"):
+        assert f"mobiletag weights import --variant {variant}" in build
+    assert "[weights]" not in runtime and "torch" not in runtime.replace(
+        "# student.weights: imagenet reads these; no torch", ""
+    )
+    assert "COPY --from=weights /weights /opt/mobiletag/weights" in runtime
+    assert "MOBILETAG_CACHE_DIR=/opt/mobiletag/weights" in runtime
+    assert "KERAS_HOME=/opt/keras" in runtime and "EfficientNetB3(include_top=False, weights='imagenet')" in runtime

@@ -16,6 +16,7 @@ import tf_keras as keras
 from mobiletag.config import Config
 from mobiletag.data.pipeline import make_dataset
 from mobiletag.errors import ConfigError
+from mobiletag.models.lite_weights import imagenet_weights, load_backbone
 from mobiletag.models.student import build_student, preprocess
 from mobiletag.models.teacher import resolve_weights
 from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
@@ -43,13 +44,14 @@ def build_student_for(config: Config, num_classes: int) -> keras.Model:
     set_batch_norm_momentum(model, cfg.batch_norm_momentum)
     source = resolve_weights(cfg.weights, "student.weights")
     if source == "imagenet":
-        raise ConfigError(
-            "config key 'student.weights' is 'imagenet', but converted EfficientNet-Lite ImageNet weights are not "
-            "available yet; give a weights file (.h5 of this student) or 'none'"
-        )
-    if source is not None:
-        model.load_weights(source, by_name=True, skip_mismatch=True)
-        log.info("student weights loaded from %s", cfg.weights)
+        path = imagenet_weights(cfg.architecture)
+        load_backbone(model, path)
+        log.info("student: %s backbone from the official ImageNet weights (%s)", cfg.architecture, path)
+    elif source is not None:
+        load_backbone(model, source)
+        log.info("student: %s backbone from %s", cfg.architecture, cfg.weights)
+    else:
+        log.info("student: %s from random weights (student.weights: none)", cfg.architecture)
     return model
 
 
