@@ -62,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(DEMO_DIR) pipeline.yaml bench/results.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO_DIR) pipeline.yaml .pytest_cache .mypy_cache .ruff_cache

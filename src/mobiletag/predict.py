@@ -12,7 +12,7 @@ import numpy as np
 from mobiletag.data.images import ImageProblem, decode_image
 from mobiletag.errors import DataError, MobiletagError
 from mobiletag.export.inference_config import app_pixels
-from mobiletag.export.tflite import TFLiteModel
+from mobiletag.export.litert import TFLiteModel
 
 
 class Predictor:

@@ -104,7 +104,7 @@ def test_thresholds_and_inference_config(output):
 def test_model_is_integer_and_checkpoints_load(output):
     import tf_keras as keras
 
-    from mobiletag.export.tflite import TFLiteModel
+    from mobiletag.export.litert import TFLiteModel
     from mobiletag.quantization.qat import load_qat_model
 
     out, _ = output

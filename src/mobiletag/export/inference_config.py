@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 
 
 def build_inference_config(

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from mobiletag.export.inference_config import build_inference_config
-from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
-from mobiletag.stages.common import StageResult, read_json, write_json
-from mobiletag.stages.evaluate import METRICS_FILE, REPORT_FILE
-from mobiletag.stages.optimize_thresholds import THRESHOLDS_FILE
-from mobiletag.stages.quantize import CHECKPOINT as QAT_CHECKPOINT
-from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
-from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
+from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.stages.common import (
+    METRICS_FILE,
+    QAT_CHECKPOINT,
+    REPORT_FILE,
+    STUDENT_CHECKPOINT,
+    TEACHER_CHECKPOINT,
+    THRESHOLDS_FILE,
+    StageResult,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ def run(
     eval_dir: str | Path,
     out_dir: str | Path,
 ) -> StageResult:
+    started = time.perf_counter()
     out = Path(out_dir)
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -64,4 +71,7 @@ def run(
         raise
     log.info("output folder: %s", out)
     files = sorted(p.name for p in out.iterdir())
-    return StageResult(files={name: str(out / name) for name in files}, details={"files": files})
+    return StageResult(
+        files={name: str(out / name) for name in files},
+        details={"files": files, "seconds": round(time.perf_counter() - started, 1)},
+    )

@@ -14,6 +14,15 @@ from mobiletag.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# What the stages write into their output artifacts (here, so that a stage can name another
+# stage's files without importing its module and, with it, TensorFlow).
+TEACHER_CHECKPOINT = "teacher_best.h5"
+STUDENT_CHECKPOINT = "student_best.h5"
+QAT_CHECKPOINT = "student_qat.h5"
+THRESHOLDS_FILE = "threshold_recommendation.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
 
 @dataclass
 class StageResult:

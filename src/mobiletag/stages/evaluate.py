@@ -15,18 +15,22 @@ import tf_keras as keras
 from sklearn.metrics import roc_curve
 
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
-from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.models.student import preprocess
-from mobiletag.stages.common import StageResult, dataset_facts, read_json, write_json
+from mobiletag.stages.common import (
+    METRICS_FILE,
+    REPORT_FILE,
+    STUDENT_CHECKPOINT,
+    TEACHER_CHECKPOINT,
+    THRESHOLDS_FILE,
+    StageResult,
+    dataset_facts,
+    read_json,
+    write_json,
+)
 from mobiletag.stages.export_tflite import eval_pixels
-from mobiletag.stages.optimize_thresholds import THRESHOLDS_FILE
-from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
-from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
 
 
 def _keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np.ndarray:

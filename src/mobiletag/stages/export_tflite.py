@@ -14,8 +14,7 @@ from mobiletag.data.pipeline import list_shards
 from mobiletag.export.inference_config import app_pixels, build_inference_config
 from mobiletag.export.tflite import MODEL_FILE, TFLiteModel, convert_int8, verify_export
 from mobiletag.quantization.qat import load_qat_model
-from mobiletag.stages.common import StageResult, dataset_facts, write_json
-from mobiletag.stages.quantize import CHECKPOINT as QAT_CHECKPOINT
+from mobiletag.stages.common import QAT_CHECKPOINT, StageResult, dataset_facts, write_json
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,11 @@ from pathlib import Path
 
 from mobiletag.config import Config
 from mobiletag.evaluation.thresholds import optimize_thresholds
-from mobiletag.export.tflite import MODEL_FILE, TFLiteModel
-from mobiletag.stages.common import StageResult, dataset_facts, write_json
+from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, write_json
 from mobiletag.stages.export_tflite import eval_pixels
 
 log = logging.getLogger(__name__)
-
-THRESHOLDS_FILE = "threshold_recommendation.json"
 
 
 def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir: str | Path) -> StageResult:

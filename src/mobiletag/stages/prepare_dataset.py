@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mobiletag.config import Config
@@ -11,6 +12,7 @@ from mobiletag.stages.common import StageResult
 
 
 def run(config: Config, data_uri: str, out_dir: str | Path) -> StageResult:
+    started = time.perf_counter()
     stats = build_tfrecords(index_dataset(data_uri, config), config, out_dir)
     splits = stats["splits"]
     metrics = {f"{split}_images": float(v["num_images"]) for split, v in splits.items()}
@@ -19,5 +21,6 @@ def run(config: Config, data_uri: str, out_dir: str | Path) -> StageResult:
         "classes": stats["classes"],
         "stored_image_side": stats["stored_image_side"],
         "num_images": {split: v["num_images"] for split, v in splits.items()},
+        "seconds": round(time.perf_counter() - started, 1),
     }
     return StageResult(metrics=metrics, details=details)

@@ -12,15 +12,22 @@ from mobiletag.config import Config
 from mobiletag.data.pipeline import make_dataset
 from mobiletag.models.student import preprocess
 from mobiletag.quantization.qat import calibrate_ranges, load_qat_model, quantize
-from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
-from mobiletag.stages.train_student import CHECKPOINT as STUDENT_CHECKPOINT
+from mobiletag.stages.common import (
+    QAT_CHECKPOINT,
+    STUDENT_CHECKPOINT,
+    StageResult,
+    dataset_facts,
+    seed_everything,
+    steps_per_epoch,
+    write_json,
+)
 from mobiletag.stages.train_student import load_teacher
 from mobiletag.training.fit import Trainer, fit, predict_scores
 from mobiletag.training.metrics import mean_average_precision
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "student_qat.h5"
+CHECKPOINT = QAT_CHECKPOINT
 METRICS = "qat_metrics.json"
 
 

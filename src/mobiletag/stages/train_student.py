@@ -19,15 +19,22 @@ from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
 from mobiletag.models.student import build_student, preprocess
 from mobiletag.models.teacher import resolve_weights
-from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
-from mobiletag.stages.train_teacher import CHECKPOINT as TEACHER_CHECKPOINT
+from mobiletag.stages.common import (
+    STUDENT_CHECKPOINT,
+    TEACHER_CHECKPOINT,
+    StageResult,
+    dataset_facts,
+    seed_everything,
+    steps_per_epoch,
+    write_json,
+)
 from mobiletag.training.fit import Trainer, cosine_schedule, fit, predict_scores, set_batch_norm_momentum
 from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "student_best.h5"
+CHECKPOINT = STUDENT_CHECKPOINT
 METRICS = "student_metrics.json"
 
 

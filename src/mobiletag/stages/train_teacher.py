@@ -14,14 +14,21 @@ import tf_keras as keras
 from mobiletag.config import Config
 from mobiletag.data.pipeline import make_dataset
 from mobiletag.models.teacher import build_teacher, resolve_weights, set_phase
-from mobiletag.stages.common import StageResult, dataset_facts, seed_everything, steps_per_epoch, write_json
+from mobiletag.stages.common import (
+    TEACHER_CHECKPOINT,
+    StageResult,
+    dataset_facts,
+    seed_everything,
+    steps_per_epoch,
+    write_json,
+)
 from mobiletag.training.fit import Trainer, cosine_schedule, fit, predict_scores, set_batch_norm_momentum
 from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "teacher_best.h5"
+CHECKPOINT = TEACHER_CHECKPOINT
 METRICS = "teacher_metrics.json"
 
 
