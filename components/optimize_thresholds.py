@@ -26,3 +26,4 @@ def optimize_thresholds(
     result = stage.run(config_from_json(config_json), dataset.path, tflite_model.path, thresholds.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+    thresholds.metadata.update({"strategy": result.details["strategy"], "seconds": result.details["seconds"]})

@@ -15,6 +15,7 @@ import tf_keras as keras
 from sklearn.metrics import roc_curve
 
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
+from mobiletag.export.inference_config import eval_pixels
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.models.student import preprocess
 from mobiletag.stages.common import (
@@ -28,7 +29,6 @@ from mobiletag.stages.common import (
     read_json,
     write_json,
 )
-from mobiletag.stages.export_tflite import eval_pixels
 
 log = logging.getLogger(__name__)
 

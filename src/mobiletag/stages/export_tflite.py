@@ -5,13 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from mobiletag.config import Config
-from mobiletag.data.pipeline import list_shards
-from mobiletag.export.inference_config import app_pixels, build_inference_config
+from mobiletag.export.inference_config import build_inference_config, eval_pixels
 from mobiletag.export.tflite import MODEL_FILE, TFLiteModel, convert_int8, verify_export
 from mobiletag.quantization.qat import load_qat_model
 from mobiletag.stages.common import QAT_CHECKPOINT, StageResult, dataset_facts, write_json
@@ -20,37 +16,6 @@ log = logging.getLogger(__name__)
 
 REPORT = "export_report.json"
 PARITY_IMAGES = 64
-
-
-def eval_pixels(
-    dataset_dir: str | Path, split: str, size: int, limit: int | None = None, with_paths: bool = False
-) -> Any:
-    """A split's images preprocessed exactly as inference_config.json tells an app (PIL decode,
-    whole image, bilinear resize), as float pixel values 0..255, with their labels (and paths)."""
-    import io
-
-    import tensorflow as tf
-    from PIL import Image
-
-    features = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/labels": tf.io.VarLenFeature(tf.float32),
-        "image/filepath": tf.io.FixedLenFeature([], tf.string),
-    }
-    config = {"input": {"shape": [1, size, size, 3]}}
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    paths: list[str] = []
-    for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split)):
-        if limit is not None and len(images) >= limit:
-            break
-        ex = tf.io.parse_single_example(raw, features)
-        with Image.open(io.BytesIO(ex["image/encoded"].numpy())) as image:
-            images.append(app_pixels(image, config).astype(np.float32))
-        labels.append(tf.sparse.to_dense(ex["image/labels"]).numpy())
-        paths.append(ex["image/filepath"].numpy().decode("utf-8"))
-    out = (np.stack(images), np.stack(labels).astype(np.float32))
-    return (*out, paths) if with_paths else out
 
 
 def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir: str | Path) -> StageResult:
@@ -108,5 +73,6 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "size_bytes": len(flatbuffer),
         "input_dtype": tflite.input.dtype,
         "output_dtype": tflite.output.dtype,
+        "seconds": report["seconds"],
     }
     return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / REPORT)}, details=details)

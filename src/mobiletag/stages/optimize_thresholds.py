@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from mobiletag.config import Config
 from mobiletag.evaluation.thresholds import optimize_thresholds
+from mobiletag.export.inference_config import eval_pixels
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, write_json
-from mobiletag.stages.export_tflite import eval_pixels
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir: str | Path) -> StageResult:
+    started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
@@ -32,4 +34,8 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
         config.thresholds.strategy,
         ", ".join(f"{k} {v['threshold']}" for k, v in result["classes"].items()),
     )
-    return StageResult(metrics=metrics, files={"thresholds": str(out / THRESHOLDS_FILE)}, details=result)
+    return StageResult(
+        metrics=metrics,
+        files={"thresholds": str(out / THRESHOLDS_FILE)},
+        details={**result, "seconds": round(time.perf_counter() - started, 1)},
+    )
