@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -88,6 +89,24 @@ def _augment(jpeg: tf.Tensor, seed: tf.Tensor, sizes: Sequence[int], aug: Augmen
 
 def _pack(views: list[tf.Tensor]) -> tf.Tensor | tuple[tf.Tensor, ...]:
     return views[0] if len(views) == 1 else tuple(views)
+
+
+def train_and_val(
+    dataset_dir: str | Path,
+    config: Config,
+    *,
+    train_sizes: Sequence[int],
+    val_size: int,
+    batch_size: int,
+    num_classes: int,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """A training stage's two inputs: the augmented, repeated train split (one view per size in
+    ``train_sizes``: the teacher's and the student's when distilling) and the val split at
+    ``val_size``."""
+    common: dict[str, Any] = dict(batch_size=batch_size, num_classes=num_classes, config=config)
+    train = make_dataset(dataset_dir, "train", image_sizes=train_sizes, training=True, repeat=True, **common)
+    val = make_dataset(dataset_dir, "val", image_sizes=[val_size], training=False, **common)
+    return train, val
 
 
 def make_dataset(

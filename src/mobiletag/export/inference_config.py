@@ -3,6 +3,7 @@ that evaluation and ``mobiletag predict`` share with an app."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,11 @@ def app_pixels(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
 
 
 def eval_pixels(
-    dataset_dir: str | Path, split: str, size: int, limit: int | None = None, with_paths: bool = False
-) -> Any:
+    dataset_dir: str | Path, split: str, sizes: Sequence[int], limit: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """A split's images preprocessed exactly as inference_config.json tells an app (PIL decode,
-    whole image, bilinear resize), as float pixel values 0..255, with their labels (and paths)."""
+    whole image, bilinear resize) as float pixel values 0..255: one array per size in
+    ``sizes`` (each image decoded once), with the labels and the original file paths."""
     import io
 
     import tensorflow as tf
@@ -77,17 +79,17 @@ def eval_pixels(
         "image/labels": tf.io.VarLenFeature(tf.float32),
         "image/filepath": tf.io.FixedLenFeature([], tf.string),
     }
-    config = {"input": {"shape": [1, size, size, 3]}}
-    images: list[np.ndarray] = []
+    configs = [{"input": {"shape": [1, size, size, 3]}} for size in sizes]
+    images: list[list[np.ndarray]] = [[] for _ in sizes]
     labels: list[np.ndarray] = []
     paths: list[str] = []
     for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split)):
-        if limit is not None and len(images) >= limit:
+        if limit is not None and len(labels) >= limit:
             break
         ex = tf.io.parse_single_example(raw, features)
         with Image.open(io.BytesIO(ex["image/encoded"].numpy())) as image:
-            images.append(app_pixels(image, config).astype(np.float32))
+            for per_size, config in zip(images, configs, strict=True):
+                per_size.append(app_pixels(image, config).astype(np.float32))
         labels.append(tf.sparse.to_dense(ex["image/labels"]).numpy())
         paths.append(ex["image/filepath"].numpy().decode("utf-8"))
-    out = (np.stack(images), np.stack(labels).astype(np.float32))
-    return (*out, paths) if with_paths else out
+    return [np.stack(per_size) for per_size in images], np.stack(labels).astype(np.float32), paths

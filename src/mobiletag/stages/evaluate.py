@@ -59,13 +59,13 @@ def run(
     recommendation = read_json(Path(thresholds_dir) / THRESHOLDS_FILE)
     thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
 
-    images, labels, paths = eval_pixels(dataset_dir, "test", tflite.image_size, with_paths=True)
-    scores = tflite.predict(images)
-    test = classification_metrics(labels, scores, facts.classes, thresholds)
-
     teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
     student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
-    teacher_images, _ = eval_pixels(dataset_dir, "test", teacher.input_shape[1])
+    (images, teacher_images), labels, paths = eval_pixels(
+        dataset_dir, "test", [tflite.image_size, teacher.input_shape[1]]
+    )
+    scores = tflite.predict(images)
+    test = classification_metrics(labels, scores, facts.classes, thresholds)
     compare = {
         "teacher": ranking_metrics(labels, _keras_scores(teacher, teacher_images, normalise=False)),
         "student": ranking_metrics(labels, _keras_scores(student, images, normalise=True)),

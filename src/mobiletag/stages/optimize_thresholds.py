@@ -21,7 +21,7 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
     model = TFLiteModel(Path(tflite_dir) / MODEL_FILE)
-    images, labels = eval_pixels(dataset_dir, "val", model.image_size)
+    (images,), labels, _ = eval_pixels(dataset_dir, "val", [model.image_size])
     scores = model.predict(images)
     result = optimize_thresholds(labels, scores, facts.classes, config.thresholds)
     result["model"] = MODEL_FILE

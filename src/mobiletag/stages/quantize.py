@@ -9,7 +9,7 @@ from pathlib import Path
 import tf_keras as keras
 
 from mobiletag.config import Config
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.pipeline import train_and_val
 from mobiletag.models.student import preprocess
 from mobiletag.quantization.qat import calibrate_ranges, load_qat_model, quantize
 from mobiletag.stages.common import (
@@ -17,13 +17,14 @@ from mobiletag.stages.common import (
     STUDENT_CHECKPOINT,
     StageResult,
     dataset_facts,
+    read_json,
     seed_everything,
     steps_per_epoch,
     write_json,
 )
+from mobiletag.stages.train_student import METRICS as STUDENT_METRICS
 from mobiletag.stages.train_student import load_teacher
-from mobiletag.training.fit import Trainer, fit, predict_scores
-from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.fit import Trainer, best_model, fit, validation_map
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +50,22 @@ def run(
     size = config.student.image_size
     distill = cfg.distill and config.student.alpha < 1.0
     sizes = [config.teacher.image_size, size] if distill else [size]
-    train_ds = make_dataset(
+    train_ds, val_ds = train_and_val(
         dataset_dir,
-        "train",
-        image_sizes=sizes,
+        config,
+        train_sizes=sizes,
+        val_size=size,
         batch_size=cfg.batch_size,
-        training=True,
-        repeat=True,
         num_classes=facts.num_classes,
-        config=config,
-    )
-    val_ds = make_dataset(
-        dataset_dir,
-        "val",
-        image_sizes=[size],
-        batch_size=cfg.batch_size,
-        training=False,
-        num_classes=facts.num_classes,
-        config=config,
     )
     student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
-    float_map = mean_average_precision(*reversed(predict_scores(student, val_ds, preprocess)))
+    # the float student's figure on this val split, as its stage measured it (not measured again)
+    float_map = read_json(Path(student_dir) / STUDENT_METRICS)["metrics"]["val_map"]
     qat_model = quantize(student)
     # the student's view of training batches ((teacher view, student view) when distilling)
     calibration = train_ds.map(lambda images, labels: images[-1] if distill else images)
     calibrate_ranges(qat_model, calibration, preprocess)
-    calibrated_map = mean_average_precision(*reversed(predict_scores(qat_model, val_ds, preprocess)))
+    calibrated_map = validation_map(qat_model, val_ds, preprocess)
     log.info(
         "qat: validation mAP %.4f after range calibration, before training (float %.4f)", calibrated_map, float_map
     )
@@ -101,10 +92,7 @@ def run(
         patience=0,
         preprocess=preprocess,
     )
-    if not checkpoint.exists():
-        qat_model.save(checkpoint)
-    best = load_qat_model(checkpoint)
-    val_map = mean_average_precision(*reversed(predict_scores(best, val_ds, preprocess)))
+    _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model)
     metrics = {
         "val_map": round(val_map, 4),
         "val_map_float_student": round(float_map, 4),

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.config import Config
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.pipeline import train_and_val
 from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
 from mobiletag.models.student import build_student, preprocess
@@ -28,8 +28,7 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
-from mobiletag.training.fit import Trainer, cosine_schedule, fit, predict_scores, set_batch_norm_momentum
-from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.fit import Trainer, best_model, cosine_schedule, fit, set_batch_norm_momentum
 from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
 
 log = logging.getLogger(__name__)
@@ -91,24 +90,13 @@ def run(
         strategy.num_replicas_in_sync,
     )
 
-    train_ds = make_dataset(
+    train_ds, val_ds = train_and_val(
         dataset_dir,
-        "train",
-        image_sizes=[teacher_size, cfg.image_size],
+        config,
+        train_sizes=[teacher_size, cfg.image_size],
+        val_size=cfg.image_size,
         batch_size=cfg.batch_size,
-        training=True,
-        repeat=True,
         num_classes=facts.num_classes,
-        config=config,
-    )
-    val_ds = make_dataset(
-        dataset_dir,
-        "val",
-        image_sizes=[cfg.image_size],
-        batch_size=cfg.batch_size,
-        training=False,
-        num_classes=facts.num_classes,
-        config=config,
     )
     checkpoint = out / CHECKPOINT
     with strategy.scope():
@@ -129,11 +117,7 @@ def run(
         patience=cfg.early_stopping_patience,
         preprocess=preprocess,
     )
-    if not checkpoint.exists():
-        student.save(checkpoint)
-    best = keras.models.load_model(checkpoint, compile=False)
-    scores, labels = predict_scores(best, val_ds, preprocess)
-    val_map = mean_average_precision(labels, scores)
+    best, val_map = best_model(student, checkpoint, val_ds, preprocess)
     if backup_dir and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
     metrics = {

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.config import Config
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.pipeline import train_and_val
 from mobiletag.models.teacher import build_teacher, resolve_weights, set_phase
 from mobiletag.stages.common import (
     TEACHER_CHECKPOINT,
@@ -22,8 +22,7 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
-from mobiletag.training.fit import Trainer, cosine_schedule, fit, predict_scores, set_batch_norm_momentum
-from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.fit import Trainer, best_model, cosine_schedule, fit, set_batch_norm_momentum
 from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
 
 log = logging.getLogger(__name__)
@@ -58,9 +57,14 @@ def run(
         policy,
     )
 
-    common: dict[str, Any] = dict(image_sizes=[cfg.image_size], num_classes=facts.num_classes, config=config)
-    train_ds = make_dataset(dataset_dir, "train", batch_size=cfg.batch_size, training=True, repeat=True, **common)
-    val_ds = make_dataset(dataset_dir, "val", batch_size=cfg.batch_size, training=False, **common)
+    train_ds, val_ds = train_and_val(
+        dataset_dir,
+        config,
+        train_sizes=[cfg.image_size],
+        val_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_classes=facts.num_classes,
+    )
     checkpoint = out / CHECKPOINT
 
     with strategy.scope():
@@ -119,11 +123,7 @@ def run(
         **fit_args,
     )
 
-    if not checkpoint.exists():  # no epoch at all (both phases 0 epochs): keep the model as built
-        model.save(checkpoint)
-    best = keras.models.load_model(checkpoint, compile=False)
-    scores, labels = predict_scores(best, val_ds)
-    val_map = mean_average_precision(labels, scores)
+    _, val_map = best_model(model, checkpoint, val_ds)
     if backup_dir and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
     metrics = {

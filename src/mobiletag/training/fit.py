@@ -126,6 +126,12 @@ def predict_scores(
     return np.concatenate(scores), np.concatenate(labels)
 
 
+def validation_map(model: keras.Model, dataset: tf.data.Dataset, preprocess: Preprocess = identity) -> float:
+    """Macro mAP of ``model`` on a dataset of (images, labels)."""
+    scores, labels = predict_scores(model, dataset, preprocess)
+    return mean_average_precision(labels, scores)
+
+
 _PREDICT_FNS: dict[tuple[int, int], Callable[[tf.Tensor], tf.Tensor]] = {}
 
 
@@ -152,8 +158,7 @@ class ValidationMAP(keras.callbacks.Callback):
         self.preprocess = preprocess
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        scores, labels = predict_scores(self.inner, self.dataset, self.preprocess)
-        value = mean_average_precision(labels, scores)
+        value = validation_map(self.inner, self.dataset, self.preprocess)
         if logs is not None:
             logs["val_map"] = value if not math.isnan(value) else 0.0
 
@@ -278,6 +283,21 @@ def fit(
         history={k: [float(x) for x in v] for k, v in history.history.items()},
         train_images_per_second=speed,
     )
+
+
+def best_model(
+    model: keras.Model,
+    checkpoint: Path,
+    val_ds: tf.data.Dataset,
+    preprocess: Preprocess = identity,
+    load: Callable[[Path], keras.Model] | None = None,
+) -> tuple[keras.Model, float]:
+    """The best epoch's model read back from ``checkpoint`` (the file that ships; ``model`` as it
+    is when no epoch ran, e.g. 0 epochs configured) and its validation mAP."""
+    if not checkpoint.exists():
+        model.save(checkpoint)
+    best = load(checkpoint) if load else keras.models.load_model(checkpoint, compile=False)
+    return best, validation_map(best, val_ds, preprocess)
 
 
 def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
