@@ -134,12 +134,21 @@ def _upload_local(folder: Path, target: Path, on_uploaded: Callable[[str], None]
 def write_latest(output_uri: str, version: str, expected_previous: str | None) -> None:
     """Point LATEST at version, unless another run moved it since we read it."""
     if is_gcs(output_uri):
-        bucket_name, prefix = split_gcs(join(output_uri, LATEST))
-        blob = gcs_client().bucket(bucket_name).blob(prefix)
-        current = read_latest(output_uri)
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket_name, name = split_gcs(join(output_uri, LATEST))
+        bucket = gcs_client().bucket(bucket_name)
+        seen = bucket.get_blob(name)  # its generation makes the write below a compare-and-swap
+        current = (seen.download_as_text(if_generation_match=seen.generation).strip() or None) if seen else None
+        moved = f"{output_uri}/{LATEST} moved to {{}} during this run; not overwriting it (publish again to retry)"
         if current != expected_previous:
-            raise StorageError(f"{output_uri}/{LATEST} moved to {current} during this run; not overwriting it")
-        blob.upload_from_string(version + "\n", content_type="text/plain")
+            raise StorageError(moved.format(current))
+        try:
+            bucket.blob(name).upload_from_string(
+                version + "\n", content_type="text/plain", if_generation_match=seen.generation if seen else 0
+            )
+        except PreconditionFailed as exc:
+            raise StorageError(moved.format("another version")) from exc
         return
     path = Path(output_uri, LATEST)
     tmp = path.with_suffix(".partial")

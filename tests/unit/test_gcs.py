@@ -168,6 +168,20 @@ def test_publish_versions_and_moves_latest_and_the_gate_decides(gcs, tmp_path):
     assert better.gate.previous_version == first.version and better.gate.previous_value == 0.70
 
 
+def test_latest_moved_by_another_run_is_not_overwritten(gcs, tmp_path):
+    from mobiletag.publish import write_latest
+
+    uri = f"gs://{BUCKET}/models/race"
+    write_latest(uri, "v1", expected_previous=None)
+    assert _latest("models/race") == "v1"
+    # this run read LATEST when it was unset; another run has since moved it to v1
+    with pytest.raises(StorageError, match=r"LATEST moved to v1 during this run; not overwriting it"):
+        write_latest(uri, "v2", expected_previous=None)
+    assert _latest("models/race") == "v1"
+    write_latest(uri, "v2", expected_previous="v1")
+    assert _latest("models/race") == "v2"
+
+
 def test_publish_interrupted_midway_leaves_latest(gcs, tmp_path, monkeypatch):
     from mobiletag.publish import publish
 
