@@ -248,7 +248,7 @@ def fit(
     epoch_log = EpochLog(name, steps_per_epoch * batch_size)
     resuming = backup_dir is not None and tf.io.gfile.exists(str(backup_dir))
     best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming)
-    callbacks: list[keras.callbacks.Callback] = [ValidationMAP(trainer.model, val_ds, preprocess), best, epoch_log]
+    callbacks: list[keras.callbacks.Callback] = [ValidationMAP(trainer.model, val_ds, preprocess), best]
     if patience > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=patience, restore_best_weights=False)
@@ -258,6 +258,7 @@ def fit(
     if backup_dir is not None:
         # after the others: the backup of an epoch is written once its checkpoint is saved
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
+    callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is on disk
     callbacks.extend(extra_callbacks or [])
     if not trainer.built:  # BackupAndRestore needs built variables to restore into
         trainer(next(iter(train_ds))[0])
