@@ -7,8 +7,18 @@ import pytest
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from mobiletag.errors import ConfigError
 from mobiletag.models.student import build_student, preprocess, round_filters
-from mobiletag.models.teacher import backbone_layers, build_teacher, set_phase
+from mobiletag.models.teacher import INPUT_LAYERS, backbone_layers, build_teacher, set_phase
+from mobiletag.training import precision
+from mobiletag.training.precision import cast_model, choose_policy, float32_copy, load_float32, set_precision
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,7 @@ def test_teacher_phases():
     model = build_teacher(5, 64, weights="none")
     assert model.output_shape == (None, 5)
     body = backbone_layers(model)
+    assert body[0].name == "stem_conv_pad" and body[-1].name == "avg_pool"  # no input normalisation, no head
     set_phase(model, "warmup", 0.3)
     assert not any(layer.trainable for layer in body)
     assert model.get_layer("logits").trainable
@@ -63,6 +74,7 @@ def test_teacher_phases():
     assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
     set_phase(model, "finetune", 0.3, pretrained=False)  # random backbone: train it all
     assert all(layer.trainable for layer in body)
+    assert not any(model.get_layer(name).trainable for name in INPUT_LAYERS)  # fixed preprocessing
 
 
 def test_weights_from_file(tmp_path):
@@ -91,3 +103,130 @@ def test_qat_range_calibration_fits_ranges_and_changes_nothing_else():
     for name, before in others.items():  # weights and BatchNormalization statistics untouched
         np.testing.assert_array_equal(before, next(v for v in qat.variables if v.name == name).numpy(), err_msg=name)
     assert all(layer.trainable for layer in qat.layers)  # frozen only while calibrating
+
+
+# === Precision ===
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend TensorFlow sees GPUs of the given compute capabilities."""
+    import tensorflow as tf
+
+    def install(*capabilities):
+        devices = [f"/physical_device:GPU:{i}" for i in range(len(capabilities))]
+        details = dict(zip(devices, capabilities))
+        real = tf.config.list_physical_devices
+        monkeypatch.setattr(
+            tf.config, "list_physical_devices", lambda kind=None: devices if kind == "GPU" else real(kind)
+        )
+        monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"compute_capability": details[d]})
+
+    return install
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "mode", "policy"),
+    [
+        ((), "auto", "float32"),  # no GPU
+        ((), "bfloat16", "mixed_bfloat16"),  # forced on the CPU
+        ((), "float16", "mixed_float16"),
+        ((), "float32", "float32"),
+        ((), True, "float32"),  # old configs: true = auto
+        (((8, 0),), "auto", "mixed_bfloat16"),  # A100
+        (((9, 0), (9, 0)), "auto", "mixed_bfloat16"),  # H100s
+        (((7, 5),), "auto", "mixed_float16"),  # T4
+        (((8, 0), (7, 0)), "auto", "mixed_float16"),  # mixed node: the oldest GPU decides
+        (((8, 0),), "float32", "float32"),
+        (((8, 0),), False, "float32"),
+        (((8, 0),), "false", "float32"),
+        (((7, 5),), "bfloat16", "mixed_bfloat16"),
+        (((8, 6),), " Float16 ", "mixed_float16"),
+    ],
+)
+def test_choose_policy(gpus, capabilities, mode, policy):
+    gpus(*capabilities)
+    assert choose_policy(mode) == policy
+
+
+def test_set_precision_sets_the_global_policy_and_rejects_unknown_modes():
+    assert set_precision("bfloat16") == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert set_precision("float32") == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(ConfigError, match=r"'multi_gpu.mixed_precision' is 'fp16'; choose one of auto, float32, bfl"):
+        set_precision("fp16")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _randomize(model: keras.Model, seed: int = 0) -> None:
+    """Move every float weight off its initial value (BatchNormalization variances stay positive)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if not weight.dtype.is_floating:
+            continue
+        value = weight.numpy()
+        value = (
+            rng.uniform(0.5, 1.5, value.shape)
+            if "variance" in weight.name
+            else value + rng.normal(0, 0.05, value.shape)
+        )
+        weight.assign(value.astype(weight.dtype.as_numpy_dtype))
+    for layer in model.layers:
+        layer.finalize_state()  # Normalization reads its mean/variance here
+
+
+def _models():
+    return {
+        "teacher": lambda: build_teacher(4, 32, weights="none"),
+        "student": lambda: build_student(4, 32, "efficientnet_lite0"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_mixed_checkpoint_loads_as_float32(kind, tmp_path):
+    set_precision("bfloat16")
+    mixed = _models()[kind]()
+    _randomize(mixed)
+    policies = precision.layer_policies(mixed)
+    assert policies["logits"] == "float32" and "mixed_bfloat16" in policies.values()
+    path = tmp_path / f"{kind}.h5"
+    mixed.save(str(path))
+
+    keras.mixed_precision.set_global_policy("float32")
+    plain = keras.models.load_model(str(path), compile=False)
+    assert precision.layer_policies(plain) == policies  # what load_model alone gives: the mixed model again
+    loaded = load_float32(path)
+    assert set(precision.layer_policies(loaded).values()) == {"float32"}
+    assert all(w.dtype == "float32" for w in loaded.weights if w.dtype.is_floating)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in mixed.layers]
+    assert [layer.trainable for layer in loaded.layers] == [layer.trainable for layer in mixed.layers]
+    before, after = mixed.get_weights(), loaded.get_weights()
+    assert len(before) == len(after)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.astype(np.float32), b)
+
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    x = x if kind == "teacher" else preprocess(x).numpy()
+    y_mixed = mixed(x, training=False).numpy()
+    y_float = loaded(x, training=False).numpy()
+    assert y_mixed.dtype == y_float.dtype == np.float32
+    scale = np.abs(y_float).max()
+    assert scale > 1e-3  # the randomised network gives non-trivial outputs
+    assert np.abs(y_mixed - y_float).max() < 0.05 * scale  # bfloat16 rounding only
+    assert not np.array_equal(y_mixed, y_float)  # the loaded model really computes in float32
+
+
+def test_cast_model_both_ways_keeps_normalisation_and_logits_float32():
+    model = build_teacher(3, 32, weights="none")
+    mixed = cast_model(model, "mixed_float16")
+    policies = precision.layer_policies(mixed)
+    float32_layers = {name for name, policy in policies.items() if policy == "float32"}
+    assert float32_layers == {"image", *INPUT_LAYERS, "logits"}
+    assert set(policies.values()) == {"float32", "mixed_float16"}
+    back = float32_copy(mixed)
+    assert set(precision.layer_policies(back).values()) == {"float32"}
+    for a, b in zip(model.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        cast_model(model, "mixed_int4")
