@@ -30,10 +30,35 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
     return field(default=default, metadata={"help": help, **rules})
 
 
+PRECISION_MODES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class MultiGpuConfig:
     enabled: bool = _f(True, "train with MirroredStrategy when more than one GPU is visible")
-    mixed_precision: bool = _f(True, "mixed_float16 (mixed_bfloat16 on A100/H100) on GPU; CPU stays float32")
+    mixed_precision: bool | Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto",
+        "precision policy of the teacher and student steps: auto = mixed_bfloat16 on GPUs of compute capability "
+        ">= 8.0 (A100, L4, H100), mixed_float16 on older GPUs, float32 without a GPU; bfloat16 / float16 force "
+        "mixed_bfloat16 / mixed_float16 on any device (CPU included); float32 turns mixed precision off. "
+        "true / false are read as auto / float32. Input normalisation and outputs stay float32, and every "
+        "checkpoint handed on is float32",
+    )
+    jit_compile: bool | Literal["auto"] = _f(
+        "auto", "XLA-compile the training step: auto = on GPU only (XLA on CPU is much slower)"
+    )
+    steps_per_execution: int = _f(
+        8, "training steps run per call into the graph (fewer host round trips; callbacks see epochs only)", min=1
+    )
+    require_gpu: bool = _f(
+        False,
+        "stop with an error when TensorFlow sees no GPU (the pipeline's GPU steps check this by themselves)",
+    )
+
+    def __post_init__(self) -> None:
+        # the old boolean form: true = choose by device, false = float32
+        if isinstance(self.mixed_precision, bool):
+            object.__setattr__(self, "mixed_precision", "auto" if self.mixed_precision else "float32")
 
 
 @dataclass(frozen=True)
@@ -57,8 +82,10 @@ class DataConfig:
     jpeg_quality: int = _f(95, "JPEG quality of the stored images", min=50, max=100)
     images_per_shard: int = _f(1024, "images per TFRecord shard (about 30-60 MB at the default sizes)", min=1)
     shuffle_buffer: int = _f(2048, "records in the training shuffle buffer", min=1)
-    cache_train: bool = _f(False, "cache decoded training records in memory (small datasets only)")
-    cache_eval: bool = _f(True, "cache the decoded, resized validation/test images in memory")
+    cache_train: bool = _f(False, "cache the training records (encoded JPEGs) in memory (small datasets only)")
+    cache_eval: bool = _f(
+        True, "cache the validation/test records (encoded JPEGs) in memory; images are decoded and resized each pass"
+    )
     max_errors: int = _f(50, "stop listing dataset problems after this many", min=1)
     workers: int = _f(0, "threads that decode images while validating; 0 = one per core", min=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -76,6 +103,15 @@ class TeacherConfig:
     fine_tune_epochs: int = _f(12, "phase B: epochs fine-tuning the top of the backbone", min=0)
     fine_tune_learning_rate: float = _f(1.0e-4, "phase B peak learning rate (cosine decay)", min=0.0)
     fine_tune_fraction: float = _f(0.3, "share of backbone layers unfrozen in phase B", min=0.0, max=1.0)
+    reference_batch_size: int = _f(
+        64,
+        "the batch size the learning rates above are set for: the rates used are scaled by "
+        "batch_size / reference_batch_size (linear scaling rule)",
+        min=1,
+    )
+    lr_warmup_epochs: float = _f(
+        1.0, "linear learning-rate warmup from 0 at the start of each phase, in epochs", min=0.0
+    )
     early_stopping_patience: int = _f(4, "epochs without validation mAP gain before stopping; 0 = off", min=0)
     batch_norm_momentum: float = _f(
         0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
@@ -97,6 +133,13 @@ class StudentConfig:
     dropout: float = _f(0.2, "dropout before the classification head", min=0.0, max=0.9)
     epochs: int = _f(20, "distillation epochs", min=0)
     learning_rate: float = _f(1.0e-3, "peak learning rate (cosine decay)", min=0.0)
+    reference_batch_size: int = _f(
+        128,
+        "the batch size learning_rate is set for: the rate used is learning_rate * batch_size / "
+        "reference_batch_size (linear scaling rule)",
+        min=1,
+    )
+    lr_warmup_epochs: float = _f(1.0, "linear learning-rate warmup from 0, in epochs", min=0.0)
     alpha: float = _f(0.7, "weight of the hard-label loss; 1 - alpha goes to the distillation term", min=0.0, max=1.0)
     temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
     early_stopping_patience: int = _f(5, "epochs without validation mAP gain before stopping; 0 = off", min=0)
@@ -110,6 +153,9 @@ class QatConfig:
     epochs: int = _f(3, "quantization-aware fine-tuning epochs", min=0)
     learning_rate: float = _f(1.0e-5, "QAT learning rate", min=0.0)
     batch_size: int = _f(64, "QAT batch size (QAT runs on one device)", min=1)
+    reference_batch_size: int = _f(
+        64, "the batch size learning_rate is set for (scaled by batch_size / reference_batch_size)", min=1
+    )
     distill: bool = _f(True, "keep distilling from the teacher during QAT")
 
 
@@ -318,7 +364,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        nullable = len(args) < len(typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in args) + (" or null" if nullable else "")
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -329,9 +376,14 @@ def _coerce(tp: Any, value: Any, path: tuple[str, ...], name: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _coerce(args[0], value, path, name)
+        for arg in args:
+            try:
+                return _coerce(arg, value, path, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: config key '{_key(path)}' is {value!r}; it must be {_type_name(tp)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value

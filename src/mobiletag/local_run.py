@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from mobiletag.config import Config
@@ -64,25 +65,30 @@ def run_pipeline(
             "prepare_dataset",
             lambda: StageResult(details=build_tfrecords(index_dataset(data_dir, config), config, d["dataset"])),
         )
-        stage("train_teacher", train_teacher.run, config, d["dataset"], d["teacher"], str(work / "backup" / "teacher"))
+        backup_uri, run_id = str(work / "backup"), f"local-{work.name}"
+        stage(
+            "train_teacher",
+            partial(train_teacher.run, backup_uri=backup_uri, run_id=run_id),
+            config,
+            d["dataset"],
+            d["teacher"],
+        )
         stage(
             "train_student",
-            train_student.run,
+            partial(train_student.run, backup_uri=backup_uri, run_id=run_id),
             config,
             d["dataset"],
             d["teacher"],
             d["student"],
-            str(work / "backup" / "student"),
         )
         stage(
             "quantize",
-            quantize.run,
+            partial(quantize.run, backup_uri=backup_uri, run_id=run_id),
             config,
             d["dataset"],
             d["teacher"],
             d["student"],
             d["qat"],
-            str(work / "backup" / "qat"),
         )
         stage("export_tflite", export_tflite.run, config, d["dataset"], d["qat"], d["tflite"])
         stage("optimize_thresholds", optimize_thresholds.run, config, d["dataset"], d["tflite"], d["thresholds"])

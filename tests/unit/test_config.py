@@ -92,6 +92,16 @@ def test_frozen():
         ),
         ("multi_gpu: true", r"'multi_gpu' must be a mapping"),
         ("multi_gpu: {enabled: 'yes'}", r"'multi_gpu.enabled' must be true or false"),
+        (
+            "multi_gpu: {mixed_precision: fp16}",
+            r"'multi_gpu.mixed_precision' is 'fp16'; it must be true or false or one of 'auto', 'float32', "
+            r"'bfloat16', 'float16'$",
+        ),
+        (
+            "multi_gpu: {jit_compile: xla}",
+            r"'multi_gpu.jit_compile' is 'xla'; it must be true or false or one of 'auto'$",
+        ),
+        ("multi_gpu: {steps_per_execution: 0}", r"'multi_gpu.steps_per_execution' is 0; it must be >= 1"),
         ("classes: [a, a]", r"lists \['a'\] more than once"),
         ("classes: [a, b]\nnum_classes: 3", r"'num_classes' is 3 but 'classes' lists 2"),
         ("thresholds: {grid_min: 0.9, grid_max: 0.1}", r"grid_min \(0.9\) is above thresholds.grid_max"),
@@ -132,3 +142,18 @@ def test_override_text_and_section_json():
     assert set(section) == {"student", "seed"} and section["student"]["epochs"] == 3
     with pytest.raises(ConfigError, match="unknown config section"):
         c.section_json("nope")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, "auto"), (False, "float32"), ("auto", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16")],
+)
+def test_mixed_precision_modes_and_the_old_boolean_form(value, expected):
+    assert load_config({"multi_gpu": {"mixed_precision": value}}).multi_gpu.mixed_precision == expected
+
+
+def test_gpu_defaults():
+    c = Config().multi_gpu
+    assert (c.mixed_precision, c.jit_compile, c.require_gpu) == ("auto", "auto", False)
+    assert c.steps_per_execution >= 1
+    assert (Config().teacher.reference_batch_size, Config().student.reference_batch_size) == (64, 128)

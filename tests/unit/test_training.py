@@ -41,9 +41,9 @@ def test_losses_by_hand():
     assert distillation_loss(labels, student, teacher, alpha=1.0, temperature=T).numpy()[0] == pytest.approx(hard)
 
 
-def _tiny_pair(num_classes=3, dropout=None):
+def _tiny_pair(num_classes=3, dropout=None, teacher_size=32):
     keras.utils.set_random_seed(1)
-    teacher = build_student(num_classes, 32, "efficientnet_lite0", dropout=dropout)
+    teacher = build_student(num_classes, teacher_size, "efficientnet_lite0", dropout=dropout)
     student = build_student(num_classes, 32, "efficientnet_lite0", dropout=dropout)
     return teacher, student
 
@@ -84,19 +84,29 @@ def test_alpha_one_is_plain_training():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def _step_under(devices, weights_t, weights_s, images, labels):
+def _step_under(devices, weights_t, weights_s, images, labels, seeds=None, learning_rate=0.05):
+    """One distillation step under a MirroredStrategy over ``devices``: (loss, student weights).
+
+    With ``seeds`` the batch is ``((uint8 crops, seeds), labels)`` and the views are made in
+    the step by the training augmentation, as in the stages.
+    """
+    from mobiletag.config import AugmentConfig
+    from mobiletag.data.augment import TrainAugment
+
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
-        teacher, student = _tiny_pair(dropout=0.0)  # no per-replica randomness
+        # no per-replica randomness; with seeds the teacher sees 40-px views (the crop's size)
+        teacher, student = _tiny_pair(dropout=0.0, teacher_size=40 if seeds is not None else 32)
         teacher.set_weights(weights_t)
         student.set_weights(weights_s)
         for layer in student.layers:  # per-replica batch statistics would differ; the reduction is under test
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-        trainer = Trainer(student, teacher, alpha=0.7, temperature=2.0)
-        trainer.compile(optimizer=keras.optimizers.SGD(0.05))
-    ds = tf.data.Dataset.from_tensors(((images, images), labels))
-    history = trainer.fit(ds, epochs=1, verbose=0)
+        augment = TrainAugment([40, 32], AugmentConfig()) if seeds is not None else None
+        trainer = Trainer(student, teacher, alpha=0.7, temperature=2.0, augment=augment)
+        trainer.compile(optimizer=keras.optimizers.SGD(learning_rate))
+    batch = ((images, seeds), labels) if seeds is not None else ((images, images), labels)
+    history = trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
     return history.history["loss"][0], student.get_weights()
 
 
@@ -109,6 +119,88 @@ def test_one_and_two_replicas_give_the_same_step():
     assert loss1 == pytest.approx(loss2, rel=1e-4)
     for a, b in zip(weights1, weights2):
         np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_two_replicas_with_in_step_augmentation_give_the_same_step():
+    """uint8 crops + per-example seeds: each replica augments its half, the loss is the global mean."""
+    teacher, student = _tiny_pair(dropout=0.0)
+    rng = np.random.default_rng(5)
+    crops = rng.integers(0, 256, size=(8, 40, 40, 3), dtype=np.uint8)
+    seeds = rng.integers(0, 2**31, size=(8, 2), dtype=np.int64)
+    labels = (rng.uniform(size=(8, 3)) > 0.5).astype(np.float32)
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    args = (teacher.get_weights(), student.get_weights(), crops, labels, seeds)
+    loss1, weights1 = _step_under(cpus[:1], *args)
+    loss2, weights2 = _step_under(cpus[:2], *args)
+    assert loss1 == pytest.approx(loss2, rel=1e-4)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_learning_rate_scales_with_the_global_batch_after_warmup():
+    from mobiletag.training.fit import cosine_schedule, scaled_learning_rate, warmup_steps
+
+    # 8 GPUs x 32 images = 256 against the reference batch 64: four times the configured rate
+    assert scaled_learning_rate(1.0e-3, 256, 64) == pytest.approx(4.0e-3)
+    assert scaled_learning_rate(1.0e-3, 32, 64) == pytest.approx(5.0e-4)
+    steps_per_epoch, total = 50, 500
+    warm = warmup_steps(1.0, steps_per_epoch, total)
+    assert warm == 50
+    schedule = cosine_schedule(4.0e-3, total, warm)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(25)) == pytest.approx(2.0e-3, rel=1e-3)  # linear warmup
+    assert float(schedule(50)) == pytest.approx(4.0e-3, rel=1e-3)  # the scaled peak
+    assert float(schedule(499)) < 1.0e-4  # cosine decay to 1%
+    constant = cosine_schedule(4.0e-3, total, warm, decay=False)
+    assert float(constant(400)) == pytest.approx(4.0e-3, rel=1e-6)
+    assert warmup_steps(5.0, steps_per_epoch, 100) == 99  # never the whole run
+
+
+def test_one_training_step_compiles_with_xla_on_cpu():
+    """jit_compile=True (the GPU default): the step with its in-step augmentation (crop 40 px ->
+    flip, colour jitter, resize to 32 px) compiles and runs. A compile check, not a speed test."""
+    from mobiletag.config import AugmentConfig
+    from mobiletag.data.augment import TrainAugment
+    from mobiletag.models.student import preprocess
+
+    _, student = _tiny_pair()
+    trainer = Trainer(student, preprocess=preprocess, augment=TrainAugment([40, 32], AugmentConfig()))
+    trainer.compile(optimizer=keras.optimizers.Adam(1.0e-3), jit_compile=True, steps_per_execution=2)
+    rng = np.random.default_rng(2)
+    crops = rng.integers(0, 256, size=(4, 40, 40, 3), dtype=np.uint8)
+    seeds = rng.integers(0, 2**31, size=(4, 2), dtype=np.int64)
+    labels = (rng.uniform(size=(4, 3)) > 0.5).astype(np.float32)
+    before = [w.copy() for w in student.get_weights()]
+    history = trainer.fit(tf.data.Dataset.from_tensors(((crops, seeds), labels)).repeat(2), epochs=1, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+    assert trainer._jit_compile
+
+
+def test_nan_loss_stops_the_stage_at_epoch_end_without_a_per_step_check(tmp_path):
+    from mobiletag.errors import TrainingError
+    from mobiletag.training.fit import fit
+
+    _, student = _tiny_pair()
+    trainer = Trainer(student)
+    trainer.compile(optimizer=keras.optimizers.SGD(1.0e30))  # diverges at once
+    images, labels = _batch(n=8)
+    train = tf.data.Dataset.from_tensors((images * 1.0e6, labels)).repeat()
+    val = tf.data.Dataset.from_tensors((images, labels))
+    with pytest.raises(TrainingError, match=r"NaN/inf in epoch 1"):
+        fit(
+            trainer,
+            train,
+            val,
+            name="student",
+            epochs=3,
+            steps_per_epoch=4,
+            batch_size=8,
+            checkpoint=tmp_path / "best.h5",
+            backup_dir=None,
+            patience=0,
+        )
+    assert not (tmp_path / "best.h5").exists()  # nothing of the bad epoch was saved
 
 
 @pytest.mark.slow
@@ -142,7 +234,7 @@ from mobiletag.config import load_config
 from mobiletag.stages import train_student
 config = load_config(sys.argv[1], {"teacher": {"image_size": 32},
                                    "student": {"epochs": 6, "image_size": 32, "batch_size": 16}})
-train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_dir=sys.argv[5])
+train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_uri=sys.argv[5], run_id="run-1")
 print("STAGE DONE", flush=True)
 """
 
@@ -184,4 +276,20 @@ def test_killed_training_resumes_from_last_epoch(tfrecord_dir, teacher_dir, tmp_
     epochs = [line for line in second.stdout.splitlines() if "student epoch" in line]
     assert epochs[0].startswith("student epoch 3:"), epochs  # resumed after the two finished epochs
     assert "STAGE DONE" in second.stdout
-    assert not backup.exists()  # the backup is removed once the stage finished
+    assert backup.is_dir() and not (backup / "run-1" / "train-student").exists()  # this task's backup is removed
+
+
+def test_a_gpu_step_without_a_visible_gpu_stops_at_once(tfrecord_dir, tiny_config, tmp_path):
+    """The pipeline's GPU steps pass their GPU count: no silent days of training on the CPU."""
+    from mobiletag.errors import TrainingError
+    from mobiletag.stages import train_teacher
+    from mobiletag.training.strategy import require_gpus
+
+    assert not tf.config.list_physical_devices("GPU")  # this machine: CPU only
+    with pytest.raises(TrainingError, match=r"given 4 GPU\(s\), but TensorFlow sees no GPU: .*(CPU-only build|driver)"):
+        train_teacher.run(tiny_config, tfrecord_dir, tmp_path / "teacher", expected_gpus=4)
+    assert not (tmp_path / "teacher" / "teacher_best.h5").exists()
+    required = tiny_config.replace(multi_gpu=tiny_config.multi_gpu.__class__(require_gpu=True))
+    with pytest.raises(TrainingError, match=r"'multi_gpu.require_gpu' is true, but TensorFlow sees no GPU"):
+        require_gpus(0, required.multi_gpu)
+    assert require_gpus(0, tiny_config.multi_gpu) == 0  # the CPU preset asks for none

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import tf_keras as keras
 
 from mobiletag.config import Config
+from mobiletag.data.augment import TrainAugment
 from mobiletag.data.pipeline import train_and_val
 from mobiletag.models.student import preprocess
 from mobiletag.quantization.qat import calibrate_ranges, load_qat_model, quantize
@@ -24,12 +26,16 @@ from mobiletag.stages.common import (
 )
 from mobiletag.stages.train_student import METRICS as STUDENT_METRICS
 from mobiletag.stages.train_student import load_teacher
-from mobiletag.training.fit import Trainer, best_model, fit, validation_map
+from mobiletag.training.backup import Backup, backup_prefix
+from mobiletag.training.fit import Trainer, best_model, fit, scaled_learning_rate, validation_map
+from mobiletag.training.precision import load_float32, set_precision
+from mobiletag.training.strategy import enable_memory_growth, require_gpus
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = QAT_CHECKPOINT
 METRICS = "qat_metrics.json"
+TASK = "quantize"
 
 
 def run(
@@ -38,18 +44,30 @@ def run(
     teacher_dir: str | Path,
     student_dir: str | Path,
     model_dir: str | Path,
-    backup_dir: str | None = None,
+    *,
+    backup_uri: str | None = None,
+    run_id: str = "",
+    expected_gpus: int = 0,
 ) -> StageResult:
+    """QAT in float32 on one device (tfmot supports neither mixed precision nor tf.distribute);
+    backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/quantize``."""
     started = time.perf_counter()
     cfg = config.qat
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
+    require_gpus(expected_gpus, config.multi_gpu)
+    enable_memory_growth()
+    set_precision("float32")
     facts = dataset_facts(dataset_dir)
     steps = steps_per_epoch(facts.num_train, cfg.batch_size, "qat.batch_size")
     seed_everything(config)
+    backup = Backup(backup_prefix(backup_uri, run_id, TASK))
+    if backup.restore():
+        log.info("qat: resuming from a backup")
     size = config.student.image_size
     distill = cfg.distill and config.student.alpha < 1.0
     sizes = [config.teacher.image_size, size] if distill else [size]
+    augment = TrainAugment(sizes, config.data.augment)
     train_ds, val_ds = train_and_val(
         dataset_dir,
         config,
@@ -58,12 +76,12 @@ def run(
         batch_size=cfg.batch_size,
         num_classes=facts.num_classes,
     )
-    student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
+    student = load_float32(Path(student_dir) / STUDENT_CHECKPOINT)
     # the float student's figure on this val split, as its stage measured it (not measured again)
     float_map = read_json(Path(student_dir) / STUDENT_METRICS)["metrics"]["val_map"]
     qat_model = quantize(student)
-    # the student's view of training batches ((teacher view, student view) when distilling)
-    calibration = train_ds.map(lambda images, labels: images[-1] if distill else images)
+    # the student's view of augmented training batches
+    calibration = train_ds.map(lambda inputs, labels: augment(*inputs)[-1])
     calibrate_ranges(qat_model, calibration, preprocess)
     calibrated_map = validation_map(qat_model, val_ds, preprocess)
     log.info(
@@ -76,9 +94,12 @@ def run(
         alpha=config.student.alpha if distill else 1.0,
         temperature=config.student.temperature,
         preprocess=preprocess,
+        augment=augment,
     )
-    trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
-    checkpoint = out / CHECKPOINT
+    lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
+    trainer.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=config.multi_gpu.steps_per_execution)
+    work = backup.folder("best") or out
+    checkpoint = work / CHECKPOINT
     result = fit(
         trainer,
         train_ds,
@@ -88,11 +109,14 @@ def run(
         steps_per_epoch=steps,
         batch_size=cfg.batch_size,
         checkpoint=checkpoint,
-        backup_dir=Path(backup_dir) if backup_dir else None,
+        backup_dir=backup.folder("fit"),
+        backup_sync=backup.callback(),
+        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
         patience=0,
-        preprocess=preprocess,
     )
-    _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model)
+    final = out / CHECKPOINT
+    _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model, save_to=final)
+    backup.clear()
     metrics = {
         "val_map": round(val_map, 4),
         "val_map_float_student": round(float_map, 4),
@@ -106,6 +130,7 @@ def run(
         {
             "metrics": metrics,
             "distill": distill,
+            "learning_rate": lr,
             "history": result.history,
             "image_size": size,
             "classes": facts.classes,
@@ -116,7 +141,7 @@ def run(
         "framework": "tf_keras + tensorflow-model-optimization (QAT)",
         "architecture": config.student.architecture,
         "image_size": size,
-        "size_bytes": checkpoint.stat().st_size,
+        "size_bytes": final.stat().st_size,
         "val_map": metrics["val_map"],
     }
-    return StageResult(metrics=metrics, files={"checkpoint": str(checkpoint)}, details=details)
+    return StageResult(metrics=metrics, files={"checkpoint": str(final)}, details=details)

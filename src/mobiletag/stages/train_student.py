@@ -7,13 +7,14 @@ augmented image as the student, at its own resolution.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
-import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.config import Config
+from mobiletag.data.augment import TrainAugment
 from mobiletag.data.pipeline import train_and_val
 from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
@@ -28,20 +29,33 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
-from mobiletag.training.fit import Trainer, best_model, cosine_schedule, fit, set_batch_norm_momentum
-from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
+from mobiletag.training.backup import Backup, backup_prefix
+from mobiletag.training.fit import (
+    Trainer,
+    best_model,
+    cosine_schedule,
+    fit,
+    scaled_learning_rate,
+    set_batch_norm_momentum,
+    warmup_steps,
+)
+from mobiletag.training.precision import cast_model, load_float32
+from mobiletag.training.strategy import Devices, training_devices
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = STUDENT_CHECKPOINT
 METRICS = "student_metrics.json"
+TASK = "train-student"
 
 
-def load_teacher(teacher_dir: str | Path) -> keras.Model:
+def load_teacher(teacher_dir: str | Path, policy: str = "float32") -> keras.Model:
+    """The trained teacher (saved in float32), rebuilt under ``policy`` for a mixed-precision step."""
     path = Path(teacher_dir) / TEACHER_CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{teacher_dir}: no {TEACHER_CHECKPOINT}; run the train_teacher stage first")
-    return keras.models.load_model(path, compile=False)
+    teacher = load_float32(path)
+    return teacher if policy == "float32" else cast_model(teacher, policy)
 
 
 def build_student_for(config: Config, num_classes: int) -> keras.Model:
@@ -66,44 +80,84 @@ def run(
     dataset_dir: str | Path,
     teacher_dir: str | Path,
     model_dir: str | Path,
-    backup_dir: str | None = None,
+    *,
+    backup_uri: str | None = None,
+    run_id: str = "",
+    expected_gpus: int = 0,
     devices: list[str] | None = None,
 ) -> StageResult:
+    """Distil the student; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/train-student``."""
     started = time.perf_counter()
-    cfg = config.student
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config)
+    backup = Backup(backup_prefix(backup_uri, run_id, TASK))
+    with training_devices(config.multi_gpu, expected_gpus, devices) as dev:
+        return _train(config, dataset_dir, teacher_dir, out, dev, backup, started)
+
+
+def _train(
+    config: Config,
+    dataset_dir: str | Path,
+    teacher_dir: str | Path,
+    out: Path,
+    dev: Devices,
+    backup: Backup,
+    started: float,
+) -> StageResult:
+    cfg = config.student
     facts = dataset_facts(dataset_dir)
     steps = steps_per_epoch(facts.num_train, cfg.batch_size, "student.batch_size")
-    seed_everything(config)
-    enable_memory_growth()
-    strategy = get_strategy(config.multi_gpu, devices)
-    policy = set_precision(config.multi_gpu)
+    resumed = backup.restore()
     teacher_size = config.teacher.image_size
+    lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
     log.info(
-        "student: %s at %d px distilled from the teacher at %d px (alpha %.2f, T %.1f), %d replica(s)",
+        "student: %s at %d px distilled from the teacher at %d px (alpha %.2f, T %.1f), %d replica(s), %s, XLA %s, "
+        "learning rate %.3g (batch %d, reference %d)%s",
         cfg.architecture,
         cfg.image_size,
         teacher_size,
         cfg.alpha,
         cfg.temperature,
-        strategy.num_replicas_in_sync,
+        dev.strategy.num_replicas_in_sync,
+        dev.policy,
+        "on" if dev.jit_compile else "off",
+        lr,
+        cfg.batch_size,
+        cfg.reference_batch_size,
+        ", resuming from a backup" if resumed else "",
     )
-
+    sizes = [teacher_size, cfg.image_size]
     train_ds, val_ds = train_and_val(
         dataset_dir,
         config,
-        train_sizes=[teacher_size, cfg.image_size],
+        train_sizes=sizes,
         val_size=cfg.image_size,
         batch_size=cfg.batch_size,
         num_classes=facts.num_classes,
     )
-    checkpoint = out / CHECKPOINT
-    with strategy.scope():
-        teacher = load_teacher(teacher_dir)
+    # the best checkpoint lives in the backup (a retried pod starts with an empty output folder)
+    work = backup.folder("best") or out
+    checkpoint = work / CHECKPOINT
+    total = cfg.epochs * steps
+    with dev.strategy.scope():
+        teacher = load_teacher(teacher_dir, dev.policy)
         student = build_student_for(config, facts.num_classes)
-        trainer = Trainer(student, teacher, alpha=cfg.alpha, temperature=cfg.temperature, preprocess=preprocess)
-        trainer.compile(optimizer=keras.optimizers.Adam(cosine_schedule(cfg.learning_rate, cfg.epochs * steps)))
+        trainer = Trainer(
+            student,
+            teacher,
+            alpha=cfg.alpha,
+            temperature=cfg.temperature,
+            preprocess=preprocess,
+            augment=TrainAugment(sizes, config.data.augment),
+        )
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(
+                cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total))
+            ),
+            jit_compile=dev.jit_compile,
+            steps_per_execution=dev.steps_per_execution,
+        )
     result = fit(
         trainer,
         train_ds,
@@ -113,18 +167,19 @@ def run(
         steps_per_epoch=steps,
         batch_size=cfg.batch_size,
         checkpoint=checkpoint,
-        backup_dir=Path(backup_dir) if backup_dir else None,
+        backup_dir=backup.folder("fit"),
+        backup_sync=backup.callback(),
+        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
         patience=cfg.early_stopping_patience,
-        preprocess=preprocess,
     )
-    best, val_map = best_model(student, checkpoint, val_ds, preprocess)
-    if backup_dir and tf.io.gfile.exists(backup_dir):
-        tf.io.gfile.rmtree(backup_dir)
+    final = out / CHECKPOINT
+    best, val_map = best_model(student, checkpoint, val_ds, preprocess, save_to=final)  # float32
+    backup.clear()
     metrics = {
         "val_map": round(val_map, 4),
         "train_images_per_second": round(result.train_images_per_second, 2),
         "epochs": result.epochs_run,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": dev.strategy.num_replicas_in_sync,
         "params": int(best.count_params()),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -137,18 +192,20 @@ def run(
             "classes": facts.classes,
             "alpha": cfg.alpha,
             "temperature": cfg.temperature,
-            "precision_policy": policy,
+            "precision_policy": dev.policy,
+            "jit_compile": dev.jit_compile,
+            "learning_rate": lr,
             "history": result.history,
         },
     )
-    log.info("student: validation mAP %.4f (%s)", val_map, checkpoint)
+    log.info("student: validation mAP %.4f (%s)", val_map, final)
     details = {
         "framework": f"tf_keras {keras.__version__}",
         "architecture": cfg.architecture,
         "image_size": cfg.image_size,
-        "size_bytes": checkpoint.stat().st_size,
+        "size_bytes": final.stat().st_size,
         "val_map": metrics["val_map"],
     }
     return StageResult(
-        metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)}, details=details
+        metrics=metrics, files={"checkpoint": str(final), "metrics": str(out / METRICS)}, details=details
     )

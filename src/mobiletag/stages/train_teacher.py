@@ -4,14 +4,15 @@ backbone; phase B fine-tunes the top of the backbone at a lower, cosine-decayed 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.config import Config
+from mobiletag.data.augment import TrainAugment
 from mobiletag.data.pipeline import train_and_val
 from mobiletag.models.teacher import build_teacher, resolve_weights, set_phase
 from mobiletag.stages.common import (
@@ -22,41 +23,69 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
-from mobiletag.training.fit import Trainer, best_model, cosine_schedule, fit, set_batch_norm_momentum
-from mobiletag.training.strategy import enable_memory_growth, get_strategy, set_precision
+from mobiletag.training.backup import Backup, backup_prefix
+from mobiletag.training.fit import (
+    Trainer,
+    best_model,
+    cosine_schedule,
+    fit,
+    scaled_learning_rate,
+    set_batch_norm_momentum,
+    warmup_steps,
+)
+from mobiletag.training.strategy import Devices, training_devices
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = TEACHER_CHECKPOINT
 METRICS = "teacher_metrics.json"
+TASK = "train-teacher"
 
 
 def run(
     config: Config,
     dataset_dir: str | Path,
     model_dir: str | Path,
-    backup_dir: str | None = None,
+    *,
+    backup_uri: str | None = None,
+    run_id: str = "",
+    expected_gpus: int = 0,
     devices: list[str] | None = None,
 ) -> StageResult:
+    """Train the teacher; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/train-teacher``."""
     started = time.perf_counter()
-    cfg = config.teacher
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    facts = dataset_facts(dataset_dir)
-    steps = steps_per_epoch(facts.num_train, cfg.batch_size, "teacher.batch_size")
     seed_everything(config)
-    enable_memory_growth()
-    strategy = get_strategy(config.multi_gpu, devices)
-    policy = set_precision(config.multi_gpu)
+    backup = Backup(backup_prefix(backup_uri, run_id, TASK))
+    with training_devices(config.multi_gpu, expected_gpus, devices) as dev:
+        return _train(config, dataset_dir, out, dev, backup, started)
+
+
+def _train(
+    config: Config, dataset_dir: str | Path, out: Path, dev: Devices, backup: Backup, started: float
+) -> StageResult:
+    facts = dataset_facts(dataset_dir)
+    steps = steps_per_epoch(facts.num_train, config.teacher.batch_size, "teacher.batch_size")
+    cfg = config.teacher
+    resumed = backup.restore()
+    lr_a = scaled_learning_rate(cfg.warmup_learning_rate, cfg.batch_size, cfg.reference_batch_size)
+    lr_b = scaled_learning_rate(cfg.fine_tune_learning_rate, cfg.batch_size, cfg.reference_batch_size)
     log.info(
-        "teacher: %d classes, %d train images, %d steps/epoch, %d replica(s), %s",
+        "teacher: %d classes, %d train images, %d steps/epoch, %d replica(s), %s, XLA %s, learning rates %.3g / %.3g "
+        "(batch %d, reference %d)%s",
         facts.num_classes,
         facts.num_train,
         steps,
-        strategy.num_replicas_in_sync,
-        policy,
+        dev.strategy.num_replicas_in_sync,
+        dev.policy,
+        "on" if dev.jit_compile else "off",
+        lr_a,
+        lr_b,
+        cfg.batch_size,
+        cfg.reference_batch_size,
+        ", resuming from a backup" if resumed else "",
     )
-
     train_ds, val_ds = train_and_val(
         dataset_dir,
         config,
@@ -65,38 +94,55 @@ def run(
         batch_size=cfg.batch_size,
         num_classes=facts.num_classes,
     )
-    checkpoint = out / CHECKPOINT
+    # the best checkpoint lives in the backup (a retried pod starts with an empty output folder)
+    work = backup.folder("best") or out
+    checkpoint = work / CHECKPOINT
 
-    with strategy.scope():
+    with dev.strategy.scope():
         model = build_teacher(facts.num_classes, cfg.image_size, cfg.weights, cfg.dropout)
         set_batch_norm_momentum(model, cfg.batch_norm_momentum)
-        trainer = Trainer(model)
+        trainer = Trainer(model, augment=TrainAugment([cfg.image_size], config.data.augment))
 
-    phase_a_done = f"{backup_dir}/phase_a_done/weights" if backup_dir else None
+    def compile_with(schedule: Any) -> None:
+        with dev.strategy.scope():
+            trainer.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                jit_compile=dev.jit_compile,
+                steps_per_execution=dev.steps_per_execution,
+            )
+
+    done_dir = backup.folder("phase_a_done")
+    phase_a_done = done_dir / "weights" if done_dir else None
     fit_args: dict[str, Any] = dict(
-        steps_per_epoch=steps, batch_size=cfg.batch_size, checkpoint=checkpoint, patience=cfg.early_stopping_patience
+        steps_per_epoch=steps,
+        batch_size=cfg.batch_size,
+        checkpoint=checkpoint,
+        patience=cfg.early_stopping_patience,
+        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
+        backup_sync=backup.callback(),
     )
 
     # Phase A: head warm-up on a frozen backbone.
-    if phase_a_done and tf.io.gfile.exists(phase_a_done + ".index"):
+    if phase_a_done is not None and Path(f"{phase_a_done}.index").exists():
         log.info("teacher: phase A finished before a restart; loading its weights")
-        model.load_weights(phase_a_done)
+        model.load_weights(str(phase_a_done))
         result_a = None
     else:
         set_phase(model, "warmup", cfg.fine_tune_fraction)
-        with strategy.scope():
-            trainer.compile(optimizer=keras.optimizers.Adam(cfg.warmup_learning_rate))
+        total_a = cfg.warmup_epochs * steps
+        compile_with(cosine_schedule(lr_a, total_a, warmup_steps(cfg.lr_warmup_epochs, steps, total_a), decay=False))
         result_a = fit(
             trainer,
             train_ds,
             val_ds,
             name="teacher phase A",
             epochs=cfg.warmup_epochs,
-            backup_dir=Path(backup_dir) / "phase_a" if backup_dir else None,
+            backup_dir=backup.folder("phase_a"),
             **fit_args,
         )
-        if phase_a_done:
-            model.save_weights(phase_a_done)
+        if phase_a_done is not None:
+            model.save_weights(str(phase_a_done))
+            backup.save()
 
     # Phase B: fine-tune the top of the backbone; BatchNormalization stays in inference mode.
     pretrained = resolve_weights(cfg.weights, "teacher.weights") is not None
@@ -108,9 +154,8 @@ def run(
         if pretrained
         else "no pretrained weights: the whole backbone",
     )
-    with strategy.scope():
-        schedule = cosine_schedule(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs * steps)
-        trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+    total_b = cfg.fine_tune_epochs * steps
+    compile_with(cosine_schedule(lr_b, total_b, warmup_steps(cfg.lr_warmup_epochs, steps, total_b)))
     best_a = result_a.best_val_map if result_a else -float("inf")
     result_b = fit(
         trainer,
@@ -118,14 +163,14 @@ def run(
         val_ds,
         name="teacher phase B",
         epochs=cfg.fine_tune_epochs,
-        backup_dir=Path(backup_dir) / "phase_b" if backup_dir else None,
+        backup_dir=backup.folder("phase_b"),
         best_so_far=best_a,
         **fit_args,
     )
 
-    _, val_map = best_model(model, checkpoint, val_ds)
-    if backup_dir and tf.io.gfile.exists(backup_dir):
-        tf.io.gfile.rmtree(backup_dir)
+    final = out / CHECKPOINT
+    _, val_map = best_model(model, checkpoint, val_ds, save_to=final)  # float32, whatever the policy
+    backup.clear()
     metrics = {
         "val_map": round(val_map, 4),
         "train_images_per_second": round(
@@ -133,7 +178,7 @@ def run(
         ),
         "epochs_phase_a": result_a.epochs_run if result_a else cfg.warmup_epochs,
         "epochs_phase_b": result_b.epochs_run,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": dev.strategy.num_replicas_in_sync,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(
@@ -143,18 +188,20 @@ def run(
             "architecture": cfg.architecture,
             "image_size": cfg.image_size,
             "classes": facts.classes,
-            "precision_policy": policy,
+            "precision_policy": dev.policy,
+            "jit_compile": dev.jit_compile,
+            "learning_rates": {"phase_a": lr_a, "phase_b": lr_b},
             "history": {"phase_a": result_a.history if result_a else {}, "phase_b": result_b.history},
         },
     )
-    log.info("teacher: validation mAP %.4f (%s)", val_map, checkpoint)
+    log.info("teacher: validation mAP %.4f (%s)", val_map, final)
     details = {
         "framework": f"tf_keras {keras.__version__}",
         "architecture": cfg.architecture,
         "image_size": cfg.image_size,
-        "size_bytes": checkpoint.stat().st_size,
+        "size_bytes": final.stat().st_size,
         "val_map": metrics["val_map"],
     }
     return StageResult(
-        metrics=metrics, files={"checkpoint": str(checkpoint), "metrics": str(out / METRICS)}, details=details
+        metrics=metrics, files={"checkpoint": str(final), "metrics": str(out / METRICS)}, details=details
     )

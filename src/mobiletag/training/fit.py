@@ -1,9 +1,12 @@
 """The training loop policy shared by teacher, student and QAT.
 
-``Trainer`` wraps the model being trained (and, for distillation, a frozen teacher) and
-reduces per-example losses over the global batch, so the same code is right under one
-device and under MirroredStrategy. ``fit`` adds what every stage needs: validation mAP each
-epoch, best checkpoint, early stopping, TerminateOnNaN, BackupAndRestore for preemption,
+``Trainer`` wraps the model being trained (and, for distillation, a frozen teacher). Training
+batches are ``((images, seeds), labels)``: one uint8 crop per image and a stateless seed;
+``augment`` (a :class:`mobiletag.data.augment.TrainAugment`) turns them into float views
+inside the step, on the accelerator. Per-example losses are reduced over the global batch,
+so the same code is right under one device and under MirroredStrategy. ``fit`` adds what
+every stage needs: validation mAP each epoch (through the strategy), best checkpoint, early
+stopping, a NaN check at epoch end (no per-step host sync), BackupAndRestore for preemption,
 and progress (a bar in a terminal, one line per epoch otherwise).
 """
 
@@ -39,8 +42,11 @@ def identity(x: tf.Tensor) -> tf.Tensor:
 class Trainer(keras.Model):
     """Trains ``model`` on hard labels, plus soft targets of a frozen ``teacher`` when given.
 
-    Batches are ``(images, labels)``; with a teacher, ``images`` is ``(teacher_view,
-    student_view)``: the same augmented image at each model's resolution.
+    Training batches are ``((images, seeds), labels)`` when ``augment`` is given: the views are
+    ``augment(images, seeds)``, the teacher's first and the student's last (the same augmented
+    image at each model's resolution). Without ``augment`` they are ``(images, labels)`` with
+    ``images`` a view or a tuple ``(teacher_view, student_view)``. Evaluation and prediction
+    batches are ``(images, labels)`` at the student's resolution (uint8 or float, 0-255).
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class Trainer(keras.Model):
         temperature: float = 1.0,
         preprocess: Preprocess = identity,
         teacher_preprocess: Preprocess = identity,
+        augment: Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]] | None = None,
     ) -> None:
         super().__init__(name="trainer")
         self.model = model
@@ -61,25 +68,35 @@ class Trainer(keras.Model):
         self.temperature = float(temperature)
         self.preprocess = preprocess
         self.teacher_preprocess = teacher_preprocess
+        self.augment = augment
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return [self.loss_tracker]
 
-    def _split(self, images: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
-        if self.teacher is None:
-            return (images[-1] if isinstance(images, (tuple, list)) else images), None
-        teacher_view, student_view = images
-        return student_view, teacher_view
+    def _views(self, images: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """(teacher view, student view) of a training batch, float32 in [0, 255]."""
+        if self.augment is not None:
+            crops, seeds = images
+            views = self.augment(crops, seeds)
+        else:
+            views = list(images) if isinstance(images, (tuple, list)) else [images]
+        views = [tf.cast(v, tf.float32) for v in views]
+        return views[0], views[-1]
 
     def call(self, images: Any, training: bool = False) -> tf.Tensor:
-        student_view, _ = self._split(images)
-        return self.model(self.preprocess(student_view), training=training)
+        view = images[-1] if isinstance(images, (tuple, list)) else images
+        return self.model(self.preprocess(tf.cast(view, tf.float32)), training=training)
 
     def compute_loss_per_example(self, data: Any, training: bool) -> tf.Tensor:
-        images, labels = data
-        student_view, teacher_view = self._split(images)
+        images, labels = data[0], data[1]
+        if training:
+            teacher_view, student_view = self._views(images)
+        else:
+            teacher_view = student_view = tf.cast(
+                images[-1] if isinstance(images, (tuple, list)) else images, tf.float32
+            )
         teacher_logits = None
         if self.teacher is not None and self.alpha < 1.0:
             teacher_logits = tf.stop_gradient(self.teacher(self.teacher_preprocess(teacher_view), training=False))
@@ -99,6 +116,8 @@ class Trainer(keras.Model):
             if regularization:
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 loss += tf.add_n(regularization) / replicas
+        # with mixed_float16 the optimizer is a LossScaleOptimizer (keras wraps it at compile):
+        # minimize scales the loss and unscales the gradients itself
         self.optimizer.minimize(loss, self.model.trainable_variables, tape=tape)
         self.loss_tracker.update_state(per_example)
         return {"loss": self.loss_tracker.result()}
@@ -106,6 +125,11 @@ class Trainer(keras.Model):
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         self.loss_tracker.update_state(self.compute_loss_per_example(data[:2], training=False))
         return {"loss": self.loss_tracker.result()}
+
+    def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """Sigmoid scores (float32) with their labels: ``predict`` gathers both across replicas."""
+        images, labels = data[0], data[1]
+        return {"scores": tf.sigmoid(tf.cast(self(images, training=False), tf.float32)), "labels": labels}
 
 
 def predict_scores(
@@ -142,25 +166,63 @@ def _predict_fn(model: keras.Model, preprocess: Preprocess) -> Callable[[tf.Tens
 
         @tf.function(reduce_retracing=True)
         def step(images: tf.Tensor) -> tf.Tensor:
-            return tf.sigmoid(tf.cast(model(preprocess(images), training=False), tf.float32))
+            return tf.sigmoid(tf.cast(model(preprocess(tf.cast(images, tf.float32)), training=False), tf.float32))
 
         _PREDICT_FNS[key] = step
     return _PREDICT_FNS[key]
 
 
 class ValidationMAP(keras.callbacks.Callback):
-    """Adds ``val_map`` (macro mAP on the validation split) to the epoch logs."""
+    """Adds ``val_map`` (macro mAP on the validation split) to the epoch logs.
 
-    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, preprocess: Preprocess = identity) -> None:
+    Scores come from ``trainer.predict``: under a distribution strategy every replica scores
+    its share of each batch (the validation pass is not left to one device).
+    """
+
+    def __init__(self, trainer: Trainer, dataset: tf.data.Dataset, steps: int | None = None) -> None:
         super().__init__()
-        self.inner = model
+        self.trainer = trainer
         self.dataset = dataset
-        self.preprocess = preprocess
+        self.steps = steps  # batches in the dataset: keras needs it with steps_per_execution > 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        value = validation_map(self.inner, self.dataset, self.preprocess)
+        if self.steps is None:
+            self.steps = count_batches(self.dataset)
+        out = self.trainer.predict(self.dataset, steps=self.steps, verbose=0)
+        value = mean_average_precision(np.asarray(out["labels"]), np.asarray(out["scores"]))
         if logs is not None:
             logs["val_map"] = value if not math.isnan(value) else 0.0
+
+
+def count_batches(dataset: tf.data.Dataset) -> int:
+    """Batches in a finite dataset: its cardinality when known, else one pass over it."""
+    cardinality = int(dataset.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return sum(1 for _ in dataset)
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops at the end of an epoch whose mean training loss is not finite.
+
+    Checked once per epoch, not per step: keras.callbacks.TerminateOnNaN reads the loss back
+    to the host after every step, a sync that costs accelerator time. The mean over the epoch
+    is NaN/inf when any step's loss was; the stage then fails before that epoch's weights are
+    validated, saved as best or backed up (this callback runs first).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise TrainingError(
+                f"{self.name}: the training loss became NaN/inf in epoch {epoch + 1}; lower the learning rate "
+                "or check the data (stage stopped; nothing from that epoch was saved)"
+            )
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -238,30 +300,40 @@ def fit(
     checkpoint: Path,
     backup_dir: Path | None,
     patience: int,
-    preprocess: Preprocess = identity,
     best_so_far: float = -math.inf,
+    validation_steps: int | None = None,
+    backup_sync: keras.callbacks.Callback | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> FitResult:
-    """Run ``epochs`` epochs with the shared policy; resumes from ``backup_dir`` if a backup exists."""
+    """Run ``epochs`` epochs with the shared policy; resumes from ``backup_dir`` if a backup exists.
+
+    ``backup_dir`` is a local folder (BackupAndRestore writes there); ``backup_sync`` copies it
+    to remote storage at the end of each epoch, after the backup is written.
+    """
     if epochs <= 0:
         return FitResult(best_so_far, -1, 0)
     epoch_log = EpochLog(name, steps_per_epoch * batch_size)
-    resuming = backup_dir is not None and tf.io.gfile.exists(str(backup_dir))
+    resuming = backup_dir is not None and Path(backup_dir).exists()
     best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming)
-    callbacks: list[keras.callbacks.Callback] = [ValidationMAP(trainer.model, val_ds, preprocess), best]
+    # first: an epoch whose loss is not finite stops before anything of it is validated or saved
+    callbacks: list[keras.callbacks.Callback] = [
+        NanGuard(name),
+        ValidationMAP(trainer, val_ds, validation_steps),
+        best,
+    ]
     if patience > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=patience, restore_best_weights=False)
         )
-    nan_guard = keras.callbacks.TerminateOnNaN()
-    callbacks.append(nan_guard)
     if backup_dir is not None:
         # after the others: the backup of an epoch is written once its checkpoint is saved
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
-    callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is on disk
+        if backup_sync is not None:
+            callbacks.append(backup_sync)
+    callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is stored
     callbacks.extend(extra_callbacks or [])
     if not trainer.built:  # BackupAndRestore needs built variables to restore into
-        trainer(next(iter(train_ds))[0])
+        trainer(next(iter(val_ds))[0])
     history = trainer.fit(
         train_ds,
         epochs=epochs,
@@ -270,11 +342,6 @@ def fit(
         verbose=1 if sys.stderr.isatty() else 0,
     )
     losses = history.history.get("loss", [])
-    if any(not math.isfinite(v) for v in losses):
-        raise TrainingError(
-            f"{name}: the training loss became NaN/inf at epoch {len(losses)}; lower the learning rate "
-            "or check the data (stage stopped, no model written from that epoch)"
-        )
     timed = epoch_log.epoch_seconds[1:] or epoch_log.epoch_seconds  # the first epoch includes tracing
     speed = steps_per_epoch * batch_size / (sum(timed) / len(timed)) if timed else 0.0
     return FitResult(
@@ -292,13 +359,35 @@ def best_model(
     val_ds: tf.data.Dataset,
     preprocess: Preprocess = identity,
     load: Callable[[Path], keras.Model] | None = None,
+    save_to: Path | None = None,
 ) -> tuple[keras.Model, float]:
-    """The best epoch's model read back from ``checkpoint`` (the file that ships; ``model`` as it
-    is when no epoch ran, e.g. 0 epochs configured) and its validation mAP."""
-    if not checkpoint.exists():
-        model.save(checkpoint)
-    best = load(checkpoint) if load else keras.models.load_model(checkpoint, compile=False)
+    """The best epoch's model read back from ``checkpoint`` (``model`` as it is when no epoch
+    ran, e.g. 0 epochs configured) and its validation mAP.
+
+    Without ``load`` the model is read back in float32 whatever precision it was trained in,
+    and written to ``save_to`` (default: over ``checkpoint``): the file the next stages read and
+    that ships is always float32.
+    """
+    from mobiletag.training.precision import float32_copy, load_float32
+
+    target = save_to or checkpoint
+    if not checkpoint.exists():  # no epoch ran: the model as it is
+        checkpoint = target
+        (model if load else float32_copy(model)).save(checkpoint, include_optimizer=False)
+    best = load(checkpoint) if load else load_float32(checkpoint)
+    if load is None or target != checkpoint:
+        best.save(target, include_optimizer=False)
     return best, validation_map(best, val_ds, preprocess)
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al., 2017): the rate grows with the global batch."""
+    return learning_rate * batch_size / reference_batch_size
+
+
+def warmup_steps(epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Warmup length in steps, never the whole run."""
+    return min(int(round(epochs * steps_per_epoch)), max(0, total_steps - 1))
 
 
 def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
@@ -309,13 +398,15 @@ def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
 
 
 def cosine_schedule(
-    peak: float, total_steps: int, warmup_steps: int = 0
+    peak: float, total_steps: int, warmup_steps: int = 0, decay: bool = True
 ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 1% of it
+    (or, with ``decay=False``, ``peak`` held constant)."""
     total = max(1, total_steps)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=peak if warmup_steps == 0 else 0.0,
         decay_steps=max(1, total - warmup_steps),
-        alpha=0.01,
+        alpha=0.01 if decay else 1.0,
         warmup_target=peak if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
