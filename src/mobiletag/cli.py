@@ -140,8 +140,10 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mobiletag.kfp_run import run_parameters, submit
+    from mobiletag.kfp_run import RESOURCE_PARAMETERS, PipelineRunError, run_parameters, submit
 
+    if args.pin_version and not args.cron:
+        raise PipelineRunError("--pin-version applies to --cron (a single run always uses the newest version)")
     given = {
         "data_uri": args.data_uri,
         "config_overrides": _read_overrides(args.config),
@@ -151,6 +153,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "student_gpus": args.student_gpus,
         "gpu_node_pool": args.gpu_node_pool,
         "gpu_accelerator": args.gpu_accelerator,
+        **{name: getattr(args, name) for name in RESOURCE_PARAMETERS},
     }
     params = run_parameters(given, dict(os.environ))
     run_name = args.run_name or f"{args.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -161,8 +164,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         run_name=run_name,
         cron=args.cron,
-        host=args.host,
-        namespace=args.namespace,
+        pin_version=args.pin_version,
+        host=_server_host(args),
+        namespace=args.namespace or None,
+        credentials=_server_credentials(args),
     )
     kind = "recurring run" if args.cron else "run"
     print(f"started {kind} {run_name} ({ident}) with {json.dumps(params, sort_keys=True)}")
@@ -172,9 +177,57 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_upload(args: argparse.Namespace) -> int:
     from mobiletag.kfp_run import upload
 
-    ident = upload(args.package, args.pipeline_name, args.version, args.host, args.namespace)
+    ident = upload(
+        args.package,
+        args.pipeline_name,
+        args.version,
+        host=_server_host(args),
+        namespace=args.namespace or None,
+        credentials=_server_credentials(args),
+    )
     print(f"uploaded {args.package} as {args.pipeline_name} version {args.version} ({ident})")
     return 0
+
+
+def _server_host(args: argparse.Namespace) -> str:
+    """--host, else $KF_PIPELINES_ENDPOINT (the flag's default), else the in-cluster address in a pod."""
+    from mobiletag.kfp_run import IN_CLUSTER_HOST, PipelineRunError
+
+    if args.host:
+        return str(args.host)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return IN_CLUSTER_HOST
+    raise PipelineRunError(
+        "no Kubeflow Pipelines API address: pass --host or set KF_PIPELINES_ENDPOINT, e.g. "
+        "https://<kubeflow host>/pipeline (with --token or --cookies), or http://localhost:8888 after "
+        "`kubectl port-forward -n kubeflow svc/ml-pipeline 8888:8888`"
+    )
+
+
+def _server_credentials(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """--token / --cookies (or their environment variables), else the projected service-account token.
+
+    The token file is $KF_PIPELINES_SA_TOKEN_PATH (or --token-file): it must exist when named;
+    kfp's default path is used when it exists (in a pod that mounts it), else no token is sent.
+    """
+    from mobiletag.kfp_run import SA_TOKEN_PATH, Credentials, PipelineRunError
+
+    token = (args.token or "").strip() or None
+    cookies = (args.cookies or "").strip() or None
+    token_file = None
+    if not token:
+        named = args.token_file or os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+        if named:
+            source = "--token-file" if args.token_file else "KF_PIPELINES_SA_TOKEN_PATH"
+            if not Path(named).is_file():
+                raise PipelineRunError(
+                    f"{source} is {named}, which is not a file: mount the projected service-account token there "
+                    "(audience pipelines.kubeflow.org, see manifests/cronjob.yaml), or pass --token from outside"
+                )
+            token_file = named
+        elif Path(SA_TOKEN_PATH).is_file():
+            token_file = SA_TOKEN_PATH
+    return Credentials(token=token, token_file=token_file, cookies=cookies)
 
 
 def _read_overrides(path: str | None) -> str | None:
@@ -292,13 +345,32 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--host",
         default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-        help="KFP API address; default $KF_PIPELINES_ENDPOINT, else the in-cluster default "
-        "(with the service-account token at $KF_PIPELINES_SA_TOKEN_PATH)",
+        help="KFP API address; default $KF_PIPELINES_ENDPOINT, else in a pod "
+        "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
     )
     server.add_argument(
         "--namespace",
         default=os.environ.get("MOBILETAG_NAMESPACE"),
-        help="Kubeflow profile namespace; default $MOBILETAG_NAMESPACE",
+        help="Kubeflow profile namespace; default $MOBILETAG_NAMESPACE, else the pod's namespace when the "
+        "server is multi-user",
+    )
+    server.add_argument(
+        "--token",
+        default=os.environ.get("MOBILETAG_KFP_TOKEN"),
+        help="bearer token for the KFP API from outside the cluster, e.g. `kubectl -n NS create token default-editor` "
+        "(Kubeflow >= 1.9 accepts service-account tokens at its gateway) or your identity provider's JWT; default "
+        "$MOBILETAG_KFP_TOKEN (prefer the variable: a flag shows in the process list)",
+    )
+    server.add_argument(
+        "--token-file",
+        help="file holding the bearer token, read before every request; default $KF_PIPELINES_SA_TOKEN_PATH, else "
+        "/var/run/secrets/kubeflow/pipelines/token when it exists (the projected service-account token in a pod)",
+    )
+    server.add_argument(
+        "--cookies",
+        default=os.environ.get("MOBILETAG_KFP_COOKIES"),
+        help="Cookie header for a KFP behind Dex / oauth2-proxy, e.g. 'oauth2_proxy_kubeflow=...' copied from a "
+        "logged-in browser; default $MOBILETAG_KFP_COOKIES",
     )
     server.add_argument(
         "--pipeline-name",
@@ -313,10 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a run of the uploaded pipeline (latest version) or of a compiled package. Run parameters come "
             "from the flags, else from MOBILETAG_* environment variables (the CronJob in manifests/ reads them "
-            "from a ConfigMap). Two ways to retrain on a schedule: (1) kubectl apply -k manifests/ creates a "
-            "Kubernetes CronJob that runs `mobiletag submit` in the cluster; `kubectl create job "
-            "--from=cronjob/mobiletag-retrain now` starts one at once. (2) `mobiletag submit --cron "
-            "'0 0 3 * * 1'` creates a KFP recurring run, visible and pausable in the Kubeflow UI."
+            "from a ConfigMap). Two ways to retrain on a schedule: (1) `make schedule NAMESPACE=<profile>` "
+            "applies manifests/: a Kubernetes CronJob that runs `mobiletag submit` in the cluster; `kubectl "
+            "create job --from=cronjob/mobiletag-retrain now` starts one at once. (2) `mobiletag submit --cron "
+            "'0 0 3 * * 1'` creates a KFP recurring run, visible and pausable in the Kubeflow UI. Requests carry "
+            "--token, else the service-account token file; --cookies for a session behind Dex / oauth2-proxy."
         ),
     )
     p.add_argument("--package", help="compiled pipeline YAML to run instead of the uploaded pipeline")
@@ -329,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cron",
         help="create a KFP recurring run with this cron expression (KFP's 6-field "
-        "format with seconds, e.g. '0 0 3 * * 1' = Mondays 03:00) instead of one run",
+        "format with seconds, e.g. '0 0 3 * * 1' = Mondays 03:00) instead of one run; it never catches up "
+        "on missed triggers and runs one at a time",
+    )
+    p.add_argument(
+        "--pin-version",
+        action="store_true",
+        help="with --cron: keep running the pipeline version that is newest now (default: every trigger runs "
+        "the version uploaded last; needs KFP backend >= 2.5)",
     )
     p.add_argument("--data-uri", help="dataset (gs://...); default $MOBILETAG_DATA_URI")
     p.add_argument("--config", help="YAML file of config overrides; default $MOBILETAG_CONFIG_OVERRIDES (YAML text)")
@@ -339,6 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-gpus", help="GPUs for the student; default $MOBILETAG_STUDENT_GPUS or 4")
     p.add_argument("--gpu-node-pool", help="GKE node pool; default $MOBILETAG_GPU_NODE_POOL")
     p.add_argument("--gpu-accelerator", help="GKE accelerator label; default $MOBILETAG_GPU_ACCELERATOR")
+    for step in ("teacher", "student", "qat"):
+        p.add_argument(
+            f"--{step}-cpu",
+            help=f"CPU request of the {step} step (e.g. 14); default ${f'MOBILETAG_{step.upper()}_CPU'} or the pipeline's",
+        )
+        p.add_argument(
+            f"--{step}-memory",
+            help=f"memory request of the {step} step (e.g. 48Gi); default "
+            f"${f'MOBILETAG_{step.upper()}_MEMORY'} or the pipeline's",
+        )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("upload", parents=[server], help="upload the compiled pipeline (or a new version of it)")

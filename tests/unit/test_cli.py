@@ -54,3 +54,19 @@ def test_dataset_config_yaml_is_applied(tmp_path):
     result = run_cli("validate", "--data-dir", str(out))
     assert result.returncode == 2
     assert "config.yaml: config key 'num_classes' is 4 but the data has 6 classes" in result.stderr
+
+
+def test_pin_version_without_cron_is_refused(capsys):
+    from mobiletag.cli import main
+
+    args = ["submit", "--pin-version", "--host", "http://127.0.0.1:9", "--data-uri", "gs://b/x", "--token", "t"]
+    assert main(args) == 2
+    assert "--pin-version applies to --cron" in capsys.readouterr().err
+
+
+def test_server_commands_document_their_credentials():
+    for command in ("submit", "upload"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        for flag in ("--token", "--token-file", "--cookies", "MOBILETAG_KFP_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH"):
+            assert flag in result.stdout, (command, flag)
