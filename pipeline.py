@@ -1,4 +1,4 @@
-"""The mobiletag Kubeflow pipeline: wiring only (GPU pools, caching, retries).
+"""The mobiletag Kubeflow pipeline: wiring only (GPU pools, resources, timeouts, caching, retries).
 
 Compile: ``make compile`` (or ``kfp dsl compile --py pipeline.py --output pipeline.yaml``).
 """
@@ -19,22 +19,73 @@ from kfp import compiler, dsl, kubernetes
 
 PIPELINE_NAME = "mobiletag"
 GPU_RESOURCE = "nvidia.com/gpu"
+HOUR = 3600
+
+# === Resources ===
+# GPU steps, per run (pipeline parameters; the KFP driver substitutes string parameters into
+# resource requests since backend 2.4.0). The defaults fit the smallest common 4-GPU GKE node,
+# n1-standard-16 + 4 x T4 (15.89 CPU / ~54.7 GiB allocatable), leaving ~1.9 CPU / ~6.7 GiB for
+# DaemonSets (kube-proxy, logging, metrics, GPU device plugin) and Argo's wait container; a
+# g2-standard-48 + 4 x L4 or a2-highgpu-4g has room to raise them. QAT uses one GPU: its defaults
+# also fit a 1-GPU n1-standard-8 + T4 or g2-standard-8 (7.91 CPU / ~26 GiB allocatable).
+TRAINING_CPU = "14"
+TRAINING_MEMORY = "48Gi"
+QAT_CPU = "6"
+QAT_MEMORY = "20Gi"
+
+# === Timeouts and retries ===
+# Every step's pod gets activeDeadlineSeconds (kfp-kubernetes set_timeout; the driver applies it
+# since backend 2.1.0), counted per attempt: a retried pod gets a new deadline.
+TIMEOUTS = {
+    "resolve-config": 1 * HOUR,  # config + one listing of images/ (list pages of 1,000 objects)
+    "prepare-dataset": 6 * HOUR,
+    "train-teacher": 48 * HOUR,
+    "train-student": 48 * HOUR,
+    "quantize": 48 * HOUR,
+    "export-tflite": 2 * HOUR,
+    "optimize-thresholds": 2 * HOUR,
+    "evaluate": 12 * HOUR,  # runs the float teacher and student on the test split on CPUs
+    "bundle": 1 * HOUR,
+    "publish": 1 * HOUR,
+    "promote": 1 * HOUR,
+}
+RUN_ID_ENV = "MOBILETAG_RUN_ID"
+RUN_ID_LABEL = "pipeline/runid"  # set on every pod of a run by the KFP API server (and on recurring runs)
 TRAINING_RETRIES = 3  # GPU nodes get preempted; BackupAndRestore resumes from the last epoch
+# Argo's retryStrategy.backoff.maxDuration counts from the start of the first attempt: no retry
+# starts after it, and a retried pod is cut at it. kfp's default (1 h) would mean that a step
+# preempted after an hour of training is never retried; 72 h covers the 48 h attempt and resumes.
+TRAINING_RETRY_WINDOW = "72h"
 
 
-def _on_gpu_pool(task: dsl.PipelineTask, gpus, node_selector, cpu: str, memory: str) -> dsl.PipelineTask:
-    """Request GPUs on the GPU node pool, tolerate its taint, give TF a memory-backed /dev/shm."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+def _on_gpu_pool(task: dsl.PipelineTask, gpu_limit, node_selector, cpu, memory) -> dsl.PipelineTask:
+    """Request GPUs on the GPU node pool, tolerate its taint, give TF a memory-backed /dev/shm.
+
+    ``gpu_limit`` must be a string channel: the driver substitutes a resource placeholder with
+    the parameter's string value only (an integer one would give the pod no GPU).
+    """
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_limit)
     task.set_cpu_request(cpu).set_memory_request(memory)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="16Gi")
-    task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration="60s", backoff_factor=2.0)
-    return task
+    # Backups live under <backup_uri>/<run id>/<task>/. The run id comes from the pod's label, not
+    # from an input: KFP's cache key is the inputs, so an input that differs every run would
+    # make these steps (and everything after them) never cached.
+    kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']")
+    task.set_retry(
+        num_retries=TRAINING_RETRIES,
+        backoff_duration="60s",
+        backoff_factor=2.0,
+        backoff_max_duration=TRAINING_RETRY_WINDOW,
+    )
+    return kubernetes.set_timeout(task, TIMEOUTS[task.name])
 
 
 def _on_cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8Gi") -> dsl.PipelineTask:
-    return task.set_cpu_request(cpu).set_memory_request(memory)
+    """CPU steps: requests that fit a 4-vCPU node (prepare-dataset: an 8-vCPU node)."""
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    return kubernetes.set_timeout(task, TIMEOUTS[task.name])
 
 
 @dsl.pipeline(
@@ -51,6 +102,12 @@ def mobiletag_pipeline(
     student_gpus: int = 4,
     gpu_node_pool: str = "gpu-pool",
     gpu_accelerator: str = "nvidia-tesla-t4",
+    teacher_cpu: str = TRAINING_CPU,
+    teacher_memory: str = TRAINING_MEMORY,
+    student_cpu: str = TRAINING_CPU,
+    student_memory: str = TRAINING_MEMORY,
+    qat_cpu: str = QAT_CPU,
+    qat_memory: str = QAT_MEMORY,
 ) -> dsl.Artifact:
     """mobiletag: dataset folder in, INT8 TFLite model and thresholds out.
 
@@ -64,36 +121,51 @@ def mobiletag_pipeline(
         output_uri: Where to publish (gs:// or local): a versioned prefix per run, LATEST moved when the gate passes.
         backup_uri: Prefix (gs://) for training backups, so a preempted step resumes; empty: no backups.
         teacher_gpus: GPUs for the teacher step (MirroredStrategy over all of them).
-        student_gpus: GPUs for the student step.
+        student_gpus: GPUs for the student step (QAT gets one GPU when this is above 0).
         gpu_node_pool: GKE node pool of the GPU nodes (empty: any node).
         gpu_accelerator: GKE accelerator label of that pool, e.g. nvidia-tesla-t4, nvidia-l4 (empty: any).
+        teacher_cpu: CPU request of the teacher step (Kubernetes quantity, e.g. 14 or 44 on a g2-standard-48).
+        teacher_memory: Memory request of the teacher step (e.g. 48Gi, or 160Gi on a g2-standard-48).
+        student_cpu: CPU request of the student step.
+        student_memory: Memory request of the student step.
+        qat_cpu: CPU request of the QAT step (one GPU).
+        qat_memory: Memory request of the QAT step.
     """
     configs = resolve_config(
         data_uri=data_uri,
         config_overrides=config_overrides,
         gpu_node_pool=gpu_node_pool,
         gpu_accelerator=gpu_accelerator,
+        teacher_gpus=teacher_gpus,
+        student_gpus=student_gpus,
     ).set_display_name("resolve config")
     _on_cpu(configs, cpu="1", memory="1Gi")
-    configs.set_caching_options(False)  # re-read the dataset's config.yaml on every run
+    configs.set_caching_options(False)  # re-read config.yaml and fingerprint the dataset on every run
 
-    data = prepare_dataset(data_uri=data_uri, config_json=configs.outputs["prepare_dataset"])
-    _on_cpu(data.set_display_name("prepare dataset"), cpu="8", memory="16Gi")
+    data = prepare_dataset(
+        data_uri=data_uri,
+        data_fingerprint=configs.outputs["data_fingerprint"],  # new data under data_uri: a cache miss
+        config_json=configs.outputs["prepare_dataset"],
+    )
+    _on_cpu(data.set_display_name("prepare dataset"), cpu="6", memory="16Gi")
 
+    node_selector = configs.outputs["gpu_node_selector"]
     teacher = train_teacher(
         dataset=data.outputs["dataset"],
         config_json=configs.outputs["train_teacher"],
         backup_uri=backup_uri,
+        gpus=teacher_gpus,
     ).set_display_name("train teacher")
-    _on_gpu_pool(teacher, teacher_gpus, configs.outputs["gpu_node_selector"], cpu="16", memory="64Gi")
+    _on_gpu_pool(teacher, configs.outputs["teacher_gpu_limit"], node_selector, teacher_cpu, teacher_memory)
 
     student = train_student(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
         config_json=configs.outputs["train_student"],
         backup_uri=backup_uri,
+        gpus=student_gpus,
     ).set_display_name("train student")
-    _on_gpu_pool(student, student_gpus, configs.outputs["gpu_node_selector"], cpu="16", memory="64Gi")
+    _on_gpu_pool(student, configs.outputs["student_gpu_limit"], node_selector, student_cpu, student_memory)
 
     qat = quantize(
         dataset=data.outputs["dataset"],
@@ -101,15 +173,16 @@ def mobiletag_pipeline(
         student=student.outputs["model"],
         config_json=configs.outputs["quantize"],
         backup_uri=backup_uri,
+        gpus=configs.outputs["qat_gpus"],
     ).set_display_name("quantization-aware training")
-    _on_gpu_pool(qat, 1, configs.outputs["gpu_node_selector"], cpu="8", memory="32Gi")  # QAT: one device
+    _on_gpu_pool(qat, configs.outputs["qat_gpu_limit"], node_selector, qat_cpu, qat_memory)  # QAT: one device
 
     exported = export_tflite(
         dataset=data.outputs["dataset"],
         qat_model=qat.outputs["model"],
         config_json=configs.outputs["export_tflite"],
     ).set_display_name("export INT8 TFLite")
-    _on_cpu(exported, cpu="4", memory="8Gi")
+    _on_cpu(exported, cpu="3", memory="8Gi")
 
     thresholds = optimize_thresholds(
         dataset=data.outputs["dataset"],
@@ -125,7 +198,7 @@ def mobiletag_pipeline(
         tflite_model=exported.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
     ).set_display_name("evaluate")
-    _on_cpu(evaluation, cpu="4", memory="8Gi")
+    _on_cpu(evaluation, cpu="3", memory="8Gi")
 
     output = bundle(
         teacher=teacher.outputs["model"],
@@ -141,7 +214,7 @@ def mobiletag_pipeline(
         published = publish(
             output=output.outputs["output"],
             output_uri=output_uri,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # names the version; publish is never cached
             config_json=configs.outputs["publish"],
         ).set_display_name("publish + quality gate")
         _on_cpu(published, cpu="1", memory="2Gi")

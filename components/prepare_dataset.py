@@ -6,6 +6,7 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare_dataset(
     data_uri: str,
+    data_fingerprint: str,
     config_json: str,
     dataset: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
@@ -14,6 +15,7 @@ def prepare_dataset(
 
     Args:
         data_uri: Dataset folder (local path or gs:// URI): images/, train/val/test_labels.csv.
+        data_fingerprint: The dataset's fingerprint (from resolve_config): new files under data_uri miss the cache.
         config_json: This stage's config sections (from resolve_config).
         dataset: TFRecord shards per split, labels.txt, stats.json.
         metrics: Images per split and number of classes.
@@ -21,7 +23,7 @@ def prepare_dataset(
     from mobiletag.stages import prepare_dataset as stage
     from mobiletag.stages.resolve_config import config_from_json
 
-    result = stage.run(config_from_json(config_json), data_uri, dataset.path)
+    result = stage.run(config_from_json(config_json), data_uri, dataset.path, data_fingerprint=data_fingerprint)
     dataset.metadata.update(result.details)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -10,6 +10,7 @@ def quantize(
     student: dsl.Input[dsl.Model],
     config_json: str,
     backup_uri: str,
+    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -20,10 +21,13 @@ def quantize(
         teacher: The trained teacher (distillation stays on during QAT by default).
         student: The distilled float student.
         config_json: This stage's config sections (from resolve_config).
-        backup_uri: Folder for BackupAndRestore; empty: none.
+        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's pipeline/runid label); empty: none.
+        gpus: GPUs this step gets (1, or 0 on a CPU); above 0 the step fails at once when TensorFlow sees no GPU.
         model: student_qat.h5.
         metrics: Validation mAP of the QAT model and of the float student.
     """
+    import os
+
     from mobiletag.stages import quantize as stage
     from mobiletag.stages.resolve_config import config_from_json
 
@@ -33,7 +37,9 @@ def quantize(
         teacher.path,
         student.path,
         model.path,
-        backup_dir=backup_uri or None,
+        backup_uri=backup_uri or None,
+        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
+        expected_gpus=gpus,
     )
     model.metadata.update(result.details)
     for name, value in result.metrics.items():

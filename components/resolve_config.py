@@ -11,6 +11,8 @@ def resolve_config(
     config_overrides: str,
     gpu_node_pool: str,
     gpu_accelerator: str,
+    teacher_gpus: int,
+    student_gpus: int,
     config: dsl.Output[dsl.Artifact],
 ) -> NamedTuple(
     "StageConfigs",
@@ -22,26 +24,36 @@ def resolve_config(
         ("export_tflite", str),
         ("optimize_thresholds", str),
         ("publish", str),
+        ("data_fingerprint", str),
         ("gpu_node_selector", dict),
+        ("teacher_gpu_limit", str),
+        ("student_gpu_limit", str),
+        ("qat_gpus", int),
+        ("qat_gpu_limit", str),
     ],
 ):
-    """Merges the default config, the dataset's config.yaml and the run's overrides.
+    """Merges the default config, the dataset's config.yaml and the run's overrides; fingerprints the dataset.
 
     Args:
         data_uri: Dataset folder (local path or gs:// URI) whose config.yaml is read if present.
         config_overrides: YAML text of config overrides for this run (may be empty).
         gpu_node_pool: GKE node pool for the training steps (empty: no node-pool selector).
         gpu_accelerator: GKE accelerator label of that pool (empty: no accelerator selector).
+        teacher_gpus: GPUs for the teacher step.
+        student_gpus: GPUs for the student step (QAT gets one when this is above 0).
         config: The merged configuration as YAML, for the record.
 
     Returns:
-        The JSON config of each stage (only the sections it reads) and the GPU node selector.
+        The JSON config of each stage (only the sections it reads), the dataset's fingerprint (an input of
+        prepare_dataset, so a change of the data is a cache miss), the GPU node selector and the GPU limits.
     """
     from mobiletag.stages import resolve_config as stage
 
     result = stage.run(data_uri, config_overrides)
     with open(config.path, "w", encoding="utf-8") as fh:
         fh.write(result["full"])
+    config.metadata["data_fingerprint"] = result["data_fingerprint"]
+    gpus = stage.gpu_limits(teacher_gpus, student_gpus)
     from collections import namedtuple
 
     stages = [
@@ -53,5 +65,11 @@ def resolve_config(
         "optimize_thresholds",
         "publish",
     ]
-    outputs = namedtuple("StageConfigs", [*stages, "gpu_node_selector"])
-    return outputs(*[result[s] for s in stages], stage.gpu_node_selector(gpu_node_pool, gpu_accelerator))
+    gpu_fields = ["teacher_gpu_limit", "student_gpu_limit", "qat_gpus", "qat_gpu_limit"]
+    outputs = namedtuple("StageConfigs", [*stages, "data_fingerprint", "gpu_node_selector", *gpu_fields])
+    return outputs(
+        *[result[s] for s in stages],
+        result["data_fingerprint"],
+        stage.gpu_node_selector(gpu_node_pool, gpu_accelerator),
+        *[gpus[f] for f in gpu_fields],
+    )

@@ -9,6 +9,7 @@ def train_student(
     teacher: dsl.Input[dsl.Model],
     config_json: str,
     backup_uri: str,
+    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -18,15 +19,24 @@ def train_student(
         dataset: TFRecords from prepare_dataset.
         teacher: The trained teacher.
         config_json: This stage's config sections (from resolve_config).
-        backup_uri: Folder (gs:// on a cluster) for BackupAndRestore, so a preempted pod resumes; empty: none.
+        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's pipeline/runid label); empty: none.
+        gpus: GPUs this step gets; above 0 the step fails at once when TensorFlow sees no GPU.
         model: student_best.h5 (best validation mAP) and student_metrics.json.
         metrics: Validation mAP, training images/second, parameter count.
     """
+    import os
+
     from mobiletag.stages import train_student as stage
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(
-        config_from_json(config_json), dataset.path, teacher.path, model.path, backup_dir=backup_uri or None
+        config_from_json(config_json),
+        dataset.path,
+        teacher.path,
+        model.path,
+        backup_uri=backup_uri or None,
+        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
+        expected_gpus=gpus,
     )
     model.metadata.update(result.details)
     for name, value in result.metrics.items():

@@ -8,6 +8,7 @@ def train_teacher(
     dataset: dsl.Input[dsl.Dataset],
     config_json: str,
     backup_uri: str,
+    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -16,14 +17,24 @@ def train_teacher(
     Args:
         dataset: TFRecords from prepare_dataset.
         config_json: This stage's config sections (from resolve_config).
-        backup_uri: Folder (gs:// on a cluster) for BackupAndRestore, so a preempted pod resumes; empty: none.
+        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's pipeline/runid label); empty: none.
+        gpus: GPUs this step gets; above 0 the step fails at once when TensorFlow sees no GPU.
         model: teacher_best.h5 (best validation mAP) and teacher_metrics.json.
         metrics: Validation mAP, training images/second.
     """
+    import os
+
     from mobiletag.stages import train_teacher as stage
     from mobiletag.stages.resolve_config import config_from_json
 
-    result = stage.run(config_from_json(config_json), dataset.path, model.path, backup_dir=backup_uri or None)
+    result = stage.run(
+        config_from_json(config_json),
+        dataset.path,
+        model.path,
+        backup_uri=backup_uri or None,
+        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
+        expected_gpus=gpus,
+    )
     model.metadata.update(result.details)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

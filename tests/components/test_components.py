@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,11 +49,14 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         config_overrides=tiny_overrides_text,
         gpu_node_pool="pool",
         gpu_accelerator="nvidia-l4",
+        teacher_gpus=0,
+        student_gpus=0,
         config=out(dsl.Artifact, "config.yaml"),
     )
     a["configs"] = configs
     prepare_dataset.python_func(
         data_uri=str(sample_dir),
+        data_fingerprint=configs.data_fingerprint,
         config_json=configs.prepare_dataset,
         dataset=out(dsl.Dataset, "dataset"),
         metrics=out(dsl.Metrics, "prepare_metrics"),
@@ -61,23 +65,32 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         dataset=a["dataset"],
         config_json=configs.train_teacher,
         backup_uri="",
+        gpus=0,
         model=out(dsl.Model, "teacher"),
         metrics=out(dsl.Metrics, "teacher_metrics"),
     )
-    train_student.python_func(
-        dataset=a["dataset"],
-        teacher=a["teacher"],
-        config_json=configs.train_student,
-        backup_uri=str(root / "backup"),
-        model=out(dsl.Model, "student"),
-        metrics=out(dsl.Metrics, "student_metrics"),
-    )
+    # on a cluster the run id comes from the pod's pipeline/runid label, as this variable
+    os.environ["MOBILETAG_RUN_ID"] = "run-1"
+    try:
+        train_student.python_func(
+            dataset=a["dataset"],
+            teacher=a["teacher"],
+            config_json=configs.train_student,
+            backup_uri=str(root / "backup"),
+            gpus=0,
+            model=out(dsl.Model, "student"),
+            metrics=out(dsl.Metrics, "student_metrics"),
+        )
+    finally:
+        del os.environ["MOBILETAG_RUN_ID"]
+    assert not (root / "backup" / "run-1" / "train-student").exists()  # removed once the step finished
     quantize.python_func(
         dataset=a["dataset"],
         teacher=a["teacher"],
         student=a["student"],
         config_json=configs.quantize,
         backup_uri="",
+        gpus=configs.qat_gpus,
         model=out(dsl.Model, "qat"),
         metrics=out(dsl.Metrics, "qat_metrics"),
     )
@@ -131,7 +144,9 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
     return a
 
 
-def test_resolve_config(run):
+def test_resolve_config(run, sample_dir):
+    from mobiletag.data.fingerprint import dataset_fingerprint
+
     configs = run["configs"]
     assert json.loads(configs.train_teacher)["teacher"]["image_size"] == 32
     assert set(json.loads(configs.optimize_thresholds)) == {"thresholds"}
@@ -140,9 +155,34 @@ def test_resolve_config(run):
         "cloud.google.com/gke-accelerator": "nvidia-l4",
     }
     assert "image_size: 32" in Path(run["config.yaml"].path).read_text()
+    assert configs.data_fingerprint == dataset_fingerprint(str(sample_dir)).digest
+    assert run["config.yaml"].metadata["data_fingerprint"] == configs.data_fingerprint
+    assert (configs.teacher_gpu_limit, configs.student_gpu_limit, configs.qat_gpus, configs.qat_gpu_limit) == (
+        "0",
+        "0",
+        0,
+        "0",
+    )
+
+
+def test_resolve_config_rejects_a_negative_gpu_count(tmp_path):
+    from mobiletag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pipeline parameter student_gpus=-1 is not a number of GPUs"):
+        resolve_config.python_func(
+            data_uri=str(tmp_path),
+            config_overrides="",
+            gpu_node_pool="",
+            gpu_accelerator="",
+            teacher_gpus=4,
+            student_gpus=-1,
+            config=artifact(dsl.Artifact, tmp_path / "config.yaml"),
+        )
 
 
 def test_prepare_dataset(run, sample_dir):
+    assert run["dataset"].metadata["data_fingerprint"] == run["configs"].data_fingerprint
+    assert run["dataset"].metadata["data_fingerprint"].startswith("sha256:")
     assert run["dataset"].metadata["classes"] == ["circle", "cross", "ring", "square", "star", "triangle"]
     total = sum(run["dataset"].metadata["num_images"].values())
     assert total == 120
@@ -162,6 +202,42 @@ def test_training_components(run):
         metrics = run[f"{name}_metrics"].metadata
         assert 0 < metrics["val_map"] <= 1 and metrics["train_images_per_second"] > 0
     assert (Path(run["qat"].path) / "student_qat.h5").is_file()
+
+
+def _training_call(component, run, root: Path, **given):
+    """Call a training component with what it needs to start; the models it would read later need not exist."""
+    configs = run["configs"]
+    inputs = {"dataset": run["dataset"]}
+    if component is not train_teacher:
+        inputs["teacher"] = artifact(dsl.Model, root / "no-teacher")
+    if component is quantize:
+        inputs["student"] = artifact(dsl.Model, root / "no-student")
+    stage_config = {
+        train_teacher: configs.train_teacher,
+        train_student: configs.train_student,
+        quantize: configs.quantize,
+    }
+    return component.python_func(
+        **inputs,
+        config_json=stage_config[component],
+        model=artifact(dsl.Model, root / "model"),
+        metrics=artifact(dsl.Metrics, root / "metrics"),
+        **given,
+    )
+
+
+@pytest.mark.parametrize("component", [train_teacher, train_student, quantize], ids=lambda c: c.name)
+def test_training_components_pass_gpus_and_run_id_to_the_stage(run, component, tmp_path, monkeypatch):
+    """The stage is reached with expected_gpus and the run id of the pod's label (MOBILETAG_RUN_ID):
+    it stops before training, at its checks."""
+    from mobiletag.errors import StorageError, TrainingError
+
+    monkeypatch.setenv("MOBILETAG_RUN_ID", "run-1")
+    with pytest.raises(TrainingError, match=r"this step was given 2 GPU\(s\), but TensorFlow sees no GPU"):
+        _training_call(component, run, tmp_path, backup_uri="", gpus=2)
+    monkeypatch.delenv("MOBILETAG_RUN_ID")
+    with pytest.raises(StorageError, match=r"the run id for training backups is empty"):
+        _training_call(component, run, tmp_path, backup_uri=str(tmp_path / "backup"), gpus=0)
 
 
 def test_export_component(run):

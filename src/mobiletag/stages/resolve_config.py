@@ -10,6 +10,7 @@ from typing import Any
 
 from mobiletag.config import Config, load_config, load_config_text, read_yaml_mapping
 from mobiletag.data.dataset import DATASET_CONFIG
+from mobiletag.data.fingerprint import dataset_fingerprint
 from mobiletag.errors import ConfigError
 from mobiletag.storage import is_gcs, join, read_text_if_exists
 
@@ -19,7 +20,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare_dataset": ("num_classes", "classes", "seed", "data"),
     "train_teacher": ("seed", "multi_gpu", "data", "teacher"),
     "train_student": ("seed", "multi_gpu", "data", "teacher", "student"),
-    "quantize": ("seed", "data", "teacher", "student", "qat"),
+    "quantize": ("seed", "multi_gpu", "data", "teacher", "student", "qat"),
     "export_tflite": ("student", "export"),
     "optimize_thresholds": ("thresholds",),
     "publish": ("gate",),
@@ -52,6 +53,12 @@ def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
 
 
 def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = None) -> dict[str, str]:
+    """Each stage's JSON config, the merged config as YAML (``full``) and the dataset's fingerprint.
+
+    ``data_fingerprint`` changes exactly when a file under ``images/``, a CSV or ``config.yaml``
+    changes (see mobiletag.data.fingerprint); it is an input of prepare_dataset, so KFP's cache
+    rebuilds the TFRecords, and retrains, when new data arrive under the same ``data_uri``.
+    """
     sources: list[Any] = [defaults_file]
     sources.append(dataset_config_source(data_uri))
     sources.append(load_config_text(config_overrides) if config_overrides.strip() else None)
@@ -60,6 +67,7 @@ def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = N
     config = load_config(*sources)
     out = {stage: stage_config_json(config, stage) for stage in STAGE_SECTIONS}
     out["full"] = config.to_yaml()
+    out["data_fingerprint"] = dataset_fingerprint(data_uri).digest
     return out
 
 
@@ -71,3 +79,27 @@ def gpu_node_selector(node_pool: str, accelerator: str) -> dict[str, str]:
     if accelerator.strip():
         selector["cloud.google.com/gke-accelerator"] = accelerator.strip()
     return selector
+
+
+def gpu_limits(teacher_gpus: int, student_gpus: int) -> dict[str, Any]:
+    """The GPU counts of the three GPU steps, checked, and their accelerator limits as text.
+
+    The KFP driver reads the value behind a resource placeholder with ``GetStringValue()``
+    (backend/src/v2/driver, 2.4.0 to 2.17): an integer pipeline parameter would resolve to ''
+    and the pod would get no GPU at all, so the limits are passed as strings. QAT runs on one
+    device (tfmot does not support tf.distribute): one GPU when the student trains on GPUs, none
+    when it trains on the CPU (kfp.local on a machine without a GPU).
+    """
+    for name, value in (("teacher_gpus", teacher_gpus), ("student_gpus", student_gpus)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(
+                f"pipeline parameter {name}={value!r} is not a number of GPUs; give a whole number >= 0 "
+                "(0 trains on the CPU)"
+            )
+    qat_gpus = 1 if student_gpus > 0 else 0
+    return {
+        "teacher_gpu_limit": str(teacher_gpus),
+        "student_gpu_limit": str(student_gpus),
+        "qat_gpus": qat_gpus,
+        "qat_gpu_limit": str(qat_gpus),
+    }
