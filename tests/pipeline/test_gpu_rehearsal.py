@@ -68,7 +68,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         {
             "multi_gpu": {"mixed_precision": "bfloat16", "steps_per_execution": 2},
             "teacher": {"weights": str(weights), "reference_batch_size": 8, "lr_warmup_epochs": 0.5},
-            "student": {"reference_batch_size": 8},
+            "student": {"reference_batch_size": 8, "epochs": 1},
         },
     )
     config = load_config(REPO / "configs" / "fast.yaml", overrides)

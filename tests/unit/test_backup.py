@@ -407,7 +407,7 @@ import mobiletag
 from mobiletag.config import load_config
 from mobiletag.stages import train_student
 config = load_config(sys.argv[1], {"teacher": {"image_size": 32},
-                                   "student": {"epochs": 4, "image_size": 32, "batch_size": 16}})
+                                   "student": {"epochs": 3, "image_size": 32, "batch_size": 16}})
 train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_uri=sys.argv[5], run_id=sys.argv[6])
 print("STAGE DONE", flush=True)
 """

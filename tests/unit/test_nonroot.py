@@ -194,7 +194,7 @@ def test_train_teacher_as_uid_1000_read_only_cwd_unwritable_home_offline(tfrecor
         "https_proxy": "http://127.0.0.1:9",
     }
     command, site_dirs = _interpreter(env, cwd)
-    overrides = _merge(TINY, {"teacher": {"weights": "imagenet"}})
+    overrides = _merge(TINY, {"teacher": {"weights": "imagenet", "fine_tune_epochs": 0}})  # phase A is enough here
     spec = {
         "site_dirs": site_dirs,
         "fast_yaml": str(inputs / "fast.yaml"),
