@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,19 +17,9 @@ from mobiletag import storage
 from mobiletag.errors import StorageError
 from mobiletag.training.backup import MANIFEST, Backup, backup_prefix, safe_segment
 
-from .test_gcs import BUCKET, Emulator
+from .test_gcs import BUCKET
 
 ROOT = f"gs://{BUCKET}/backups"
-
-
-@pytest.fixture
-def gcs(tmp_path, monkeypatch):
-    """A running emulator with one bucket; STORAGE_EMULATOR_HOST points the client at it."""
-    emulator = Emulator(tmp_path / "gcs-data")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.host)
-    monkeypatch.setattr(storage, "_local", threading.local())  # fresh clients for this emulator
-    yield emulator
-    emulator.stop()
 
 
 def _write_tree(root: Path, files: dict[str, bytes]) -> None:

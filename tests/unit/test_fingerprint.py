@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,7 @@ import pytest
 from mobiletag.data.fingerprint import dataset_fingerprint
 from mobiletag.errors import StorageError
 
-from .test_gcs import BUCKET, Emulator, _client, upload_tree
-
-
-@pytest.fixture
-def emulator(tmp_path, monkeypatch):
-    """A storage emulator on loopback; STORAGE_EMULATOR_HOST points the client at it."""
-    import mobiletag.storage as storage
-
-    server = Emulator(tmp_path / "gcs-data")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.host)
-    monkeypatch.setattr(storage, "_local", threading.local())  # fresh clients for this emulator
-    yield server
-    server.stop()
+from .test_gcs import BUCKET, _client, upload_tree
 
 
 @pytest.fixture
@@ -102,7 +89,7 @@ def test_local_missing_dataset_is_a_fingerprint_not_an_error(tmp_path):
 # === gs:// (storage emulator) ===
 
 
-def test_gcs_one_changed_image_changes_it(emulator, sample_dir):
+def test_gcs_one_changed_image_changes_it(gcs, sample_dir):
     uri = upload_tree(sample_dir, "datasets/weekly")
     first = dataset_fingerprint(uri)
     assert dataset_fingerprint(uri) == first  # nothing changed: a cache hit next week
@@ -119,7 +106,7 @@ def test_gcs_one_changed_image_changes_it(emulator, sample_dir):
     assert dataset_fingerprint(uri) == changed
 
 
-def test_gcs_new_image_and_csv_change_it(emulator, sample_dir):
+def test_gcs_new_image_and_csv_change_it(gcs, sample_dir):
     uri = upload_tree(sample_dir, "datasets/weekly")
     before = dataset_fingerprint(uri)
     bucket = _client().bucket(BUCKET)
@@ -133,7 +120,7 @@ def test_gcs_new_image_and_csv_change_it(emulator, sample_dir):
     assert dataset_fingerprint(uri).digest != added.digest
 
 
-def test_gcs_reads_list_pages_only(emulator, sample_dir):
+def test_gcs_reads_list_pages_only(gcs, sample_dir):
     """500,000 images must not mean 500,000 requests: one list request per page of images, one
     download per CSV / config.yaml, nothing per image."""
     from mobiletag.storage import thread_client
@@ -166,6 +153,6 @@ def test_gcs_reads_list_pages_only(emulator, sample_dir):
     assert len(requests) == len(lists) + len(downloads) + len(bucket_checks), "\n".join(u for _, u in requests)
 
 
-def test_gcs_listing_error_names_the_prefix_and_the_fix(emulator):
+def test_gcs_listing_error_names_the_prefix_and_the_fix(gcs):
     with pytest.raises(StorageError, match=r"cannot list gs://no-such-bucket/ds/images/: .*roles/storage.objectViewer"):
         dataset_fingerprint("gs://no-such-bucket/ds")

@@ -41,18 +41,6 @@ class Emulator:
         self.server.stop()
 
 
-@pytest.fixture
-def gcs(tmp_path, monkeypatch):
-    """A running emulator with one bucket; STORAGE_EMULATOR_HOST points the client at it."""
-    import mobiletag.storage as storage
-
-    emulator = Emulator(tmp_path / "gcs-data")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.host)
-    monkeypatch.setattr(storage, "_local", __import__("threading").local())  # fresh clients for this emulator
-    yield emulator
-    emulator.stop()
-
-
 def _client():
     from google.cloud import storage
 
