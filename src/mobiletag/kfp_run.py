@@ -67,9 +67,10 @@ def run_local(
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # On a cluster the training steps read the run id from their pod's pipeline/runid label
     # (pipeline.py); kfp.local has no pods: each local run gets an id of its own.
-    os.environ[RUN_ID_ENV] = f"local-{uuid.uuid4().hex[:12]}"
+    run_id = os.environ[RUN_ID_ENV] = f"local-{uuid.uuid4().hex[:12]}"
     if runner == "docker":
-        local_runner: Any = kfp.local.DockerRunner()
+        # containers do not inherit this process's environment: hand them the run id
+        local_runner: Any = kfp.local.DockerRunner(environment={RUN_ID_ENV: run_id})
     else:
         local_runner = kfp.local.SubprocessRunner(use_venv=False)
     kfp.local.init(runner=local_runner, pipeline_root=str(root / "pipeline_root"), raise_on_error=True)

@@ -468,3 +468,43 @@ def test_killed_student_resumes_from_gcs_and_runs_stay_apart(gcs, tfrecord_dir, 
     assert (tmp_path / "pod-3" / "student" / "student_best.h5").is_file()
     left = {o.name for o in storage.list_prefix(backup_uri)}
     assert left == {"run-1/train-teacher/keep.bin", "run-10/train-student/keep.bin"}
+
+
+def test_a_pod_retried_after_fit_returned_does_not_train_again(gcs, tmp_path):
+    """BackupAndRestore deletes its files when training ends; fit mirrors that to gs:// at once,
+    so a pod preempted between fit and the end of the stage restores no epoch to continue from."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from mobiletag.training.fit import Trainer, fit
+
+    prefix = backup_prefix(ROOT, "run-1", "train-student")
+    backup = Backup(prefix, local_root=tmp_path / "pod-1")
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs)))
+    trainer = Trainer(model)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
+    best_dir, fit_dir = backup.folder("best"), backup.folder("fit")
+    assert best_dir is not None and fit_dir is not None
+    fit(
+        trainer,
+        tf.data.Dataset.from_tensors((images, labels)).repeat(),
+        tf.data.Dataset.from_tensors((images, labels)),
+        name="student",
+        epochs=2,
+        steps_per_epoch=2,
+        batch_size=4,
+        checkpoint=best_dir / "best.h5",
+        backup_dir=fit_dir,
+        patience=0,
+        backup=backup,
+    )
+    retry = Backup(prefix, local_root=tmp_path / "pod-2")
+    assert retry.restore()
+    assert retry.local_dir is not None
+    assert not [p for p in (retry.local_dir / "fit").rglob("*") if p.is_file()]  # nothing to resume
+    assert (retry.local_dir / "best" / "best.h5").is_file()  # the best model so far is kept

@@ -566,3 +566,28 @@ def test_submit_passes_the_gpu_steps_resources_as_text(in_cluster, kfp_api, monk
         "teacher_memory": "160Gi",
         "student_memory": "100Gi",
     }
+
+
+def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
+    """kfp.local applies no Kubernetes field-path env and DockerRunner does not pass this process's
+    environment on: the training steps' run id (for their backups) must be given to the containers."""
+    import kfp.local
+
+    from mobiletag import kfp_run
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_docker_runner(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(kfp.local, "DockerRunner", fake_docker_runner)
+    monkeypatch.delenv(kfp_run.RUN_ID_ENV, raising=False)
+    with pytest.raises(Stop):
+        kfp_run.run_local(str(tmp_path), str(tmp_path / "out"), runner="docker", work_dir=str(tmp_path / "work"))
+    run_id = seen["environment"][kfp_run.RUN_ID_ENV]
+    assert run_id.startswith("local-") and run_id == os.environ[kfp_run.RUN_ID_ENV]
+    monkeypatch.delenv(kfp_run.RUN_ID_ENV)

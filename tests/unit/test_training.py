@@ -257,3 +257,23 @@ def test_mixed_float16_step_scales_the_loss_and_updates_float32_weights():
         assert student.get_layer("logits").compute_dtype == "float32"
     finally:
         set_precision("float32")
+
+
+def test_early_stopping_after_a_restart_starts_from_the_restored_best(tmp_path):
+    import json
+
+    from mobiletag.training.fit import BestCheckpoint, ResumableEarlyStopping
+
+    checkpoint = tmp_path / "student_best.h5"
+    checkpoint.write_bytes(b"h5")
+    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 3}))
+    restored = BestCheckpoint(None, checkpoint, resume=True)
+    stopping = ResumableEarlyStopping(restored, patience=2)
+    stopping.set_model(keras.Sequential())
+    stopping.on_train_begin()
+    assert restored.restored and stopping.best == 0.8
+    stopping.on_epoch_end(4, {"val_map": 0.7})  # worse than before the restart: no improvement
+    assert stopping.wait == 1
+    fresh = ResumableEarlyStopping(BestCheckpoint(None, tmp_path / "other.h5", best=0.9), patience=2)
+    fresh.on_train_begin()
+    assert fresh.best == -np.inf  # a new phase or run starts from scratch, as Keras' own

@@ -110,7 +110,7 @@ def run(
         batch_size=cfg.batch_size,
         checkpoint=checkpoint,
         backup_dir=backup.folder("fit"),
-        backup_sync=backup.callback(),
+        backup=backup,
         validation_steps=math.ceil(facts.num_val / cfg.batch_size),
         patience=0,
     )

@@ -168,7 +168,7 @@ def _train(
         batch_size=cfg.batch_size,
         checkpoint=checkpoint,
         backup_dir=backup.folder("fit"),
-        backup_sync=backup.callback(),
+        backup=backup,
         validation_steps=math.ceil(facts.num_val / cfg.batch_size),
         patience=cfg.early_stopping_patience,
     )

@@ -119,7 +119,7 @@ def _train(
         checkpoint=checkpoint,
         patience=cfg.early_stopping_patience,
         validation_steps=math.ceil(facts.num_val / cfg.batch_size),
-        backup_sync=backup.callback(),
+        backup=backup,
     )
 
     # Phase A: head warm-up on a frozen backbone.

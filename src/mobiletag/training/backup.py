@@ -64,12 +64,14 @@ def safe_segment(text: str, what: str = "run id") -> str:
     if not text or not text.strip():
         raise StorageError(
             f"the {what} for training backups is empty: backups of different runs would share one prefix and "
-            "resume each other; pass the KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER) or another id unique to the run"
+            "resume each other. In the pipeline it comes from MOBILETAG_RUN_ID, which pipeline.py fills from the "
+            "pod's pipeline/runid label (set by the KFP API server, backend >= 2.5); when running a stage by hand, "
+            "set MOBILETAG_RUN_ID (or pass run_id) to an id unique to the run, or leave backup_uri empty"
         )
     if "{{" in text:
         raise StorageError(
-            f"the {what} for training backups is an unresolved placeholder ({text!r}); pass it from the pipeline "
-            "as a task input (dsl.PIPELINE_JOB_ID_PLACEHOLDER) so KFP fills it in"
+            f"the {what} for training backups is an unresolved placeholder ({text!r}): KFP did not fill it in; "
+            "give a concrete id unique to the run (the pipeline takes it from the pod's pipeline/runid label)"
         )
     if _SAFE.fullmatch(text) and len(text) <= 100:
         return text

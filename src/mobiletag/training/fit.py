@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.errors import TrainingError
+from mobiletag.training.backup import Backup
 from mobiletag.training.losses import distillation_loss
 from mobiletag.training.metrics import mean_average_precision
 
@@ -239,9 +240,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.sidecar = path.with_suffix(".best.json")
         self.best = best
         self.best_epoch = -1
+        self.restored = False  # True when the best figure was read back after a restart
         if resume and self.sidecar.is_file() and path.is_file():
             saved = json.loads(self.sidecar.read_text())
             self.best, self.best_epoch = max(best, saved["val_map"]), saved["epoch"]
+            self.restored = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get("val_map", -math.inf)
@@ -251,6 +254,21 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.inner.save(tmp, include_optimizer=False)
             tmp.replace(self.path)
             self.sidecar.write_text(json.dumps({"val_map": value, "epoch": epoch}))
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on ``val_map`` that, after a restart, starts from the best figure read back
+    from the backup (``BestCheckpoint``), so a preempted run does not count its first epoch after
+    the restart as an improvement. (The epochs without gain before the restart are not kept.)"""
+
+    def __init__(self, best: BestCheckpoint, patience: int) -> None:
+        super().__init__(monitor="val_map", mode="max", patience=patience, restore_best_weights=False)
+        self.checkpoint = best
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.checkpoint.restored:
+            self.best = self.checkpoint.best
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -302,13 +320,13 @@ def fit(
     patience: int,
     best_so_far: float = -math.inf,
     validation_steps: int | None = None,
-    backup_sync: keras.callbacks.Callback | None = None,
+    backup: Backup | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> FitResult:
     """Run ``epochs`` epochs with the shared policy; resumes from ``backup_dir`` if a backup exists.
 
-    ``backup_dir`` is a local folder (BackupAndRestore writes there); ``backup_sync`` copies it
-    to remote storage at the end of each epoch, after the backup is written.
+    ``backup_dir`` is a local folder (BackupAndRestore writes there) inside ``backup``'s, which
+    is mirrored to its remote prefix at the end of each epoch, after the backup is written.
     """
     if epochs <= 0:
         return FitResult(best_so_far, -1, 0)
@@ -322,14 +340,12 @@ def fit(
         best,
     ]
     if patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=patience, restore_best_weights=False)
-        )
+        callbacks.append(ResumableEarlyStopping(best, patience=patience))
     if backup_dir is not None:
         # after the others: the backup of an epoch is written once its checkpoint is saved
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))
-        if backup_sync is not None:
-            callbacks.append(backup_sync)
+        if backup is not None and backup.enabled:
+            callbacks.append(backup.callback())
     callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is stored
     callbacks.extend(extra_callbacks or [])
     if not trainer.built:  # BackupAndRestore needs built variables to restore into
@@ -341,6 +357,10 @@ def fit(
         callbacks=callbacks,
         verbose=1 if sys.stderr.isatty() else 0,
     )
+    if backup is not None and backup.enabled:
+        # BackupAndRestore deleted its files when training ended: mirror that at once, or a pod
+        # retried before the stage finishes would restore the last epoch and train again
+        backup.save()
     losses = history.history.get("loss", [])
     timed = epoch_log.epoch_seconds[1:] or epoch_log.epoch_seconds  # the first epoch includes tracing
     speed = steps_per_epoch * batch_size / (sum(timed) / len(timed)) if timed else 0.0
