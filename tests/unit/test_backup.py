@@ -471,8 +471,9 @@ def test_killed_student_resumes_from_gcs_and_runs_stay_apart(gcs, tfrecord_dir, 
 
 
 def test_a_pod_retried_after_fit_returned_does_not_train_again(gcs, tmp_path):
-    """BackupAndRestore deletes its files when training ends; fit mirrors that to gs:// at once,
-    so a pod preempted between fit and the end of the stage restores no epoch to continue from."""
+    """BackupAndRestore deletes its epoch backup when training ends; fit leaves a marker with its
+    result and mirrors both to gs:// at once, so a pod preempted between fit and the end of the
+    stage neither resumes a finished fit nor trains it again from scratch."""
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras
@@ -480,31 +481,38 @@ def test_a_pod_retried_after_fit_returned_does_not_train_again(gcs, tmp_path):
     from mobiletag.training.fit import Trainer, fit
 
     prefix = backup_prefix(ROOT, "run-1", "train-student")
-    backup = Backup(prefix, local_root=tmp_path / "pod-1")
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs)))
-    trainer = Trainer(model)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.01))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
     labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
-    best_dir, fit_dir = backup.folder("best"), backup.folder("fit")
-    assert best_dir is not None and fit_dir is not None
-    fit(
-        trainer,
-        tf.data.Dataset.from_tensors((images, labels)).repeat(),
-        tf.data.Dataset.from_tensors((images, labels)),
-        name="student",
-        epochs=2,
-        steps_per_epoch=2,
-        batch_size=4,
-        checkpoint=best_dir / "best.h5",
-        backup_dir=fit_dir,
-        patience=0,
-        backup=backup,
-    )
-    retry = Backup(prefix, local_root=tmp_path / "pod-2")
-    assert retry.restore()
-    assert retry.local_dir is not None
-    assert not [p for p in (retry.local_dir / "fit").rglob("*") if p.is_file()]  # nothing to resume
-    assert (retry.local_dir / "best" / "best.h5").is_file()  # the best model so far is kept
+
+    def pod(name: str):
+        backup = Backup(prefix, local_root=tmp_path / name)
+        backup.restore()
+        inputs = keras.Input((4, 4, 3))
+        model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs)))
+        trainer = Trainer(model)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.01))
+        best_dir, fit_dir = backup.folder("best"), backup.folder("fit")
+        assert best_dir is not None and fit_dir is not None
+        result = fit(
+            trainer,
+            tf.data.Dataset.from_tensors((images, labels)).repeat(),
+            tf.data.Dataset.from_tensors((images, labels)),
+            name="student",
+            epochs=3,
+            steps_per_epoch=2,
+            batch_size=4,
+            checkpoint=best_dir / "best.h5",
+            backup_dir=fit_dir,
+            patience=0,
+            backup=backup,
+        )
+        return backup, result
+
+    _, first = pod("pod-1")
+    assert first.epochs_run == 3
+    retry_backup, retry = pod("pod-2")  # preempted after fit returned: same result, no epoch trained
+    assert retry == first
+    assert retry_backup.local_dir is not None
+    assert not [p for p in (retry_backup.local_dir / "fit").rglob("*") if p.is_file()]  # no epoch backup left
+    assert (retry_backup.local_dir / "best" / "best.h5").is_file()  # the best model so far is kept

@@ -12,6 +12,7 @@ and progress (a bar in a terminal, one line per epoch otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -330,6 +331,11 @@ def fit(
     """
     if epochs <= 0:
         return FitResult(best_so_far, -1, 0)
+    # a pod retried after this fit had finished (but before its stage did) must not train again
+    done = Path(f"{backup_dir}.done.json") if backup_dir is not None else None
+    if done is not None and done.is_file():
+        log.info("%s: finished before a restart (%s); not trained again", name, done.name)
+        return FitResult(**json.loads(done.read_text()))
     epoch_log = EpochLog(name, steps_per_epoch * batch_size)
     resuming = backup_dir is not None and Path(backup_dir).exists()
     best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming)
@@ -357,20 +363,23 @@ def fit(
         callbacks=callbacks,
         verbose=1 if sys.stderr.isatty() else 0,
     )
-    if backup is not None and backup.enabled:
-        # BackupAndRestore deleted its files when training ended: mirror that at once, or a pod
-        # retried before the stage finishes would restore the last epoch and train again
-        backup.save()
     losses = history.history.get("loss", [])
     timed = epoch_log.epoch_seconds[1:] or epoch_log.epoch_seconds  # the first epoch includes tracing
     speed = steps_per_epoch * batch_size / (sum(timed) / len(timed)) if timed else 0.0
-    return FitResult(
+    result = FitResult(
         best_val_map=best.best,
         best_epoch=best.best_epoch,
         epochs_run=len(losses),
         history={k: [float(x) for x in v] for k, v in history.history.items()},
         train_images_per_second=speed,
     )
+    if done is not None:
+        # BackupAndRestore deleted its epoch backup when training ended; this marker (with the
+        # best checkpoint kept beside it) is what a retried pod finds instead
+        done.write_text(json.dumps(dataclasses.asdict(result)))
+        if backup is not None and backup.enabled:
+            backup.save()
+    return result
 
 
 def best_model(
