@@ -33,7 +33,7 @@ import tf_keras as keras
 from mobiletag.config import AugmentConfig, Config, load_config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.data.dataset import index_dataset
-from mobiletag.data.pipeline import list_shards, make_dataset
+from mobiletag.data.pipeline import _random_crop, list_shards, make_dataset
 from mobiletag.data.sample import make_sample_dataset
 from mobiletag.data.tfrecords import build_tfrecords
 from mobiletag.export.tflite import TFLiteModel, convert_int8
@@ -178,23 +178,7 @@ def _before_augment(jpeg: tf.Tensor, seed: tf.Tensor, sizes: list[int], aug: Aug
     """The host augmentation before item 6, kept verbatim as the baseline: random resized crop,
     flip, one float32 view per size, colour jitter on every view (HSV saturation)."""
     seeds = tf.random.experimental.stateless_split(seed, num=6)
-    if aug.random_resized_crop:
-        shape = tf.image.extract_jpeg_shape(jpeg)
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape,
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=seeds[0],
-            min_object_covered=0.0,
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(aug.crop_area_min, 1.0),
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        offset_y, offset_x, _ = tf.unstack(begin)
-        height, width, _ = tf.unstack(size)
-        image = tf.image.decode_and_crop_jpeg(jpeg, tf.stack([offset_y, offset_x, height, width]), channels=3)
-    else:
-        image = tf.io.decode_jpeg(jpeg, channels=3)
+    image = _random_crop(jpeg, seeds[0], aug)  # the crop is unchanged by item 6: the pipeline's own
     if aug.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     image = tf.cast(image, tf.float32)
