@@ -100,11 +100,15 @@ class DatasetIndex:
                 out[r, position[label]] = 1.0
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """Images per split, positives per class per split, labels per image, overlaps."""
+    def summary(self, labels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Images per split, positives per class per split, labels per image, overlaps.
+
+        ``labels``: the splits' multi-hot matrices when the caller has them already (in any
+        row order), so they are not built again.
+        """
         out: dict[str, Any] = {"classes": list(self.classes), "splits": {}}
         for split, rows in self.splits.items():
-            y = self.multi_hot(rows)
+            y = labels[split] if labels is not None and split in labels else self.multi_hot(rows)
             per_image = y.sum(axis=1).astype(int)
             out["splits"][split] = {
                 "num_images": len(rows),

@@ -75,11 +75,12 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     started = time.perf_counter()
     shards: dict[str, list[str]] = {}
     stored_bytes: dict[str, int] = {}
+    split_labels: dict[str, np.ndarray] = {}  # built once per split: for the records and for stats.json
     try:
         for split, split_rows in index.splits.items():
             rows = _ordered_rows(split, split_rows, config.seed)
             num_shards = max(1, math.ceil(len(rows) / config.data.images_per_shard))
-            labels = index.multi_hot(rows)
+            labels = split_labels[split] = index.multi_hot(rows)
             position = {row.filepath: i for i, row in enumerate(rows)}
             names = [shard_name(split, s, num_shards) for s in range(num_shards)]
             shards[split] = names
@@ -110,7 +111,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
         problems.raise_if_any(f"dataset {index.root} has unusable images")
 
         (tmp / LABELS_FILE).write_text("".join(f"{c}\n" for c in index.classes), encoding="utf-8")
-        stats = index.summary()
+        stats = index.summary(split_labels)
         stats.update(
             format_version=FORMAT_VERSION,
             num_classes=len(index.classes),

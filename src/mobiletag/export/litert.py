@@ -3,6 +3,7 @@ what the export checks, thresholds, evaluation, bundle and `mobiletag predict` u
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE = "model_qat_int8.tflite"
+# Images per invoke when a split is scored (predict_batch); latency_ms stays one image per invoke.
+BATCH = 16
 # Ops allowed to touch float tensors in an integer model: the boundary conversions only.
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -24,18 +29,25 @@ class TensorSpec:
 
 
 class TFLiteModel:
-    """A TFLite classifier run with LiteRT (XNNPACK by default), one image per invoke."""
+    """A TFLite classifier run with LiteRT (XNNPACK by default): one image per invoke
+    (``predict``, ``latency_ms``), or BATCH per invoke with the same outputs (``predict_batch``)."""
 
     def __init__(self, model: str | Path | bytes, num_threads: int = 2) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        if isinstance(model, bytes):
-            self.interpreter = Interpreter(model_content=model, num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
+        self._model = model
+        self._num_threads = num_threads
+        self.interpreter = self._interpreter()
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
+        self._batched: Any = None  # a second interpreter resized to BATCH images, made on first use
+        self._batch_checked = False
+
+    def _interpreter(self) -> Any:
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(self._model, bytes):
+            return Interpreter(model_content=self._model, num_threads=self._num_threads)
+        return Interpreter(model_path=str(self._model), num_threads=self._num_threads)
 
     @staticmethod
     def _spec(details: dict[str, Any]) -> TensorSpec:
@@ -84,8 +96,52 @@ class TFLiteModel:
         return (raw.astype(np.float32) - spec.zero_point) * spec.scale
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, C] for pixel images [N, H, W, 3]."""
+        """Probabilities [N, C] for pixel images [N, H, W, 3], one image per invoke."""
         return np.stack([self.dequantize(self.raw(image)) for image in images])
+
+    def _batch_interpreter(self) -> Any:
+        """The interpreter resized to BATCH images, or None when the model cannot run batched
+        with exactly the one-by-one outputs (checked once, on random images)."""
+        if self._batch_checked:
+            return self._batched
+        self._batch_checked = True
+        try:
+            batched = self._interpreter()
+            batched.resize_tensor_input(self._input["index"], [BATCH, *self._input["shape"][1:]], strict=False)
+            batched.allocate_tensors()
+            probe = np.random.default_rng(0).integers(0, 256, size=(BATCH, *self._input["shape"][1:]), dtype=np.uint8)
+            tensor = self._quantize_input(probe)
+            one_by_one = np.stack([self.invoke(t) for t in tensor])
+            batched.set_tensor(self._input["index"], tensor)
+            batched.invoke()
+            together = batched.get_tensor(self._output["index"])
+        except (RuntimeError, ValueError) as exc:
+            log.info("the model does not run batched (%s); evaluating one image per invoke", exc)
+            return None
+        if together.shape != one_by_one.shape or not np.array_equal(together, one_by_one):
+            log.info("batched outputs differ from one-by-one outputs; evaluating one image per invoke")
+            return None
+        self._batched = batched
+        return batched
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, C] for pixel images [N, H, W, 3]: the same numbers as ``predict``,
+        BATCH images per invoke when the model allows it (see ``_batch_interpreter``)."""
+        batched = self._batch_interpreter()
+        if batched is None:
+            return self.predict(images)
+        out = []
+        for start in range(0, len(images), BATCH):
+            chunk = self._quantize_input(images[start : start + BATCH])
+            count = len(chunk)
+            if count < BATCH:  # pad the last chunk: each image's output does not depend on the others
+                chunk = np.concatenate([chunk, np.zeros((BATCH - count, *chunk.shape[1:]), chunk.dtype)])
+            batched.set_tensor(self._input["index"], chunk)
+            batched.invoke()
+            out.append(self.dequantize(batched.get_tensor(self._output["index"])[:count]))
+        if not out:
+            return np.zeros((0, self._output["shape"][-1]), np.float32)
+        return np.concatenate(out)
 
     def op_names(self) -> list[str]:
         return [op["op_name"] for op in self.interpreter._get_ops_details()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mobiletag.config import Config
 from mobiletag.evaluation.thresholds import optimize_thresholds
-from mobiletag.export.inference_config import eval_pixels
+from mobiletag.export.inference_config import stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, write_json
 
@@ -21,9 +21,8 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
     model = TFLiteModel(Path(tflite_dir) / MODEL_FILE)
-    (images,), labels, _ = eval_pixels(dataset_dir, "val", [model.image_size])
-    scores = model.predict(images)
-    result = optimize_thresholds(labels, scores, facts.classes, config.thresholds)
+    scores, labels, _ = stream_scores(dataset_dir, "val", {"int8": (model.image_size, model.predict_batch)})
+    result = optimize_thresholds(labels, scores["int8"], facts.classes, config.thresholds)
     result["model"] = MODEL_FILE
     result["split"] = "val"
     write_json(out / THRESHOLDS_FILE, result)

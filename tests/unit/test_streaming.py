@@ -1,0 +1,252 @@
+"""Streaming evaluation and the sorted-score threshold search give exactly the figures of the
+full-array, one-image-per-invoke, brute-force implementations they replace (kept here as
+references), on random scores and on the sample data."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from PIL import Image
+
+from mobiletag.config import ThresholdsConfig
+from mobiletag.evaluation import thresholds as thresholds_module
+from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
+from mobiletag.evaluation.thresholds import SortedScores, grid, optimize_thresholds
+from mobiletag.export.inference_config import app_pixels, eval_pixels, iter_eval_batches
+from mobiletag.export.litert import BATCH, MODEL_FILE, TFLiteModel
+from mobiletag.export.tflite import convert_int8
+from mobiletag.models.student import preprocess
+from mobiletag.stages import evaluate
+from mobiletag.stages import optimize_thresholds as thresholds_stage
+from mobiletag.stages.common import METRICS_FILE, STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, THRESHOLDS_FILE, read_json
+
+STUDENT_SIZE, TEACHER_SIZE = 32, 40
+
+
+# === The implementations replaced, as references ===
+
+
+def counts_at(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The former brute-force count: tp, fp, fn for one class at every threshold."""
+    predicted = scores[None, :] >= thresholds[:, None]
+    positive = y[None, :].astype(bool)
+    tp = np.sum(predicted & positive, axis=1)
+    fp = np.sum(predicted & ~positive, axis=1)
+    fn = np.sum(~predicted & positive, axis=1)
+    return tp, fp, fn
+
+
+class BruteCounts:
+    """SortedScores' interface on top of the former brute-force count."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        self.labels, self.scores = labels, scores
+
+    def counts(self, c: int, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+        return counts_at(self.labels[:, c], self.scores[:, c], thresholds)
+
+
+def brute_optimize(labels, scores, classes, cfg, monkeypatch) -> dict:
+    with monkeypatch.context() as patch:
+        patch.setattr(thresholds_module, "SortedScores", BruteCounts)
+        return optimize_thresholds(labels, scores, classes, cfg)
+
+
+def full_array_pixels(dataset_dir: Path, split: str, sizes: list[int]) -> tuple[list[np.ndarray], np.ndarray, list]:
+    """The former eval_pixels: the whole split decoded into float32 arrays, one record at a time."""
+    from mobiletag.data.pipeline import list_shards
+
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/labels": tf.io.VarLenFeature(tf.float32),
+        "image/filepath": tf.io.FixedLenFeature([], tf.string),
+    }
+    images: list[list[np.ndarray]] = [[] for _ in sizes]
+    labels, paths = [], []
+    for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split)):
+        ex = tf.io.parse_single_example(raw, features)
+        with Image.open(io.BytesIO(ex["image/encoded"].numpy())) as image:
+            for per_size, size in zip(images, sizes, strict=True):
+                per_size.append(app_pixels(image, {"input": {"shape": [1, size, size, 3]}}).astype(np.float32))
+        labels.append(tf.sparse.to_dense(ex["image/labels"]).numpy())
+        paths.append(ex["image/filepath"].numpy().decode("utf-8"))
+    return [np.stack(p) for p in images], np.stack(labels).astype(np.float32), paths
+
+
+def full_array_keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), 64):
+        batch = tf.constant(images[start : start + 64])
+        out.append(tf.sigmoid(tf.cast(model(preprocess(batch) if normalise else batch, training=False), tf.float32)))
+    return np.concatenate(out)
+
+
+# === Threshold search ===
+
+
+def random_scores(
+    seed: int, dtype: type = np.float32, n: int = 300, classes: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and scores with ties (INT8-like 1/256 steps and 2-decimal values), scores exactly on
+    grid points (float64) or next to them (float32), the ends 0 and 1, a class without positives."""
+    cfg = ThresholdsConfig(grid_step=0.01)
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=(n, classes)) > 0.7).astype(np.float32)
+    y[:, -1] = 0
+    scores = np.round(rng.uniform(size=(n, classes)) * 0.6 + y * 0.3, 2)
+    steps = rng.uniform(size=scores.shape) < 0.3
+    scores[steps] = rng.integers(0, 256, size=int(steps.sum())) / 256
+    on_grid = rng.uniform(size=scores.shape) < 0.3
+    scores[on_grid] = rng.choice(grid(cfg), size=int(on_grid.sum()))
+    scores[:3] = np.array([[0.0], [1.0], [0.5]])
+    return y, scores.astype(dtype), grid(cfg)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sorted_counts_equal_brute_force(seed, dtype):
+    y, scores, candidates = random_scores(seed, dtype)
+    extra = np.concatenate([candidates, [0.0, 1.0, -1.0, 2.0, 0.5]])
+    ranked = SortedScores(y, scores)
+    for c in range(y.shape[1]):
+        for got, want in zip(ranked.counts(c, extra), counts_at(y[:, c], scores[:, c], extra), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ThresholdsConfig(),
+        ThresholdsConfig(strategy="precision", min_precision=0.8),
+        ThresholdsConfig(strategy="precision", min_precision=1.0),
+        ThresholdsConfig(strategy="global"),
+        ThresholdsConfig(grid_min=0.05, grid_max=0.95, grid_step=0.05, fallback=0.37),
+    ],
+)
+def test_threshold_search_equals_brute_force(seed, dtype, cfg, monkeypatch):
+    y, scores, _ = random_scores(seed, dtype)
+    classes = [f"c{i}" for i in range(y.shape[1])]
+    got = optimize_thresholds(y, scores, classes, cfg)
+    assert got == brute_optimize(y, scores, classes, cfg, monkeypatch)
+    assert got["classes"]["c4"]["support"] == 0 and got["classes"]["c4"]["threshold"] == cfg.fallback
+
+
+# === Streaming evaluation on the sample data ===
+
+
+def _tiny_model(num_classes: int, size: int, seed: int) -> keras.Model:
+    """A few of the student's layer kinds (conv, depthwise, BN, ReLU6, pooling, dense), small enough to convert fast."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
+    x = keras.layers.Conv2D(16, 1)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+@pytest.fixture(scope="module")
+def exported(tfrecord_dir, tmp_path_factory) -> dict[str, Path]:
+    """Tiny teacher and student checkpoints and the student's INT8 export, in the stages' layout."""
+    from mobiletag.data.tfrecords import read_labels
+
+    num_classes = len(read_labels(tfrecord_dir))
+    root = tmp_path_factory.mktemp("exported")
+    dirs = {name: root / name for name in ("teacher", "student", "tflite", "thresholds", "evaluate")}
+    for folder in dirs.values():
+        folder.mkdir()
+    _tiny_model(num_classes, TEACHER_SIZE, 1).save(dirs["teacher"] / TEACHER_CHECKPOINT)
+    student = _tiny_model(num_classes, STUDENT_SIZE, 2)
+    student.save(dirs["student"] / STUDENT_CHECKPOINT)
+    representative = np.random.default_rng(0).uniform(0, 255, (16, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
+    (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(student, representative))
+    return dirs
+
+
+def test_stream_yields_the_full_array_pixels_in_order(tfrecord_dir):
+    (small, large), labels, paths = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE])
+    batches = list(iter_eval_batches(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], batch_size=7, workers=3))
+    assert [len(b.paths) for b in batches[:-1]] == [7] * (len(batches) - 1) and 0 < len(batches[-1].paths) <= 7
+    assert all(b.pixels[0].dtype == np.uint8 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b.pixels[0] for b in batches]), small)
+    np.testing.assert_array_equal(np.concatenate([b.pixels[1] for b in batches]), large)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), labels)
+    assert [p for b in batches for p in b.paths] == paths
+    limited = list(iter_eval_batches(tfrecord_dir, "test", [STUDENT_SIZE], batch_size=4, limit=5))
+    assert [b.paths for b in limited] == [paths[:4], paths[4:5]]
+    (first,), first_labels, first_paths = eval_pixels(tfrecord_dir, "test", [STUDENT_SIZE], limit=5)
+    assert first.dtype == np.float32 and first_paths == paths[:5]
+    np.testing.assert_array_equal(first, small[:5])
+    np.testing.assert_array_equal(first_labels, labels[:5])
+
+
+def test_batched_int8_equals_one_image_per_invoke(exported, tfrecord_dir):
+    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    (images,), _, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE])
+    noise = np.random.default_rng(5).integers(0, 256, size=(BATCH + 3, STUDENT_SIZE, STUDENT_SIZE, 3), dtype=np.uint8)
+    for pixels in (images.astype(np.uint8), noise):
+        one_by_one = model.predict(pixels)
+        batched = model.predict_batch(pixels)
+        assert model._batched is not None  # XNNPACK runs it batched, with identical outputs
+        assert batched.dtype == one_by_one.dtype and batched.shape == one_by_one.shape
+        np.testing.assert_array_equal(batched, one_by_one)
+    assert model.predict_batch(noise[:0]).shape == (0, one_by_one.shape[1])
+
+
+def _assert_close(got, want, where: str = "") -> None:
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for key in want:
+            _assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-6), where
+    else:
+        assert got == want, where
+
+
+def test_stages_equal_the_full_array_results(exported, tfrecord_dir, fast_config, monkeypatch):
+    """optimize_thresholds and evaluate, streaming, against the former full-array computation."""
+    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    classes = read_json(tfrecord_dir / "stats.json")["classes"]
+
+    thresholds_stage.run(fast_config, tfrecord_dir, exported["tflite"], exported["thresholds"])
+    recommendation = read_json(exported["thresholds"] / THRESHOLDS_FILE)
+    (val_images,), val_labels, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE])
+    want = brute_optimize(val_labels, model.predict(val_images), classes, fast_config.thresholds, monkeypatch)
+    assert recommendation == {**want, "model": MODEL_FILE, "split": "val"}
+
+    evaluate.run(
+        tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"], exported["thresholds"],
+        exported["evaluate"],
+    )  # fmt: skip
+    metrics = read_json(exported["evaluate"] / METRICS_FILE)
+    (images, teacher_images), labels, paths = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE])
+    scores = model.predict(images)
+    teacher = keras.models.load_model(exported["teacher"] / TEACHER_CHECKPOINT, compile=False)
+    student = keras.models.load_model(exported["student"] / STUDENT_CHECKPOINT, compile=False)
+    thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
+    _assert_close(metrics["test"], classification_metrics(labels, scores, classes, thresholds), "test")
+    want_scores = {
+        "teacher": full_array_keras_scores(teacher, teacher_images, normalise=False),
+        "student": full_array_keras_scores(student, images, normalise=True),
+        "student_int8": scores,
+    }
+    _assert_close(metrics["compare"], {k: ranking_metrics(labels, v) for k, v in want_scores.items()}, "compare")
+    streamed, _, _ = evaluate.score_test_split(tfrecord_dir, model, teacher, student)
+    np.testing.assert_array_equal(streamed["student_int8"], scores)
+    for name in ("teacher", "student"):
+        np.testing.assert_array_equal(streamed[name], want_scores[name])
+    saved = np.load(exported["evaluate"] / evaluate.SCORES_FILE)
+    assert saved.dtype == np.float32
+    np.testing.assert_array_equal(saved, scores)
+    np.testing.assert_array_equal(np.load(exported["evaluate"] / evaluate.LABELS_FILE), labels.astype(np.uint8))
+    assert read_json(exported["evaluate"] / evaluate.PATHS_FILE) == paths
