@@ -25,7 +25,7 @@ KUBECTL ?= kubectl
 NAMESPACE ?=
 SCHEDULE_DIR ?= build/schedule
 
-.PHONY: install demo test test-fast lint bench compile images upload schedule check-registry clean
+.PHONY: install demo test test-fast lint bench bench-scale compile images upload schedule check-registry clean
 
 install: $(STAMP)
 
@@ -98,6 +98,11 @@ schedule: check-registry
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# prepare_dataset, optimize_thresholds and evaluate at N = 1,000, 4,000 and 16,000 images:
+# seconds and peak resident memory per stage, growth ratios (bench/scale.json)
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(DEMO_DIR) pipeline.yaml build .pytest_cache .mypy_cache .ruff_cache
