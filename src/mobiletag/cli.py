@@ -71,33 +71,38 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mobiletag.data.dataset import index_dataset
+    from mobiletag.progress import ConsoleFilter, RunLog, default_log_path
 
     config = _load_config(args)  # checked first: a config or CSV error stops before any stage starts
     index_dataset(args.data_dir, config)
     started = time.perf_counter()
-    if args.runner == "inprocess":
-        from mobiletag.local_run import run_pipeline
+    log_path = Path(args.log_file) if args.log_file else default_log_path(args.out_dir)
+    print(f"full log (kfp.local, TensorFlow, every stage's output): {log_path}", flush=True)
+    # -v: everything on the console too, as kfp.local prints it
+    with RunLog(log_path, show=None if args.verbose else ConsoleFilter()):
+        if args.runner == "inprocess":
+            from mobiletag.local_run import run_pipeline
 
-        run_pipeline(
-            config,
-            args.data_dir,
-            args.out_dir,
-            work_dir=args.work_dir,
-            keep_work=args.work_dir is not None,
-            output_uri=args.output_uri,
-        )
-    else:
-        from mobiletag.kfp_run import run_local
+            run_pipeline(
+                config,
+                args.data_dir,
+                args.out_dir,
+                work_dir=args.work_dir,
+                keep_work=args.work_dir is not None,
+                output_uri=args.output_uri,
+            )
+        else:
+            from mobiletag.kfp_run import run_local
 
-        config_text = Path(args.config).read_text(encoding="utf-8") if args.config else ""
-        run_local(
-            args.data_dir,
-            args.out_dir,
-            config_text,
-            runner=args.runner,
-            work_dir=args.work_dir,
-            output_uri=args.output_uri or "",
-        )
+            config_text = Path(args.config).read_text(encoding="utf-8") if args.config else ""
+            run_local(
+                args.data_dir,
+                args.out_dir,
+                config_text,
+                runner=args.runner,
+                work_dir=args.work_dir,
+                output_uri=args.output_uri or "",
+            )
     out = Path(args.out_dir)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     test, compare = metrics["test"], metrics["compare"]
@@ -107,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{metrics['latency_ms']['threads_1']} ms/image on 1 CPU thread)\n"
         f"report:  {out / 'report.md'}\n"
         f"metrics: {out / 'metrics.json'}: test macro mAP {test['map_macro']} (float student "
-        f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}"
+        f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}\n"
+        f"log:     {log_path}"
     )
     return 0
 
@@ -268,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train mobile multi-label image classifiers and ship them as INT8 TFLite models.",
     )
     parser.add_argument("--version", action="version", version=f"mobiletag {mobiletag.__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; with train, the full output on the console too"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sample-data", help="write a generated multi-label dataset (coloured shapes)")
@@ -314,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="subprocess (default): the KFP pipeline with kfp.local, each stage in its own process; "
         "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage "
         "in this process (fastest, no kfp)",
+    )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        help="where the full output goes (kfp.local, TensorFlow, every stage); default <out-dir>.log beside the "
+        "output folder. The console shows stages, epochs and results (all of it with `mobiletag -v train`)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -89,8 +89,8 @@ def run_local(
     except RuntimeError as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names
         raise PipelineRunError(
-            f"the local pipeline run failed: {message} The failed task's log above ends with the reason; "
-            f"its artifacts are in {root}"
+            f"the local pipeline run failed: {message} The failed task's log (its end is shown above) ends "
+            f"with the reason; its artifacts are in {root}"
         ) from exc
     bundle_dir = Path(result.output.path)  # the pipeline returns the bundle folder
     out = Path(out_dir)

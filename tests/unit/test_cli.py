@@ -70,3 +70,21 @@ def test_server_commands_document_their_credentials():
         assert result.returncode == 0, result.stderr
         for flag in ("--token", "--token-file", "--cookies", "MOBILETAG_KFP_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH"):
             assert flag in result.stdout, (command, flag)
+
+
+def test_train_failure_shows_the_stage_the_end_of_the_log_and_its_path(tmp_path):
+    data = tmp_path / "data"
+    assert run_cli("sample-data", "--out-dir", str(data), "--images", "30").returncode == 0
+    first = (data / "val_labels.csv").read_text().splitlines()[1].split(",")[0]
+    (data / "images" / first).write_bytes(b"not a jpeg")  # found only when prepare_dataset decodes
+    out = tmp_path / "out"
+    result = run_cli("train", "--runner", "inprocess", "--data-dir", str(data), "--out-dir", str(out))
+    log = tmp_path / "out.log"
+    assert result.returncode == 2
+    assert result.stdout.splitlines()[0].endswith(f": {log}")
+    assert result.stdout.splitlines()[1].endswith(" stage prepare_dataset started")
+    assert len(result.stdout.splitlines()) == 2  # nothing else of the run on the console
+    assert f"--- full log: {log} ---" in result.stderr and "Traceback" not in result.stderr
+    assert "stage prepare_dataset failed" in result.stderr and "not an image PIL can read" in result.stderr
+    assert "=== stage prepare_dataset ===" in log.read_text()
+    assert not out.exists()
