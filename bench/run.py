@@ -1,11 +1,15 @@
 """`make bench`: the pipeline's speed as ratios of two things measured in the same run.
 
-Writes bench/results.json and prints a table. Small enough to finish in under 10 minutes
-on 2 cores: it trains nothing to convergence, it times steps.
+Writes bench/results.json and prints a table. Every ratio is measured over several rounds
+that alternate its two sides (A B A B ...), one ratio per round, and reported as the median
+with its spread (min-max; quartiles and every sample in results.json); a ratio is "met" when
+every round meets its goal, "missed" when none does and "unstable" when the spread crosses
+it. It trains nothing to convergence, it times steps: about 14 minutes on 2 cores, 8 of them
+the whole demo run (one run, not repeated).
 
     python bench/run.py [--skip-run] [--only SECTION] [--out bench/results.json]
 
-``--only SECTION`` measures one section (input, host_input, training, model, run,
+``--only SECTION`` measures one section (input, host_input, training, determinism, model, run,
 process_start) and updates that section of the results file, keeping the others.
 """
 
@@ -16,8 +20,10 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras for QAT, before TensorFlow is imported
 
 import argparse
+import contextlib
 import csv
 import json
+import operator
 import platform
 import re
 import subprocess
@@ -42,33 +48,11 @@ from mobiletag.models.teacher import build_teacher
 from mobiletag.quantization.qat import quantize
 from mobiletag.training.fit import Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stats  # bench/stats.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() over repeats, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def paired(fa, fb, repeats: int) -> tuple[float, float]:
-    """Median seconds of fa() and of fb(), called in turn (A B A B ...) after a warm-up of each,
-    so that a slow spell of a shared machine hits both sides of a ratio alike."""
-    fa()
-    fb()
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(repeats):
-        for fn, times in ((fa, a), (fb, b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return float(np.median(a)), float(np.median(b))
+PAUSE = 0.2  # seconds between alternated samples: what one leaves running in the background ends off the clock
 
 
 def rate(images: int, seconds: float) -> float:
@@ -78,39 +62,31 @@ def rate(images: int, seconds: float) -> float:
 # === 1. Input pipeline ===
 
 
-def bench_input(data_dir: Path, tfrecords: Path, config, sizes: dict[str, int], batch: int) -> dict:
-    out: dict = {}
+def bench_input(data_dir: Path, tfrecords: Path, config, sizes: dict[str, int], batch: int, rounds: int = 7) -> dict:
+    """The training pipeline (student size) against a one-thread JPEG decode loop and against PIL on
+    the original files, the three measured in turn for ``rounds`` rounds; one ratio per round."""
     # the naive way: open the original files with PIL in a Python loop, RGB, resize, to float
     from PIL import Image
 
-    files = sorted((data_dir / "images").rglob("*.*"))[:300]
+    files = sorted((data_dir / "images").rglob("*.*"))[:200]
 
     def pil_all():
         for f in files:
             with Image.open(f) as im:
                 np.asarray(im.convert("RGB").resize((sizes["student"],) * 2, Image.Resampling.BILINEAR), np.float32)
 
-    pil = rate(len(files), timed(pil_all, 2))
-    out["pil_files_images_per_s"] = round(pil, 1)
     # raw decode of the same JPEG bytes in a tight loop (the floor of what tf.data can do)
     records = [r.numpy() for r in tf.data.TFRecordDataset(list_shards(tfrecords, "train"))]
     feature = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-    jpegs = [tf.io.parse_single_example(r, feature)["image/encoded"] for r in records]
+    jpegs = [tf.io.parse_single_example(r, feature)["image/encoded"] for r in records][:400]
     decode = tf.function(lambda b: tf.io.decode_jpeg(b, channels=3))
-    n = len(jpegs)
 
     def decode_all():
         for j in jpegs:
             decode(j)
 
-    raw = rate(n, timed(decode_all, 3))
-    out["raw_decode_images_per_s_1_thread"] = round(raw, 1)
-    for name, size_list in (
-        ("student", [sizes["student"]]),
-        ("teacher", [sizes["teacher"]]),
-        ("distill_two_views", [sizes["teacher"], sizes["student"]]),
-    ):
-        ds = make_dataset(
+    def pipeline(size_list: list[int]):
+        return make_dataset(
             tfrecords,
             "train",
             image_sizes=size_list,
@@ -120,17 +96,54 @@ def bench_input(data_dir: Path, tfrecords: Path, config, sizes: dict[str, int], 
             num_classes=6,
             config=config,
         )
-        it = iter(ds)
-        for _ in range(3):
-            next(it)
-        steps = 30
+
+    steps = 15
+    student_ds = pipeline([sizes["student"]])
+
+    def student_batches() -> float:
+        """Seconds for ``steps`` batches of a fresh iterator after its first (shuffle buffer filled,
+        functions traced): its buffers start empty, and nothing runs on once it is dropped."""
+        it = iter(student_ds)
+        next(it)
         start = time.perf_counter()
         for _ in range(steps):
             next(it)
-        seconds = time.perf_counter() - start
-        out[f"pipeline_{name}_images_per_s"] = round(rate(steps * batch, seconds), 1)
-    out["pipeline_student_vs_raw_decode"] = round(out["pipeline_student_images_per_s"] / raw, 3)
-    out["pipeline_student_vs_pil_files"] = round(out["pipeline_student_images_per_s"] / pil, 3)
+        return time.perf_counter() - start
+
+    seconds = stats.alternate({"pipeline": student_batches, "raw": decode_all, "pil": pil_all}, rounds, pause=PAUSE)
+    rates = {
+        "pipeline": [steps * batch / s for s in seconds["pipeline"]],
+        "raw": [len(jpegs) / s for s in seconds["raw"]],
+        "pil": [len(files) / s for s in seconds["pil"]],
+    }
+    out: dict = {
+        "method": (
+            f"{rounds} rounds of: {steps} batches of {batch} from the training pipeline (student size), "
+            f"a one-thread decode_jpeg loop over {len(jpegs)} stored JPEGs, PIL decode+resize of {len(files)} files"
+        ),
+        "pil_files_images_per_s": stats.summarize(rates["pil"], digits=1),
+        "raw_decode_images_per_s_1_thread": stats.summarize(rates["raw"], digits=1),
+        "pipeline_student_images_per_s": stats.summarize(rates["pipeline"], digits=1),
+    }
+    # the teacher's and distillation's pipelines: a rate each, for scale (no goal)
+    for name, size_list in (
+        ("teacher", [sizes["teacher"]]),
+        ("distill_two_views", [sizes["teacher"], sizes["student"]]),
+    ):
+        other = iter(pipeline(size_list))
+        for _ in range(3):
+            next(other)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(other)
+        out[f"pipeline_{name}_images_per_s"] = round(rate(steps * batch, time.perf_counter() - start), 1)
+        del other
+    out["pipeline_student_vs_raw_decode"] = stats.summarize(
+        stats.per_round(operator.truediv, rates["pipeline"], rates["raw"]), ">= 1"
+    )
+    out["pipeline_student_vs_pil_files"] = stats.summarize(
+        stats.per_round(operator.truediv, rates["pipeline"], rates["pil"]), "> 1"
+    )
     return out
 
 
@@ -269,12 +282,8 @@ def _one_run(make, batches: int) -> dict[str, float]:
     return {"wall": n / wall, "cpu": n / cpu, "cpu_per_wall": cpu / wall}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(float(np.median(values)), 2),
-        "min": round(float(np.min(values)), 2),
-        "max": round(float(np.max(values)), 2),
-    }
+def _spread(values: list[float]) -> dict:
+    return stats.summarize(values, digits=2)
 
 
 def bench_host_input(work: Path, rounds: int = 5, batches: int = 24, num_images: int = 320) -> dict:
@@ -293,7 +302,7 @@ def bench_host_input(work: Path, rounds: int = 5, batches: int = 24, num_images:
     data, tfrecords = work / "photos", work / "photos-tfrecords"
     started = time.perf_counter()
     make_photo_dataset(data, num_images)
-    stats = build_tfrecords(index_dataset(data, config), config, tfrecords)
+    record_stats = build_tfrecords(index_dataset(data, config), config, tfrecords)
     prepare_s = time.perf_counter() - started
     train_records = list(tf.data.TFRecordDataset(list_shards(tfrecords, "train")))
     num_train = len(train_records)
@@ -329,9 +338,9 @@ def bench_host_input(work: Path, rounds: int = 5, batches: int = 24, num_images:
     def series(name: str, key: str) -> list[float]:
         return [run[key] for run in runs[name]]
 
-    def ratios(a: str, b: str) -> dict[str, float]:  # per round, then median and spread
-        values = [x / y for x, y in zip(series(a, "cpu"), series(b, "cpu"))]
-        return {k: round(v, 3) for k, v in _spread(values).items()} | {
+    def ratios(a: str, b: str, goal: str | None = None) -> dict:  # per round, then median and spread
+        values = stats.per_round(operator.truediv, series(a, "cpu"), series(b, "cpu"))
+        return stats.summarize(values, goal) | {
             "of_medians": round(float(np.median(series(a, "cpu")) / np.median(series(b, "cpu"))), 3)
         }
 
@@ -347,7 +356,7 @@ def bench_host_input(work: Path, rounds: int = 5, batches: int = 24, num_images:
         "sizes": {"teacher": sizes[0], "student": sizes[1], "stored_side": config.stored_image_side},
         "source_images": f"{num_images} JPEGs of {PRODUCTION_SOURCE[0]}x{PRODUCTION_SOURCE[1]}, {num_train} in train",
         "source_jpeg_kb_per_image": round(float(np.mean([f.stat().st_size for f in sources])) / 1000, 1),
-        "stored_jpeg_kb_per_image": round(stats["stored_bytes"]["train"] / num_train / 1000, 1),
+        "stored_jpeg_kb_per_image": round(record_stats["stored_bytes"]["train"] / num_train / 1000, 1),
         "prepare_seconds": round(prepare_s, 1),
         "method": (
             f"{rounds} rounds x 3 pipelines in rotating order; a run = {batches} batches of {batch} after a "
@@ -362,7 +371,7 @@ def bench_host_input(work: Path, rounds: int = 5, batches: int = 24, num_images:
             "cpu_per_wall": round(float(np.median(series(name, "cpu_per_wall"))), 2),
             "host_to_device_bytes_per_image": bytes_per_image[name],
         }
-    out["after_vs_before"] = ratios("after", "before")
+    out["after_vs_before"] = ratios("after", "before", "> 1")
     out["after_vs_plain_decode"] = ratios("after", "plain_decode")
     out["bytes_before_vs_after"] = round(bytes_per_image["before"] / bytes_per_image["after"], 2)
     out["in_step_augment_cpu_ms_per_image"] = round(step_cpu_ms, 3)
@@ -382,11 +391,21 @@ def _step_fn(trainer: Trainer):
     return step
 
 
-def bench_training(tfrecords: Path, config, sizes: dict[str, int], batch: int) -> dict:
+def bench_training(tfrecords: Path, config, sizes: dict[str, int], batch: int, rounds: int = 7, steps: int = 4) -> dict:
     """Training steps on batches as the input pipeline gives them: uint8 crops and per-example
     seeds, turned into float views by TrainAugment inside the step (in-memory batches too, so
-    the in-memory baseline does the same work as the pipeline-fed step)."""
-    out: dict = {}
+    the in-memory baseline does the same work as the pipeline-fed step).
+
+    Three ratios, each from ``rounds`` alternated rounds of ``steps`` steps per side: the
+    student step fed by the pipeline against the same step in memory; the distillation step
+    against the student step plus the teacher's forward pass (inference mode) on the same
+    batch, the work distillation adds being that forward pass; the QAT step against the float
+    student step.
+    """
+    out: dict = {
+        "method": f"{rounds} alternated rounds (A B A B ...) of {steps} steps per side; one ratio per round",
+        "steps_per_sample": steps,
+    }
     keras.utils.set_random_seed(0)
     s, t = sizes["student"], sizes["teacher"]
     aug = config.data.augment
@@ -395,71 +414,94 @@ def bench_training(tfrecords: Path, config, sizes: dict[str, int], batch: int) -
     xt = tf.constant(rng.integers(0, 256, (batch, t, t, 3), dtype=np.uint8))
     seeds = tf.constant(rng.integers(-(2**62), 2**62, (batch, 2)), tf.int64)
     y = tf.constant((rng.uniform(size=(batch, 6)) > 0.6).astype(np.float32))
-    steps = 5
 
     student = build_student(6, s)
     plain = Trainer(student, preprocess=preprocess, augment=TrainAugment([s], aug))
     plain.compile(optimizer=keras.optimizers.Adam(1e-4))
     step = _step_fn(plain)
 
-    # the same step fed by the real input pipeline
+    def student_steps():
+        for _ in range(steps):
+            step(xs, seeds, y)
+
+    # the same step fed by the real input pipeline: a fresh iterator per sample, timed after its first
+    # batch, so that no sample is served from buffers filled while the machine was idle or while the
+    # in-memory side ran, and no pipeline works on in the background of the next sample
     ds = make_dataset(
         tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True, num_classes=6, config=config
     )
-    it = iter(ds)
 
-    def fed():
+    def fed() -> float:
+        it = iter(ds)
+        next(it)
+        start = time.perf_counter()
         for _ in range(steps):
             (images, step_seeds), labels = next(it)
             step(images, step_seeds, labels)
+        return time.perf_counter() - start
 
-    # 7 alternated rounds: on a shared 2-core machine 3 rounds left the ratio at the mercy of one slow spell
-    in_memory, fed_s = paired(lambda: [step(xs, seeds, y) for _ in range(steps)], fed, 7)
-    in_memory, fed_s = in_memory / steps, fed_s / steps
-    out["student_step_ms_in_memory"] = round(in_memory * 1000, 1)
-    out["student_step_ms_fed_by_pipeline"] = round(fed_s * 1000, 1)
-    out["pipeline_fed_vs_in_memory_step_rate"] = round(in_memory / fed_s, 3)
-
-    teacher = build_teacher(6, t, weights="none")
-    teacher_only = Trainer(teacher, augment=TrainAugment([t], aug))
-    teacher_only.compile(optimizer=keras.optimizers.Adam(1e-4))
-    t_step = _step_fn(teacher_only)
-    teacher_fwd_bwd = timed(lambda: [t_step(xt, seeds, y) for _ in range(steps)], 2) / steps
-    xt_float = tf.cast(xt, tf.float32)
-    teacher_fwd = tf.function(lambda x: teacher(x, training=False))
-    teacher_forward = timed(lambda: [teacher_fwd(xt_float) for _ in range(steps)], 2) / steps
+    fed_s = stats.alternate({"in_memory": student_steps, "fed": fed}, rounds, pause=PAUSE)
+    out["student_step_ms_in_memory"] = stats.milliseconds(fed_s["in_memory"], steps)
+    out["student_step_ms_fed_by_pipeline"] = stats.milliseconds(fed_s["fed"], steps)
+    out["pipeline_fed_vs_in_memory_step_rate"] = stats.summarize(
+        stats.per_round(operator.truediv, fed_s["in_memory"], fed_s["fed"]), ">= 0.90"
+    )
 
     # distillation: one crop at the teacher's size, views for the teacher (first) and student (last)
+    teacher = build_teacher(6, t, weights="none")
     distill = Trainer(
         student, teacher, alpha=0.7, temperature=2.0, preprocess=preprocess, augment=TrainAugment([t, s], aug)
     )
     distill.compile(optimizer=keras.optimizers.Adam(1e-4))
     d_step = _step_fn(distill)
-    distill_s = timed(lambda: [d_step(xt, seeds, y) for _ in range(steps)], 2) / steps
-    out["distill_step_ms"] = round(distill_s * 1000, 1)
-    out["teacher_forward_ms"] = round(teacher_forward * 1000, 1)
-    out["teacher_forward_backward_ms"] = round(teacher_fwd_bwd * 1000, 1)
-    out["distill_vs_student_step_plus_teacher_forward"] = round(distill_s / (in_memory + teacher_forward), 3)
-    out["distill_vs_sum_of_both_forward_backward"] = round(distill_s / (in_memory + teacher_fwd_bwd), 3)
+    xt_float = tf.cast(xt, tf.float32)
+    teacher_fwd = tf.function(lambda x: teacher(x, training=False))
+
+    def distill_steps():
+        for _ in range(steps):
+            d_step(xt, seeds, y)
+
+    def teacher_forwards():
+        for _ in range(steps):
+            teacher_fwd(xt_float).numpy()  # numpy(): wait for it, as a training step's update does
+
+    d = stats.alternate(
+        {"distill": distill_steps, "student": student_steps, "teacher": teacher_forwards}, rounds, pause=PAUSE
+    )
+    out["distill_step_ms"] = stats.milliseconds(d["distill"], steps)
+    out["student_step_ms_beside_distill"] = stats.milliseconds(d["student"], steps)
+    out["teacher_forward_ms"] = stats.milliseconds(d["teacher"], steps)
+    out["distill_vs_student_step_plus_teacher_forward"] = stats.summarize(
+        stats.per_round(lambda a, b, c: a / (b + c), d["distill"], d["student"], d["teacher"]), "<= 1.10"
+    )
 
     qat_model = quantize(build_student(6, s))
     qat = Trainer(qat_model, preprocess=preprocess, augment=TrainAugment([s], aug))
     qat.compile(optimizer=keras.optimizers.Adam(1e-5))
     q_step = _step_fn(qat)
-    float_s, qat_s = paired(
-        lambda: [step(xs, seeds, y) for _ in range(steps)], lambda: [q_step(xs, seeds, y) for _ in range(steps)], 3
+
+    def qat_steps():
+        for _ in range(steps):
+            q_step(xs, seeds, y)
+
+    q = stats.alternate({"float": student_steps, "qat": qat_steps}, rounds, pause=PAUSE)
+    out["float_step_ms_beside_qat"] = stats.milliseconds(q["float"], steps)
+    out["qat_step_ms"] = stats.milliseconds(q["qat"], steps)
+    out["qat_vs_float_student_step"] = stats.summarize(
+        stats.per_round(operator.truediv, q["qat"], q["float"]), "<= 1.40"
     )
-    float_s, qat_s = float_s / steps, qat_s / steps
-    out["float_step_ms_beside_qat"] = round(float_s * 1000, 1)
-    out["qat_step_ms"] = round(qat_s * 1000, 1)
-    out["qat_vs_float_student_step"] = round(qat_s / float_s, 3)
     return out
 
 
 # === 3. The shipped model ===
 
 
-def bench_model(image_size: int) -> dict:
+def bench_model(image_size: int, rounds: int = 7, images: int = 30) -> dict:
+    """Size and latency of the INT8 model against the float TFLite model of the same student.
+
+    Latency with 1 and 2 threads: ``rounds`` alternated rounds (INT8, float, INT8, float ...),
+    each sample the median of ``images`` single-image runs; one ratio per round.
+    """
     keras.utils.set_random_seed(0)
     student = build_student(6, image_size)
     qat_model = quantize(student)
@@ -468,19 +510,27 @@ def bench_model(image_size: int) -> dict:
     int8 = convert_int8(qat_model, representative)
     converter = tf.lite.TFLiteConverter.from_keras_model(student)
     float_model = converter.convert()
-    out: dict[str, float] = {"image_size": image_size, "int8_bytes": len(int8), "float_bytes": len(float_model)}
+    out: dict = {
+        "image_size": image_size,
+        "method": f"{rounds} alternated rounds per thread count; a sample = median of {images} single-image runs",
+        "int8_bytes": len(int8),
+        "float_bytes": len(float_model),
+        "size_int8_vs_float": stats.summarize([len(int8) / len(float_model)], "<= 0.30", exact=True),
+    }
     for threads in (1, 2):
-        # INT8 and float in turn, three rounds of 50 images each: a slow spell hits both
         runners = {"int8": TFLiteModel(int8, threads), "float": TFLiteModel(float_model, threads)}
-        ms: dict[str, list[float]] = {"int8": [], "float": []}
-        for _ in range(3):
+        ms: dict[str, list[float]] = {name: [] for name in runners}
+        for runner in runners.values():
+            runner.latency_ms(5)  # warm-up
+        for _ in range(rounds):
             for name, runner in runners.items():
-                ms[name].append(runner.latency_ms(50))
+                ms[name].append(runner.latency_ms(images))
+        label = "1_thread" if threads == 1 else f"{threads}_threads"
         for name, values in ms.items():
-            out[f"{name}_ms_{threads}_thread"] = round(float(np.median(values)), 3)
-    out["size_int8_vs_float"] = round(len(int8) / len(float_model), 3)
-    out["latency_int8_vs_float_1_thread"] = round(out["int8_ms_1_thread"] / out["float_ms_1_thread"], 3)
-    out["latency_int8_vs_float_2_threads"] = round(out["int8_ms_2_thread"] / out["float_ms_2_thread"], 3)
+            out[f"{name}_ms_{label}"] = stats.summarize(values)
+        out[f"latency_int8_vs_float_{label}"] = stats.summarize(
+            stats.per_round(operator.truediv, ms["int8"], ms["float"]), "<= 0.55"
+        )
     return out
 
 
@@ -543,7 +593,7 @@ def bench_run(data_dir: Path, work: Path) -> dict:
     }
 
 
-def bench_process_start() -> dict:
+def bench_process_start(repeats: int = 3) -> dict:
     """What a stage pays before its own code runs: a fresh Python process and its imports.
 
     kfp.local (like a cluster) starts every task as a new process; these figures explain the
@@ -554,29 +604,240 @@ def bench_process_start() -> dict:
         "stage_evaluate": "import mobiletag.stages.evaluate",
     }
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = {}
-    for name, code in imports.items():
-        seconds = []
-        for _ in range(3):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
-            seconds.append(time.perf_counter() - start)
-        out[f"{name}_s"] = round(sorted(seconds)[1], 2)
+    seconds = stats.alternate(
+        {
+            name: lambda code=code: subprocess.run(
+                [sys.executable, "-c", code], check=True, env=env, capture_output=True
+            )
+            for name, code in imports.items()
+        },
+        repeats,
+        warm_up=False,
+    )
+    return {f"{name}_s": stats.summarize(values, digits=2) for name, values in seconds.items()}
+
+
+# === 5. The cost of op determinism (issue 20) ===
+
+DETERMINISM_MODES = ("off", "on")
+
+
+def determinism_child(mode: str, tfrecords: Path) -> None:
+    """A child of :func:`bench_determinism`: the student step with op determinism ``mode``.
+
+    With ``on``: ``tf.config.experimental.enable_op_determinism()`` before anything runs, and
+    the training dataset's ``tf.data.Options.deterministic`` set. Prints ``READY`` after its
+    warm-up, then for each line ``KIND STEPS`` read from stdin (KIND: in_memory or fed) runs
+    STEPS steps and prints ``SECONDS s``.
+    """
+    if mode == "on":
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(0)
+    config = load_config(REPO / "configs" / "fast.yaml")
+    s, batch = config.student.image_size, config.student.batch_size
+    rng = np.random.default_rng(0)
+    xs = tf.constant(rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8))
+    seeds = tf.constant(rng.integers(-(2**62), 2**62, (batch, 2)), tf.int64)
+    y = tf.constant((rng.uniform(size=(batch, 6)) > 0.6).astype(np.float32))
+    trainer = Trainer(build_student(6, s), preprocess=preprocess, augment=TrainAugment([s], config.data.augment))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
+    step = _step_fn(trainer)
+    ds = make_dataset(
+        tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True, num_classes=6, config=config
+    )
+    if mode == "on":
+        options = tf.data.Options()
+        options.deterministic = True
+        ds = ds.with_options(options)
+
+    def run(kind: str, steps: int) -> float:
+        """Seconds of ``steps`` steps; fed: by a fresh iterator, timed after its first batch (as in
+        bench_training)."""
+        if kind == "fed":
+            it = iter(ds)
+            next(it)
+        start = time.perf_counter()
+        for _ in range(steps):
+            if kind == "fed":
+                (images, step_seeds), labels = next(it)
+                step(images, step_seeds, labels)
+            else:
+                step(xs, seeds, y)
+        return time.perf_counter() - start
+
+    run("in_memory", 2)
+    run("fed", 2)
+    print("READY", flush=True)
+    for line in iter(sys.stdin.readline, ""):
+        kind, steps = line.split()
+        print(f"SECONDS {run(kind, int(steps))}", flush=True)
+
+
+def bench_determinism(tfrecords: Path, work: Path, rounds: int = 7, steps: int = 4) -> dict:
+    """The student training step with op determinism on against off (issue 20).
+
+    Op determinism is process-wide: TensorFlow has ``disable_op_determinism()`` (not exported;
+    ``_pywrap_determinism.enable(False)``), but kernels and datasets read the flag when they
+    are built and a traced step keeps them, so one process could not switch a step between
+    the two. Two child processes therefore run this script's :func:`determinism_child`, one
+    per mode, both warmed up before timing; they are asked in turn (off, on, off, on ...) for
+    ``steps`` steps in memory and then fed by the pipeline, ``rounds`` rounds; the one not
+    asked waits on its stdin.
+    """
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    children: dict[str, subprocess.Popen] = {}
+    logs = {mode: work / f"determinism-{mode}.log" for mode in DETERMINISM_MODES}
+
+    def fail(mode: str, what: str) -> SystemExit:
+        tail = logs[mode].read_text(errors="replace")[-3000:] if logs[mode].is_file() else ""
+        return SystemExit(f"determinism child ({mode}): {what}; its log {logs[mode]} ends:\n{tail}")
+
+    def read(mode: str, prefix: str) -> str:
+        stdout = children[mode].stdout
+        assert stdout is not None
+        for line in iter(stdout.readline, ""):
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        raise fail(mode, f"exited (code {children[mode].wait()}) before printing {prefix.strip()}")
+
+    try:
+        for mode in DETERMINISM_MODES:
+            children[mode] = subprocess.Popen(
+                [sys.executable, __file__, "--determinism-child", mode, "--tfrecords", str(tfrecords)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logs[mode].open("w"),
+                text=True,
+                env=env,
+            )
+        for mode in DETERMINISM_MODES:
+            read(mode, "READY")
+
+        def ask(mode: str, kind: str) -> None:
+            time.sleep(PAUSE)
+            stdin = children[mode].stdin
+            assert stdin is not None
+            stdin.write(f"{kind} {steps}\n")
+            stdin.flush()
+            seconds[kind][mode].append(float(read(mode, "SECONDS ")))
+
+        seconds = {kind: {mode: [] for mode in DETERMINISM_MODES} for kind in ("in_memory", "fed")}
+        for _ in range(rounds):
+            for kind in seconds:
+                for mode in DETERMINISM_MODES:
+                    ask(mode, kind)
+    finally:
+        for child in children.values():
+            if child.stdin:
+                child.stdin.close()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    out: dict = {
+        "method": (
+            f"two child processes (op determinism off / on, the latter with tf.data deterministic), "
+            f"{rounds} rounds asked in turn, {steps} steps per sample; one ratio per round"
+        ),
+    }
+    for kind, by_mode in seconds.items():
+        for mode, values in by_mode.items():
+            out[f"student_step_ms_{kind}_determinism_{mode}"] = stats.milliseconds(values, steps)
+        out[f"{kind}_step_determinism_on_vs_off"] = stats.summarize(
+            stats.per_round(operator.truediv, by_mode["on"], by_mode["off"])
+        )
     return out
+
+
+# === The machine ===
+
+# CPU features the INT8 (and float) kernels of XNNPACK / TensorFlow can use, as /proc/cpuinfo names them
+CPU_FEATURES = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "avxvnni",
+    "avx_vnni_int8",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
+)
+
+
+def cpu() -> dict:
+    """CPU model and the instruction sets INT8 kernels use: from /proc/cpuinfo on Linux, else what
+    Python's platform module (and sysctl on macOS) tells."""
+    model, flags = "", None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in ("model name", "Hardware", "cpu model", "Model") and not model:
+            model = value
+        elif key in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    if not model and sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            model = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count()
+    return {
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "cores_available": available,
+        "cpu_features": sorted(f for f in CPU_FEATURES if f in flags) if flags is not None else "unknown",
+    }
+
+
+def version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(package)
+    except PackageNotFoundError:
+        return None
 
 
 def machine() -> dict:
     return {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        **cpu(),
+        "architecture": platform.machine(),
         "platform": platform.platform(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_keras": version("tf_keras"),
+        "litert": version("ai-edge-litert"),
+        "tfmot": version("tensorflow-model-optimization"),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
 
 
-SECTIONS = ("input", "host_input", "training", "model", "run", "process_start")
+SECTIONS = ("input", "host_input", "training", "determinism", "model", "run", "process_start")
 
 
 def main() -> None:
@@ -586,7 +847,13 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=SECTIONS, help="measure this section only and update it in --out, keeping the others"
     )
+    parser.add_argument("--determinism-child", choices=DETERMINISM_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--tfrecords", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.determinism_child:
+        determinism_child(args.determinism_child, args.tfrecords)
+        return
+    started = time.perf_counter()
     config = load_config(REPO / "configs" / "fast.yaml")
     sizes = {"teacher": config.teacher.image_size, "student": config.student.image_size}
     batch = config.student.batch_size
@@ -613,6 +880,7 @@ def main() -> None:
                 lambda: bench_host_input(work),
             ),
             ("training", "training steps", lambda: bench_training(sample()[1], config, sizes, batch)),
+            ("determinism", "op determinism on / off (two processes)", lambda: bench_determinism(sample()[1], work)),
             ("model", "model", lambda: bench_model(240)),
             ("run", "whole run (mobiletag train, configs/fast.yaml)", lambda: bench_run(sample()[0], work)),
             ("process_start", "new process + imports", bench_process_start),
@@ -628,133 +896,199 @@ def main() -> None:
             results[key] = measure()
             section_seconds[key] = round(time.perf_counter() - start, 1)
         results["bench_seconds"] = section_seconds
+    if not args.only:
+        results["bench_seconds"]["total"] = round(time.perf_counter() - started, 1)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 
-def table(r: dict) -> str:
-    """The Markdown table of the sections present in r (``--only`` may have measured one)."""
-    rows: list[tuple[str, object, object, str]] = []
-    if "input" in r:
+# === The table ===
+
+
+def _fmt(x: object) -> str:
+    """A figure: the median of a summary, or the figure itself."""
+    return str(x["median"]) if isinstance(x, dict) else str(x)
+
+
+def _row(measure: str, figures: str, ratio: object, goal: str = "") -> tuple[str, ...]:
+    """measure | figures | median | [min, max] | n | goal | status, from a summary (or a bare figure of
+    an older results file)."""
+    if isinstance(ratio, dict):
+        spread = f"[{ratio['min']}, {ratio['max']}]" if ratio.get("n", 1) > 1 else ""
+        return (
+            measure,
+            figures,
+            str(ratio["median"]),
+            spread,
+            str(ratio.get("n", "")),
+            ratio.get("goal", goal),
+            ratio.get("status", ""),
+        )
+    return (measure, figures, "" if ratio is None else str(ratio), "", "1" if ratio not in ("", None) else "", goal, "")
+
+
+def _section_rows(key: str, r: dict) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    if key == "input":
         i = r["input"]
+        pipe = _fmt(i["pipeline_student_images_per_s"])
         rows += [
             (
-                "input: train pipeline (student size) / raw JPEG decode, img/s",
-                f"{i['pipeline_student_images_per_s']} / {i['raw_decode_images_per_s_1_thread']}",
-                i["pipeline_student_vs_raw_decode"],
-                ">= 1 (parallel)",
+                _row(
+                    "input: train pipeline (student size) / raw JPEG decode, img/s",
+                    f"{pipe} / {_fmt(i['raw_decode_images_per_s_1_thread'])}",
+                    i["pipeline_student_vs_raw_decode"],
+                    ">= 1",
+                )
             ),
-            (
+            _row(
                 "input: train pipeline (student size) / PIL decode+resize of the files, img/s",
-                f"{i['pipeline_student_images_per_s']} / {i['pil_files_images_per_s']}",
+                f"{pipe} / {_fmt(i['pil_files_images_per_s'])}",
                 i["pipeline_student_vs_pil_files"],
                 "> 1",
             ),
         ]
-    if "host_input" in r:
+    elif key == "host_input":
         h = r["host_input"]
 
         def per_core(name: str) -> str:
-            f = h[name]["images_per_core_second"]
-            return f"{f['median']} ({f['min']}-{f['max']})"
+            return _fmt(h[name]["images_per_core_second"])
 
         sides = f"{h['sizes']['teacher']}/{h['sizes']['student']} px"
         rows += [
-            (
-                f"host input per core at {sides}: after item 6 / before, img/s (min-max)",
+            _row(
+                f"host input per core at {sides}: after item 6 / before, img/s",
                 f"{per_core('after')} / {per_core('before')}",
-                f"{h['after_vs_before']['median']} ({h['after_vs_before']['min']}-{h['after_vs_before']['max']})",
+                h["after_vs_before"],
                 "> 1",
             ),
-            (
-                "host input per core: after item 6 / plain decode of the stored JPEGs, img/s (min-max)",
+            _row(
+                "host input per core: after item 6 / plain decode of the stored JPEGs, img/s",
                 f"{per_core('after')} / {per_core('plain_decode')}",
-                f"{h['after_vs_plain_decode']['median']} "
-                f"({h['after_vs_plain_decode']['min']}-{h['after_vs_plain_decode']['max']})",
-                "",
+                h["after_vs_plain_decode"],
             ),
-            (
+            _row(
                 "host-to-device bytes per image: before / after item 6",
                 f"{h['before']['host_to_device_bytes_per_image']} / {h['after']['host_to_device_bytes_per_image']}",
                 h["bytes_before_vs_after"],
-                "",
             ),
         ]
-    if "training" in r:
+    elif key == "training":
         t = r["training"]
         rows += [
-            (
+            _row(
                 "student step rate: fed by pipeline / in memory",
-                f"{t['student_step_ms_fed_by_pipeline']} / {t['student_step_ms_in_memory']} ms",
+                f"{_fmt(t['student_step_ms_fed_by_pipeline'])} / {_fmt(t['student_step_ms_in_memory'])} ms",
                 t["pipeline_fed_vs_in_memory_step_rate"],
                 ">= 0.90",
             ),
-            (
-                "distill step / (student step + teacher fwd+bwd)",
-                f"{t['distill_step_ms']} / {t['student_step_ms_in_memory']} + {t['teacher_forward_backward_ms']} ms",
-                t["distill_vs_sum_of_both_forward_backward"],
+            _row(
+                "distill step / (student step + teacher forward, inference mode)",
+                f"{_fmt(t['distill_step_ms'])} / ({_fmt(t['student_step_ms_beside_distill'])} + "
+                f"{_fmt(t['teacher_forward_ms'])}) ms",
+                t["distill_vs_student_step_plus_teacher_forward"],
                 "<= 1.10",
             ),
-            (
+            _row(
                 "QAT step / float student step",
-                f"{t['qat_step_ms']} / {t['float_step_ms_beside_qat']} ms",
+                f"{_fmt(t['qat_step_ms'])} / {_fmt(t['float_step_ms_beside_qat'])} ms",
                 t["qat_vs_float_student_step"],
                 "<= 1.40",
             ),
         ]
-    if "model" in r:
+    elif key == "determinism":
+        d = r["determinism"]
+        for kind, label in (("in_memory", "in memory"), ("fed", "fed by the pipeline")):
+            rows.append(
+                _row(
+                    f"student step {label}: op determinism on / off",
+                    f"{_fmt(d[f'student_step_ms_{kind}_determinism_on'])} / "
+                    f"{_fmt(d[f'student_step_ms_{kind}_determinism_off'])} ms",
+                    d[f"{kind}_step_determinism_on_vs_off"],
+                )
+            )
+    elif key == "model":
         m = r["model"]
-        rows += [
-            (
-                "INT8 / float TFLite size (Lite1 @240)",
+        rows.append(
+            _row(
+                f"INT8 / float TFLite size (Lite1 @{m['image_size']})",
                 f"{m['int8_bytes']} / {m['float_bytes']} B",
                 m["size_int8_vs_float"],
                 "<= 0.30",
-            ),
-            (
-                "INT8 / float latency, 1 thread",
-                f"{m['int8_ms_1_thread']} / {m['float_ms_1_thread']} ms",
-                m["latency_int8_vs_float_1_thread"],
-                "<= 0.55",
-            ),
-            (
-                "INT8 / float latency, 2 threads",
-                f"{m['int8_ms_2_thread']} / {m['float_ms_2_thread']} ms",
-                m["latency_int8_vs_float_2_threads"],
-                "<= 0.55",
-            ),
-        ]
-    if "run" in r:
+            )
+        )
+        for label, name in (("1_thread", "1 thread"), ("2_threads", "2 threads")):
+            rows.append(
+                _row(
+                    f"INT8 / float latency, {name}",
+                    f"{_fmt(m[f'int8_ms_{label}'])} / {_fmt(m[f'float_ms_{label}'])} ms",
+                    m[f"latency_int8_vs_float_{label}"],
+                    "<= 0.55",
+                )
+            )
+    elif key == "run":
         run = r["run"]
-        rows.append(("whole demo run (`mobiletag train`, kfp.local), s", f"{run['wall_seconds']}", "", "< 900"))
+        wall = run["wall_seconds"]
+        rows.append(
+            _row(
+                "whole demo run (`mobiletag train`, kfp.local), s",
+                f"{wall}",
+                stats.summarize([wall], "< 900", digits=1),
+            )
+        )
         for task, total in run["task_seconds"].items():
             share = run["overhead_share"].get(task)
             compute = run["stage_compute_seconds"].get(task)
             figures = f"{total} s, {compute} s in the stage" if compute is not None else f"{total} s"
-            rows.append((f"stage {task}: overhead share", figures, "" if share is None else share, "<= 0.20"))
-        start = r.get("process_start")
-        if start:
-            rows.append(
-                (
-                    "new process + imports (median of 3), s",
-                    ", ".join(f"{k[:-2]} {v}" for k, v in start.items()),
-                    "",
-                    "",
-                )
-            )
-    if "bench_seconds" in r:
-        spent = r["bench_seconds"]
+            summary = stats.summarize([share], "<= 0.20") if share is not None else ""
+            rows.append(_row(f"stage {task}: overhead share", figures, summary, "<= 0.20"))
+    elif key == "process_start":
+        start = r["process_start"]
         rows.append(
-            (
-                "this benchmark, s",
-                f"{round(sum(spent.values()), 1)} ({', '.join(f'{k} {v}' for k, v in spent.items())})",
+            _row(
+                "new process + imports (median), s",
+                ", ".join(f"{k[:-2]} {_fmt(v)}" for k, v in start.items()),
                 "",
-                "< 600",
             )
         )
-    machine_line = ", ".join(f"{k} {v}" for k, v in r["machine"].items())
-    lines = [f"{machine_line}", "", "| measure | figures | ratio | goal |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return rows
+
+
+def table(r: dict) -> str:
+    """The Markdown table of the sections present in r (``--only`` may have measured one)."""
+    rows: list[tuple[str, ...]] = []
+    for key in SECTIONS:
+        if key not in r:
+            continue
+        try:
+            rows += _section_rows(key, r)
+        except (KeyError, TypeError):  # a section of an older results file
+            rows.append((f"{key}: recorded in an older format, re-measure with --only {key}", "", "", "", "", "", ""))
+    if "bench_seconds" in r:
+        spent = dict(r["bench_seconds"])
+        total = spent.pop("total", round(sum(spent.values()), 1))
+        rows.append(
+            _row(
+                "this benchmark, s",
+                f"{total} ({', '.join(f'{k} {v}' for k, v in spent.items())})",
+                stats.summarize([total], "< 900", digits=1),
+            )
+        )
+    m = r["machine"]
+    features = m.get("cpu_features", "unknown")
+    machine_line = (
+        f"{m.get('cpu_model', '?')}, {m.get('cores')} cores "
+        f"({', '.join(features) if isinstance(features, list) else features}); "
+        f"{m.get('gpus', 0)} GPU; Python {m.get('python')}, TensorFlow {m.get('tensorflow')}, "
+        f"LiteRT {m.get('litert')}; {m.get('date')}"
+    )
+    lines = [
+        machine_line,
+        "",
+        "| measure | figures (medians) | ratio (median) | [min, max] | n | goal | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
