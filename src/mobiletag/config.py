@@ -190,6 +190,19 @@ class GateConfig:
     metric: Literal["map_macro", "map_micro", "f1_micro", "f1_macro"] = _f(
         "map_macro", "publish: the test figure compared with the published model"
     )
+    min_improvement: float = _f(
+        0.0,
+        "publish, with require_improvement: the new model's test figure (gate.metric) must exceed the published "
+        "one's by at least this much (0.02 = 2 points of mAP); set it above the run-to-run spread of test mAP "
+        "(README) so that noise neither promotes nor refuses a model",
+        min=0.0,
+        max=1.0,
+    )
+    require_distillation_gain: bool = _f(
+        False,
+        "publish: promote only a model whose distilled student beat the student trained without the teacher "
+        "(metrics.json 'distillation' block, shipped: distilled); needs a run with the baseline student",
+    )
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,12 @@ class Config:
     )
     classes: list[str] | None = _f(None, "explicit class names in output order; null = sorted train labels")
     seed: int = _f(42, "seed for shuffling, augmentation and initialisation", min=0)
+    reproducible: bool = _f(
+        True,
+        "deterministic training for a given seed: input order fixed (tf.data deterministic), TensorFlow op "
+        "determinism on (tf.config.experimental.enable_op_determinism, also cuDNN / XLA on GPU), the seed set "
+        "in every stage; the same data, seed, machine and software give the same weights and metrics",
+    )
     multi_gpu: MultiGpuConfig = field(default_factory=MultiGpuConfig)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

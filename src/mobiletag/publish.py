@@ -71,7 +71,8 @@ def read_latest(output_uri: str) -> str | None:
 
 
 def check_gate(metrics: dict[str, Any], cfg: GateConfig, output_uri: str) -> GateDecision:
-    """Minimum test figures, and optionally beating the model LATEST points to."""
+    """Minimum test figures; optionally beating the model LATEST points to by ``gate.min_improvement``,
+    and a distilled student that beat the baseline student (``gate.require_distillation_gain``)."""
     test = metrics["test"]
     decision = GateDecision(passed=True)
     for key, minimum in (("f1_micro", cfg.min_f1_micro), ("map_macro", cfg.min_map_macro)):
@@ -88,13 +89,70 @@ def check_gate(metrics: dict[str, Any], cfg: GateConfig, output_uri: str) -> Gat
             old = json.loads(text)["test"].get(cfg.metric) or 0.0
             new = test.get(cfg.metric) or 0.0
             decision.previous_value = old
-            if not new > old:
-                decision.reasons.append(
-                    f"test {cfg.metric} {new:.4f} does not beat {old:.4f} of the published {previous} "
-                    "(gate.require_improvement)"
-                )
+            reason = improvement_refusal(new, old, previous, cfg)
+            if reason:
+                decision.reasons.append(reason)
+    if cfg.require_distillation_gain:
+        reason = distillation_refusal(metrics)
+        if reason:
+            decision.reasons.append(reason)
     decision.passed = not decision.reasons
     return decision
+
+
+def improvement_refusal(new: float, old: float, previous: str, cfg: GateConfig) -> str | None:
+    """Why ``new`` does not beat the published ``old`` by ``gate.min_improvement``; None when it does.
+
+    With a margin of 0 any gain passes (``new > old``); with a margin m the gain must be at least m
+    (compared after rounding to 1e-9, so that 0.45 - 0.43 passes a margin of 0.02).
+    """
+    margin = cfg.min_improvement
+    gain = new - old
+    if margin <= 0.0:
+        if gain > 0.0:
+            return None
+        return (
+            f"test {cfg.metric} {new:.4f} does not beat {old:.4f} of the published {previous} "
+            "(gate.require_improvement)"
+        )
+    if round(gain, 9) >= round(margin, 9):
+        return None
+    return (
+        f"test {cfg.metric} {new:.4f} does not beat {old:.4f} of the published {previous} by the margin "
+        f"gate.min_improvement = {margin} (gain {gain:+.4f}); a smaller margin promotes smaller gains, and more "
+        "run-to-run noise with them: lower gate.min_improvement, or set gate.require_improvement: false"
+    )
+
+
+def distillation_refusal(metrics: dict[str, Any]) -> str | None:
+    """Why ``gate.require_distillation_gain`` refuses this model; None when its distilled student won.
+
+    Reads ``metrics["distillation"]`` (written when the run also trained the baseline student
+    without the teacher): ``shipped`` is ``"distilled"`` or ``"baseline"``, with ``reason``.
+    """
+    block = metrics.get("distillation")
+    if not isinstance(block, dict):
+        return (
+            f"{METRICS_FILE} has no 'distillation' block: this run trained no baseline student to compare the "
+            "distilled one with (gate.require_distillation_gain); run with the baseline student (pipeline "
+            "parameter baseline_student=True, or `mobiletag train --baseline-student`), or set "
+            "gate.require_distillation_gain: false"
+        )
+    shipped = block.get("shipped")
+    if shipped == "distilled":
+        return None
+    figures = ""
+    students = block.get("students")
+    if isinstance(students, dict):
+        vals = {name: (students.get(name) or {}).get("val", {}).get("map_macro") for name in ("distilled", "baseline")}
+        if all(isinstance(v, (int, float)) for v in vals.values()):
+            figures = f" (validation macro mAP: distilled {vals['distilled']:.4f}, baseline {vals['baseline']:.4f})"
+    why = f": {block['reason']}" if block.get("reason") else ""
+    return (
+        f"the shipped student is {shipped!r}, not the distilled one{figures}{why}; the teacher did not pay for "
+        "itself (gate.require_distillation_gain): improve the teacher or set student.alpha: 1.0 to train without "
+        "it, or set gate.require_distillation_gain: false"
+    )
 
 
 def _upload_gcs(
@@ -188,6 +246,7 @@ def publish(
                     "previous_version": decision.previous_version,
                     "previous_value": decision.previous_value,
                     "metric": gate.metric,
+                    "min_improvement": gate.min_improvement,
                 },
                 indent=2,
             )

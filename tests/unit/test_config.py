@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -37,6 +38,15 @@ def test_production_defaults():
     assert (c.student.image_size, c.student.batch_size, c.student.alpha) == (240, 128, 0.7)
     assert c.teacher.weights == "imagenet"
     assert c.stored_image_side == 345
+
+
+def test_reproducible_and_gate_margin_defaults():
+    c = Config()
+    assert c.reproducible is True  # deterministic runs for a seed; the CPU cost is small (README)
+    assert (c.gate.min_improvement, c.gate.require_distillation_gain) == (0.0, False)
+    fast = load_config(REPO / "configs" / "fast.yaml")
+    assert fast.reproducible is True  # the tests and the demo run with it on
+    assert json.loads(c.section_json("seed", "reproducible")) == {"reproducible": True, "seed": 42}
 
 
 def test_legacy_config_loads_unchanged(tmp_path):

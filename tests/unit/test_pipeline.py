@@ -84,7 +84,7 @@ def test_crops_and_seeds_change_every_epoch_and_repeat_with_the_seed(tfrecord_di
     def epoch(ds):
         return {tuple(s): x.tobytes() for (xs, ss), _ in ds for x, s in zip(xs.numpy(), ss.numpy())}
 
-    # batches of 1: no remainder dropped (which elements fall in it depends on decode timing)
+    # batches of 1: no remainder dropped (with reproducible: false, which elements fall in it depends on timing)
     ds = _train(tfrecord_dir, fast_config, [64], 1)
     first, second = epoch(ds), epoch(ds)
     assert len(first) == len(second) and not set(first) & set(second)  # new seeds ...

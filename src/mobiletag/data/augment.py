@@ -18,7 +18,9 @@ an example is augmented the same way whatever the batch size, the replica it lan
 the number of replicas. TensorFlow's stateless ops take one seed per call, so the values are
 drawn with SplitMix64 (Steele, Lea and Flood, OOPSLA 2014; Java's ``SplittableRandom``) in
 batched int64 arithmetic: wrapping multiplies, xors and shifts, identical on CPU, GPU and
-under XLA. The pipeline's seeds are themselves Philox outputs (``stateless_split``).
+under XLA. The pipeline's seeds are themselves Philox outputs (``stateless_split``) of a
+``tf.data.Dataset.random`` stream seeded with ``config.seed``: with ``config.reproducible`` each
+example gets the same seed, hence the same crop, flip and jitter, in every run.
 """
 
 from __future__ import annotations

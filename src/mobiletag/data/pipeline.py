@@ -13,9 +13,14 @@ Evaluation: the whole image resized to the input size (what ``inference_config.j
 an app to do), rounded to uint8 as an app's pixels are. ``data.cache_eval`` caches the
 serialized records (the shards' JPEG bytes), not pixels: see :func:`make_dataset`.
 
-Crops and seeds come from stateless random ops seeded from ``config.seed``; in training,
-element order is not deterministic (``deterministic=False`` lets parallel reads and decodes
-run ahead).
+Crops and seeds come from stateless random ops seeded from ``config.seed``. With
+``config.reproducible`` (the default) the training order is deterministic too: the shard and
+record shuffles are seeded (a new order every epoch, the same sequence of orders for the same
+seed), and the parallel interleave, map and batch hand elements on in input order, so every
+example meets the same (seed, crop) in every run. The map functions hold no stateful op, so
+they still run in parallel under ``tf.config.experimental.enable_op_determinism``. With
+``reproducible: false``, ``deterministic=False`` lets parallel reads and decodes run ahead
+(which examples share a batch, and which seed an example gets, then depend on timing).
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ def make_dataset(
     side = crop_size(sizes)
     seed = config.seed + seed_offset
     data_cfg = config.data
+    ordered = config.reproducible  # training element order fixed by the seed (evaluation always is)
 
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         return _parse(serialized, num_classes)
@@ -162,7 +168,7 @@ def make_dataset(
             tf.data.TFRecordDataset,
             cycle_length=min(len(files), 16),
             num_parallel_calls=AUTOTUNE,
-            deterministic=False,
+            deterministic=ordered,
         )
         if data_cfg.cache_train:
             ds = ds.cache()
@@ -177,8 +183,8 @@ def make_dataset(
             crop, step_seed = _train_example(ex["image/encoded"], random_pair, side, data_cfg.augment)
             return (crop, step_seed), ex["image/labels"]
 
-        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=False)
-        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=ordered)
     else:
         ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
         if data_cfg.cache_eval:
@@ -197,6 +203,6 @@ def make_dataset(
         ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=False)
     options = tf.data.Options()
-    options.experimental_deterministic = not training
+    options.deterministic = ordered or not training
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,54 @@ def steps_per_epoch(num_images: int, batch_size: int, key: str) -> int:
 
 
 def seed_everything(config: Config) -> None:
+    """Python's, NumPy's and TensorFlow's global seeds from ``config.seed`` (weight initialisation,
+    dropout; the input pipeline and augmentation take ``config.seed`` directly)."""
     import tf_keras as keras
 
     keras.utils.set_random_seed(config.seed)
+
+
+@contextlib.contextmanager
+def reproducibility(config: Config) -> Iterator[bool]:
+    """A training stage's scope: the seeds set from ``config.seed`` and, with ``config.reproducible``,
+    TensorFlow op determinism on; yields whether it is on.
+
+    ``tf.config.experimental.enable_op_determinism`` makes every op pick a deterministic kernel
+    (on GPU: cuDNN convolution algorithms, and XLA with ``xla_gpu_deterministic_ops``), makes
+    tf.data's ``deterministic`` arguments true, and makes an unseeded random op an error (the
+    seeds set here cover Keras' initialisers and dropout). The setting is process-wide: the
+    previous state comes back on exit, so a later stage or test in the same process (the
+    in-process local runner, pytest) is not changed by it. With ``reproducible: false`` the
+    state is left as it is (off unless the process turned it on).
+    """
+    import tensorflow as tf
+
+    seed_everything(config)
+    before = op_determinism_enabled()
+    if config.reproducible and not before:
+        tf.config.experimental.enable_op_determinism()
+    log.info(
+        "seed %d, reproducible %s (op determinism %s)",
+        config.seed,
+        "on" if config.reproducible else "off",
+        "on" if op_determinism_enabled() else "off",
+    )
+    try:
+        yield op_determinism_enabled()
+    finally:
+        if not before:
+            from tensorflow.python.framework import config as tf_config
+
+            tf_config.disable_op_determinism()  # not exported by TensorFlow: see op_determinism_enabled
+
+
+def op_determinism_enabled() -> bool:
+    """Whether TensorFlow op determinism is on in this process (also through TF_DETERMINISTIC_OPS).
+
+    TensorFlow exports only ``tf.config.experimental.enable_op_determinism``; the getter and
+    ``disable_op_determinism`` (which its own tests use) live beside it in
+    ``tensorflow.python.framework.config``.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    return bool(tf_config.is_op_determinism_enabled())

@@ -20,7 +20,7 @@ from mobiletag.stages.common import (
     StageResult,
     dataset_facts,
     read_json,
-    seed_everything,
+    reproducibility,
     steps_per_epoch,
     write_json,
 )
@@ -60,88 +60,88 @@ def run(
     set_precision("float32")
     facts = dataset_facts(dataset_dir)
     steps = steps_per_epoch(facts.num_train, cfg.batch_size, "qat.batch_size")
-    seed_everything(config)
-    backup = Backup(backup_prefix(backup_uri, run_id, TASK))
-    if backup.restore():
-        log.info("qat: resuming from a backup")
-    size = config.student.image_size
-    distill = cfg.distill and config.student.alpha < 1.0
-    sizes = [config.teacher.image_size, size] if distill else [size]
-    augment = TrainAugment(sizes, config.data.augment)
-    train_ds, val_ds = train_and_val(
-        dataset_dir,
-        config,
-        train_sizes=sizes,
-        val_size=size,
-        batch_size=cfg.batch_size,
-        num_classes=facts.num_classes,
-    )
-    student = load_float32(Path(student_dir) / STUDENT_CHECKPOINT)
-    # the float student's figure on this val split, as its stage measured it (not measured again)
-    float_map = read_json(Path(student_dir) / STUDENT_METRICS)["metrics"]["val_map"]
-    qat_model = quantize(student)
-    # the student's view of augmented training batches
-    calibration = train_ds.map(lambda inputs, labels: augment(*inputs)[-1])
-    calibrate_ranges(qat_model, calibration, preprocess)
-    calibrated_map = validation_map(qat_model, val_ds, preprocess)
-    log.info(
-        "qat: validation mAP %.4f after range calibration, before training (float %.4f)", calibrated_map, float_map
-    )
-    teacher = load_teacher(teacher_dir) if distill else None
-    trainer = Trainer(
-        qat_model,
-        teacher,
-        alpha=config.student.alpha if distill else 1.0,
-        temperature=config.student.temperature,
-        preprocess=preprocess,
-        augment=augment,
-    )
-    lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
-    trainer.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=config.multi_gpu.steps_per_execution)
-    work = backup.folder("best") or out
-    checkpoint = work / CHECKPOINT
-    result = fit(
-        trainer,
-        train_ds,
-        val_ds,
-        name="qat",
-        epochs=cfg.epochs,
-        steps_per_epoch=steps,
-        batch_size=cfg.batch_size,
-        checkpoint=checkpoint,
-        backup_dir=backup.folder("fit"),
-        backup=backup,
-        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
-        patience=0,
-    )
-    final = out / CHECKPOINT
-    _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model, save_to=final)
-    backup.clear()
-    metrics = {
-        "val_map": round(val_map, 4),
-        "val_map_float_student": round(float_map, 4),
-        "val_map_calibrated": round(calibrated_map, 4),
-        "train_images_per_second": round(result.train_images_per_second, 2),
-        "epochs": result.epochs_run,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(
-        out / METRICS,
-        {
-            "metrics": metrics,
-            "distill": distill,
-            "learning_rate": lr,
-            "history": result.history,
+    with reproducibility(config):
+        backup = Backup(backup_prefix(backup_uri, run_id, TASK))
+        if backup.restore():
+            log.info("qat: resuming from a backup")
+        size = config.student.image_size
+        distill = cfg.distill and config.student.alpha < 1.0
+        sizes = [config.teacher.image_size, size] if distill else [size]
+        augment = TrainAugment(sizes, config.data.augment)
+        train_ds, val_ds = train_and_val(
+            dataset_dir,
+            config,
+            train_sizes=sizes,
+            val_size=size,
+            batch_size=cfg.batch_size,
+            num_classes=facts.num_classes,
+        )
+        student = load_float32(Path(student_dir) / STUDENT_CHECKPOINT)
+        # the float student's figure on this val split, as its stage measured it (not measured again)
+        float_map = read_json(Path(student_dir) / STUDENT_METRICS)["metrics"]["val_map"]
+        qat_model = quantize(student)
+        # the student's view of augmented training batches
+        calibration = train_ds.map(lambda inputs, labels: augment(*inputs)[-1])
+        calibrate_ranges(qat_model, calibration, preprocess)
+        calibrated_map = validation_map(qat_model, val_ds, preprocess)
+        log.info(
+            "qat: validation mAP %.4f after range calibration, before training (float %.4f)", calibrated_map, float_map
+        )
+        teacher = load_teacher(teacher_dir) if distill else None
+        trainer = Trainer(
+            qat_model,
+            teacher,
+            alpha=config.student.alpha if distill else 1.0,
+            temperature=config.student.temperature,
+            preprocess=preprocess,
+            augment=augment,
+        )
+        lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
+        trainer.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=config.multi_gpu.steps_per_execution)
+        work = backup.folder("best") or out
+        checkpoint = work / CHECKPOINT
+        result = fit(
+            trainer,
+            train_ds,
+            val_ds,
+            name="qat",
+            epochs=cfg.epochs,
+            steps_per_epoch=steps,
+            batch_size=cfg.batch_size,
+            checkpoint=checkpoint,
+            backup_dir=backup.folder("fit"),
+            backup=backup,
+            validation_steps=math.ceil(facts.num_val / cfg.batch_size),
+            patience=0,
+        )
+        final = out / CHECKPOINT
+        _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model, save_to=final)
+        backup.clear()
+        metrics = {
+            "val_map": round(val_map, 4),
+            "val_map_float_student": round(float_map, 4),
+            "val_map_calibrated": round(calibrated_map, 4),
+            "train_images_per_second": round(result.train_images_per_second, 2),
+            "epochs": result.epochs_run,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_json(
+            out / METRICS,
+            {
+                "metrics": metrics,
+                "distill": distill,
+                "learning_rate": lr,
+                "history": result.history,
+                "image_size": size,
+                "classes": facts.classes,
+            },
+        )
+        log.info("qat: validation mAP %.4f (float student %.4f)", val_map, float_map)
+        details = {
+            "framework": "tf_keras + tensorflow-model-optimization (QAT)",
+            "architecture": config.student.architecture,
             "image_size": size,
-            "classes": facts.classes,
-        },
-    )
-    log.info("qat: validation mAP %.4f (float student %.4f)", val_map, float_map)
-    details = {
-        "framework": "tf_keras + tensorflow-model-optimization (QAT)",
-        "architecture": config.student.architecture,
-        "image_size": size,
-        "size_bytes": final.stat().st_size,
-        "val_map": metrics["val_map"],
-    }
-    return StageResult(metrics=metrics, files={"checkpoint": str(final)}, details=details)
+            "size_bytes": final.stat().st_size,
+            "val_map": metrics["val_map"],
+        }
+        return StageResult(metrics=metrics, files={"checkpoint": str(final)}, details=details)

@@ -18,9 +18,9 @@ from mobiletag.storage import is_gcs, join, read_text_if_exists
 # sections it is derived from, so changing an epoch count does not rebuild the TFRecords.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare_dataset": ("num_classes", "classes", "seed", "data"),
-    "train_teacher": ("seed", "multi_gpu", "data", "teacher"),
-    "train_student": ("seed", "multi_gpu", "data", "teacher", "student"),
-    "quantize": ("seed", "multi_gpu", "data", "teacher", "student", "qat"),
+    "train_teacher": ("seed", "reproducible", "multi_gpu", "data", "teacher"),
+    "train_student": ("seed", "reproducible", "multi_gpu", "data", "teacher", "student"),
+    "quantize": ("seed", "reproducible", "multi_gpu", "data", "teacher", "student", "qat"),
     "export_tflite": ("student", "export"),
     "optimize_thresholds": ("thresholds",),
     "publish": ("gate",),

@@ -19,7 +19,7 @@ from mobiletag.stages.common import (
     TEACHER_CHECKPOINT,
     StageResult,
     dataset_facts,
-    seed_everything,
+    reproducibility,
     steps_per_epoch,
     write_json,
 )
@@ -56,9 +56,8 @@ def run(
     started = time.perf_counter()
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config)
     backup = Backup(backup_prefix(backup_uri, run_id, TASK))
-    with training_devices(config.multi_gpu, expected_gpus, devices) as dev:
+    with reproducibility(config), training_devices(config.multi_gpu, expected_gpus, devices) as dev:
         return _train(config, dataset_dir, out, dev, backup, started)
 
 

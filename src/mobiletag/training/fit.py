@@ -328,6 +328,12 @@ def fit(
 
     ``backup_dir`` is a local folder (BackupAndRestore writes there) inside ``backup``'s, which
     is mirrored to its remote prefix at the end of each epoch, after the backup is written.
+
+    Reproducibility (``config.reproducible``): ``steps_per_execution`` only groups steps into one
+    call (the same batches feed the same steps in the same order), and on one device the default
+    strategy adds nothing. A run resumed from a backup restores the weights and optimizer of its
+    last finished epoch but starts a new input iterator, whose shuffle and augmentation sequence
+    begins again at the seed's first epoch: a resumed run differs from an uninterrupted one.
     """
     if epochs <= 0:
         return FitResult(best_so_far, -1, 0)

@@ -1,0 +1,260 @@
+"""Reproducible runs (config key ``reproducible``) and the quality gate's margins.
+
+With ``reproducible: true`` a training stage run twice on the same data with the same seed gives
+the same weights and the same validation figures; the input pipeline gives the same batches
+for the same seed and other ones for another seed. The gate's
+``min_improvement`` keeps run-to-run noise from promoting a model, and
+``require_distillation_gain`` refuses a model whose distilled student lost to the baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobiletag.config import GateConfig, load_config
+from mobiletag.publish import LATEST, check_gate, publish
+from mobiletag.stages.common import op_determinism_enabled
+
+from ..conftest import REPO, TINY
+
+# ======================================================================================
+# Fixtures: several shards per split (the interleave has something to order)
+# ======================================================================================
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(sample_dir, tmp_path_factory) -> Path:
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.data.tfrecords import build_tfrecords
+
+    config = load_config(REPO / "configs" / "fast.yaml", {"data": {"images_per_shard": 16}})
+    out = tmp_path_factory.mktemp("sharded") / "ds"
+    build_tfrecords(index_dataset(sample_dir, config), config, out)
+    assert len(list(out.glob("train-*.tfrecord"))) > 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_teacher_dir(sharded_dir, tmp_path_factory) -> Path:
+    """A teacher checkpoint with random weights (no training): what the student stage reads."""
+    import tf_keras as keras
+
+    from mobiletag.models.teacher import build_teacher
+    from mobiletag.stages.common import TEACHER_CHECKPOINT, dataset_facts
+
+    keras.utils.set_random_seed(0)
+    out = tmp_path_factory.mktemp("random-teacher")
+    model = build_teacher(dataset_facts(sharded_dir).num_classes, TINY["teacher"]["image_size"], "none")
+    model.save(out / TEACHER_CHECKPOINT, include_optimizer=False)
+    return out
+
+
+def _config(**top):
+    student = {"weights": "none", "epochs": 1, "batch_size": 16}
+    return load_config(REPO / "configs" / "fast.yaml", TINY, {"student": student, **top})
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as fh:
+        fh["model_weights"].visititems(
+            lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
+    return out
+
+
+# ======================================================================================
+# The input pipeline
+# ======================================================================================
+
+
+def _batches(dataset_dir, config, count=12):
+    """The first ``count`` batches of the repeated training stream (more than one epoch of it)."""
+    from mobiletag.data.pipeline import make_dataset
+
+    ds = make_dataset(
+        dataset_dir, "train", image_sizes=[32], batch_size=8, training=True, num_classes=6, config=config, repeat=True
+    )
+    return [(x.numpy(), s.numpy(), y.numpy()) for (x, s), y in ds.take(count)]
+
+
+def test_reproducible_pipeline_yields_the_same_batches_in_the_same_order(sharded_dir):
+    config = _config(reproducible=True)
+    first, second = _batches(sharded_dir, config), _batches(sharded_dir, config)
+    assert len(first) == len(second) == 12
+    for (x1, s1, y1), (x2, s2, y2) in zip(first, second):
+        assert x1.tobytes() == x2.tobytes() and np.array_equal(s1, s2) and np.array_equal(y1, y2)
+    other = _batches(sharded_dir, config.replace(seed=config.seed + 1))
+    assert not np.array_equal(np.concatenate([s for _, s, _ in first]), np.concatenate([s for _, s, _ in other]))
+    assert first[0][0].tobytes() != other[0][0].tobytes()
+
+
+def test_the_switch_is_the_datasets_determinism_option(sharded_dir):
+    from mobiletag.data.pipeline import make_dataset
+
+    def options(config, training):
+        ds = make_dataset(
+            sharded_dir, "train", image_sizes=[32], batch_size=8, training=training, num_classes=6, config=config
+        )
+        return ds.options().deterministic
+
+    assert options(_config(reproducible=True), True) is True
+    assert options(_config(reproducible=False), True) is False  # parallel reads and decodes may run ahead
+    assert options(_config(reproducible=False), False) is True  # evaluation order is always the file order
+
+
+# ======================================================================================
+# A real stage, twice
+# ======================================================================================
+
+
+def _student(config, dataset_dir, teacher_dir, out):
+    from mobiletag.stages import train_student
+
+    result = train_student.run(config, dataset_dir, teacher_dir, out)
+    return result, _weights(out / "student_best.h5"), json.loads((out / "student_metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, random_teacher_dir, tmp_path):
+    config = _config(reproducible=True)
+    assert not op_determinism_enabled()
+    one, w1, m1 = _student(config, sharded_dir, random_teacher_dir, tmp_path / "one")
+    assert not op_determinism_enabled()  # the stage put the process state back
+    two, w2, m2 = _student(config, sharded_dir, random_teacher_dir, tmp_path / "two")
+    assert one.metrics["epochs"] == two.metrics["epochs"] == 1
+    assert w1.keys() == w2.keys() and len(w1) > 100
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)  # every weight, bit for bit
+    assert one.metrics["val_map"] == two.metrics["val_map"] and 0.0 < one.metrics["val_map"] <= 1.0
+    assert m1["history"] == m2["history"]  # training loss and val mAP of every epoch
+    # (another seed gives other batches: test_reproducible_pipeline_yields_the_same_batches_in_the_same_order)
+
+
+def test_reproducible_scope_sets_seeds_and_op_determinism_and_restores_it():
+    from mobiletag.stages.common import reproducibility
+
+    config = _config(reproducible=True)
+    assert not op_determinism_enabled()
+    with reproducibility(config) as on:
+        assert on and op_determinism_enabled()
+        a = tf.random.uniform([3]).numpy()  # seeded: allowed under op determinism
+    assert not op_determinism_enabled()
+    with reproducibility(config):
+        b = tf.random.uniform([3]).numpy()
+    assert np.array_equal(a, b)
+    with reproducibility(config.replace(reproducible=False)) as on:
+        assert not on and not op_determinism_enabled()
+        assert np.array_equal(tf.random.uniform([3]).numpy(), a)  # the seed is set either way
+
+
+# ======================================================================================
+# The quality gate: margin over the published model, distillation gain
+# ======================================================================================
+
+
+def _folder(root: Path, name: str, map_macro: float, distillation: dict | None = None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    metrics: dict = {"test": {"map_macro": map_macro, "f1_micro": 0.8}}
+    if distillation is not None:
+        metrics["distillation"] = distillation
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "model_qat_int8.tflite").write_bytes(b"model")
+    return folder
+
+
+def _latest(uri: Path) -> str:
+    return (uri / LATEST).read_text().strip()
+
+
+def test_min_improvement_promotes_only_a_gain_above_the_margin(tmp_path):
+    uri = tmp_path / "published"
+    gate = GateConfig(require_improvement=True, min_improvement=0.02)
+    first = publish(_folder(tmp_path, "one", 0.50), str(uri), "run-1", gate)
+    assert first.promoted  # nothing published yet: nothing to beat
+
+    noise = publish(_folder(tmp_path, "two", 0.515), str(uri), "run-2", gate)
+    assert not noise.promoted and _latest(uri) == first.version
+    (reason,) = noise.gate.reasons
+    assert "test map_macro 0.5150 does not beat 0.5000" in reason
+    assert "gate.min_improvement = 0.02 (gain +0.0150)" in reason
+    assert "lower gate.min_improvement, or set gate.require_improvement: false" in reason
+    stored = json.loads((uri / noise.version / "gate.json").read_text())
+    assert stored["passed"] is False and stored["min_improvement"] == 0.02 and stored["previous_value"] == 0.5
+
+    exactly = publish(_folder(tmp_path, "three", 0.52), str(uri), "run-3", gate)  # 0.52 - 0.50 == 0.02
+    assert exactly.promoted and exactly.gate.previous_value == 0.50 and _latest(uri) == exactly.version
+
+
+def test_without_a_margin_any_gain_passes_and_a_tie_does_not(tmp_path):
+    uri = tmp_path / "published"
+    gate = GateConfig(require_improvement=True)
+    assert gate.min_improvement == 0.0
+    publish(_folder(tmp_path, "one", 0.50), str(uri), "run-1", gate)
+    tie = check_gate({"test": {"map_macro": 0.50}}, gate, str(uri))
+    assert not tie.passed and tie.reasons[0].endswith("(gate.require_improvement)")
+    assert check_gate({"test": {"map_macro": 0.5001}}, gate, str(uri)).passed
+    # the margin applies only with require_improvement
+    assert check_gate({"test": {"map_macro": 0.40}}, GateConfig(min_improvement=0.5), str(uri)).passed
+
+
+def _block(shipped: str) -> dict:
+    def figures(m: float) -> dict:
+        return {"map_macro": m, "map_micro": m, "f1_macro": m, "f1_micro": m}
+
+    better = "distilled" if shipped == "distilled" else "baseline"
+    return {
+        "shipped": shipped,
+        "reason": f"{better} has the better validation macro mAP",
+        "students": {
+            "distilled": {"val": figures(0.61 if shipped == "distilled" else 0.46), "test": figures(0.6)},
+            "baseline": {"val": figures(0.55 if shipped == "distilled" else 0.62), "test": figures(0.6)},
+        },
+        "test_difference": {"map_macro": 0.0, "low": -0.05, "high": 0.05},
+    }
+
+
+def test_require_distillation_gain(tmp_path):
+    uri = str(tmp_path / "published")
+    gate = GateConfig(require_distillation_gain=True)
+    assert not GateConfig().require_distillation_gain  # off by default
+
+    distilled = check_gate({"test": {"map_macro": 0.6}, "distillation": _block("distilled")}, gate, uri)
+    assert distilled.passed and distilled.reasons == []
+
+    baseline = check_gate({"test": {"map_macro": 0.6}, "distillation": _block("baseline")}, gate, uri)
+    (reason,) = baseline.reasons
+    assert not baseline.passed
+    assert "the shipped student is 'baseline', not the distilled one" in reason
+    assert "(validation macro mAP: distilled 0.4600, baseline 0.6200)" in reason
+    assert "baseline has the better validation macro mAP" in reason
+    assert "set gate.require_distillation_gain: false" in reason
+
+    (missing,) = check_gate({"test": {"map_macro": 0.6}}, gate, uri).reasons
+    assert "metrics.json has no 'distillation' block" in missing
+    assert "baseline_student=True" in missing and "mobiletag train --baseline-student" in missing
+    # without the key the block is not needed
+    assert check_gate({"test": {"map_macro": 0.6}}, GateConfig(), uri).passed
+
+
+def test_gate_keys_load_from_yaml_and_are_checked(tmp_path):
+    from mobiletag.errors import ConfigError
+
+    path = tmp_path / "gate.yaml"
+    path.write_text("reproducible: false\ngate: {require_improvement: true, min_improvement: 0.03}\n")
+    config = load_config(path)
+    assert not config.reproducible and config.gate.min_improvement == 0.03
+    path.write_text("gate: {min_improvement: -0.01}\n")
+    with pytest.raises(ConfigError, match=r"'gate.min_improvement' is -0.01; it must be between 0.0 and 1.0"):
+        load_config(path)
+    path.write_text("gate: {require_distillation_gain: 1}\n")
+    with pytest.raises(ConfigError, match=r"'gate.require_distillation_gain' must be true or false"):
+        load_config(path)
+    assert dataclasses.asdict(load_config())["reproducible"] is True
