@@ -25,7 +25,7 @@ from mobiletag.stages.common import (
     TEACHER_CHECKPOINT,
     StageResult,
     dataset_facts,
-    seed_everything,
+    reproducibility,
     steps_per_epoch,
     write_json,
 )
@@ -85,14 +85,18 @@ def run(
     run_id: str = "",
     expected_gpus: int = 0,
     devices: list[str] | None = None,
+    task: str = TASK,
 ) -> StageResult:
-    """Distil the student; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/train-student``."""
+    """Distil the student; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/<task>``.
+
+    With ``student.alpha`` 1 this is the baseline student: hard labels only, no teacher loaded
+    or run (``task`` then names its own backup folder, e.g. ``train-student-baseline``, so the two
+    students of a run never share one)."""
     started = time.perf_counter()
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config)
-    backup = Backup(backup_prefix(backup_uri, run_id, TASK))
-    with training_devices(config.multi_gpu, expected_gpus, devices) as dev:
+    backup = Backup(backup_prefix(backup_uri, run_id, task))
+    with reproducibility(config), training_devices(config.multi_gpu, expected_gpus, devices) as dev:
         return _train(config, dataset_dir, teacher_dir, out, dev, backup, started)
 
 
@@ -111,14 +115,14 @@ def _train(
     resumed = backup.restore()
     teacher_size = config.teacher.image_size
     lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
+    distil = cfg.alpha < 1.0
     log.info(
-        "student: %s at %d px distilled from the teacher at %d px (alpha %.2f, T %.1f), %d replica(s), %s, XLA %s, "
-        "learning rate %.3g (batch %d, reference %d)%s",
+        "student: %s at %d px %s, %d replica(s), %s, XLA %s, learning rate %.3g (batch %d, reference %d)%s",
         cfg.architecture,
         cfg.image_size,
-        teacher_size,
-        cfg.alpha,
-        cfg.temperature,
+        f"distilled from the teacher at {teacher_size} px (alpha {cfg.alpha:.2f}, T {cfg.temperature:.1f})"
+        if distil
+        else "on the labels alone (alpha 1: no teacher)",
         dev.strategy.num_replicas_in_sync,
         dev.policy,
         "on" if dev.jit_compile else "off",
@@ -127,7 +131,7 @@ def _train(
         cfg.reference_batch_size,
         ", resuming from a backup" if resumed else "",
     )
-    sizes = [teacher_size, cfg.image_size]
+    sizes = [teacher_size, cfg.image_size] if distil else [cfg.image_size]
     train_ds, val_ds = train_and_val(
         dataset_dir,
         config,
@@ -141,7 +145,7 @@ def _train(
     checkpoint = work / CHECKPOINT
     total = cfg.epochs * steps
     with dev.strategy.scope():
-        teacher = load_teacher(teacher_dir, dev.policy)
+        teacher = load_teacher(teacher_dir, dev.policy) if distil else None
         student = build_student_for(config, facts.num_classes)
         trainer = Trainer(
             student,
