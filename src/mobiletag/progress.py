@@ -7,7 +7,7 @@ too) to a log file, and passes each line through a :class:`ConsoleFilter` that k
 
 - stage start and end (kfp.local's ``Executing task`` / ``Task ... finished``, or the in-process
   runner's ``=== stage ... ===``), with the stage's seconds;
-- one line per epoch (``training/fit.py``'s ``<name> epoch N: ... val_map=... (S s, R img/s)``);
+- one line per epoch (``training/fit.py``'s ``<name> epoch N/M: ... val_map=... (S s, R img/s, about L s left)``);
 - the result line of each stage (validation mAP, export, thresholds, test metrics);
 - warnings and errors of mobiletag's own code.
 
@@ -50,7 +50,7 @@ _STAGE_START = re.compile(r"^=== stage (?P<task>\S+) ===$")
 _STAGE_END = re.compile(r"^=== stage (?P<task>\S+) done in (?P<seconds>[\d.]+) s ===$")
 # training/fit.py's EpochLog
 EPOCH = re.compile(
-    r"^(?P<name>.+?) epoch (?P<epoch>\d+)(?:/(?P<epochs>\d+))?: (?P<metrics>.*)\((?P<seconds>[\d.]+) s, [\d.]+ img/s\)$"
+    r"^(?P<name>.+?) epoch (?P<epoch>\d+)(?:/(?P<epochs>\d+))?: (?P<metrics>.*)\((?P<seconds>[\d.]+) s, [\d.]+ img/s(?:, about \d+ s left)?\)$"
 )
 # each stage's result line (stages/*, data/tfrecords.py)
 RESULTS = re.compile(

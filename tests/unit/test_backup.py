@@ -440,7 +440,7 @@ def test_killed_student_resumes_from_gcs_and_runs_stay_apart(gcs, tfrecord_dir, 
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if "student epoch 2:" in line:
+        if "student epoch 2/" in line:
             proc.send_signal(signal.SIGKILL)
             break
         assert time.time() < deadline, "".join(seen[-20:])
@@ -455,7 +455,7 @@ def test_killed_student_resumes_from_gcs_and_runs_stay_apart(gcs, tfrecord_dir, 
     args, env = command("pod-2", "run-2")
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert epoch_lines(second.stdout)[0].startswith("student epoch 1:"), epoch_lines(second.stdout)
+    assert epoch_lines(second.stdout)[0].startswith("student epoch 1/"), epoch_lines(second.stdout)
     assert {o.name: o.generation for o in storage.list_prefix(f"{backup_uri}/run-1")} == run1
     assert storage.list_prefix(f"{backup_uri}/run-2") == []  # a finished run removes its own backup
 
@@ -463,7 +463,7 @@ def test_killed_student_resumes_from_gcs_and_runs_stay_apart(gcs, tfrecord_dir, 
     args, env = command("pod-3", "run-1")
     third = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert epoch_lines(third.stdout)[0].startswith("student epoch 3:"), epoch_lines(third.stdout)
+    assert epoch_lines(third.stdout)[0].startswith("student epoch 3/"), epoch_lines(third.stdout)
     assert "STAGE DONE" in third.stdout
     assert (tmp_path / "pod-3" / "student" / "student_best.h5").is_file()
     left = {o.name for o in storage.list_prefix(backup_uri)}

@@ -121,7 +121,7 @@ def test_this_process_keeps_our_stage_lines_warnings_and_kfp_retries():
 03:20:01 INFO mobiletag.stages.train_student: student: efficientnet-lite1 at 64 px distilled from the teacher
 03:20:02 WARNING tensorflow: Compiled the loaded model, but the compiled metrics have yet to be built.
 03:20:03 WARNING absl: Found untraced functions
-03:20:10 INFO mobiletag.training.fit: student epoch 1: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s)
+03:20:10 INFO mobiletag.training.fit: student epoch 1/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s, about 63 s left)
 03:20:11 WARNING mobiletag.data.dataset: 2 image(s) are shared between splits; test figures will be optimistic
 03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)
 Traceback (most recent call last):
@@ -133,7 +133,7 @@ Traceback (most recent call last):
     texts = [s[9:] if s[0].isdigit() else s for s in kept(stream, console)]
     assert texts == [
         "stage train_student started",
-        "    student epoch 1: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s)",
+        "    student epoch 1/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s, about 63 s left)",
         "    WARNING: 2 image(s) are shared between splits; test figures will be optimistic",
         "    student: validation mAP 0.9000 (epoch 1)",
         "Task train-student failed (attempt 1/4). Retrying in 60.0s...",

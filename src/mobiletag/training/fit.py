@@ -273,12 +273,15 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch (for KFP logs, where progress bars are noise) and throughput."""
+    """One log line per epoch (for KFP logs, where progress bars are noise): the epoch of how many,
+    the losses and validation mAP, throughput and the time the remaining epochs would take at the
+    median epoch's pace (early stopping can end sooner)."""
 
-    def __init__(self, name: str, images_per_epoch: int) -> None:
+    def __init__(self, name: str, images_per_epoch: int, epochs: int) -> None:
         super().__init__()
         self.name = name
         self.images_per_epoch = images_per_epoch
+        self.epochs = epochs
         self.epoch_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -288,13 +291,16 @@ class EpochLog(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._start
         self.epoch_seconds.append(seconds)
         shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
+        left = (self.epochs - epoch - 1) * float(np.median(self.epoch_seconds))
         log.info(
-            "%s epoch %d: %s (%.1f s, %.1f img/s)",
+            "%s epoch %d/%d: %s (%.1f s, %.1f img/s%s)",
             self.name,
             epoch + 1,
+            self.epochs,
             shown,
             seconds,
             self.images_per_epoch / max(seconds, 1e-9),
+            f", about {left:.0f} s left" if epoch + 1 < self.epochs else "",
         )
 
 
@@ -342,7 +348,7 @@ def fit(
     if done is not None and done.is_file():
         log.info("%s: finished before a restart (%s); not trained again", name, done.name)
         return FitResult(**json.loads(done.read_text()))
-    epoch_log = EpochLog(name, steps_per_epoch * batch_size)
+    epoch_log = EpochLog(name, steps_per_epoch * batch_size, epochs)
     resuming = backup_dir is not None and Path(backup_dir).exists()
     best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming)
     # first: an epoch whose loss is not finite stops before anything of it is validated or saved
