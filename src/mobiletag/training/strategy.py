@@ -49,16 +49,33 @@ def get_strategy(cfg: MultiGpuConfig, devices: list[str] | None = None) -> tf.di
     """MirroredStrategy over all GPUs when enabled and more than one is visible, else default.
 
     ``devices`` forces a MirroredStrategy over the named devices (tests use two logical CPUs).
+    One MirroredStrategy per device set and process (:func:`_mirrored`).
     """
     if devices:
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored(tuple(devices))
     gpus = tf.config.list_physical_devices("GPU")
     if cfg.enabled and len(gpus) > 1:
-        strategy = tf.distribute.MirroredStrategy()
+        strategy = _mirrored(None)
         log.info("MirroredStrategy over %d GPUs", strategy.num_replicas_in_sync)
         return strategy
     log.info("single device (%s)", "GPU" if gpus else "CPU")
     return tf.distribute.get_strategy()
+
+
+_MIRRORED: dict[tuple[str, ...] | None, tf.distribute.MirroredStrategy] = {}
+
+
+def _mirrored(devices: tuple[str, ...] | None) -> tf.distribute.MirroredStrategy:
+    """The process's MirroredStrategy over ``devices`` (None: every GPU), created once.
+
+    A second MirroredStrategy in a process numbers its all-reduces from the same instance keys as
+    the first, and its first training step then fails with "Shape mismatch in the collective
+    instance 100" (tensorflow#62790): the teacher and then the student in one process (the
+    in-process runner on a multi-GPU workstation) must share one.
+    """
+    if devices not in _MIRRORED:
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices) if devices else None)
+    return _MIRRORED[devices]
 
 
 def set_precision(cfg: MultiGpuConfig) -> str:
