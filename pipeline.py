@@ -13,7 +13,9 @@ from components.promote import promote
 from components.publish import publish
 from components.quantize import quantize
 from components.resolve_config import resolve_config
+from components.select_student import select_student
 from components.train_student import train_student
+from components.train_student_baseline import train_student_baseline
 from components.train_teacher import train_teacher
 from kfp import compiler, dsl, kubernetes
 
@@ -41,6 +43,8 @@ TIMEOUTS = {
     "prepare-dataset": 6 * HOUR,
     "train-teacher": 48 * HOUR,
     "train-student": 48 * HOUR,
+    "train-student-baseline": 48 * HOUR,
+    "select-student": 1 * HOUR,
     "quantize": 48 * HOUR,
     "export-tflite": 2 * HOUR,
     "optimize-thresholds": 2 * HOUR,
@@ -100,6 +104,7 @@ def mobiletag_pipeline(
     backup_uri: str = "",
     teacher_gpus: int = 4,
     student_gpus: int = 4,
+    baseline_student: bool = True,
     gpu_node_pool: str = "gpu-pool",
     gpu_accelerator: str = "nvidia-tesla-t4",
     teacher_cpu: str = TRAINING_CPU,
@@ -122,12 +127,13 @@ def mobiletag_pipeline(
         backup_uri: Prefix (gs://) for training backups, so a preempted step resumes; empty: no backups.
         teacher_gpus: GPUs for the teacher step (MirroredStrategy over all of them).
         student_gpus: GPUs for the student step (QAT gets one GPU when this is above 0).
+        baseline_student: Also train the student without the teacher (alpha = 1) in its own step, in parallel with the distilled one (same GPUs and resources), and ship whichever has the better validation mAP; metrics.json gets a "distillation" block. False: that step trains nothing and requests no GPU.
         gpu_node_pool: GKE node pool of the GPU nodes (empty: any node).
         gpu_accelerator: GKE accelerator label of that pool, e.g. nvidia-tesla-t4, nvidia-l4 (empty: any).
         teacher_cpu: CPU request of the teacher step (Kubernetes quantity, e.g. 14 or 44 on a g2-standard-48).
         teacher_memory: Memory request of the teacher step (e.g. 48Gi, or 160Gi on a g2-standard-48).
-        student_cpu: CPU request of the student step.
-        student_memory: Memory request of the student step.
+        student_cpu: CPU request of the student step (and of the baseline student's).
+        student_memory: Memory request of the student step (and of the baseline student's).
         qat_cpu: CPU request of the QAT step (one GPU).
         qat_memory: Memory request of the QAT step.
     """
@@ -138,6 +144,9 @@ def mobiletag_pipeline(
         gpu_accelerator=gpu_accelerator,
         teacher_gpus=teacher_gpus,
         student_gpus=student_gpus,
+        baseline_student=baseline_student,
+        student_cpu=student_cpu,
+        student_memory=student_memory,
     ).set_display_name("resolve config")
     _on_cpu(configs, cpu="1", memory="1Gi")
     configs.set_caching_options(False)  # re-read config.yaml and fingerprint the dataset on every run
@@ -167,10 +176,37 @@ def mobiletag_pipeline(
     ).set_display_name("train student")
     _on_gpu_pool(student, configs.outputs["student_gpu_limit"], node_selector, student_cpu, student_memory)
 
+    # Does the teacher pay for itself? The same student without it (alpha = 1), beside the distilled one.
+    # Always in the DAG, trained only when baseline_student is true: a dsl.If branch cannot hand
+    # its artifact to select-student on our minimum backend (2.5.0): dsl.OneOf of artifacts needs
+    # 2.17.0 (earlier drivers resolve it to the last branch's task, run or not). When off, resolve-config
+    # gives this step no GPU, no node selector and a small CPU request (select_student.baseline_resources).
+    baseline = train_student_baseline(
+        dataset=data.outputs["dataset"],
+        teacher=teacher.outputs["model"],
+        config_json=configs.outputs["train_student"],
+        enabled=baseline_student,
+        backup_uri=backup_uri,
+        gpus=student_gpus,
+    ).set_display_name("train student baseline (no teacher)")
+    _on_gpu_pool(
+        baseline,
+        configs.outputs["baseline_gpu_limit"],
+        configs.outputs["baseline_node_selector"],
+        configs.outputs["baseline_cpu"],
+        configs.outputs["baseline_memory"],
+    )
+
+    selected = select_student(
+        distilled=student.outputs["model"],
+        baseline=baseline.outputs["model"],
+    ).set_display_name("select student (validation mAP)")
+    _on_cpu(selected, cpu="1", memory="2Gi")
+
     qat = quantize(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
-        student=student.outputs["model"],
+        student=selected.outputs["model"],
         config_json=configs.outputs["quantize"],
         backup_uri=backup_uri,
         gpus=configs.outputs["qat_gpus"],
@@ -194,7 +230,9 @@ def mobiletag_pipeline(
     evaluation = evaluate(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
-        student=student.outputs["model"],
+        student=selected.outputs["model"],
+        distilled_student=student.outputs["model"],
+        baseline_student=baseline.outputs["model"],
         tflite_model=exported.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
     ).set_display_name("evaluate")
@@ -202,7 +240,7 @@ def mobiletag_pipeline(
 
     output = bundle(
         teacher=teacher.outputs["model"],
-        student=student.outputs["model"],
+        student=selected.outputs["model"],
         qat_model=qat.outputs["model"],
         tflite_model=exported.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],

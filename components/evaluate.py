@@ -8,6 +8,8 @@ def evaluate(
     dataset: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Model],
     student: dsl.Input[dsl.Model],
+    distilled_student: dsl.Input[dsl.Model],
+    baseline_student: dsl.Input[dsl.Model],
     tflite_model: dsl.Input[dsl.Model],
     thresholds: dsl.Input[dsl.Artifact],
     evaluation: dsl.Output[dsl.Artifact],
@@ -20,17 +22,28 @@ def evaluate(
     Args:
         dataset: TFRecords (test split).
         teacher: The float teacher, for comparison.
-        student: The float student, for comparison.
+        student: The float student that shipped (select-student: its checkpoint and selection.json), for comparison.
+        distilled_student: The distilled student, for the "distillation" block.
+        baseline_student: The student trained without the teacher (baseline_skipped.json only when it was off).
         tflite_model: The exported INT8 model.
         thresholds: threshold_recommendation.json.
-        evaluation: metrics.json and report.md.
+        evaluation: metrics.json (with the "distillation" block: both students, the test difference) and report.md.
         metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.
         roc: Micro-averaged ROC curve of the INT8 model on the test split.
         report: Per-class table of AP, precision, recall, F1 and threshold.
     """
     from mobiletag.stages import evaluate as stage
 
-    result = stage.run(dataset.path, teacher.path, student.path, tflite_model.path, thresholds.path, evaluation.path)
+    result = stage.run(
+        dataset.path,
+        teacher.path,
+        student.path,
+        tflite_model.path,
+        thresholds.path,
+        evaluation.path,
+        distilled_dir=distilled_student.path,
+        baseline_dir=baseline_student.path,
+    )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     curve = result.details["roc"]

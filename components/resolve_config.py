@@ -13,6 +13,9 @@ def resolve_config(
     gpu_accelerator: str,
     teacher_gpus: int,
     student_gpus: int,
+    baseline_student: bool,
+    student_cpu: str,
+    student_memory: str,
     config: dsl.Output[dsl.Artifact],
 ) -> NamedTuple(
     "StageConfigs",
@@ -30,6 +33,10 @@ def resolve_config(
         ("student_gpu_limit", str),
         ("qat_gpus", int),
         ("qat_gpu_limit", str),
+        ("baseline_gpu_limit", str),
+        ("baseline_node_selector", dict),
+        ("baseline_cpu", str),
+        ("baseline_memory", str),
     ],
 ):
     """Merges the default config, the dataset's config.yaml and the run's overrides; fingerprints the dataset.
@@ -41,6 +48,9 @@ def resolve_config(
         gpu_accelerator: GKE accelerator label of that pool (empty: no accelerator selector).
         teacher_gpus: GPUs for the teacher step.
         student_gpus: GPUs for the student step (QAT gets one when this is above 0).
+        baseline_student: Whether the baseline student (alpha = 1) is trained; false: its step gets no GPU.
+        student_cpu: CPU request of the student step (the baseline's too when it is trained).
+        student_memory: Memory request of the student step (the baseline's too when it is trained).
         config: The merged configuration as YAML, for the record.
 
     Returns:
@@ -48,12 +58,15 @@ def resolve_config(
         prepare_dataset, so a change of the data is a cache miss), the GPU node selector and the GPU limits.
     """
     from mobiletag.stages import resolve_config as stage
+    from mobiletag.stages.select_student import baseline_resources
 
     result = stage.run(data_uri, config_overrides)
     with open(config.path, "w", encoding="utf-8") as fh:
         fh.write(result["full"])
     config.metadata["data_fingerprint"] = result["data_fingerprint"]
     gpus = stage.gpu_limits(teacher_gpus, student_gpus)
+    node_selector = stage.gpu_node_selector(gpu_node_pool, gpu_accelerator)
+    baseline = baseline_resources(baseline_student, student_gpus, node_selector, student_cpu, student_memory)
     from collections import namedtuple
 
     stages = [
@@ -66,10 +79,15 @@ def resolve_config(
         "publish",
     ]
     gpu_fields = ["teacher_gpu_limit", "student_gpu_limit", "qat_gpus", "qat_gpu_limit"]
-    outputs = namedtuple("StageConfigs", [*stages, "data_fingerprint", "gpu_node_selector", *gpu_fields])
+    baseline_fields = ["gpu_limit", "node_selector", "cpu", "memory"]
+    outputs = namedtuple(
+        "StageConfigs",
+        [*stages, "data_fingerprint", "gpu_node_selector", *gpu_fields, *[f"baseline_{f}" for f in baseline_fields]],
+    )
     return outputs(
         *[result[s] for s in stages],
         result["data_fingerprint"],
-        stage.gpu_node_selector(gpu_node_pool, gpu_accelerator),
+        node_selector,
         *[gpus[f] for f in gpu_fields],
+        *[baseline[f] for f in baseline_fields],
     )

@@ -90,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 work_dir=args.work_dir,
                 keep_work=args.work_dir is not None,
                 output_uri=args.output_uri,
+                baseline_student=args.baseline_student,
             )
         else:
             from mobiletag.kfp_run import run_local
@@ -102,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 runner=args.runner,
                 work_dir=args.work_dir,
                 output_uri=args.output_uri or "",
+                baseline_student=args.baseline_student,
             )
     out = Path(args.out_dir)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -115,6 +117,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}\n"
         f"log:     {log_path}"
     )
+    if block := metrics.get("distillation"):
+        line = f"student: {block['shipped']} shipped ({block['reason']})"
+        if diff := block.get("test_difference"):
+            low, high = diff["ci"]
+            line += f"; test macro mAP distilled - baseline {diff['value']:+.4f} (95% {low:+.4f} to {high:+.4f})"
+        print(line)
     return 0
 
 
@@ -159,6 +167,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "student_gpus": args.student_gpus,
         "gpu_node_pool": args.gpu_node_pool,
         "gpu_accelerator": args.gpu_accelerator,
+        "baseline_student": args.baseline_student,
         **{name: getattr(args, name) for name in RESOURCE_PARAMETERS},
     }
     params = run_parameters(given, dict(os.environ))
@@ -324,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         "in this process (fastest, no kfp)",
     )
     p.add_argument(
+        "--baseline-student",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the student without the teacher (student.alpha 1) and ship the one with the better "
+        'validation mAP; metrics.json\'s "distillation" block compares them (default: on; '
+        "--no-baseline-student saves that training)",
+    )
+    p.add_argument(
         "--log-file",
         default=None,
         help="where the full output goes (kfp.local, TensorFlow, every stage); default <out-dir>.log beside the "
@@ -433,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-gpus", help="GPUs for the student; default $MOBILETAG_STUDENT_GPUS or 4")
     p.add_argument("--gpu-node-pool", help="GKE node pool; default $MOBILETAG_GPU_NODE_POOL")
     p.add_argument("--gpu-accelerator", help="GKE accelerator label; default $MOBILETAG_GPU_ACCELERATOR")
+    p.add_argument(
+        "--baseline-student",
+        choices=("true", "false"),
+        help="also train the student without the teacher and ship the better one on validation; default "
+        "$MOBILETAG_BASELINE_STUDENT or true",
+    )
     for step in ("teacher", "student", "qat"):
         p.add_argument(
             f"--{step}-cpu",

@@ -54,6 +54,7 @@ def run_local(
     work_dir: str | None = None,
     gpus: int = 0,
     output_uri: str = "",
+    baseline_student: bool = True,
 ) -> Path:
     """Run the pipeline function with kfp.local and copy its output folder to out_dir.
 
@@ -85,6 +86,7 @@ def run_local(
             student_gpus=gpus,
             gpu_node_pool="",
             gpu_accelerator="",
+            baseline_student=baseline_student,
         )
     except RuntimeError as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names
@@ -124,8 +126,11 @@ PARAMETER_ENV = {
     "student_memory": "MOBILETAG_STUDENT_MEMORY",
     "qat_cpu": "MOBILETAG_QAT_CPU",
     "qat_memory": "MOBILETAG_QAT_MEMORY",
+    "baseline_student": "MOBILETAG_BASELINE_STUDENT",
 }
 INT_PARAMETERS = ("teacher_gpus", "student_gpus")
+BOOL_PARAMETERS = ("baseline_student",)
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # Kubernetes quantities, passed as text (the pipeline's string parameters); empty = the default
 RESOURCE_PARAMETERS = ("teacher_cpu", "teacher_memory", "student_cpu", "student_memory", "qat_cpu", "qat_memory")
 
@@ -140,9 +145,13 @@ def run_parameters(given: dict[str, str | None], env: dict[str, str]) -> dict[st
         value = given.get(name)
         if value is None:
             value = env.get(variable)
-        if value is None or (value == "" and name in (*INT_PARAMETERS, *RESOURCE_PARAMETERS)):
+        if value is None or (value == "" and name in (*INT_PARAMETERS, *RESOURCE_PARAMETERS, *BOOL_PARAMETERS)):
             continue
-        if name in INT_PARAMETERS:
+        if name in BOOL_PARAMETERS:
+            if str(value).strip().lower() not in _BOOLEANS:
+                raise PipelineRunError(f"{name} (flag or {variable}) is {value!r}; it must be true or false")
+            params[name] = _BOOLEANS[str(value).strip().lower()]
+        elif name in INT_PARAMETERS:
             try:
                 params[name] = int(value)
             except ValueError as exc:

@@ -31,7 +31,10 @@ def run_pipeline(
     work_dir: str | Path | None = None,
     keep_work: bool = False,
     output_uri: str | None = None,
+    baseline_student: bool = True,
 ) -> dict[str, StageResult]:
+    """The pipeline's stages in this process, in pipeline.py's order (``baseline_student``: also
+    train the student without the teacher and ship the one with the better validation mAP)."""
     from mobiletag.data.dataset import index_dataset
     from mobiletag.data.tfrecords import build_tfrecords
     from mobiletag.stages import (
@@ -40,13 +43,27 @@ def run_pipeline(
         export_tflite,
         optimize_thresholds,
         quantize,
+        select_student,
         train_student,
         train_teacher,
     )
     from mobiletag.stages import publish as publish_stage
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mobiletag-run-"))
-    d = {name: work / name for name in ("dataset", "teacher", "student", "qat", "tflite", "thresholds", "evaluation")}
+    d = {
+        name: work / name
+        for name in (
+            "dataset",
+            "teacher",
+            "student",
+            "baseline",
+            "selected",
+            "qat",
+            "tflite",
+            "thresholds",
+            "evaluation",
+        )
+    }
     results: dict[str, StageResult] = {}
     timings: dict[str, float] = {}
 
@@ -82,22 +99,31 @@ def run_pipeline(
             d["student"],
         )
         stage(
+            "train_student_baseline",
+            partial(select_student.train_baseline, enabled=baseline_student, backup_uri=backup_uri, run_id=run_id),
+            config,
+            d["dataset"],
+            d["teacher"],
+            d["baseline"],
+        )
+        stage("select_student", select_student.run, d["student"], d["baseline"], d["selected"])
+        stage(
             "quantize",
             partial(quantize.run, backup_uri=backup_uri, run_id=run_id),
             config,
             d["dataset"],
             d["teacher"],
-            d["student"],
+            d["selected"],
             d["qat"],
         )
         stage("export_tflite", export_tflite.run, config, d["dataset"], d["qat"], d["tflite"])
         stage("optimize_thresholds", optimize_thresholds.run, config, d["dataset"], d["tflite"], d["thresholds"])
         stage(
             "evaluate",
-            evaluate.run,
+            partial(evaluate.run, distilled_dir=d["student"], baseline_dir=d["baseline"]),
             d["dataset"],
             d["teacher"],
-            d["student"],
+            d["selected"],
             d["tflite"],
             d["thresholds"],
             d["evaluation"],
@@ -106,7 +132,7 @@ def run_pipeline(
             "bundle",
             bundle.run,
             d["teacher"],
-            d["student"],
+            d["selected"],
             d["qat"],
             d["tflite"],
             d["thresholds"],

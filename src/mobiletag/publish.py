@@ -130,10 +130,11 @@ def distillation_refusal(metrics: dict[str, Any]) -> str | None:
     Reads ``metrics["distillation"]`` (written when the run also trained the baseline student
     without the teacher): ``shipped`` is ``"distilled"`` or ``"baseline"``, with ``reason``.
     """
-    block = metrics.get("distillation")
-    if not isinstance(block, dict):
+    block: dict[str, Any] = metrics.get("distillation") or {}
+    students = block.get("students")
+    if not isinstance(students, dict) or not students.get("baseline"):
         return (
-            f"{METRICS_FILE} has no 'distillation' block: this run trained no baseline student to compare the "
+            f"{METRICS_FILE} has no baseline student in its 'distillation' block: this run trained none to compare the "
             "distilled one with (gate.require_distillation_gain); run with the baseline student (pipeline "
             "parameter baseline_student=True, or `mobiletag train --baseline-student`), or set "
             "gate.require_distillation_gain: false"
@@ -142,11 +143,9 @@ def distillation_refusal(metrics: dict[str, Any]) -> str | None:
     if shipped == "distilled":
         return None
     figures = ""
-    students = block.get("students")
-    if isinstance(students, dict):
-        vals = {name: (students.get(name) or {}).get("val", {}).get("map_macro") for name in ("distilled", "baseline")}
-        if all(isinstance(v, (int, float)) for v in vals.values()):
-            figures = f" (validation macro mAP: distilled {vals['distilled']:.4f}, baseline {vals['baseline']:.4f})"
+    vals = {name: (students.get(name) or {}).get("val", {}).get("map_macro") for name in ("distilled", "baseline")}
+    if all(isinstance(v, (int, float)) for v in vals.values()):
+        figures = f" (validation macro mAP: distilled {vals['distilled']:.4f}, baseline {vals['baseline']:.4f})"
     why = f": {block['reason']}" if block.get("reason") else ""
     return (
         f"the shipped student is {shipped!r}, not the distilled one{figures}{why}; the teacher did not pay for "

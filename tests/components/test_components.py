@@ -24,7 +24,9 @@ from components.promote import promote
 from components.publish import publish
 from components.quantize import quantize
 from components.resolve_config import resolve_config
+from components.select_student import select_student
 from components.train_student import train_student
+from components.train_student_baseline import train_student_baseline
 from components.train_teacher import train_teacher
 
 pytestmark = pytest.mark.slow
@@ -51,6 +53,9 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         gpu_accelerator="nvidia-l4",
         teacher_gpus=0,
         student_gpus=0,
+        baseline_student=True,
+        student_cpu="14",
+        student_memory="48Gi",
         config=out(dsl.Artifact, "config.yaml"),
     )
     a["configs"] = configs
@@ -81,13 +86,30 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
             model=out(dsl.Model, "student"),
             metrics=out(dsl.Metrics, "student_metrics"),
         )
+        train_student_baseline.python_func(
+            dataset=a["dataset"],
+            teacher=a["teacher"],
+            config_json=configs.train_student,
+            enabled=True,
+            backup_uri=str(root / "backup"),
+            gpus=0,
+            model=out(dsl.Model, "baseline"),
+            metrics=out(dsl.Metrics, "baseline_metrics"),
+        )
     finally:
         del os.environ["MOBILETAG_RUN_ID"]
     assert not (root / "backup" / "run-1" / "train-student").exists()  # removed once the step finished
+    assert not (root / "backup" / "run-1" / "train-student-baseline").exists()
+    select_student.python_func(
+        distilled=a["student"],
+        baseline=a["baseline"],
+        model=out(dsl.Model, "selected"),
+        metrics=out(dsl.Metrics, "select_metrics"),
+    )
     quantize.python_func(
         dataset=a["dataset"],
         teacher=a["teacher"],
-        student=a["student"],
+        student=a["selected"],
         config_json=configs.quantize,
         backup_uri="",
         gpus=configs.qat_gpus,
@@ -111,7 +133,9 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
     evaluate.python_func(
         dataset=a["dataset"],
         teacher=a["teacher"],
-        student=a["student"],
+        student=a["selected"],
+        distilled_student=a["student"],
+        baseline_student=a["baseline"],
         tflite_model=a["tflite"],
         thresholds=a["thresholds"],
         evaluation=out(dsl.Artifact, "evaluation"),
@@ -121,7 +145,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
     )
     bundle.python_func(
         teacher=a["teacher"],
-        student=a["student"],
+        student=a["selected"],
         qat_model=a["qat"],
         tflite_model=a["tflite"],
         thresholds=a["thresholds"],
@@ -163,6 +187,27 @@ def test_resolve_config(run, sample_dir):
         0,
         "0",
     )
+    # the baseline student step: the student's resources (student_gpus 0 here)
+    assert (configs.baseline_gpu_limit, configs.baseline_cpu, configs.baseline_memory) == ("0", "14", "48Gi")
+    assert configs.baseline_node_selector == configs.gpu_node_selector
+
+
+def test_resolve_config_gives_an_idle_baseline_step_no_gpu(sample_dir, tmp_path):
+    configs = resolve_config.python_func(
+        data_uri=str(sample_dir),
+        config_overrides="",
+        gpu_node_pool="pool",
+        gpu_accelerator="nvidia-l4",
+        teacher_gpus=4,
+        student_gpus=4,
+        baseline_student=False,
+        student_cpu="14",
+        student_memory="48Gi",
+        config=artifact(dsl.Artifact, tmp_path / "config.yaml"),
+    )
+    assert configs.student_gpu_limit == "4" and configs.gpu_node_selector != {}
+    assert (configs.baseline_gpu_limit, configs.baseline_node_selector) == ("0", {})
+    assert (configs.baseline_cpu, configs.baseline_memory) == ("1", "1Gi")
 
 
 def test_resolve_config_rejects_a_negative_gpu_count(tmp_path):
@@ -176,6 +221,9 @@ def test_resolve_config_rejects_a_negative_gpu_count(tmp_path):
             gpu_accelerator="",
             teacher_gpus=4,
             student_gpus=-1,
+            baseline_student=True,
+            student_cpu="14",
+            student_memory="48Gi",
             config=artifact(dsl.Artifact, tmp_path / "config.yaml"),
         )
 
@@ -194,6 +242,7 @@ def test_training_components(run):
     for name, checkpoint, arch in (
         ("teacher", "teacher_best.h5", "efficientnet_b3"),
         ("student", "student_best.h5", "efficientnet_lite1"),
+        ("baseline", "student_best.h5", "efficientnet_lite1"),
     ):
         model = run[name]
         assert (Path(model.path) / checkpoint).is_file()
@@ -202,6 +251,85 @@ def test_training_components(run):
         metrics = run[f"{name}_metrics"].metadata
         assert 0 < metrics["val_map"] <= 1 and metrics["train_images_per_second"] > 0
     assert (Path(run["qat"].path) / "student_qat.h5").is_file()
+    # the baseline is the same student trained without the teacher
+    alphas = {
+        n: json.loads((Path(run[n].path) / "student_metrics.json").read_text())["alpha"]
+        for n in ("student", "baseline")
+    }
+    assert alphas == {"student": 0.7, "baseline": 1.0}
+    assert run["baseline"].metadata["trained"] is True
+
+
+def _val_map(run, name: str) -> float:
+    return json.loads((Path(run[name].path) / "student_metrics.json").read_text())["metrics"]["val_map"]
+
+
+def test_select_student_ships_the_better_validation_map(run):
+    distilled, baseline = _val_map(run, "student"), _val_map(run, "baseline")
+    shipped = "baseline" if baseline > distilled else "distilled"
+    selected = Path(run["selected"].path)
+    selection = json.loads((selected / "selection.json").read_text())
+    assert selection["shipped"] == shipped == run["selected"].metadata["shipped"]
+    assert selection["val_map"] == {"distilled": distilled, "baseline": baseline}
+    source = Path(run["student" if shipped == "distilled" else "baseline"].path)
+    assert (selected / "student_best.h5").read_bytes() == (source / "student_best.h5").read_bytes()
+    assert run["select_metrics"].metadata["baseline_shipped"] == (1.0 if shipped == "baseline" else 0.0)
+
+
+def _float_scores(run, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A float student's probabilities on a split, computed here, apart from the evaluate stage."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from mobiletag.export.inference_config import iter_eval_batches
+    from mobiletag.models.student import preprocess
+
+    model = keras.models.load_model(Path(run[name].path) / "student_best.h5", compile=False)
+    scores, labels = [], []
+    for batch in iter_eval_batches(run["dataset"].path, split, [model.input_shape[1]]):
+        logits = model(preprocess(tf.constant(batch.pixels[0], tf.float32)), training=False)
+        scores.append(tf.sigmoid(logits).numpy())
+        labels.append(batch.labels)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def test_distillation_block_against_a_direct_computation(run):
+    from mobiletag.training.metrics import mean_average_precision, micro_average_precision
+
+    block = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["distillation"]
+    selection = json.loads((Path(run["selected"].path) / "selection.json").read_text())
+    assert block["shipped"] == selection["shipped"] and block["reason"] == selection["reason"]
+    test = {}
+    for role, name in (("distilled", "student"), ("baseline", "baseline")):
+        for split in ("val", "test"):
+            scores, labels = _float_scores(run, name, split)
+            got = block["students"][role][split]
+            assert got["map_macro"] == pytest.approx(mean_average_precision(labels, scores), abs=2e-4), (role, split)
+            assert got["map_micro"] == pytest.approx(micro_average_precision(labels, scores), abs=2e-4), (role, split)
+            assert 0 <= got["f1_macro"] <= 1 and 0 <= got["f1_micro"] <= 1
+            assert got["num_images"] == len(labels)
+            test[role] = (scores, labels)
+    labels = test["distilled"][1]
+    expected = mean_average_precision(labels, test["distilled"][0]) - mean_average_precision(
+        labels, test["baseline"][0]
+    )
+    diff = block["test_difference"]
+    assert diff["value"] == pytest.approx(expected, abs=3e-4)
+    assert diff["ci"][0] <= diff["value"] <= diff["ci"][1] and diff["resamples_used"] > 900
+    assert "## Distillation" in Path(run["report.md"].path).read_text()
+
+
+def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(run):
+    """Issue 19 item 3. A constant score ranks nothing: its AP for a class is the class's prevalence."""
+    metrics = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())
+    _, labels = _float_scores(run, "selected", "test")
+    present = labels.sum(axis=0) > 0
+    constant_map = float(labels.mean(axis=0)[present].mean())
+    int8 = metrics["compare"]["student_int8"]["map_macro"]
+    assert int8 == metrics["test"]["map_macro"]
+    # tiny data (15 test images, 32 px): INT8 0.49 against a constant 0.26; float student 0.50
+    assert int8 >= constant_map + 0.15, (int8, constant_map)
+    assert abs(int8 - metrics["compare"]["student"]["map_macro"]) <= 0.02, (int8, metrics["compare"]["student"])
 
 
 def _training_call(component, run, root: Path, **given):
@@ -210,11 +338,14 @@ def _training_call(component, run, root: Path, **given):
     inputs = {"dataset": run["dataset"]}
     if component is not train_teacher:
         inputs["teacher"] = artifact(dsl.Model, root / "no-teacher")
+    if component is train_student_baseline:
+        given = {"enabled": True, **given}
     if component is quantize:
         inputs["student"] = artifact(dsl.Model, root / "no-student")
     stage_config = {
         train_teacher: configs.train_teacher,
         train_student: configs.train_student,
+        train_student_baseline: configs.train_student,
         quantize: configs.quantize,
     }
     return component.python_func(
@@ -226,7 +357,9 @@ def _training_call(component, run, root: Path, **given):
     )
 
 
-@pytest.mark.parametrize("component", [train_teacher, train_student, quantize], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "component", [train_teacher, train_student, train_student_baseline, quantize], ids=lambda c: c.name
+)
 def test_training_components_pass_gpus_and_run_id_to_the_stage(run, component, tmp_path, monkeypatch):
     """The stage is reached with expected_gpus and the run id of the pod's label (MOBILETAG_RUN_ID):
     it stops before training, at its checks."""

@@ -19,7 +19,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from ..conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline.yaml"
-TRAINING = {"train-teacher", "train-student"}
+TRAINING = {"train-teacher", "train-student", "train-student-baseline"}
 GPU_TASKS = TRAINING | {"quantize"}
 HOUR = 3600
 
@@ -137,11 +137,93 @@ def test_dag_order(compiled):
     assert deps["prepare-dataset"] == {"resolve-config"}
     assert deps["train-teacher"] == {"prepare-dataset", "resolve-config"}
     assert "train-teacher" in deps["train-student"]
-    assert {"train-student", "train-teacher"} <= deps["quantize"]
+    assert deps["train-student-baseline"] == {"prepare-dataset", "resolve-config", "train-teacher"}
+    assert deps["select-student"] == {"train-student", "train-student-baseline"}
+    assert {"select-student", "train-teacher"} <= deps["quantize"] and "train-student" not in deps["quantize"]
     assert "quantize" in deps["export-tflite"]
     assert "export-tflite" in deps["optimize-thresholds"]
     assert {"optimize-thresholds", "export-tflite"} <= deps["evaluate"]
     assert "evaluate" in deps["bundle"]
+    assert {"select-student", "train-student", "train-student-baseline"} <= deps["evaluate"]
+
+
+def _model_from(task: dict, name: str) -> dict:
+    return task["inputs"]["artifacts"][name]["taskOutputArtifact"]
+
+
+def test_the_better_student_goes_on_and_evaluate_sees_both(compiled):
+    """QAT, export (through QAT) and bundle take select-student's model; evaluate also gets both students."""
+    tasks = _tasks(compiled)
+    selected = {"outputArtifactKey": "model", "producerTask": "select-student"}
+    assert _model_from(tasks["select-student"], "distilled") == {
+        "outputArtifactKey": "model",
+        "producerTask": "train-student",
+    }
+    assert _model_from(tasks["select-student"], "baseline") == {
+        "outputArtifactKey": "model",
+        "producerTask": "train-student-baseline",
+    }
+    assert _model_from(tasks["quantize"], "student") == selected
+    assert _model_from(tasks["bundle"], "student") == selected
+    assert _model_from(tasks["evaluate"], "student") == selected
+    assert _model_from(tasks["evaluate"], "distilled_student")["producerTask"] == "train-student"
+    assert _model_from(tasks["evaluate"], "baseline_student")["producerTask"] == "train-student-baseline"
+    # the baseline trains from the same stage config as the distilled student (alpha is set to 1 in the step)
+    for task in ("train-student", "train-student-baseline"):
+        assert tasks[task]["inputs"]["parameters"]["config_json"] == {
+            "taskOutputParameter": {"outputParameterKey": "train_student", "producerTask": "resolve-config"}
+        }
+
+
+def test_baseline_student_is_a_parameter_and_off_it_asks_for_no_gpu(compiled):
+    """No dsl.If (a branch's artifact cannot reach select-student on backend 2.5.0): the step always runs,
+    trains only when enabled, and its GPU limit, node selector, CPU and memory come from resolve-config,
+    which gives it no GPU when baseline_student is false."""
+    from mobiletag.stages.select_student import baseline_resources
+
+    spec = compiled[0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["baseline_student"]["parameterType"] == "BOOLEAN"
+    assert params["baseline_student"]["defaultValue"] is True
+    tasks = _tasks(compiled)
+    assert "train-student-baseline" in spec["root"]["dag"]["tasks"]  # top level: not inside a condition
+    assert tasks["train-student-baseline"]["inputs"]["parameters"]["enabled"] == {
+        "componentInputParameter": "baseline_student"
+    }
+    resolve = tasks["resolve-config"]["inputs"]["parameters"]
+    for name in ("baseline_student", "student_cpu", "student_memory", "student_gpus"):
+        assert resolve[name] == {"componentInputParameter": name}
+    _, container = _executor(compiled, "train-student-baseline")
+    resources = container["resources"]
+    assert resources["resourceCpuRequest"] == "{{$.inputs.parameters['pipelinechannel--resolve-config-baseline_cpu']}}"
+    assert (
+        resources["resourceMemoryRequest"]
+        == "{{$.inputs.parameters['pipelinechannel--resolve-config-baseline_memory']}}"
+    )
+    platform = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    selector = platform[_executor(compiled, "train-student-baseline")[0]]["nodeSelector"]["nodeSelectorJson"]
+    assert selector == {
+        "taskOutputParameter": {"outputParameterKey": "baseline_node_selector", "producerTask": "resolve-config"}
+    }
+    off = baseline_resources(False, 4, {"cloud.google.com/gke-nodepool": "gpu-pool"}, "14", "48Gi")
+    assert off["gpu_limit"] == "0" and off["node_selector"] == {}  # no GPU, any (CPU) node
+    assert _quantity(off["cpu"]) <= 1 and _quantity(off["memory"]) <= 1
+
+
+def test_baseline_step_has_the_student_step_policy(compiled):
+    tasks = _tasks(compiled)
+    platform = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    student, baseline = (platform[_executor(compiled, t)[0]] for t in ("train-student", "train-student-baseline"))
+    assert tasks["train-student-baseline"]["retryPolicy"] == tasks["train-student"]["retryPolicy"]
+    assert baseline["activeDeadlineSeconds"] == student["activeDeadlineSeconds"]
+    assert baseline["tolerations"] == student["tolerations"] and baseline["emptyDirMounts"] == student["emptyDirMounts"]
+    assert baseline["fieldPathAsEnv"] == student["fieldPathAsEnv"]
+    student_res = _executor(compiled, "train-student")[1]["resources"]
+    baseline_res = _executor(compiled, "train-student-baseline")[1]["resources"]
+    assert baseline_res["accelerator"]["resourceType"] == student_res["accelerator"]["resourceType"]
+    assert tasks["train-student-baseline"]["inputs"]["parameters"]["backup_uri"] == {
+        "componentInputParameter": "backup_uri"
+    }
 
 
 def test_gpus_only_on_training_and_qat(compiled):
@@ -150,7 +232,12 @@ def test_gpus_only_on_training_and_qat(compiled):
         accelerator = container.get("resources", {}).get("accelerator")
         if task in GPU_TASKS:
             assert accelerator["resourceType"] == "nvidia.com/gpu"
-            limit = {"train-teacher": "teacher", "train-student": "student", "quantize": "qat"}[task] + "_gpu_limit"
+            limit = {
+                "train-teacher": "teacher",
+                "train-student": "student",
+                "train-student-baseline": "baseline",
+                "quantize": "qat",
+            }[task] + "_gpu_limit"
             assert (
                 accelerator["resourceCount"]
                 == f"{{{{$.inputs.parameters['pipelinechannel--resolve-config-{limit}']}}}}"
@@ -170,6 +257,7 @@ def test_training_steps_get_their_gpu_count_and_the_run_id_outside_the_cache_key
     for task, gpus in (
         ("train-teacher", {"componentInputParameter": "teacher_gpus"}),
         ("train-student", {"componentInputParameter": "student_gpus"}),
+        ("train-student-baseline", {"componentInputParameter": "student_gpus"}),
         ("quantize", {"taskOutputParameter": {"outputParameterKey": "qat_gpus", "producerTask": "resolve-config"}}),
     ):
         params = tasks[task]["inputs"]["parameters"]
@@ -181,7 +269,7 @@ def test_training_steps_get_their_gpu_count_and_the_run_id_outside_the_cache_key
 
 def test_training_pods_get_the_run_id_from_their_label(compiled):
     platform = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for task in ("train-teacher", "train-student", "quantize"):
+    for task in sorted(GPU_TASKS):
         config = platform[_executor(compiled, task)[0]]
         assert config["fieldPathAsEnv"] == [
             {"name": "MOBILETAG_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}
@@ -222,6 +310,9 @@ def test_resource_placeholders_name_string_parameters(compiled):
         "resolve-config-teacher_gpu_limit",
         "resolve-config-student_gpu_limit",
         "resolve-config-qat_gpu_limit",
+        "resolve-config-baseline_gpu_limit",
+        "resolve-config-baseline_cpu",
+        "resolve-config-baseline_memory",
     }
 
 

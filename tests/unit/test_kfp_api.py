@@ -568,6 +568,20 @@ def test_submit_passes_the_gpu_steps_resources_as_text(in_cluster, kfp_api, monk
     }
 
 
+def test_submit_passes_baseline_student_as_a_boolean(in_cluster, kfp_api, monkeypatch, capsys):
+    """The baseline-student switch: a flag, else the ConfigMap's variable (true/false/1/0); anything
+    else is refused before a run starts, naming the flag and the variable."""
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE, versions=1)
+    monkeypatch.setenv("MOBILETAG_BASELINE_STUDENT", "0")
+    assert main(["submit", "--namespace", NAMESPACE]) == 0
+    assert main(["submit", "--namespace", NAMESPACE, "--baseline-student", "true"]) == 0
+    assert [run["runtime_config"]["parameters"]["baseline_student"] for run in kfp_api.runs] == [False, True]
+    monkeypatch.setenv("MOBILETAG_BASELINE_STUDENT", "maybe")
+    assert main(["submit", "--namespace", NAMESPACE]) == 2
+    assert "baseline_student (flag or MOBILETAG_BASELINE_STUDENT) is 'maybe'" in capsys.readouterr().err
+    assert len(kfp_api.runs) == 2
+
+
 def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
     """kfp.local applies no Kubernetes field-path env and DockerRunner does not pass this process's
     environment on: the training steps' run id (for their backups) must be given to the containers."""

@@ -238,8 +238,15 @@ def test_require_distillation_gain(tmp_path):
     assert "set gate.require_distillation_gain: false" in reason
 
     (missing,) = check_gate({"test": {"map_macro": 0.6}}, gate, uri).reasons
-    assert "metrics.json has no 'distillation' block" in missing
+    assert "metrics.json has no baseline student in its 'distillation' block" in missing
     assert "baseline_student=True" in missing and "mobiletag train --baseline-student" in missing
+    # a run with the option off: the block holds the distilled student only, which proves nothing
+    off = {
+        **_block("distilled"),
+        "students": {"distilled": _block("distilled")["students"]["distilled"], "baseline": None},
+    }
+    (no_baseline,) = check_gate({"test": {"map_macro": 0.6}, "distillation": off}, gate, uri).reasons
+    assert "no baseline student" in no_baseline
     # without the key the block is not needed
     assert check_gate({"test": {"map_macro": 0.6}}, GateConfig(), uri).passed
 

@@ -241,7 +241,7 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, fast_config
         "student_int8": scores,
     }
     _assert_close(metrics["compare"], {k: ranking_metrics(labels, v) for k, v in want_scores.items()}, "compare")
-    streamed, _, _ = evaluate.score_test_split(tfrecord_dir, model, teacher, student)
+    streamed, _, _ = evaluate.score_test_split(tfrecord_dir, model, teacher, {"student": student})
     np.testing.assert_array_equal(streamed["student_int8"], scores)
     for name in ("teacher", "student"):
         np.testing.assert_array_equal(streamed[name], want_scores[name])

@@ -74,6 +74,8 @@ def optimize_thresholds(
     result: dict[str, Any] = {
         "strategy": cfg.strategy,
         "grid": [cfg.grid_min, cfg.grid_max, cfg.grid_step],
+        "min_precision": cfg.min_precision,
+        "fallback": cfg.fallback,
         "num_images": int(len(labels)),
         "classes": {},
         "warnings": [],

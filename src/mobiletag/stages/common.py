@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # stage's files without importing its module and, with it, TensorFlow).
 TEACHER_CHECKPOINT = "teacher_best.h5"
 STUDENT_CHECKPOINT = "student_best.h5"
+STUDENT_METRICS = "student_metrics.json"  # beside STUDENT_CHECKPOINT: val_map, alpha, history
 QAT_CHECKPOINT = "student_qat.h5"
 THRESHOLDS_FILE = "threshold_recommendation.json"
 METRICS_FILE = "metrics.json"

@@ -14,6 +14,8 @@ import tensorflow as tf
 import tf_keras as keras
 from sklearn.metrics import roc_curve
 
+from mobiletag.config import ThresholdsConfig
+from mobiletag.evaluation.distillation import distillation_block, markdown_section
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
 from mobiletag.export.inference_config import Scorer, stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
@@ -29,6 +31,7 @@ from mobiletag.stages.common import (
     read_json,
     write_json,
 )
+from mobiletag.stages.select_student import BASELINE, DISTILLED, SELECTION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +60,37 @@ def keras_scorer(model: keras.Model, normalise: bool) -> tuple[int, Scorer]:
 
 
 def score_test_split(
-    dataset_dir: str | Path, tflite: TFLiteModel, teacher: keras.Model, student: keras.Model
+    dataset_dir: str | Path, tflite: TFLiteModel, teacher: keras.Model, students: dict[str, keras.Model]
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """The test split's scores per model ("student_int8", "teacher", "student"), labels, paths."""
+    """The test split's scores per model ("student_int8", "teacher" and each named float student),
+    labels, paths: one pass over the split."""
     scorers = {
         "student_int8": (tflite.image_size, tflite.predict_batch),
         "teacher": keras_scorer(teacher, normalise=False),
-        "student": keras_scorer(student, normalise=True),
+        **{name: keras_scorer(model, normalise=True) for name, model in students.items()},
     }
     return stream_scores(dataset_dir, "test", scorers)
+
+
+def _load_student(folder: str | Path) -> keras.Model:
+    return keras.models.load_model(Path(folder) / STUDENT_CHECKPOINT, compile=False)
+
+
+def float_students(
+    student_dir: str | Path, distilled_dir: str | Path | None, baseline_dir: str | Path | None
+) -> tuple[dict[str, keras.Model], dict[str, Any] | None]:
+    """The float students to score and select-student's selection.json (None without one).
+
+    With a selection: "distilled" and, when it was trained, "baseline" (the shipped student is one
+    of them, scored once); without: the one "student".
+    """
+    selection_file = Path(student_dir) / SELECTION_FILE
+    if distilled_dir is None or not selection_file.is_file():
+        return {"student": _load_student(student_dir)}, None
+    students = {DISTILLED: _load_student(distilled_dir)}
+    if baseline_dir is not None and (Path(baseline_dir) / STUDENT_CHECKPOINT).is_file():
+        students[BASELINE] = _load_student(baseline_dir)
+    return students, read_json(selection_file)
 
 
 def run(
@@ -75,7 +100,12 @@ def run(
     tflite_dir: str | Path,
     thresholds_dir: str | Path,
     out_dir: str | Path,
+    *,
+    distilled_dir: str | Path | None = None,
+    baseline_dir: str | Path | None = None,
 ) -> StageResult:
+    """Test metrics of the INT8 model, the float models beside it; with ``distilled_dir`` (and
+    select-student's selection.json in ``student_dir``) the "distillation" block."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,11 +116,16 @@ def run(
     thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
 
     teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
-    student = keras.models.load_model(Path(student_dir) / STUDENT_CHECKPOINT, compile=False)
-    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, student)
+    students, selection = float_students(student_dir, distilled_dir, baseline_dir)
+    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students)
     scores = all_scores["student_int8"]
     test = classification_metrics(labels, scores, facts.classes, thresholds)
-    compare = {name: ranking_metrics(labels, all_scores[name]) for name in ("teacher", "student", "student_int8")}
+    shipped = "student" if selection is None else selection["shipped"]
+    compare = {
+        "teacher": ranking_metrics(labels, all_scores["teacher"]),
+        "student": ranking_metrics(labels, all_scores[shipped]),
+        "student_int8": ranking_metrics(labels, scores),
+    }
     latency = {f"threads_{n}": round(TFLiteModel(model_path, num_threads=n).latency_ms(), 3) for n in (1, 2)}
     metrics: dict[str, Any] = {
         "model": MODEL_FILE,
@@ -101,8 +136,33 @@ def run(
         "thresholds_strategy": recommendation["strategy"],
         "classes": facts.classes,
     }
+    report = markdown_report(metrics)
+    if selection is not None:
+        # both float students on validation too (the block's figures at each one's own thresholds)
+        val, val_labels, _ = stream_scores(
+            dataset_dir, "val", {name: keras_scorer(model, normalise=True) for name, model in students.items()}
+        )
+        lo, hi, step = recommendation["grid"]
+        block = distillation_block(
+            classes=facts.classes,
+            val_labels=val_labels,
+            test_labels=labels,
+            distilled=(val[DISTILLED], all_scores[DISTILLED]),
+            baseline=(val[BASELINE], all_scores[BASELINE]) if BASELINE in val else None,
+            selection=selection,
+            thresholds=ThresholdsConfig(
+                strategy=recommendation["strategy"],
+                grid_min=lo,
+                grid_max=hi,
+                grid_step=step,
+                min_precision=recommendation.get("min_precision", ThresholdsConfig.min_precision),
+                fallback=recommendation.get("fallback", ThresholdsConfig.fallback),
+            ),
+        )
+        metrics["distillation"] = block
+        report += "\n" + markdown_section(block)
     write_json(out / METRICS_FILE, metrics)
-    (out / REPORT_FILE).write_text(markdown_report(metrics), encoding="utf-8")
+    (out / REPORT_FILE).write_text(report, encoding="utf-8")
     np.save(out / SCORES_FILE, scores.astype(np.float32))
     np.save(out / LABELS_FILE, labels.astype(np.uint8))
     write_json(out / PATHS_FILE, paths)
@@ -129,6 +189,11 @@ def run(
         "latency_ms_2_threads": latency["threads_2"],
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if selection is not None:
+        scalars["baseline_shipped"] = float(selection["shipped"] == BASELINE)
+        difference = metrics["distillation"]["test_difference"]
+        if difference is not None:
+            scalars["distillation_test_map_difference"] = difference["value"]
     fpr, tpr, cut = roc_curve(labels.ravel(), scores.ravel())
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).round().astype(int))
     roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}

@@ -38,6 +38,12 @@ METRICS = "qat_metrics.json"
 TASK = "quantize"
 
 
+def shipped_student_alpha(student_dir: str | Path, default: float) -> float:
+    """The alpha the student in ``student_dir`` was trained with (its student_metrics.json), else ``default``."""
+    path = Path(student_dir) / STUDENT_METRICS
+    return float(read_json(path).get("alpha", default)) if path.is_file() else default
+
+
 def run(
     config: Config,
     dataset_dir: str | Path,
@@ -65,7 +71,10 @@ def run(
         if backup.restore():
             log.info("qat: resuming from a backup")
         size = config.student.image_size
-        distill = cfg.distill and config.student.alpha < 1.0
+        # the student's own alpha: a baseline student (alpha 1, shipped by select-student because
+        # it beat the distilled one) is not distilled from the teacher here either
+        alpha = shipped_student_alpha(student_dir, config.student.alpha)
+        distill = cfg.distill and alpha < 1.0
         sizes = [config.teacher.image_size, size] if distill else [size]
         augment = TrainAugment(sizes, config.data.augment)
         train_ds, val_ds = train_and_val(
@@ -91,7 +100,7 @@ def run(
         trainer = Trainer(
             qat_model,
             teacher,
-            alpha=config.student.alpha if distill else 1.0,
+            alpha=alpha if distill else 1.0,
             temperature=config.student.temperature,
             preprocess=preprocess,
             augment=augment,

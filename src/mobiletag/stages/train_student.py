@@ -22,6 +22,7 @@ from mobiletag.models.student import build_student, preprocess
 from mobiletag.models.teacher import resolve_weights
 from mobiletag.stages.common import (
     STUDENT_CHECKPOINT,
+    STUDENT_METRICS,
     TEACHER_CHECKPOINT,
     StageResult,
     dataset_facts,
@@ -45,7 +46,7 @@ from mobiletag.training.strategy import Devices, training_devices
 log = logging.getLogger(__name__)
 
 CHECKPOINT = STUDENT_CHECKPOINT
-METRICS = "student_metrics.json"
+METRICS = STUDENT_METRICS
 TASK = "train-student"
 
 

@@ -1,0 +1,46 @@
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_student_baseline(
+    dataset: dsl.Input[dsl.Dataset],
+    teacher: dsl.Input[dsl.Model],
+    config_json: str,
+    enabled: bool,
+    backup_uri: str,
+    gpus: int,
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Trains the same student without the teacher (student.alpha = 1): the baseline that shows whether distillation pays.
+
+    Args:
+        dataset: TFRecords from prepare_dataset.
+        teacher: The trained teacher (unused at alpha = 1; an input so the step waits for the same data).
+        config_json: The train_student stage's config sections (from resolve_config); alpha is set to 1 here.
+        enabled: Pipeline parameter baseline_student; false: trains nothing, asks for no GPU and leaves baseline_skipped.json.
+        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/train-student-baseline/; empty: none.
+        gpus: GPUs this step gets (the student's); above 0 the step fails at once when TensorFlow sees no GPU.
+        model: student_best.h5 (best validation mAP) and student_metrics.json, or baseline_skipped.json.
+        metrics: Validation mAP, training images/second, parameter count.
+    """
+    import os
+
+    from mobiletag.stages import select_student as stage
+    from mobiletag.stages.resolve_config import config_from_json
+
+    result = stage.train_baseline(
+        config_from_json(config_json),
+        dataset.path,
+        teacher.path,
+        model.path,
+        enabled=enabled,
+        backup_uri=backup_uri or None,
+        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
+        expected_gpus=gpus,
+    )
+    model.metadata.update(result.details)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
