@@ -35,10 +35,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# (the commands are not echoed: the demo's output fits on two screens; the full log is demo/output.log)
 demo: $(STAMP)
-	$(BIN)/mobiletag sample-data --out-dir $(DEMO_DIR)/data --images 1000
-	$(BIN)/mobiletag validate --data-dir $(DEMO_DIR)/data --config configs/fast.yaml
-	$(BIN)/mobiletag train --data-dir $(DEMO_DIR)/data --config configs/fast.yaml --out-dir $(DEMO_DIR)/output
+	@$(BIN)/mobiletag sample-data --out-dir $(DEMO_DIR)/data --images 1000
+	@$(BIN)/mobiletag validate --data-dir $(DEMO_DIR)/data --config configs/fast.yaml
+	@$(BIN)/mobiletag train --data-dir $(DEMO_DIR)/data --config configs/fast.yaml --out-dir $(DEMO_DIR)/output
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

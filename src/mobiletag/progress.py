@@ -126,8 +126,10 @@ class ConsoleFilter:
         if m := _KFP.match(line):
             message = m["message"]
             if t := _TASK_START.match(message):
+                # no line of its own: the stage's epoch and result lines name it, its end line gives
+                # its time, and a terminal's status line shows it running (two screens for the demo)
                 self._start(t["task"])
-                return f"{self._stamp()} Executing task '{t['task']}'"
+                return None
             if t := _TASK_END.match(message):
                 seconds = self._end(t["task"])
                 return f"{self._stamp()} Task '{t['task']}' finished with status {t['status']} in {seconds:.0f} s"

@@ -76,7 +76,6 @@ def test_kfp_stream_keeps_stages_epochs_results_and_our_warnings():
     texts = [s[9:] if s[0].isdigit() else s for s in shown if s is not None]
     assert texts == [
         "Running pipeline: 'mobiletag'",
-        "Executing task 'train-teacher'",
         "    teacher phase A epoch 1: loss=0.6931 val_map=0.4123 (12.3 s, 20.1 img/s)",
         "    WARNING: backup: saving epoch 2 failed, training goes on: disk full",
         "    teacher phase B epoch 1/10: loss=0.5000 val_map=0.6000 (9.0 s, 25.0 img/s)",
