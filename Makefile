@@ -25,7 +25,7 @@ KUBECTL ?= kubectl
 NAMESPACE ?=
 SCHEDULE_DIR ?= build/schedule
 
-.PHONY: install demo test test-fast lint bench bench-scale compile images upload schedule check-registry clean
+.PHONY: install demo test test-fast lint bench bench-spread bench-scale compile images upload schedule check-registry clean
 
 install: $(STAMP)
 
@@ -99,6 +99,10 @@ schedule: check-registry
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# run-to-run spread of test mAP with reproducible: false (three demo trainings, ~20 min; bench/results.json)
+bench-spread: $(STAMP)
+	$(BIN)/python bench/run.py --only spread
 
 # prepare_dataset, optimize_thresholds and evaluate at N = 1,000, 4,000 and 16,000 images:
 # seconds and peak resident memory per stage, growth ratios (bench/scale.json)

@@ -10,7 +10,9 @@ the whole demo run (one run, not repeated).
     python bench/run.py [--skip-run] [--only SECTION] [--out bench/results.json]
 
 ``--only SECTION`` measures one section (input, host_input, training, determinism, model, run,
-process_start) and updates that section of the results file, keeping the others.
+process_start, spread) and updates that section of the results file, keeping the others.
+``spread`` (``make bench-spread``, about 20 minutes: three training runs with ``reproducible:
+false``) runs only when asked for.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+import yaml
 
 from mobiletag.config import AugmentConfig, Config, load_config
 from mobiletag.data.augment import TrainAugment
@@ -608,6 +611,41 @@ def bench_run(data_dir: Path, work: Path) -> dict:
     }
 
 
+def bench_spread(data_dir: Path, work: Path, runs: int = 3) -> dict:
+    """Run-to-run spread of test mAP with ``reproducible: false``: the demo's training (configs/fast.yaml,
+    in-process runner, no baseline student) ``runs`` times on the same data and seed. What a change
+    must beat to be told from chance (gate.min_improvement)."""
+    exe = Path(sys.executable).parent / "mobiletag"
+    config = work / "spread.yaml"
+    fast = yaml.safe_load((REPO / "configs" / "fast.yaml").read_text())
+    config.write_text(yaml.safe_dump({**fast, "reproducible": False}))
+    figures: dict[str, list[float]] = {"test_map_macro_int8": [], "test_map_macro_float_student": []}
+    seconds = []
+    for i in range(runs):
+        out = work / f"spread-{i}"
+        start = time.perf_counter()
+        result = subprocess.run(
+            [
+                *(str(exe), "train", "--runner", "inprocess", "--no-baseline-student", "--data-dir", str(data_dir)),
+                *("--config", str(config), "--out-dir", str(out), "--log-file", str(work / f"spread-{i}.log")),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"mobiletag train failed:\n{result.stderr[-3000:]}")
+        seconds.append(round(time.perf_counter() - start, 1))
+        metrics = json.loads((out / "metrics.json").read_text())
+        figures["test_map_macro_int8"].append(metrics["test"]["map_macro"])
+        figures["test_map_macro_float_student"].append(metrics["compare"]["student"]["map_macro"])
+    return {
+        "method": f"{runs} runs of `mobiletag train --runner inprocess --no-baseline-student`, configs/fast.yaml "
+        "with reproducible: false, the same data and seed",
+        "seconds": seconds,
+        **{name: stats.summarize(values, digits=4) for name, values in figures.items()},
+    }
+
+
 def bench_process_start(repeats: int = 3) -> dict:
     """What a stage pays before its own code runs: a fresh Python process and its imports.
 
@@ -852,7 +890,7 @@ def machine() -> dict:
     }
 
 
-SECTIONS = ("input", "host_input", "training", "determinism", "model", "run", "process_start")
+SECTIONS = ("input", "host_input", "training", "determinism", "model", "run", "process_start", "spread")
 
 
 def main() -> None:
@@ -899,11 +937,14 @@ def main() -> None:
             ("model", "model", lambda: bench_model(240)),
             ("run", "whole run (mobiletag train, configs/fast.yaml)", lambda: bench_run(sample()[0], work)),
             ("process_start", "new process + imports", bench_process_start),
+            ("spread", "run-to-run spread, reproducible: false (3 runs)", lambda: bench_spread(sample()[0], work)),
         ]
         if args.only:
             sections = [section for section in sections if section[0] == args.only]
         elif args.skip_run:
-            sections = [section for section in sections if section[0] not in ("run", "process_start")]
+            sections = [section for section in sections if section[0] not in ("run", "process_start", "spread")]
+        else:
+            sections = [section for section in sections if section[0] != "spread"]  # make bench-spread
         section_seconds = dict(results.get("bench_seconds", {})) if args.only else {}
         for key, title, measure in sections:
             print(f"{title} ...", flush=True)
@@ -1088,6 +1129,17 @@ def _section_rows(key: str, r: dict) -> list[tuple[str, ...]]:
             figures = f"{total} s, {compute} s in the stage" if compute is not None else f"{total} s"
             summary = stats.summarize([share], "<= 0.20") if share is not None else ""
             rows.append(_row(f"stage {task}: overhead share", figures, summary, "<= 0.20"))
+    elif key == "spread":
+        spread = r["spread"]
+        for name, label in (("test_map_macro_int8", "INT8"), ("test_map_macro_float_student", "float student")):
+            summary = spread[name]
+            rows.append(
+                _row(
+                    f"test macro mAP, {label}, reproducible: false: spread over {summary['n']} runs",
+                    ", ".join(str(v) for v in summary["samples"]),
+                    summary,
+                )
+            )
     elif key == "process_start":
         start = r["process_start"]
         rows.append(
