@@ -75,6 +75,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _load_config(args)  # checked first: a config or CSV error stops before any stage starts
     index_dataset(args.data_dir, config)
+    if args.runner == "inprocess" and config.reproducible:
+        from mobiletag.stages.common import one_inter_op_thread
+
+        one_inter_op_thread()  # before TensorFlow's runtime starts (the stages share this process)
     started = time.perf_counter()
     log_path = Path(args.log_file) if args.log_file else default_log_path(args.out_dir)
     print(f"full log (kfp.local, TensorFlow, every stage's output): {log_path}", flush=True)

@@ -137,6 +137,67 @@ def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, ra
     # (another seed gives other batches: test_reproducible_pipeline_yields_the_same_batches_in_the_same_order)
 
 
+_STUDENT_IN_A_PROCESS = """
+import hashlib, sys
+import h5py
+from mobiletag.config import load_config
+from mobiletag.stages import train_student
+config = load_config(sys.argv[1])
+train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4])
+digest = hashlib.sha256()
+with h5py.File(sys.argv[4] + "/student_best.h5") as fh:
+    fh["model_weights"].visititems(lambda n, o: digest.update(o[()].tobytes()) if isinstance(o, h5py.Dataset) else None)
+print("WEIGHTS", digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_distilled_student_is_the_same_in_two_processes(tmp_path):
+    """The demo's sizes (teacher 80 px, student 64, batch 32, 1,000 images): the student stage in two
+    processes of its own, as the pipeline runs it. Op determinism alone left the weights different
+    from the first epoch (the teacher's forward pass runs beside the student's: inter-op
+    parallelism); the stage now runs with one inter-op thread."""
+    import subprocess
+    import sys
+
+    import tf_keras as keras
+
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.data.sample import make_sample_dataset
+    from mobiletag.data.tfrecords import build_tfrecords
+    from mobiletag.models.teacher import build_teacher
+    from mobiletag.stages.common import TEACHER_CHECKPOINT
+
+    config = load_config(REPO / "configs" / "fast.yaml", {"student": {"epochs": 1}})
+    assert config.reproducible and (config.teacher.image_size, config.student.image_size) == (80, 64)
+    make_sample_dataset(tmp_path / "data", num_images=1000, seed=0)
+    build_tfrecords(index_dataset(tmp_path / "data", config), config, tmp_path / "ds")
+    keras.utils.set_random_seed(0)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    build_teacher(6, 80, "none").save(teacher / TEACHER_CHECKPOINT, include_optimizer=False)
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    digests = []
+    for run in ("one", "two"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _STUDENT_IN_A_PROCESS,
+                tmp_path / "config.yaml",
+                tmp_path / "ds",
+                teacher,
+                tmp_path / run,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests.append(done.stdout.split("WEIGHTS ")[1].strip())
+    assert digests[0] == digests[1]
+
+
 def test_reproducible_scope_sets_seeds_and_op_determinism_and_restores_it():
     from mobiletag.stages.common import reproducibility
 

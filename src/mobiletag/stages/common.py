@@ -102,6 +102,8 @@ def reproducibility(config: Config) -> Iterator[bool]:
     import tensorflow as tf
 
     seed_everything(config)
+    if config.reproducible:
+        one_inter_op_thread()
     before = op_determinism_enabled()
     if config.reproducible and not before:
         tf.config.experimental.enable_op_determinism()
@@ -118,6 +120,34 @@ def reproducibility(config: Config) -> Iterator[bool]:
             from tensorflow.python.framework import config as tf_config
 
             tf_config.disable_op_determinism()  # not exported by TensorFlow: see op_determinism_enabled
+
+
+def one_inter_op_thread() -> bool:
+    """Run a step's independent ops one after the other (each op still uses every core); whether it
+    holds in this process.
+
+    Op determinism alone is not enough on CPU: with the teacher's forward pass running beside the
+    student's in the distillation step, two runs of the demo's student stage in two processes
+    gave different weights from the first epoch; with one inter-op thread they are bit-identical
+    (tests/unit/test_reproducible.py). TensorFlow fixes the setting when its runtime starts, so it
+    must come before the first op of the process: a training stage's process sets it on entry,
+    `mobiletag train --runner inprocess` at its start. Where the runtime already runs (a test
+    session, a notebook) it is left as it is, with a warning.
+    """
+    import tensorflow as tf
+
+    if tf.config.threading.get_inter_op_parallelism_threads() == 1:
+        return True
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.warning(
+            "reproducible: TensorFlow's runtime started before this stage, so its inter-op parallelism cannot be "
+            "set to 1 here: a distillation step may not repeat bit for bit in another process (run the stage in a "
+            "process of its own, as the pipeline does)"
+        )
+        return False
+    return True
 
 
 def op_determinism_enabled() -> bool:
