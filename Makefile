@@ -100,7 +100,7 @@ schedule: check-registry
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# run-to-run spread of test mAP with reproducible: false (three demo trainings, ~20 min; bench/results.json)
+# run-to-run spread of test mAP with reproducible: false (three demo trainings, 29 min here; bench/results.json)
 bench-spread: $(STAMP)
 	$(BIN)/python bench/run.py --only spread
 

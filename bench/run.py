@@ -11,7 +11,7 @@ the whole demo run (one run, not repeated).
 
 ``--only SECTION`` measures one section (input, host_input, training, determinism, model, run,
 process_start, spread) and updates that section of the results file, keeping the others.
-``spread`` (``make bench-spread``, about 20 minutes: three training runs with ``reproducible:
+``spread`` (``make bench-spread``, 29 minutes here with other jobs beside it: three training runs with ``reproducible:
 false``) runs only when asked for.
 """
 
