@@ -68,24 +68,32 @@ def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
     return _to_uint8(tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear"))
 
 
-def _random_crop(jpeg: tf.Tensor, seed: tf.Tensor, aug: AugmentConfig) -> tf.Tensor:
-    """The random resized crop, decoded straight from the JPEG (only the crop's blocks are decoded)."""
-    if not aug.random_resized_crop:
-        return tf.io.decode_jpeg(jpeg, channels=3)
-    shape = tf.image.extract_jpeg_shape(jpeg)
+def crop_window(shape: tf.Tensor, seed: tf.Tensor, aug: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """A random crop of an image of ``shape`` [H, W, C]: ``(offset_yx [2], size_hw [2])``, int32.
+
+    Its area is ``aug.crop_area_min``..1 of the image's and its aspect ratio within
+    ``aug.crop_aspect_ratio_max`` of square either way (10 attempts, else the whole image).
+    """
+    ratio = aug.crop_aspect_ratio_max
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         seed=seed,
         min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
+        aspect_ratio_range=(1.0 / ratio, ratio),
         area_range=(aug.crop_area_min, 1.0),
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
-    offset_y, offset_x, _ = tf.unstack(begin)
-    height, width, _ = tf.unstack(size)
-    return tf.image.decode_and_crop_jpeg(jpeg, tf.stack([offset_y, offset_x, height, width]), channels=3)
+    return begin[:2], size[:2]
+
+
+def _random_crop(jpeg: tf.Tensor, seed: tf.Tensor, aug: AugmentConfig) -> tf.Tensor:
+    """The random resized crop, decoded straight from the JPEG (only the crop's blocks are decoded)."""
+    if not aug.random_resized_crop:
+        return tf.io.decode_jpeg(jpeg, channels=3)
+    offset, size = crop_window(tf.image.extract_jpeg_shape(jpeg), seed, aug)
+    return tf.image.decode_and_crop_jpeg(jpeg, tf.concat([offset, size], axis=0), channels=3)
 
 
 def _train_example(

@@ -107,3 +107,87 @@ def make_sample_dataset(out_dir: str | Path, num_images: int = 600, seed: int = 
             writer.writerow(["filepath", "labels"])
             writer.writerows(split_rows)
     return {split: len(r) for split, r in rows.items()}
+
+
+# The hard set: ten small shapes, several per image, few images. Colour says nothing about the
+# class (every object gets a random colour), objects are about a tenth of the image wide, and
+# each sits in one of four slots with some jitter: a model must see form at small scale.
+HARD_CLASSES = (
+    "bar",
+    "circle",
+    "cross",
+    "diamond",
+    "frame",
+    "ring",
+    "square",
+    "star",
+    "triangle",
+    "xmark",
+)
+HARD_SIZE = 96
+JITTER = 0.05
+HARD_SPLITS = (("train", 420), ("val", 90), ("test", 90))
+
+
+def _draw_hard(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour: tuple[int, ...]) -> None:
+    w = max(1.5, r * 0.3)
+    if shape == "bar":
+        draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
+    elif shape == "frame":
+        draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), outline=colour, width=int(w))
+    elif shape == "xmark":
+        d = w * 0.75
+        draw.polygon(
+            [(cx - r, cy - r + d), (cx - r + d, cy - r), (cx + r, cy + r - d), (cx + r - d, cy + r)], fill=colour
+        )
+        draw.polygon(
+            [(cx + r, cy - r + d), (cx + r - d, cy - r), (cx - r, cy + r - d), (cx - r + d, cy + r)], fill=colour
+        )
+    else:
+        _draw(draw, shape, cx, cy, r, colour)
+
+
+def _hard_image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
+    size = HARD_SIZE
+    base = rng.integers(140, 220) + rng.integers(-20, 21, size=3)
+    noise = rng.normal(0, 14, size=(size, size, 3))
+    pixels = np.clip(base[None, None, :] + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    slots = rng.permutation(4)[: len(labels)]
+    for shape, slot in zip(labels, slots):
+        r = float(rng.uniform(0.08, 0.12)) * size
+        cx = (slot % 2 + 0.5) * size / 2 + rng.uniform(-JITTER, JITTER) * size
+        cy = (slot // 2 + 0.5) * size / 2 + rng.uniform(-JITTER, JITTER) * size
+        colour = rng.integers(0, 110, size=3)  # dark, any hue, on a light background
+        _draw_hard(draw, shape, cx, cy, r, tuple(int(v) for v in colour))
+    return image
+
+
+def make_hard_dataset(
+    out_dir: str | Path, seed: int = 0, splits: tuple[tuple[str, int], ...] = HARD_SPLITS
+) -> dict[str, int]:
+    """A small, hard multi-label set (issue 17): 96-px images with 0-3 of ten small shapes in
+    four slots, every object a random colour; 420 / 90 / 90 images by default. Returns the
+    image count per split."""
+    root = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for split, count in splits:
+        rows = []
+        for i in range(count):
+            k = int(rng.choice([0, 1, 2, 3], p=[0.1, 0.3, 0.35, 0.25]))
+            labels = sorted(rng.choice(HARD_CLASSES, size=k, replace=False).tolist())
+            if split == "train" and i < len(HARD_CLASSES) and HARD_CLASSES[i] not in labels:
+                labels = sorted([HARD_CLASSES[i], *labels[:2]])
+            rel = f"{split}/img_{i:04d}.png"
+            (root / "images" / split).mkdir(exist_ok=True)
+            _hard_image(rng, labels).save(root / "images" / rel, format="PNG")
+            rows.append((rel, "|".join(labels)))
+        with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["filepath", "labels"])
+            writer.writerows(rows)
+    return {split: count for split, count in splits}

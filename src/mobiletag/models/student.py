@@ -168,3 +168,14 @@ def build_student(
             x = layers.Dropout(rate, name="top_dropout")(x)
         x = layers.Dense(num_classes, kernel_initializer=_dense_init(), dtype="float32", name="logits")(x)
     return keras.Model(inputs, x, name=variant)
+
+
+def train_head_only(model: keras.Model, head_only: bool) -> int:
+    """Freeze (``head_only``) or unfreeze the backbone; the dense head always trains.
+
+    Frozen BatchNormalization layers run in inference mode (tf_keras), so a head warm-up keeps
+    the pretrained statistics as they are. Returns the number of trainable layers with weights.
+    """
+    for layer in model.layers:
+        layer.trainable = (not head_only) or layer.name == "logits"
+    return sum(1 for layer in model.layers if layer.trainable and layer.weights)

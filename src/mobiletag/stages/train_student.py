@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import tf_keras as keras
 
@@ -18,7 +19,7 @@ from mobiletag.data.augment import TrainAugment
 from mobiletag.data.pipeline import train_and_val
 from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
-from mobiletag.models.student import build_student, preprocess
+from mobiletag.models.student import build_student, preprocess, train_head_only
 from mobiletag.models.teacher import resolve_weights
 from mobiletag.stages.common import (
     STUDENT_CHECKPOINT,
@@ -32,10 +33,12 @@ from mobiletag.stages.common import (
 )
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import (
+    FitResult,
     Trainer,
     best_model,
     cosine_schedule,
     fit,
+    fit_phase_once,
     scaled_learning_rate,
     set_batch_norm_momentum,
     warmup_steps,
@@ -116,6 +119,7 @@ def _train(
     resumed = backup.restore()
     teacher_size = config.teacher.image_size
     lr = scaled_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.reference_batch_size)
+    lr_warmup = scaled_learning_rate(cfg.warmup_learning_rate, cfg.batch_size, cfg.reference_batch_size)
     distil = cfg.alpha < 1.0
     log.info(
         "student: %s at %d px %s, %d replica(s), %s, XLA %s, learning rate %.3g (batch %d, reference %d)%s",
@@ -144,7 +148,6 @@ def _train(
     # the best checkpoint lives in the backup (a retried pod starts with an empty output folder)
     work = backup.folder("best") or out
     checkpoint = work / CHECKPOINT
-    total = cfg.epochs * steps
     with dev.strategy.scope():
         teacher = load_teacher(teacher_dir, dev.policy) if distil else None
         student = build_student_for(config, facts.num_classes)
@@ -156,26 +159,63 @@ def _train(
             preprocess=preprocess,
             augment=TrainAugment(sizes, config.data.augment),
         )
-        trainer.compile(
-            optimizer=keras.optimizers.Adam(
-                cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total))
-            ),
-            jit_compile=dev.jit_compile,
-            steps_per_execution=dev.steps_per_execution,
-        )
+
+    def compile_with(schedule: Any) -> None:
+        with dev.strategy.scope():
+            trainer.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                jit_compile=dev.jit_compile,
+                steps_per_execution=dev.steps_per_execution,
+            )
+
+    fit_args: dict[str, Any] = dict(
+        steps_per_epoch=steps,
+        batch_size=cfg.batch_size,
+        checkpoint=checkpoint,
+        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
+        patience=cfg.early_stopping_patience,
+        backup=backup,
+    )
+    # Head warm-up (a linear probe): a fresh head trained at full rate through the pretrained
+    # backbone would push large, random gradients into it; with the head fitted first, the full
+    # fine-tuning starts from sensible logits.
+    warmup_epochs = cfg.warmup_epochs if resolve_weights(cfg.weights, "student.weights") is not None else 0
+    best_so_far, warmed = -math.inf, None
+    if warmup_epochs:
+
+        def warm_up() -> FitResult:
+            trainable = train_head_only(student, True)
+            log.info(
+                "student head warm-up: %d epoch(s), %d trainable layer(s), learning rate %.3g",
+                warmup_epochs,
+                trainable,
+                lr_warmup,
+            )
+            compile_with(lr_warmup)
+            return fit(
+                trainer,
+                train_ds,
+                val_ds,
+                name="student warm-up",
+                epochs=warmup_epochs,
+                backup_dir=backup.folder("warmup"),
+                **fit_args,
+            )
+
+        warmed = fit_phase_once(student, backup, "warmup_done", warm_up, "student warm-up")
+        best_so_far = warmed.best_val_map if warmed else -math.inf
+    train_head_only(student, False)
+    total = cfg.epochs * steps
+    compile_with(cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total)))
     result = fit(
         trainer,
         train_ds,
         val_ds,
         name="student",
         epochs=cfg.epochs,
-        steps_per_epoch=steps,
-        batch_size=cfg.batch_size,
-        checkpoint=checkpoint,
         backup_dir=backup.folder("fit"),
-        backup=backup,
-        validation_steps=math.ceil(facts.num_val / cfg.batch_size),
-        patience=cfg.early_stopping_patience,
+        best_so_far=best_so_far,
+        **fit_args,
     )
     final = out / CHECKPOINT
     best, val_map = best_model(student, checkpoint, val_ds, preprocess, save_to=final)  # float32
@@ -183,6 +223,7 @@ def _train(
     metrics = {
         "val_map": round(val_map, 4),
         "train_images_per_second": round(result.train_images_per_second, 2),
+        "epochs_warmup": warmed.epochs_run if warmed else warmup_epochs,
         "epochs": result.epochs_run,
         "replicas": dev.strategy.num_replicas_in_sync,
         "params": int(best.count_params()),
@@ -200,7 +241,9 @@ def _train(
             "precision_policy": dev.policy,
             "jit_compile": dev.jit_compile,
             "learning_rate": lr,
+            "warmup_learning_rate": lr_warmup if warmup_epochs else None,
             "history": result.history,
+            "warmup_history": warmed.history if warmed else {},
         },
     )
     log.info("student: validation mAP %.4f (%s)", val_map, final)

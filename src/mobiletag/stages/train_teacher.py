@@ -25,10 +25,12 @@ from mobiletag.stages.common import (
 )
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import (
+    FitResult,
     Trainer,
     best_model,
     cosine_schedule,
     fit,
+    fit_phase_once,
     scaled_learning_rate,
     set_batch_norm_momentum,
     warmup_steps,
@@ -110,8 +112,6 @@ def _train(
                 steps_per_execution=dev.steps_per_execution,
             )
 
-    done_dir = backup.folder("phase_a_done")
-    phase_a_done = done_dir / "weights" if done_dir else None
     fit_args: dict[str, Any] = dict(
         steps_per_epoch=steps,
         batch_size=cfg.batch_size,
@@ -121,16 +121,11 @@ def _train(
         backup=backup,
     )
 
-    # Phase A: head warm-up on a frozen backbone.
-    if phase_a_done is not None and Path(f"{phase_a_done}.index").exists():
-        log.info("teacher: phase A finished before a restart; loading its weights")
-        model.load_weights(str(phase_a_done))
-        result_a = None
-    else:
+    def phase_a() -> FitResult:  # head warm-up on a frozen backbone
         set_phase(model, "warmup", cfg.fine_tune_fraction)
         total_a = cfg.warmup_epochs * steps
         compile_with(cosine_schedule(lr_a, total_a, warmup_steps(cfg.lr_warmup_epochs, steps, total_a), decay=False))
-        result_a = fit(
+        return fit(
             trainer,
             train_ds,
             val_ds,
@@ -139,9 +134,8 @@ def _train(
             backup_dir=backup.folder("phase_a"),
             **fit_args,
         )
-        if phase_a_done is not None:
-            model.save_weights(str(phase_a_done))
-            backup.save()
+
+    result_a = fit_phase_once(model, backup, "phase_a_done", phase_a, "teacher phase A")
 
     # Phase B: fine-tune the top of the backbone; BatchNormalization stays in inference mode.
     pretrained = resolve_weights(cfg.weights, "teacher.weights") is not None

@@ -394,6 +394,27 @@ def fit(
     return result
 
 
+def fit_phase_once(
+    model: keras.Model, backup: Backup, key: str, train: Callable[[], FitResult], name: str
+) -> FitResult | None:
+    """Run a training phase that later phases build on, once per run.
+
+    With a backup, the model's weights at the end of ``train()`` are stored under ``key``: a pod
+    retried in a later phase loads them instead of training this phase again (returns None then).
+    """
+    done_dir = backup.folder(key)
+    weights = done_dir / "weights" if done_dir else None
+    if weights is not None and Path(f"{weights}.index").exists():
+        log.info("%s finished before a restart; loading its weights", name)
+        model.load_weights(str(weights))
+        return None
+    result = train()
+    if weights is not None:
+        model.save_weights(str(weights))
+        backup.save()
+    return result
+
+
 def best_model(
     model: keras.Model,
     checkpoint: Path,

@@ -1,0 +1,125 @@
+"""The training recipe on small, hard multi-label data (issue 17): the hard set, crops that keep
+labelled objects, configurable flips and the student's head warm-up."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from mobiletag.config import AugmentConfig, Config, load_config
+
+
+def _rows(root, split):
+    with open(root / f"{split}_labels.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_hard_set_has_the_promised_shape_and_is_seeded(tmp_path):
+    from PIL import Image
+
+    from mobiletag.data.sample import HARD_CLASSES, HARD_SIZE, make_hard_dataset
+
+    assert make_hard_dataset(tmp_path / "a", seed=3) == {"train": 420, "val": 90, "test": 90}
+    make_hard_dataset(tmp_path / "b", seed=3)
+    make_hard_dataset(tmp_path / "c", seed=4)
+    train = _rows(tmp_path / "a", "train")
+    labels = [set(filter(None, r["labels"].split("|"))) for r in train]
+    assert set().union(*labels) == set(HARD_CLASSES) and len(HARD_CLASSES) == 10
+    counts = np.bincount([len(s) for s in labels], minlength=5)
+    assert counts[4] == 0 and all(counts[:4] > 20), counts  # 0 to 3 labels, each count common
+    with Image.open(tmp_path / "a" / "images" / train[0]["filepath"]) as image:
+        assert image.size == (HARD_SIZE, HARD_SIZE) and image.mode == "RGB"
+
+    def digest(root):
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())).hexdigest()
+
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def _share_keeping(aug: AugmentConfig, box: tuple[float, float], n: int = 400) -> float:
+    """Share of the input pipeline's random crops of a 96-px image that contain ``box`` (lo, hi
+    as shares of the side, on both axes) whole."""
+    from mobiletag.data.pipeline import crop_window
+
+    lo, hi = box
+    kept = 0
+    for i in range(n):
+        offset, size = (t.numpy() / 96.0 for t in crop_window(tf.constant([96, 96, 3]), tf.constant([i, 11]), aug))
+        kept += bool(np.all(offset <= lo) and np.all(offset + size >= hi))
+    return kept / n
+
+
+def test_default_crops_keep_an_object_near_a_corner():
+    """An object in the hard set's worst slot position (8% from two edges, a quarter of the side
+    wide): ImageNet-style crops (area 0.5-1) cut it in two of three crops, and its label stays."""
+    corner = (0.08, 0.32)
+    default = Config().data.augment
+    assert default.crop_area_min == 0.85
+    assert _share_keeping(default, corner) >= 0.75
+    assert _share_keeping(AugmentConfig(crop_area_min=0.5), corner) <= 0.45
+    assert _share_keeping(AugmentConfig(crop_area_min=1.0), corner) == 1.0  # area 1: the whole image
+
+
+def test_crop_aspect_limit_is_configurable():
+    from mobiletag.data.pipeline import crop_window
+
+    for ratio in (1.0, 2.0):
+        aug = AugmentConfig(crop_area_min=0.3, crop_aspect_ratio_max=ratio)
+        shapes = [crop_window(tf.constant([480, 480, 3]), tf.constant([i, 5]), aug)[1].numpy() for i in range(200)]
+        aspect = np.array([w / h for h, w in shapes])
+        assert aspect.max() <= ratio * 1.02 and aspect.min() >= 1 / ratio / 1.02
+        if ratio > 1:
+            assert aspect.max() > 1.5 or aspect.min() < 1 / 1.5  # the range is used
+
+
+def test_flip_can_be_turned_off_by_a_dataset_config(tmp_path):
+    (tmp_path / "config.yaml").write_text("data:\n  augment:\n    flip: false\n")
+    config = load_config(tmp_path / "config.yaml")
+    assert config.data.augment.flip is False
+    from mobiletag.data.augment import TrainAugment
+
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)), tf.uint8)
+    seeds = tf.constant(np.arange(32).reshape(16, 2), tf.int64)
+    aug = config.data.augment.__class__(flip=False, color_jitter=False)
+    (out,) = TrainAugment([8], aug)(images, seeds)
+    np.testing.assert_array_equal(out.numpy(), images.numpy().astype(np.float32))  # no image mirrored
+
+
+def test_train_head_only_freezes_the_backbone_and_its_batch_norm():
+    from mobiletag.models.student import build_student, train_head_only
+
+    model = build_student(4, 32, "efficientnet_lite0")
+    assert train_head_only(model, True) == 1
+    assert [w.name for w in model.trainable_weights] == ["logits/kernel:0", "logits/bias:0"]
+    assert train_head_only(model, False) > 50
+    assert all(layer.trainable for layer in model.layers)
+
+
+@pytest.mark.slow
+def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir, teacher_dir, tiny_config, tmp_path):
+    """One warm-up epoch and no fine-tuning: the backbone is the pretrained one, bit for bit,
+    BatchNormalization statistics included; only the head has learned."""
+    import json
+
+    from mobiletag.models.lite_weights import imagenet_weights, load_backbone
+    from mobiletag.models.student import build_student
+    from mobiletag.stages import train_student
+
+    student = dataclasses.replace(tiny_config.student, warmup_epochs=1, epochs=0, weights="imagenet")
+    config = tiny_config.replace(student=student)
+    result = train_student.run(config, tfrecord_dir, teacher_dir, tmp_path / "student")
+    assert result.metrics["epochs_warmup"] == 1 and result.metrics["epochs"] == 0
+    trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
+    reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
+    load_backbone(reference, imagenet_weights(config.student.architecture))
+    for mine, theirs in zip(trained.layers, reference.layers):
+        same = all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
+        assert same == (mine.name != "logits"), mine.name
+    history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["warmup_history"]
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
