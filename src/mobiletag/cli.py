@@ -38,9 +38,12 @@ def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from mobiletag.data.sample import make_sample_dataset
+    from mobiletag.data.sample import make_hard_dataset, make_sample_dataset
 
-    counts = make_sample_dataset(args.out_dir, num_images=args.images, seed=args.seed)
+    if args.kind == "hard":
+        counts = make_hard_dataset(args.out_dir, seed=args.seed)
+    else:
+        counts = make_sample_dataset(args.out_dir, num_images=args.images, seed=args.seed, scale=args.scale)
     print(f"wrote a sample dataset to {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
@@ -296,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder to write the dataset into")
     p.add_argument("--images", type=int, default=600, help="number of images (default 600)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the image sides (about 150 px at 1; 14 gives 2.3-6.6 MP photos, where an app's resize matters)",
+    )
+    p.add_argument(
+        "--kind",
+        choices=("shapes", "hard"),
+        default="shapes",
+        help="shapes (default) or hard: 600 images of 96 px, 0-3 of ten small shapes (`make bench-quality`)",
+    )
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("validate", help="check a dataset and print its summary; exit 2 on a data error")

@@ -123,3 +123,14 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
         assert same == (mine.name != "logits"), mine.name
     history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["warmup_history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+def test_sample_images_at_phone_scale():
+    """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (issue 16's large-image set)."""
+    from mobiletag.data.sample import _image
+
+    rng = np.random.default_rng(0)
+    sizes = [_image(rng, ["circle", "star"], scale=14.0).size for _ in range(3)]
+    assert all(w * h >= 2_300_000 for w, h in sizes), sizes
+    small = _image(np.random.default_rng(0), ["circle"]).size
+    assert 112 <= small[0] < 192 and 104 <= small[1] < 176
