@@ -269,3 +269,27 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     np.testing.assert_array_equal(saved, scores)
     np.testing.assert_array_equal(np.load(exported["evaluate"] / evaluate.LABELS_FILE), labels.astype(np.uint8))
     assert read_json(exported["evaluate"] / evaluate.PATHS_FILE) == paths
+
+
+def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp_path):
+    """`mobiletag predict` scores a file as evaluation does: app_pixels of the original, the INT8 model."""
+    import json
+    import shutil
+
+    from mobiletag.data.tfrecords import read_labels
+    from mobiletag.export.app_input import app_pixels
+    from mobiletag.export.inference_config import build_inference_config
+    from mobiletag.predict import Predictor
+
+    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    labels = read_labels(tfrecord_dir)
+    config = build_inference_config(model, labels, {name: 0.5 for name in labels})
+    shutil.copy(exported["tflite"] / MODEL_FILE, tmp_path / MODEL_FILE)
+    (tmp_path / "inference_config.json").write_text(json.dumps(config))
+    (first,), _, paths = eval_pixels(tfrecord_dir, "test", [STUDENT_SIZE], limit=1)
+    original = sample_dir / "images" / paths[0]
+    np.testing.assert_array_equal(app_pixels(original.read_bytes(), config), first[0].astype(np.uint8))
+    result = Predictor(tmp_path).predict_file(original)
+    want = model.predict(first)[0]
+    assert list(result["scores"].values()) == [round(float(s), 6) for s in want]
+    assert set(result["labels"]) == {name for name, s in zip(labels, want) if s >= 0.5}
