@@ -26,7 +26,11 @@ WEIGHTS_HELP = "'imagenet', 'none', a local file path or a gs:// URI"
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with its documentation and validation rules (min, max)."""
+    """A dataclass field with its documentation and validation rules (min, max).
+
+    A list default becomes a factory (a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **rules})
     return field(default=default, metadata={"help": help, **rules})
 
 
@@ -84,6 +88,16 @@ class AugmentConfig:
     brightness: float = _f(0.2, "max brightness change, as a share of 255", min=0.0, max=1.0)
     contrast: float = _f(0.2, "max relative contrast change", min=0.0, max=1.0)
     saturation: float = _f(0.2, "max relative saturation change", min=0.0, max=1.0)
+    resize_methods: list[Literal["bilinear", "mediapipe", "nearest", "bilinear_antialias", "area"]] = _f(
+        ["bilinear", "mediapipe", "nearest"],
+        "how each training view is resized from the crop, drawn per example with equal odds (a method listed twice "
+        "is drawn twice as often; the same for every view size), so the model does not depend on how an app resizes: bilinear = TensorFlow's (half-pixel "
+        "centres, no antialiasing); mediapipe = top-left aligned bilinear without antialiasing, as MediaPipe "
+        "Tasks (and OpenCV's warp) resize; nearest = nearest neighbour (the aliasing of a large un-antialiased "
+        "downscale); bilinear_antialias = bilinear with antialiasing (as PIL); area = box average. The first "
+        "three cost next to nothing; bilinear_antialias and area run as matrix products (XLA has no kernel for "
+        "them) and cost more on CPU",
+    )
 
 
 @dataclass(frozen=True)
@@ -488,6 +502,9 @@ def _build(cls: type, data: dict[str, Any], prefix: tuple[str, ...], origin: dic
 
 
 def _check_consistency(config: Any, origin: dict[tuple[str, ...], str]) -> None:
+    if isinstance(config, AugmentConfig) and not config.resize_methods:
+        src = origin.get(("data", "augment", "resize_methods"), "<config>")
+        raise ConfigError(f"{src}: config key 'data.augment.resize_methods' is empty; list at least one (bilinear)")
     if isinstance(config, ThresholdsConfig) and config.grid_min > config.grid_max:
         src = origin.get(("thresholds", "grid_min"), "<config>")
         raise ConfigError(
@@ -525,5 +542,6 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]
         if _is_dataclass_type(hints[f.name]):
             rows.extend(describe(hints[f.name], key + "."))
         else:
-            rows.append((key, f.default, f.metadata.get("help", "")))
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            rows.append((key, default, f.metadata.get("help", "")))
     return rows

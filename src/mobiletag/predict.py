@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from mobiletag.data.images import ImageProblem, decode_image
 from mobiletag.errors import DataError, MobiletagError
-from mobiletag.export.inference_config import app_pixels
+from mobiletag.export.app_input import app_pixels
 from mobiletag.export.litert import TFLiteModel
 
 
@@ -43,13 +43,19 @@ class Predictor:
         return (raw.astype(np.float32) - q["zero_point"]) * q["scale"]
 
     def predict_file(self, path: str | Path) -> dict[str, Any]:
+        """Labels for one image file, through the app's input path (``app_pixels``: PIL decode, EXIF
+        orientation, RGB, MediaPipe Tasks' resize)."""
         try:
-            image, _ = decode_image(Path(path).read_bytes())
+            data = Path(path).read_bytes()
         except FileNotFoundError as exc:
             raise DataError(f"{path}: no such image file") from exc
-        except ImageProblem as exc:
-            raise DataError(f"{path}: {exc}") from exc
-        scores = self.scores(app_pixels(image, self.config))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+        try:
+            pixels = app_pixels(data, self.config)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: not an image PIL can decode ({exc})") from exc
+        scores = self.scores(pixels)
         chosen = {name: float(s) for name, s, t in zip(self.labels, scores, self.thresholds) if s >= t}
         return {
             "image": str(path),

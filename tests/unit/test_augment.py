@@ -8,11 +8,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.config import AugmentConfig
-from mobiletag.data.augment import TrainAugment, crop_size, stateless_uniforms, to_float
+from mobiletag.data.augment import RESIZE_METHODS, TrainAugment, crop_size, resize, stateless_uniforms, to_float
+from mobiletag.export.app_input import mediapipe_resize
 
 BIG, SMALL, BATCH = 96, 64, 16
-PLAIN = AugmentConfig(flip=False, color_jitter=False)
+PLAIN = AugmentConfig(flip=False, color_jitter=False, resize_methods=["bilinear"])
 FLIP_ONLY = AugmentConfig(flip=True, color_jitter=False)
+ALL_METHODS = ["bilinear", "mediapipe", "nearest", "bilinear_antialias", "area"]
 
 
 def _images(n: int = BATCH, side: int = BIG, low: float = 30, high: float = 225) -> tf.Tensor:
@@ -39,7 +41,7 @@ def test_views_shapes_dtype_and_range():
 
 
 def test_every_size_sees_the_same_augmented_image():
-    big, small = TrainAugment([BIG, SMALL], AugmentConfig())(_images(), _seeds())
+    big, small = TrainAugment([BIG, SMALL], AugmentConfig(resize_methods=["bilinear"]))(_images(), _seeds())
     down = tf.image.resize(big, [SMALL, SMALL], method="bilinear")
     np.testing.assert_allclose(down.numpy(), small.numpy(), atol=1e-3)
     other = tf.roll(small, shift=1, axis=0)  # another example's view: far off
@@ -175,3 +177,73 @@ def test_two_replicas_give_the_single_device_views():
 def test_crop_size_needs_a_size():
     with pytest.raises(ValueError, match="no image sizes"):
         crop_size([])
+
+
+# === Resize methods ===
+
+
+def test_resize_methods_equal_their_tensorflow_ops():
+    x = tf.cast(_images(4), tf.float32)
+    native = {
+        "bilinear": tf.image.resize(x, [SMALL, SMALL], method="bilinear"),
+        "nearest": tf.image.resize(x, [SMALL, SMALL], method="nearest"),
+        "bilinear_antialias": tf.image.resize(x, [SMALL, SMALL], method="bilinear", antialias=True),
+        "area": tf.image.resize(x, [SMALL, SMALL], method="area"),
+    }
+    for method, want in native.items():  # the last two as matrix products
+        np.testing.assert_allclose(resize(x, SMALL, method).numpy(), want.numpy(), atol=2e-3, err_msg=method)
+    assert sorted(RESIZE_METHODS) == sorted(ALL_METHODS)
+    with pytest.raises(ValueError, match="unknown method 'cubic'"):
+        resize(x, SMALL, "cubic")
+
+
+def test_mediapipe_method_is_mediapipe_resize_up_to_its_fixed_point():
+    """Same sampling as the app's resize; OpenCV's 1/32-px grid and 5-bit weights move noise by a few levels."""
+    noise = np.random.default_rng(3).integers(0, 256, (2, 37, 37, 3), dtype=np.uint8)
+    for size in (32, 24, 50):
+        want = np.stack([mediapipe_resize(image, size, size) for image in noise]).astype(np.float32)
+        got = resize(tf.constant(noise, tf.float32), size, "mediapipe").numpy()
+        assert np.abs(got - want).max() <= 8 and np.abs(got - want).mean() < 1.0, size
+        half_pixel = resize(tf.constant(noise, tf.float32), size, "bilinear").numpy()
+        assert np.abs(half_pixel - want).mean() > 5 * np.abs(got - want).mean(), size
+
+
+def test_each_example_gets_its_drawn_method_at_every_size():
+    n, sizes = 40, [BIG, SMALL, 48]
+    aug = AugmentConfig(flip=False, color_jitter=False, resize_methods=ALL_METHODS)
+    images, seeds = _images(n), _seeds(n)
+    views = TrainAugment(sizes, aug)(images, seeds)
+    drawn = np.minimum((stateless_uniforms(seeds, 5).numpy()[:, 4] * 5).astype(int), 4)
+    assert set(drawn) == set(range(5))  # every method picked
+    x = tf.cast(images, tf.float32)
+    np.testing.assert_array_equal(views[0].numpy(), x.numpy())  # the crop's own size: untouched
+    for view, size in zip(views[1:], sizes[1:]):
+        per_method = {m: resize(x, size, m).numpy() for m in ALL_METHODS}
+        for i, k in enumerate(drawn):
+            np.testing.assert_array_equal(view.numpy()[i], per_method[ALL_METHODS[k]][i])
+    # the same seeds give the same views; an example's view does not depend on its batch
+    again = TrainAugment(sizes, aug)(images[5:9], seeds[5:9])
+    for whole, part in zip(views, again):
+        np.testing.assert_array_equal(whole.numpy()[5:9], part.numpy())
+    weighted = AugmentConfig(flip=False, color_jitter=False, resize_methods=["nearest", "nearest", "area"])
+    (_, small) = TrainAugment([BIG, SMALL], weighted)(images, seeds)[:2]
+    nearest, area = resize(x, SMALL, "nearest").numpy(), resize(x, SMALL, "area").numpy()
+    picks = [
+        0 if np.array_equal(v, a) else 1 if np.array_equal(v, b) else 2 for v, a, b in zip(small.numpy(), nearest, area)
+    ]
+    assert 2 not in picks and picks.count(0) > picks.count(1) > 0  # listed twice, drawn twice as often
+
+
+def test_all_resize_methods_run_under_xla_and_two_replicas():
+    augment = TrainAugment([BIG, SMALL], AugmentConfig(resize_methods=ALL_METHODS))
+    images, seeds = _images(), _seeds()
+    eager = augment(images, seeds)
+    for xla, want in zip(tf.function(augment.__call__, jit_compile=True)(images, seeds), eager):
+        np.testing.assert_allclose(xla.numpy(), want.numpy(), atol=0.05)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")][:2])
+    ds = tf.data.Dataset.from_tensors((images, seeds))
+    dist_images, dist_seeds = next(iter(strategy.experimental_distribute_dataset(ds)))
+    per_replica = strategy.run(tf.function(augment.__call__), args=(dist_images, dist_seeds))
+    for replicated, whole in zip(per_replica, eager):
+        parts = strategy.experimental_local_results(replicated)
+        np.testing.assert_allclose(np.concatenate([p.numpy() for p in parts]), whole.numpy(), atol=1e-3)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation import thresholds as thresholds_module
 from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
 from mobiletag.evaluation.thresholds import SortedScores, grid, optimize_thresholds
-from mobiletag.export.inference_config import app_pixels, eval_pixels, iter_eval_batches
+from mobiletag.export.app_input import mediapipe_resize
+from mobiletag.export.inference_config import eval_pixels, iter_eval_batches
 from mobiletag.export.litert import BATCH, MODEL_FILE, TFLiteModel
 from mobiletag.export.tflite import convert_int8
 from mobiletag.models.student import preprocess
@@ -57,8 +58,15 @@ def brute_optimize(labels, scores, classes, cfg, monkeypatch) -> dict:
         return optimize_thresholds(labels, scores, classes, cfg)
 
 
-def full_array_pixels(dataset_dir: Path, split: str, sizes: list[int]) -> tuple[list[np.ndarray], np.ndarray, list]:
-    """The former eval_pixels: the whole split decoded into float32 arrays, one record at a time."""
+def full_array_pixels(
+    dataset_dir: Path, split: str, sizes: list[int], images_root: Path | None = None
+) -> tuple[list[np.ndarray], np.ndarray, list]:
+    """The former eval_pixels: the whole split decoded into float32 arrays, one record at a time.
+
+    With ``images_root`` the pixels come from the source files there (the app's input path:
+    PIL, EXIF orientation, RGB, MediaPipe's resize), as evaluation now reads them; without it,
+    from the records' stored JPEGs.
+    """
     from mobiletag.data.pipeline import list_shards
 
     features = {
@@ -70,11 +78,14 @@ def full_array_pixels(dataset_dir: Path, split: str, sizes: list[int]) -> tuple[
     labels, paths = [], []
     for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split)):
         ex = tf.io.parse_single_example(raw, features)
-        with Image.open(io.BytesIO(ex["image/encoded"].numpy())) as image:
-            for per_size, size in zip(images, sizes, strict=True):
-                per_size.append(app_pixels(image, {"input": {"shape": [1, size, size, 3]}}).astype(np.float32))
+        path = ex["image/filepath"].numpy().decode("utf-8")
+        data = (images_root / path).read_bytes() if images_root is not None else ex["image/encoded"].numpy()
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        for per_size, size in zip(images, sizes, strict=True):
+            per_size.append(mediapipe_resize(rgb, size, size).astype(np.float32))
         labels.append(tf.sparse.to_dense(ex["image/labels"]).numpy())
-        paths.append(ex["image/filepath"].numpy().decode("utf-8"))
+        paths.append(path)
     return [np.stack(p) for p in images], np.stack(labels).astype(np.float32), paths
 
 
@@ -172,8 +183,10 @@ def exported(tfrecord_dir, tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
-def test_stream_yields_the_full_array_pixels_in_order(tfrecord_dir):
-    (small, large), labels, paths = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE])
+def test_stream_yields_the_full_array_pixels_in_order(tfrecord_dir, sample_dir):
+    (small, large), labels, paths = full_array_pixels(
+        tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], sample_dir / "images"
+    )
     batches = list(iter_eval_batches(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], batch_size=7, workers=3))
     assert [len(b.paths) for b in batches[:-1]] == [7] * (len(batches) - 1) and 0 < len(batches[-1].paths) <= 7
     assert all(b.pixels[0].dtype == np.uint8 for b in batches)
@@ -187,11 +200,15 @@ def test_stream_yields_the_full_array_pixels_in_order(tfrecord_dir):
     assert first.dtype == np.float32 and first_paths == paths[:5]
     np.testing.assert_array_equal(first, small[:5])
     np.testing.assert_array_equal(first_labels, labels[:5])
+    (stored,), _, stored_paths = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE])  # the records' JPEGs
+    from_records = list(iter_eval_batches(tfrecord_dir, "test", [STUDENT_SIZE], source="records"))
+    np.testing.assert_array_equal(np.concatenate([b.pixels[0] for b in from_records]), stored)
+    assert stored_paths == paths
 
 
-def test_batched_int8_equals_one_image_per_invoke(exported, tfrecord_dir):
+def test_batched_int8_equals_one_image_per_invoke(exported, tfrecord_dir, sample_dir):
     model = TFLiteModel(exported["tflite"] / MODEL_FILE)
-    (images,), _, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE])
+    (images,), _, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE], sample_dir / "images")
     noise = np.random.default_rng(5).integers(0, 256, size=(BATCH + 3, STUDENT_SIZE, STUDENT_SIZE, 3), dtype=np.uint8)
     for pixels in (images.astype(np.uint8), noise):
         one_by_one = model.predict(pixels)
@@ -213,14 +230,14 @@ def _assert_close(got, want, where: str = "") -> None:
         assert got == want, where
 
 
-def test_stages_equal_the_full_array_results(exported, tfrecord_dir, fast_config, monkeypatch):
+def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir, fast_config, monkeypatch):
     """optimize_thresholds and evaluate, streaming, against the former full-array computation."""
     model = TFLiteModel(exported["tflite"] / MODEL_FILE)
     classes = read_json(tfrecord_dir / "stats.json")["classes"]
 
     thresholds_stage.run(fast_config, tfrecord_dir, exported["tflite"], exported["thresholds"])
     recommendation = read_json(exported["thresholds"] / THRESHOLDS_FILE)
-    (val_images,), val_labels, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE])
+    (val_images,), val_labels, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE], sample_dir / "images")
     want = brute_optimize(val_labels, model.predict(val_images), classes, fast_config.thresholds, monkeypatch)
     assert recommendation == {**want, "model": MODEL_FILE, "split": "val"}
 
@@ -229,7 +246,9 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, fast_config
         exported["evaluate"],
     )  # fmt: skip
     metrics = read_json(exported["evaluate"] / METRICS_FILE)
-    (images, teacher_images), labels, paths = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE])
+    (images, teacher_images), labels, paths = full_array_pixels(
+        tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], sample_dir / "images"
+    )
     scores = model.predict(images)
     teacher = keras.models.load_model(exported["teacher"] / TEACHER_CHECKPOINT, compile=False)
     student = keras.models.load_model(exported["student"] / STUDENT_CHECKPOINT, compile=False)
@@ -250,3 +269,27 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, fast_config
     np.testing.assert_array_equal(saved, scores)
     np.testing.assert_array_equal(np.load(exported["evaluate"] / evaluate.LABELS_FILE), labels.astype(np.uint8))
     assert read_json(exported["evaluate"] / evaluate.PATHS_FILE) == paths
+
+
+def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp_path):
+    """`mobiletag predict` scores a file as evaluation does: app_pixels of the original, the INT8 model."""
+    import json
+    import shutil
+
+    from mobiletag.data.tfrecords import read_labels
+    from mobiletag.export.app_input import app_pixels
+    from mobiletag.export.inference_config import build_inference_config
+    from mobiletag.predict import Predictor
+
+    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    labels = read_labels(tfrecord_dir)
+    config = build_inference_config(model, labels, {name: 0.5 for name in labels})
+    shutil.copy(exported["tflite"] / MODEL_FILE, tmp_path / MODEL_FILE)
+    (tmp_path / "inference_config.json").write_text(json.dumps(config))
+    (first,), _, paths = eval_pixels(tfrecord_dir, "test", [STUDENT_SIZE], limit=1)
+    original = sample_dir / "images" / paths[0]
+    np.testing.assert_array_equal(app_pixels(original.read_bytes(), config), first[0].astype(np.uint8))
+    result = Predictor(tmp_path).predict_file(original)
+    want = model.predict(first)[0]
+    assert list(result["scores"].values()) == [round(float(s), 6) for s in want]
+    assert set(result["labels"]) == {name for name, s in zip(labels, want) if s >= 0.5}

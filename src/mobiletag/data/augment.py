@@ -4,8 +4,16 @@ The input pipeline (:mod:`mobiletag.data.pipeline`) hands the step one uint8 ran
 crop per image at the largest training resolution and a per-example stateless seed.
 :class:`TrainAugment` does the rest on the device that runs the step (the accelerator when
 there is one): conversion to float32, horizontal flip, colour jitter (brightness, contrast,
-saturation) and one bilinear resize per model resolution. Every resolution gets the same flip
-and jitter: one augmented image, seen by the teacher and the student at their own sizes.
+saturation) and one resize per model resolution. Every resolution gets the same flip, jitter
+and resize method: one augmented image, seen by the teacher and the student at their own sizes.
+
+The resize method is drawn per example from ``resize_methods`` (TensorFlow's bilinear,
+MediaPipe's top-left aligned bilinear, nearest neighbour, antialiased bilinear, area): apps
+resize in different ways (MediaPipe Tasks without antialiasing, PIL and most image libraries
+with), and the model should not depend on which. Each configured method resizes the whole
+batch and every example keeps the one it drew (a gather, as the flip); antialiased bilinear and
+area, which XLA cannot compile, run as two matrix products with the 1-D resize matrices, which
+are computed once, outside the graph.
 
 Everything is batched TensorFlow (no Python per example), float32 whatever the Keras
 precision policy, and XLA-compatible (``jit_compile=True``): saturation is a blend with the
@@ -39,9 +47,50 @@ _UNIFORM_BITS = 24  # float32 holds 24-bit integers exactly: uniforms on a grid 
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale
 _LUMA = (0.2989, 0.5870, 0.1140)
 
-# per-example random values, by position
-_FLIP, _BRIGHTNESS, _CONTRAST, _SATURATION = range(4)
-_NUM_RANDOM = 4
+# per-example random values, by position (a value depends on its column only, not on how many are drawn)
+_FLIP, _BRIGHTNESS, _CONTRAST, _SATURATION, _RESIZE = range(5)
+_NUM_RANDOM = 5
+
+
+def _resize_matrix(source: int, size: int, method: str) -> tf.Tensor:
+    """float32 [size, source]: the 1-D resize as a matrix, from resizing the identity with TensorFlow.
+
+    The identity [source, source] is resized as an image of height ``source``, width 1 and
+    ``source`` channels; computed eagerly (``tf.init_scope``), so a traced or XLA-compiled step
+    holds a constant.
+    """
+    with tf.init_scope():
+        eye = tf.eye(source, dtype=tf.float32)[tf.newaxis, :, tf.newaxis, :]
+        tf_method = "bilinear" if method == "bilinear_antialias" else method
+        rows = tf.image.resize(eye, [size, 1], method=tf_method, antialias=method == "bilinear_antialias")
+        return tf.constant(rows[0, :, 0, :].numpy())
+
+
+def resize(x: tf.Tensor, size: int, method: str) -> tf.Tensor:
+    """Resize a float32 batch [B, S, S, C] to [B, size, size, C] with one of ``RESIZE_METHODS``.
+
+    ``mediapipe`` is ``ResizeBilinear`` with ``half_pixel_centers=False``: output pixel ``d``
+    samples input ``d * S / size``, as MediaPipe Tasks' OpenCV warp (which works on a 1/32-px
+    grid: within a fraction of a level). ``bilinear_antialias`` and ``area`` are matrix products
+    (XLA-compatible); their crops need a static side.
+    """
+    if method == "bilinear":
+        return tf.image.resize(x, [size, size], method="bilinear")
+    if method == "mediapipe":
+        return tf.raw_ops.ResizeBilinear(images=x, size=[size, size], align_corners=False, half_pixel_centers=False)
+    if method == "nearest":
+        return tf.image.resize(x, [size, size], method="nearest")
+    if method not in ("bilinear_antialias", "area"):
+        raise ValueError(f"resize: unknown method {method!r}; use one of {', '.join(RESIZE_METHODS)}")
+    source = x.shape[1]
+    if source is None or x.shape[2] != source:
+        raise ValueError(f"resize: {method} needs square crops of a static side, got shape {x.shape}")
+    matrix = _resize_matrix(int(source), size, method)
+    rows = tf.einsum("is,bsxc->bixc", matrix, x)
+    return tf.einsum("jx,bixc->bijc", matrix, rows)
+
+
+RESIZE_METHODS = ("bilinear", "mediapipe", "nearest", "bilinear_antialias", "area")
 
 
 def crop_size(sizes: Sequence[int]) -> int:
@@ -100,8 +149,8 @@ class TrainAugment:
     Args:
         sizes: the views' sides in output order (teacher first, student last when distilling);
             the crops handed to ``__call__`` are ``crop_size(sizes)`` square.
-        aug: flip and colour-jitter settings (``random_resized_crop`` and ``crop_area_min`` act
-            in the input pipeline, not here).
+        aug: flip, colour-jitter and resize-method settings (``random_resized_crop`` and
+            ``crop_area_min`` act in the input pipeline, not here).
     """
 
     def __init__(self, sizes: Sequence[int], aug: AugmentConfig) -> None:
@@ -129,7 +178,9 @@ class TrainAugment:
             x = to_float(images)
             if self.aug.color_jitter:
                 x = self._jitter(x, u)
-            return [self._resize(x, s) for s in self.sizes]
+            methods = list(self.aug.resize_methods)
+            choice = tf.minimum(tf.cast(u[:, _RESIZE] * len(methods), tf.int32), len(methods) - 1)
+            return [self._resize(x, s, methods, choice) for s in self.sizes]
 
     def _jitter(self, x: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
         """Brightness, contrast, saturation, then a clip to 0-255, as one per-example affine map.
@@ -160,7 +211,14 @@ class TrainAugment:
         out = tf.matmul(pixels, matrix, transpose_b=True) + offset[:, tf.newaxis, :]
         return tf.ensure_shape(tf.reshape(tf.clip_by_value(out, 0.0, 255.0), shape), x.shape)
 
-    def _resize(self, x: tf.Tensor, size: int) -> tf.Tensor:
+    def _resize(self, x: tf.Tensor, size: int, methods: list[str], choice: tf.Tensor) -> tf.Tensor:
+        """Every example resized with ``methods[choice]`` (choice int32 [B])."""
         if x.shape[1] == size and x.shape[2] == size:
-            return x
-        return tf.image.resize(x, [size, size], method="bilinear")
+            return x  # every method leaves an image of the target size as it is
+        distinct = list(dict.fromkeys(methods))
+        if len(distinct) == 1:
+            return resize(x, size, distinct[0])
+        outputs = [resize(x, size, method) for method in distinct]
+        which = tf.gather(tf.constant([distinct.index(m) for m in methods], tf.int32), choice)
+        batch = tf.shape(x)[0]
+        return tf.gather(tf.concat(outputs, axis=0), tf.range(batch) + batch * which)

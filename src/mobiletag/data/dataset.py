@@ -343,19 +343,26 @@ def map_images(
     config: Config,
     problems: Problems,
     fn: Callable[[bytes], T],
+    keep: Callable[[Row, bytes], None] | None = None,
 ) -> Iterator[tuple[Row, T]]:
     """fn(image bytes) for every row, in parallel, in row order; failures go to problems.
 
     Reads (local or gs://, with retries) and decodes run in a thread pool. Results stream
     out in order with a bounded window, so memory does not grow with the dataset and a
-    consumer (the TFRecord writer) works while the next images load.
+    consumer (the TFRecord writer) works while the next images load. ``keep(row, bytes)``,
+    when given, runs in the worker after ``fn`` succeeds (e.g. to copy the file), so the
+    bytes are never held in the window.
     """
     rows = list(rows)
     workers = worker_count(config)
 
     def task(row: Row) -> tuple[Row, T | None, str | None]:
         try:
-            return row, fn(index.read_image(row)), None
+            data = index.read_image(row)
+            result = fn(data)
+            if keep is not None:
+                keep(row, data)
+            return row, result, None
         except ImageProblem as exc:
             return row, None, str(exc)
 

@@ -1,9 +1,15 @@
-"""TFRecord building: the validated dataset as pre-resized JPEG shards, labels.txt, stats.json.
+"""TFRecord building: the validated dataset as pre-resized JPEG shards, labels.txt, stats.json,
+and the original files of the evaluation splits.
 
 Images are decoded once, checked, downscaled so their longest side is a little above the
 largest training resolution and re-encoded: the input pipeline then decodes small JPEGs
 (7-8x cheaper than phone photos). The output is deterministic: the same dataset and config
 give byte-identical shards.
+
+The val and test source files are also copied byte for byte to
+``originals/<split>/<record index, 6 digits><extension>`` with ``originals/<split>.json``
+listing them in record order: threshold search and evaluation read those, through the app's
+input path (:mod:`mobiletag.export.app_input`), not the shrunk re-encoded JPEGs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -22,12 +28,20 @@ import numpy as np
 from mobiletag.config import Config
 from mobiletag.data.dataset import DatasetIndex, Problems, Row, map_images
 from mobiletag.data.images import ImageInfo, inspect_image
+from mobiletag.errors import DataError
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.txt"
 STATS_FILE = "stats.json"
-FORMAT_VERSION = 1
+ORIGINALS_DIR = "originals"
+ORIGINAL_SPLITS = ("val", "test")  # the splits measured through the app's input path
+FORMAT_VERSION = 2  # 2: originals/ added
+
+
+def original_name(index: int, filepath: str) -> str:
+    """File name of a split's ``index``-th original: the record index and the source's extension."""
+    return f"{index:06d}{PurePosixPath(filepath).suffix.lower()}"
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -84,6 +98,20 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
             position = {row.filepath: i for i, row in enumerate(rows)}
             names = [shard_name(split, s, num_shards) for s in range(num_shards)]
             shards[split] = names
+            keep = None
+            if split in ORIGINAL_SPLITS:
+                originals_dir = tmp / ORIGINALS_DIR / split
+                originals_dir.mkdir(parents=True)
+                listing = [
+                    {"file": original_name(i, row.filepath), "filepath": row.filepath} for i, row in enumerate(rows)
+                ]
+                (tmp / ORIGINALS_DIR / f"{split}.json").write_text(
+                    json.dumps(listing, indent=0, ensure_ascii=False) + "\n", encoding="utf-8"
+                )
+
+                def keep(row: Row, data: bytes, folder: Path = originals_dir, at: dict[str, int] = position) -> None:
+                    (folder / original_name(at[row.filepath], row.filepath)).write_bytes(data)
+
             writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]
             total = 0
             try:
@@ -95,6 +123,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
                     config,
                     problems,
                     lambda data: inspect_image(data, max_side=side, jpeg_quality=quality),
+                    keep,
                 ):
                     assert info.jpeg is not None and info.stored_size is not None
                     i = position[row.filepath]
@@ -119,6 +148,9 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
             jpeg_quality=quality,
             shards=shards,
             stored_bytes=stored_bytes,
+            originals={
+                split: _folder_bytes(tmp / ORIGINALS_DIR / split) for split in shards if split in ORIGINAL_SPLITS
+            },
             warnings=list(index.warnings),
         )
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -135,6 +167,34 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
         time.perf_counter() - started,
     )
     return stats
+
+
+def _folder_bytes(folder: Path) -> dict[str, int]:
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def originals_of(dataset_dir: str | Path, split: str) -> list[Path]:
+    """The split's original image files in record order (the copies prepare_dataset made).
+
+    Raises DataError when the dataset has none for the split: it was built before originals
+    were kept (format 1), or the split is not one of ORIGINAL_SPLITS.
+    """
+    listing_file = Path(dataset_dir, ORIGINALS_DIR, f"{split}.json")
+    if not listing_file.is_file():
+        if split not in ORIGINAL_SPLITS:
+            raise DataError(
+                f"{dataset_dir}: prepare_dataset keeps the original images of the {' and '.join(ORIGINAL_SPLITS)} "
+                f"splits only, not of {split!r}; read its TFRecords instead (source='records')"
+            )
+        raise DataError(
+            f"{dataset_dir}: the dataset has no original images for the {split} split ({listing_file} is missing): "
+            "it was built by an older prepare_dataset, and evaluation and threshold search now measure the "
+            "original files. Re-run prepare_dataset (in a pipeline, with caching disabled for it, or with "
+            "`mobiletag train`), then the stages after it"
+        )
+    folder = listing_file.parent / split
+    return [folder / entry["file"] for entry in json.loads(listing_file.read_text(encoding="utf-8"))]
 
 
 def read_labels(dataset_dir: str | Path) -> list[str]:

@@ -1,9 +1,9 @@
-"""inference_config.json: everything an app needs to run the model, and the preprocessing
-that evaluation and ``mobiletag predict`` share with an app."""
+"""inference_config.json: everything an app needs to run the model, and the streaming of a
+split through the app's input path (:mod:`mobiletag.export.app_input`) that threshold search
+and evaluation share with ``mobiletag predict``."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 from collections import deque
@@ -11,24 +11,28 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from mobiletag.errors import DataError
+from mobiletag.export.app_input import app_image, mediapipe_resize
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [B, size, size, 3] -> probabilities [B, C]
 # Images per batch when a split streams through the models (scores are kept, pixels are not).
 EVAL_BATCH = 64
+Source = Literal["originals", "records"]
+SOURCES: tuple[str, ...] = ("originals", "records")
+RESIZE = "bilinear as MediaPipe Tasks (OpenCV warpPerspective, no antialiasing, no crop or padding)"
 
 
 def build_inference_config(
     model: TFLiteModel, labels: list[str], thresholds: dict[str, float] | None = None
 ) -> dict[str, Any]:
-    size = model.image_size
     inp, out = model.input, model.output
+    _, height, width, _ = inp.shape
     return {
         "model_file": MODEL_FILE,
         "input": {
@@ -36,19 +40,31 @@ def build_inference_config(
             "dtype": inp.dtype,
             "color_order": "RGB",
             "layout": "NHWC",
-            "resize": "bilinear",
+            "decode": (
+                "decode the file at full resolution, apply its EXIF orientation, convert to RGB "
+                "(grey replicated, palette expanded, alpha dropped)"
+            ),
+            "exif_orientation": "applied (the image is turned upright before resizing)",
+            "resize": RESIZE,
+            "resize_sampling": (
+                "output pixel (x, y) samples the input at (x * W / width, y * H / height), top-left aligned; "
+                "OpenCV fixed point (1/32 px coordinates, 5-bit bilinear weights), edge pixels replicated"
+            ),
             "crop": "none: the whole image is resized to the input size (aspect ratio not kept)",
             "value_range": [0, 255],
             "normalization": "none: feed pixel values; the model normalises (x - 127) / 128 inside",
             "quantization": {"scale": inp.scale, "zero_point": inp.zero_point},
             "how_to": (
-                f"decode to RGB, apply EXIF orientation, resize to {size}x{size} (bilinear), then "
+                "decode to RGB, apply EXIF orientation, resize the whole image to "
+                f"{width}x{height} with MediaPipe Tasks' bilinear (no antialiasing), then "
                 + (
                     "feed the pixels as they are"
                     if inp.dtype == "uint8" and inp.scale == 1.0 and inp.zero_point == 0
                     else "quantize: q = round(pixel / scale + zero_point)"
                 )
+                + "; MediaPipe Tasks' ImageClassifier does exactly this"
             ),
+            "reference": "mobiletag.export.app_input.app_pixels (a numpy port of MediaPipe's CPU preprocessing)",
         },
         "output": {
             "shape": out.shape,
@@ -63,15 +79,6 @@ def build_inference_config(
     }
 
 
-def app_pixels(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
-    """An RGB PIL image -> the uint8 pixel array an app feeds, per inference_config.json."""
-    _, height, width, _ = config["input"]["shape"]
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    resized = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
-
-
 @dataclass(frozen=True)
 class EvalBatch:
     """A batch of a split as an app sees it: uint8 pixels [B, size, size, 3] per requested
@@ -82,15 +89,27 @@ class EvalBatch:
     paths: list[str]
 
 
-def _decode_record(raw: bytes, configs: list[dict[str, Any]]) -> tuple[list[np.ndarray], list[float], str]:
-    """One serialized tf.train.Example -> app pixels at every size (decoded once), labels, path."""
+Decoded = tuple[list[np.ndarray], list[float], str]
+
+
+def _decode_record(raw: bytes, sizes: Sequence[int], original: Path | None) -> Decoded:
+    """One serialized tf.train.Example -> app pixels at every size (decoded once), labels, path.
+
+    The pixels come from ``original`` (the byte-for-byte copy of the source file) when given,
+    else from the record's stored JPEG.
+    """
     from tensorflow.core.example.example_pb2 import Example
 
     feature = Example.FromString(raw).features.feature
-    with Image.open(io.BytesIO(feature["image/encoded"].bytes_list.value[0])) as image:
-        pixels = [app_pixels(image, config) for config in configs]
-    labels = list(feature["image/labels"].float_list.value)
-    return pixels, labels, feature["image/filepath"].bytes_list.value[0].decode("utf-8")
+    path = feature["image/filepath"].bytes_list.value[0].decode("utf-8")
+    data = original.read_bytes() if original is not None else feature["image/encoded"].bytes_list.value[0]
+    try:
+        rgb = app_image(data)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        where = f"{original} (a copy of {path})" if original is not None else f"the stored image of {path}"
+        raise DataError(f"{where} cannot be decoded: {exc}; re-run prepare_dataset") from exc
+    pixels = [mediapipe_resize(rgb, size, size) for size in sizes]
+    return pixels, list(feature["image/labels"].float_list.value), path
 
 
 def iter_eval_batches(
@@ -101,9 +120,17 @@ def iter_eval_batches(
     batch_size: int = EVAL_BATCH,
     limit: int | None = None,
     workers: int | None = None,
+    source: Source = "originals",
 ) -> Iterator[EvalBatch]:
-    """Stream a split's images preprocessed exactly as inference_config.json tells an app (PIL
-    decode, whole image, bilinear resize), in record order, ``batch_size`` at a time.
+    """Stream a split's images through the app input path, in record order, ``batch_size`` at a time.
+
+    Every image goes through :func:`mobiletag.export.app_input.app_image` (PIL decode at full
+    resolution, EXIF orientation, RGB) and :func:`~mobiletag.export.app_input.mediapipe_resize`
+    (MediaPipe Tasks' whole-image bilinear): the pixels an app feeds the model.
+    ``source="originals"`` (the default; evaluation, threshold search) reads the source files
+    that prepare_dataset copied byte for byte into the dataset (val and test splits);
+    ``source="records"`` reads the TFRecords' downscaled JPEGs (any split; e.g. calibration
+    images for export).
 
     Each image is decoded once for all ``sizes``; decoding runs on ``workers`` threads (PIL
     releases the GIL) with a bounded window of records in flight, so memory is O(batch), not
@@ -112,15 +139,31 @@ def iter_eval_batches(
     import tensorflow as tf
 
     from mobiletag.data.pipeline import list_shards
+    from mobiletag.data.tfrecords import originals_of
 
-    configs = [{"input": {"shape": [1, size, size, 3]}} for size in sizes]
+    if source not in SOURCES:
+        raise ValueError(f"iter_eval_batches: source {source!r} is not one of {', '.join(SOURCES)}")
+    files: list[Path | None] | None = None
+    if source == "originals":
+        files = list(originals_of(dataset_dir, split))
+    sizes = [int(s) for s in sizes]
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     window = max(batch_size, workers * 4)
-    records: Iterator[bytes] = (raw.numpy() for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split)))
+    records: Iterator[tuple[int, bytes]] = enumerate(
+        raw.numpy() for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split))
+    )
     if limit is not None:
         records = itertools.islice(records, limit)
 
-    def emit(done: list[tuple[list[np.ndarray], list[float], str]]) -> EvalBatch:
+    def submit(pool: ThreadPoolExecutor, i: int, raw: bytes) -> Future[Decoded]:
+        if files is not None and i >= len(files):
+            raise DataError(
+                f"{dataset_dir}: the {split} split has more records than original images "
+                f"({len(files)}); the dataset is inconsistent: re-run prepare_dataset"
+            )
+        return pool.submit(_decode_record, raw, sizes, None if files is None else files[i])
+
+    def emit(done: list[Decoded]) -> EvalBatch:
         return EvalBatch(
             pixels=[np.stack([d[0][k] for d in done]) for k in range(len(sizes))],
             labels=np.asarray([d[1] for d in done], dtype=np.float32),
@@ -128,15 +171,13 @@ def iter_eval_batches(
         )
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
-        pending: deque[Future[tuple[list[np.ndarray], list[float], str]]] = deque(
-            pool.submit(_decode_record, raw, configs) for raw in itertools.islice(records, window)
-        )
-        done: list[tuple[list[np.ndarray], list[float], str]] = []
+        pending: deque[Future[Decoded]] = deque(submit(pool, i, raw) for i, raw in itertools.islice(records, window))
+        done: list[Decoded] = []
         try:
             while pending:
                 done.append(pending.popleft().result())
-                for raw in itertools.islice(records, 1):
-                    pending.append(pool.submit(_decode_record, raw, configs))
+                for i, raw in itertools.islice(records, 1):
+                    pending.append(submit(pool, i, raw))
                 if len(done) == batch_size:
                     yield emit(done)
                     done = []
@@ -170,12 +211,12 @@ def stream_scores(
 
 
 def eval_pixels(
-    dataset_dir: str | Path, split: str, sizes: Sequence[int], limit: int | None = None
+    dataset_dir: str | Path, split: str, sizes: Sequence[int], limit: int | None = None, source: Source = "originals"
 ) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """The first ``limit`` images of a split as float pixel arrays 0..255 (one per size), with
     labels and paths: for small samples only (export's representative and parity images).
-    A whole split goes through ``iter_eval_batches`` instead."""
-    batches = list(iter_eval_batches(dataset_dir, split, sizes, limit=limit))
+    A whole split goes through ``iter_eval_batches`` instead (``source`` as there)."""
+    batches = list(iter_eval_batches(dataset_dir, split, sizes, limit=limit, source=source))
     if not batches:
         return [np.zeros((0, s, s, 3), np.float32) for s in sizes], np.zeros((0, 0), np.float32), []
     pixels = [np.concatenate([b.pixels[k] for b in batches]).astype(np.float32) for k in range(len(sizes))]

@@ -25,7 +25,10 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
     facts = dataset_facts(dataset_dir)
     size = config.student.image_size
     qat_model = load_qat_model(Path(qat_dir) / QAT_CHECKPOINT)
-    (representative,), _, _ = eval_pixels(dataset_dir, "train", [size], config.export.representative_samples)
+    # calibration: training images (only their TFRecord copies are kept), through the app's resize
+    (representative,), _, _ = eval_pixels(
+        dataset_dir, "train", [size], config.export.representative_samples, source="records"
+    )
     flatbuffer = convert_int8(qat_model, representative, config.export.input_dtype, config.export.output_dtype)
     tflite = TFLiteModel(flatbuffer)
     (check_images,), _, _ = eval_pixels(dataset_dir, "val", [size], PARITY_IMAGES)

@@ -1,0 +1,218 @@
+"""The app's input path: MediaPipe's resize (against MediaPipe's own tensors and a plain reference),
+decoding (EXIF orientation, modes to RGB), the originals kept by prepare_dataset, and evaluation
+reading them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobiletag.data.dataset import index_dataset
+from mobiletag.data.tfrecords import ORIGINALS_DIR, build_tfrecords, originals_of, read_stats
+from mobiletag.errors import DataError
+from mobiletag.export.app_input import app_image, app_pixels, mediapipe_resize
+from mobiletag.export.inference_config import RESIZE, build_inference_config, eval_pixels, iter_eval_batches
+
+GOLDEN = Path(__file__).parent / "data" / "mediapipe_resize_golden.npz"  # see make_mediapipe_golden.py there
+
+
+def plain_bilinear(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """The resize as a person would write it from the description: output pixel (x, y) samples
+    (x * W / out_w, y * H / out_h) rounded to 1/32 px, bilinear on 5-bit weights, edges replicated."""
+    h, w = rgb.shape[:2]
+    out = np.zeros((out_h, out_w, rgb.shape[2]), np.uint8)
+    for y in range(out_h):
+        for x in range(out_w):
+            sx, sy = round(x * w / out_w * 32), round(y * h / out_h * 32)
+            x0, fx, y0, fy = sx // 32, sx % 32, sy // 32, sy % 32
+            x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+            x0, y0 = min(x0, w - 1), min(y0, h - 1)
+            acc = (
+                rgb[y0, x0].astype(np.int64) * (32 - fx) * (32 - fy)
+                + rgb[y0, x1].astype(np.int64) * fx * (32 - fy)
+                + rgb[y1, x0].astype(np.int64) * (32 - fx) * fy
+                + rgb[y1, x1].astype(np.int64) * fx * fy
+            )
+            out[y, x] = (acc * 32 + (1 << 14)) >> 15
+    return out
+
+
+def png(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, format="PNG", **save)
+    return out.getvalue()
+
+
+# === The resize ===
+
+
+def test_resize_equals_mediapipe_tensors():
+    """Bit-identical to what MediaPipe 1.2.2's ImageClassifier fed a model (24x16 and 40x40 inputs)."""
+    golden = np.load(GOLDEN)
+    cases = [k for k in golden.files if k.startswith("out_")]
+    assert len(cases) == 12
+    for key in cases:
+        _, i, size = key.split("_")
+        width, height = (int(v) for v in size.split("x"))
+        got = mediapipe_resize(golden[f"src_{i}"], width, height)
+        assert got.dtype == np.uint8 and got.shape == (height, width, 3)
+        np.testing.assert_array_equal(got, golden[key], err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("source", "out"),
+    [((48, 64), (24, 16)), ((7, 5), (40, 40)), ((1, 1), (3, 2)), ((300, 2), (7, 9)), ((97, 131), (32, 32))],
+)
+def test_resize_against_a_plain_reference(source, out):
+    """OpenCV's perspective-matrix arithmetic rounds a coordinate differently from the plain formula
+    only at exact 1/64-px ties: at most one level apart, on a few pixels."""
+    rgb = np.random.default_rng(sum(source)).integers(0, 256, (*source, 3), dtype=np.uint8)
+    got = mediapipe_resize(rgb, *out)
+    want = plain_bilinear(rgb, *out)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    assert np.mean(got == want) >= 0.99
+
+
+def test_resize_facts():
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(mediapipe_resize(rgb, 50, 30), rgb)  # same size: the image itself
+    half = mediapipe_resize(rgb, 25, 15)
+    np.testing.assert_array_equal(half, rgb[::2, ::2])  # top-left aligned, no antialiasing: every other pixel
+    rgba = np.concatenate([rgb, np.zeros((30, 50, 1), np.uint8)], axis=2)
+    np.testing.assert_array_equal(mediapipe_resize(rgba, 25, 15), half)  # alpha dropped, not applied
+    assert mediapipe_resize(rgb[..., 0], 25, 15).shape == (15, 25, 1)
+    with pytest.raises(ValueError, match="0x15"):
+        mediapipe_resize(rgb, 0, 15)
+
+
+# === Decoding ===
+
+
+def test_exif_orientation_is_applied():
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:5, :10] = (250, 20, 20)  # a red corner, top left
+    plain, turned = io.BytesIO(), io.BytesIO()
+    image = Image.fromarray(rgb)
+    image.save(plain, format="JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(turned, format="JPEG", quality=95, exif=exif)
+    upright = app_image(turned.getvalue())
+    assert upright.shape == (40, 20, 3)
+    np.testing.assert_array_equal(upright, np.rot90(app_image(plain.getvalue()), k=-1))
+    assert upright[2:8, -4:, 0].min() > 200 and upright[-8:, :8, 0].max() < 30  # the red corner is now top right
+    config = {"input": {"shape": [1, 8, 4, 3]}}
+    np.testing.assert_array_equal(app_pixels(turned.getvalue(), config), mediapipe_resize(upright, 4, 8))
+
+
+def test_modes_become_rgb():
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    np.testing.assert_array_equal(app_image(png(grey)), np.repeat(grey[..., None], 3, axis=2))
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    rgba[0, 0, 3] = 0  # a transparent pixel keeps its colour, as MediaPipe's RGBA -> RGB does
+    np.testing.assert_array_equal(app_image(png(rgba, "RGBA")), rgba[..., :3])
+    palette = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).quantize(8)
+    out = io.BytesIO()
+    palette.save(out, format="PNG")
+    assert Image.open(io.BytesIO(out.getvalue())).mode == "P"
+    np.testing.assert_array_equal(app_image(out.getvalue()), np.asarray(palette.convert("RGB")))
+    grey16 = (grey.astype(np.uint16) * 257).astype(np.uint16)
+    as_rgb = app_image(png(grey16, "I;16"))
+    assert as_rgb.shape == (6, 5, 3) and np.abs(as_rgb[..., 0].astype(int) - grey).max() <= 1
+    with pytest.raises(OSError):
+        app_image(b"not an image")
+
+
+def test_inference_config_documents_the_input_path():
+    spec = SimpleNamespace(shape=[1, 24, 32, 3], dtype="uint8", scale=1.0, zero_point=0)
+    out = SimpleNamespace(shape=[1, 2], dtype="uint8", scale=1 / 256, zero_point=0)
+    config = build_inference_config(SimpleNamespace(input=spec, output=out), ["a", "b"], {"a": 0.5, "b": 0.25})
+    section = config["input"]
+    assert section["resize"] == RESIZE
+    assert RESIZE == "bilinear as MediaPipe Tasks (OpenCV warpPerspective, no antialiasing, no crop or padding)"
+    assert section["exif_orientation"].startswith("applied")
+    assert "alpha dropped" in section["decode"] and "top-left aligned" in section["resize_sampling"]
+    assert "32x24" in section["how_to"] and "feed the pixels as they are" in section["how_to"]
+    assert section["reference"].startswith("mobiletag.export.app_input.app_pixels")
+
+
+# === Originals in the dataset, and evaluation on them ===
+
+
+def _large_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Fine detail that a shrunk, re-encoded copy loses: a 1-px checkerboard over colour noise."""
+    noise = rng.integers(40, 216, (height, width, 3)).astype(np.int16)
+    board = ((np.indices((height, width)).sum(axis=0) % 2) * 80 - 40)[..., None]
+    return Image.fromarray(np.clip(noise + board, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def large_dataset(sample_dir, fast_config, tmp_path_factory) -> tuple[Path, Path]:
+    """The sample data with its test images replaced by large ones (one PNG, one EXIF-rotated JPEG)."""
+    root = tmp_path_factory.mktemp("large") / "data"
+    shutil.copytree(sample_dir, root)
+    rng = np.random.default_rng(7)
+    with open(root / "test_labels.csv", encoding="utf-8") as fh:
+        test_files = [row["filepath"] for row in csv.DictReader(fh)]
+    for i, name in enumerate(test_files):
+        image = _large_image(rng, 640, 480)
+        if i == 1:
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.save(root / "images" / name, format="JPEG", quality=92, exif=exif)
+        else:
+            image.save(root / "images" / name, format="JPEG", quality=92)
+    out = tmp_path_factory.mktemp("large-ds") / "ds"
+    build_tfrecords(index_dataset(root, fast_config), fast_config, out)
+    return root, out
+
+
+def test_originals_are_copied_in_record_order(tfrecord_dir, sample_dir):
+    stats = read_stats(tfrecord_dir)
+    assert stats["format_version"] == 2 and set(stats["originals"]) == {"val", "test"}
+    assert not (tfrecord_dir / ORIGINALS_DIR / "train").exists()
+    for split in ("val", "test"):
+        files = originals_of(tfrecord_dir, split)
+        batches = list(iter_eval_batches(tfrecord_dir, split, [8], source="records"))
+        paths = [p for b in batches for p in b.paths]  # record order
+        assert len(files) == len(paths) == stats["splits"][split]["num_images"] == stats["originals"][split]["files"]
+        for i, (copy, path) in enumerate(zip(files, paths, strict=True)):
+            assert copy.name == f"{i:06d}{Path(path).suffix.lower()}"
+            assert copy.read_bytes() == (sample_dir / "images" / path).read_bytes()
+        assert stats["originals"][split]["bytes"] == sum(f.stat().st_size for f in files)
+
+
+def test_evaluation_reads_the_originals(large_dataset):
+    root, dataset = large_dataset
+    (pixels,), labels, paths = eval_pixels(dataset, "test", [40])
+    config = {"input": {"shape": [1, 40, 40, 3]}}
+    want = np.stack([app_pixels((root / "images" / p).read_bytes(), config) for p in paths])
+    np.testing.assert_array_equal(pixels.astype(np.uint8), want)
+    (stored,), stored_labels, stored_paths = eval_pixels(dataset, "test", [40], source="records")
+    assert stored_paths == paths
+    np.testing.assert_array_equal(stored_labels, labels)
+    assert np.abs(stored - pixels).mean() > 10  # the records' 37-px copies lost the detail
+    rotated = app_image((root / "images" / paths[1]).read_bytes())
+    assert rotated.shape == (640, 480, 3)  # turned upright before the resize
+
+
+def test_missing_originals_say_which_stage_to_rerun(large_dataset, tmp_path):
+    _, dataset = large_dataset
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old, ignore=shutil.ignore_patterns(ORIGINALS_DIR))
+    with pytest.raises(DataError, match=r"no original images for the test split.*Re-run prepare_dataset"):
+        next(iter_eval_batches(old, "test", [16]))
+    with pytest.raises(DataError, match="val and test splits only"):
+        next(iter_eval_batches(old, "train", [16]))
+    assert len(next(iter_eval_batches(old, "train", [16], source="records")).paths) > 0
+    listing = json.loads((dataset / ORIGINALS_DIR / "test.json").read_text())
+    assert listing[0]["file"] == "000000.jpg"
