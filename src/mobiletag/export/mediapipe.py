@@ -242,3 +242,25 @@ def raw_probabilities(scores: np.ndarray, calibration: Sequence[float]) -> np.nd
     t = np.asarray(calibration, np.float64)
     x = np.log(s) - np.log1p(-s) + np.log(t) - np.log1p(-t)
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def inference_config_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """inference_config.json's "mediapipe" entry: the two readings of the model, from mediapipe-package's
+    summary (mediapipe.json)."""
+    return {
+        "metadata": (
+            "the model file carries TFLite metadata for MediaPipe Tasks (ImageClassifier on Android, iOS, web, "
+            "Python): name, version, labels, one score calibration per class, score threshold 0.5"
+        ),
+        "raw_output": "the output tensor is the probability p (dequantize as in output); a label applies when p >= "
+        "its threshold (thresholds)",
+        "calibrated_score": (
+            "MediaPipe reports score = sigmoid(logit(p) - logit(t'_c)) per class, t'_c = calibration_thresholds[c] "
+            "(the threshold moved halfway between two output levels): score >= 0.5 exactly when p >= thresholds[c]; "
+            "with default options ImageClassifier returns the labels that apply. p = sigmoid(logit(score) + "
+            "logit(t'_c)) gives the probability back"
+        ),
+        "score_threshold": summary.get("score_threshold", SCORE_THRESHOLD),
+        "calibration_thresholds": dict(summary["calibration_thresholds"]),
+        "mediapipe_version": summary.get("mediapipe_version", MEDIAPIPE_VERSION),
+    }
