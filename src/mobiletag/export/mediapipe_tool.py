@@ -278,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
+        _mediapipe()  # the interpreter first: a wrong one is the likeliest mistake
         if args.command == "write-metadata":
             labels = _read_bytes(args.labels, "labels file").decode("utf-8").splitlines()
             thresholds = _read_json(args.thresholds, "thresholds file")
