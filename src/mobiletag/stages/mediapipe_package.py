@@ -123,8 +123,8 @@ def images_to_classify(dataset_dir: str | Path, work_dir: str | Path) -> tuple[l
     """
     originals = Path(dataset_dir) / ORIGINALS_DIR / "test"
     if originals.is_dir():
-        files = sorted(p for p in originals.rglob("*") if p.is_file())
-        return [p.relative_to(originals).as_posix() for p in files], files
+        copies = sorted(p for p in originals.rglob("*") if p.is_file())
+        return [p.relative_to(originals).as_posix() for p in copies], copies
     stats = read_json(Path(dataset_dir) / "stats.json")
     shards = stats.get("shards", {}).get("test", [])
     work = Path(work_dir)
