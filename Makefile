@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# MediaPipe Tasks (TFLite metadata, ImageClassifier): mediapipe 0.10.21 needs protobuf < 5, TensorFlow
+# >= 5, so it has a venv of its own beside .venv (mobiletag.export.mediapipe finds it there)
+MEDIAPIPE_VENV    := .venv-mediapipe
+MEDIAPIPE_VERSION := 0.10.21
+MEDIAPIPE_STAMP   := $(MEDIAPIPE_VENV)/.installed
+INSTALLED         := $(STAMP) $(MEDIAPIPE_STAMP)
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -27,7 +33,7 @@ SCHEDULE_DIR ?= build/schedule
 
 .PHONY: install demo test test-fast lint bench bench-spread bench-scale compile images upload schedule check-registry clean
 
-install: $(STAMP)
+install: $(INSTALLED)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +41,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# its own stamp: a checkout installed before it existed gets it with the next make install / demo / test
+$(MEDIAPIPE_STAMP):
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/pip install --quiet --disable-pip-version-check 'mediapipe==$(MEDIAPIPE_VERSION)'
+	touch $(MEDIAPIPE_STAMP)
+
 # (the commands are not echoed: the demo's output fits on two screens; the full log is demo/output.log)
-demo: $(STAMP)
+demo: $(INSTALLED)
 	@$(BIN)/mobiletag sample-data --out-dir $(DEMO_DIR)/data --images 1000
 	@$(BIN)/mobiletag validate --data-dir $(DEMO_DIR)/data --config configs/fast.yaml
 	@$(BIN)/mobiletag train --data-dir $(DEMO_DIR)/data --config configs/fast.yaml --out-dir $(DEMO_DIR)/output
 
-test: $(STAMP)
+test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(INSTALLED)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -62,15 +74,19 @@ compile: $(STAMP)
 check-registry:
 	@$(IMAGE_NAMES) check
 
-# Build and push the component image and the small submit image (needs a Docker engine), then
+# Build and push the component image, the small submit image and the MediaPipe step's image (needs a
+# Docker engine), then
 # remember the registry for compile, upload and schedule
 images: check-registry
 	@set -e; image=$$($(IMAGE_NAMES) image); submit=$$($(IMAGE_NAMES) submit-image); \
-	echo "images: $$image $$submit"; \
+	mediapipe=$$($(IMAGE_NAMES) mediapipe-image); \
+	echo "images: $$image $$submit $$mediapipe"; \
 	$(DOCKER) build -f images/Dockerfile -t "$$image" .; \
 	$(DOCKER) push "$$image"; \
 	$(DOCKER) build -f images/submit.Dockerfile -t "$$submit" .; \
-	$(DOCKER) push "$$submit"
+	$(DOCKER) push "$$submit"; \
+	$(DOCKER) build -f images/mediapipe.Dockerfile -t "$$mediapipe" .; \
+	$(DOCKER) push "$$mediapipe"
 	@printf '%s\n' '$(REGISTRY)' > $(REGISTRY_FILE)
 	@echo "remembered REGISTRY=$(REGISTRY) in $(REGISTRY_FILE)"
 
@@ -97,16 +113,16 @@ schedule: check-registry
 	} > $(SCHEDULE_DIR)/kustomization.yaml
 	$(KUBECTL) apply -k $(SCHEDULE_DIR)
 
-bench: $(STAMP)
+bench: $(INSTALLED)
 	$(BIN)/python bench/run.py
 
 # run-to-run spread of test mAP with reproducible: false (three demo trainings, 29 min here; bench/results.json)
-bench-spread: $(STAMP)
+bench-spread: $(INSTALLED)
 	$(BIN)/python bench/run.py --only spread
 
 # prepare_dataset, optimize_thresholds and evaluate at N = 1,000, 4,000 and 16,000 images:
 # seconds and peak resident memory per stage, growth ratios (bench/scale.json)
-bench-scale: $(STAMP)
+bench-scale: $(INSTALLED)
 	$(BIN)/python bench/scale.py
 
 clean:

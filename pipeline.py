@@ -7,6 +7,7 @@ from components.bundle import bundle
 from components.evaluate import evaluate
 from components.export_tflite import export_tflite
 from components.image import IMAGE
+from components.mediapipe_package import mediapipe_package
 from components.optimize_thresholds import optimize_thresholds
 from components.prepare_dataset import prepare_dataset
 from components.promote import promote
@@ -48,6 +49,7 @@ TIMEOUTS = {
     "quantize": 48 * HOUR,
     "export-tflite": 2 * HOUR,
     "optimize-thresholds": 2 * HOUR,
+    "mediapipe-package": 2 * HOUR,  # metadata in seconds; ImageClassifier decodes every test image
     "evaluate": 12 * HOUR,  # runs the float teacher and student on the test split on CPUs
     "bundle": 1 * HOUR,
     "publish": 1 * HOUR,
@@ -117,7 +119,7 @@ def mobiletag_pipeline(
     """mobiletag: dataset folder in, INT8 TFLite model and thresholds out.
 
     Returns:
-        The output folder: model_qat_int8.tflite, labels.txt, metrics.json, threshold_recommendation.json,
+        The output folder: model_qat_int8.tflite (with TFLite metadata for MediaPipe Tasks), labels.txt, metrics.json, threshold_recommendation.json,
         inference_config.json, checkpoints.
 
     Args:
@@ -227,13 +229,22 @@ def mobiletag_pipeline(
     ).set_display_name("optimize thresholds")
     _on_cpu(thresholds)
 
+    # The shipped model gets TFLite metadata for MediaPipe Tasks (its calibration needs the thresholds);
+    # MediaPipe's ImageClassifier runs on the test images in its own image (mediapipe needs protobuf < 5).
+    packaged = mediapipe_package(
+        dataset=data.outputs["dataset"],
+        tflite_model=exported.outputs["model"],
+        thresholds=thresholds.outputs["thresholds"],
+    ).set_display_name("MediaPipe metadata + ImageClassifier")
+    _on_cpu(packaged, cpu="2", memory="4Gi")
+
     evaluation = evaluate(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
         student=selected.outputs["model"],
         distilled_student=student.outputs["model"],
         baseline_student=baseline.outputs["model"],
-        tflite_model=exported.outputs["model"],
+        tflite_model=packaged.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
     ).set_display_name("evaluate")
     _on_cpu(evaluation, cpu="3", memory="8Gi")
@@ -242,7 +253,7 @@ def mobiletag_pipeline(
         teacher=teacher.outputs["model"],
         student=selected.outputs["model"],
         qat_model=qat.outputs["model"],
-        tflite_model=exported.outputs["model"],
+        tflite_model=packaged.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
         evaluation=evaluation.outputs["evaluation"],
     ).set_display_name("bundle")

@@ -19,7 +19,7 @@ def bundle(
         teacher: The teacher checkpoint.
         student: The float student checkpoint.
         qat_model: The QAT student checkpoint.
-        tflite_model: The INT8 TFLite model and labels.
+        tflite_model: The INT8 TFLite model with MediaPipe metadata (mediapipe-package) and labels.
         thresholds: threshold_recommendation.json.
         evaluation: metrics.json and report.md.
         output: The output folder of the contract with the app team.

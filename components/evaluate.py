@@ -25,9 +25,9 @@ def evaluate(
         student: The float student that shipped (select-student: its checkpoint and selection.json), for comparison.
         distilled_student: The distilled student, for the "distillation" block.
         baseline_student: The student trained without the teacher (baseline_skipped.json only when it was off).
-        tflite_model: The exported INT8 model.
+        tflite_model: The INT8 model with MediaPipe metadata (mediapipe-package), with MediaPipe's test scores and label sets.
         thresholds: threshold_recommendation.json.
-        evaluation: metrics.json (with the "distillation" block: both students, the test difference) and report.md.
+        evaluation: metrics.json (with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier) and report.md.
         metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.
         roc: Micro-averaged ROC curve of the INT8 model on the test split.
         report: Per-class table of AP, precision, recall, F1 and threshold.
@@ -43,6 +43,7 @@ def evaluate(
         evaluation.path,
         distilled_dir=distilled_student.path,
         baseline_dir=baseline_student.path,
+        mediapipe_dir=tflite_model.path,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -9,7 +9,7 @@ Registry: MOBILETAG_REGISTRY, which ``make`` sets from its REGISTRY (given, or r
 .mobiletag-registry by ``make images REGISTRY=...``), else a placeholder that ``make upload``
 and ``make schedule`` refuse and ``make compile`` warns about.
 
-``python components/image.py [image|submit-image|tag|registry|check]`` prints one of them;
+``python components/image.py [image|submit-image|mediapipe-image|tag|registry|check]`` prints one of them;
 ``check`` exits with status 2 and says what to do while the registry is the placeholder.
 """
 
@@ -87,11 +87,19 @@ REGISTRY = registry()
 TAG = image_tag()
 IMAGE = f"{REGISTRY}/mobiletag:{TAG}"
 SUBMIT_IMAGE = f"{REGISTRY}/mobiletag-submit:{TAG}"
+# mediapipe-package: mediapipe==0.10.21 needs protobuf < 5, TensorFlow and kfp >= 6 (images/mediapipe.Dockerfile)
+MEDIAPIPE_IMAGE = f"{REGISTRY}/mobiletag-mediapipe:{TAG}"
 
 
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "image"
-    values = {"image": IMAGE, "submit-image": SUBMIT_IMAGE, "tag": TAG, "registry": REGISTRY}
+    values = {
+        "image": IMAGE,
+        "submit-image": SUBMIT_IMAGE,
+        "mediapipe-image": MEDIAPIPE_IMAGE,
+        "tag": TAG,
+        "registry": REGISTRY,
+    }
     if what == "check":
         if REGISTRY == DEFAULT_REGISTRY:
             print(

@@ -130,6 +130,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             low, high = diff["ci"]
             line += f"; test macro mAP distilled - baseline {diff['value']:+.4f} (95% {low:+.4f} to {high:+.4f})"
         print(line)
+    if block := metrics.get("mediapipe"):
+        print(
+            f"MediaPipe ImageClassifier (the model's metadata, default options): test macro mAP {block['map_macro']} "
+            f"(|difference| {block['map_macro_difference']}), label sets equal to the thresholds' on "
+            f"{100 * block['label_set_agreement']:.1f}% of {block['num_images']} test images"
+        )
     return 0
 
 

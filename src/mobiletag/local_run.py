@@ -41,6 +41,7 @@ def run_pipeline(
         bundle,
         evaluate,
         export_tflite,
+        mediapipe_package,
         optimize_thresholds,
         quantize,
         select_student,
@@ -61,6 +62,7 @@ def run_pipeline(
             "qat",
             "tflite",
             "thresholds",
+            "mediapipe",
             "evaluation",
         )
     }
@@ -118,13 +120,14 @@ def run_pipeline(
         )
         stage("export_tflite", export_tflite.run, config, d["dataset"], d["qat"], d["tflite"])
         stage("optimize_thresholds", optimize_thresholds.run, config, d["dataset"], d["tflite"], d["thresholds"])
+        stage("mediapipe_package", mediapipe_package.run, d["dataset"], d["tflite"], d["thresholds"], d["mediapipe"])
         stage(
             "evaluate",
-            partial(evaluate.run, distilled_dir=d["student"], baseline_dir=d["baseline"]),
+            partial(evaluate.run, distilled_dir=d["student"], baseline_dir=d["baseline"], mediapipe_dir=d["mediapipe"]),
             d["dataset"],
             d["teacher"],
             d["selected"],
-            d["tflite"],
+            d["mediapipe"],
             d["thresholds"],
             d["evaluation"],
         )
@@ -134,7 +137,7 @@ def run_pipeline(
             d["teacher"],
             d["selected"],
             d["qat"],
-            d["tflite"],
+            d["mediapipe"],
             d["thresholds"],
             d["evaluation"],
             out_dir,

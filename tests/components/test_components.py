@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 from components.bundle import bundle
 from components.evaluate import evaluate
 from components.export_tflite import export_tflite
+from components.mediapipe_package import mediapipe_package
 from components.optimize_thresholds import optimize_thresholds
 from components.prepare_dataset import prepare_dataset
 from components.promote import promote
@@ -130,13 +131,20 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         thresholds=out(dsl.Artifact, "thresholds"),
         metrics=out(dsl.Metrics, "threshold_metrics"),
     )
+    mediapipe_package.python_func(
+        dataset=a["dataset"],
+        tflite_model=a["tflite"],
+        thresholds=a["thresholds"],
+        model=out(dsl.Model, "packaged"),
+        metrics=out(dsl.Metrics, "mediapipe_metrics"),
+    )
     evaluate.python_func(
         dataset=a["dataset"],
         teacher=a["teacher"],
         student=a["selected"],
         distilled_student=a["student"],
         baseline_student=a["baseline"],
-        tflite_model=a["tflite"],
+        tflite_model=a["packaged"],
         thresholds=a["thresholds"],
         evaluation=out(dsl.Artifact, "evaluation"),
         metrics=out(dsl.Metrics, "eval_metrics"),
@@ -147,7 +155,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         teacher=a["teacher"],
         student=a["selected"],
         qat_model=a["qat"],
-        tflite_model=a["tflite"],
+        tflite_model=a["packaged"],
         thresholds=a["thresholds"],
         evaluation=a["evaluation"],
         output=out(dsl.Artifact, "output"),
@@ -393,6 +401,36 @@ def test_evaluate_component(run):
     assert "| class | AP | precision | recall | F1 | threshold | support |" in report and "| circle |" in report
 
 
+def test_mediapipe_package_component(run):
+    """The model with metadata gives the exported model's outputs; MediaPipe's figures sit beside ours."""
+    from mobiletag.export.litert import TFLiteModel
+    from mobiletag.export.mediapipe import read_metadata
+
+    packaged = Path(run["packaged"].path)
+    exported = Path(run["tflite"].path) / "model_qat_int8.tflite"
+    assert (packaged / "model_qat_int8.tflite").stat().st_size > exported.stat().st_size  # + metadata
+    pixels = np.random.default_rng(1).integers(0, 256, size=(8, 32, 32, 3)).astype(np.float32)
+    a, b = TFLiteModel(exported), TFLiteModel(packaged / "model_qat_int8.tflite")
+    assert np.array_equal(a.predict(pixels), b.predict(pixels))
+    labels = (packaged / "labels.txt").read_text().splitlines()
+    files = read_metadata(packaged / "model_qat_int8.tflite")["associated_files"]
+    assert files["labels.txt"].splitlines() == labels
+    assert len(files["score_calibration.txt"].split("\n")) == len(labels)
+    metrics = run["mediapipe_metrics"].metadata
+    test_images = json.loads((Path(run["dataset"].path) / "stats.json").read_text())["splits"]["test"]["num_images"]
+    assert metrics["test_images"] == test_images and metrics["classify_ms_per_image"] > 0
+
+    block = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["mediapipe"]
+    test = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["test"]
+    assert block["num_images"] == test["num_images"] == test_images
+    assert block["map_macro_difference"] == round(abs(block["map_macro"] - test["map_macro"]), 4)
+    # MediaPipe resizes without antialiasing, evaluate (for now) with PIL's: on this 32-px model, trained for one
+    # epoch, many probabilities sit near their thresholds (0.6 of the label sets agreed, mAP 0.03 apart)
+    assert block["map_macro_difference"] <= 0.06 and 0.3 <= block["label_set_agreement"] <= 1
+    assert run["eval_metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
+    assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["report.md"].path).read_text()
+
+
 def test_bundle_component(run):
     out = Path(run["output"].path)
     expected = {
@@ -411,6 +449,11 @@ def test_bundle_component(run):
     thresholds = json.loads((out / "threshold_recommendation.json").read_text())
     assert config["thresholds"] == {k: v["threshold"] for k, v in thresholds["classes"].items()}
     assert np.isclose(config["output"]["quantization"]["scale"], 1 / 256)
+    # the shipped model is the one with MediaPipe metadata; inference_config.json documents both readings
+    packaged = Path(run["packaged"].path) / "model_qat_int8.tflite"
+    assert (out / "model_qat_int8.tflite").read_bytes() == packaged.read_bytes()
+    assert config["mediapipe"]["score_threshold"] == 0.5
+    assert set(config["mediapipe"]["calibration_thresholds"]) == set(config["thresholds"])
 
 
 def test_publish_and_promote_components(run):

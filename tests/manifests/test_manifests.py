@@ -220,6 +220,8 @@ def test_make_images_remembers_the_registry_for_the_next_targets(tmp_path: Path)
     assert f"docker build -f images/Dockerfile -t r.example/team/mobiletag:{tag} ." in result.stdout
     assert f"docker push r.example/team/mobiletag-submit:{tag}" in result.stdout
     assert f"docker build -f images/submit.Dockerfile -t r.example/team/mobiletag-submit:{tag} ." in result.stdout
+    assert f"docker build -f images/mediapipe.Dockerfile -t r.example/team/mobiletag-mediapipe:{tag} ." in result.stdout
+    assert f"docker push r.example/team/mobiletag-mediapipe:{tag}" in result.stdout
 
     # make schedule (without REGISTRY) reads it: the CronJob runs the submit image just pushed.
     overlay = tmp_path / "schedule"
@@ -242,7 +244,7 @@ def test_make_images_remembers_the_registry_for_the_next_targets(tmp_path: Path)
 # Dockerfiles
 # ======================================================================================
 
-DOCKERFILES = ("Dockerfile", "submit.Dockerfile")
+DOCKERFILES = ("Dockerfile", "submit.Dockerfile", "mediapipe.Dockerfile")
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -352,6 +354,24 @@ def test_submit_image_is_small_and_installs_what_pyproject_pins():
     assert "pip install --no-cache-dir --no-deps ." in dockerfile  # no TensorFlow: the submit path needs none
     instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
     assert "tensorflow" not in instructions.lower() and "torch" not in instructions.lower()
+    assert re.search(r"^USER 1000", dockerfile, flags=re.MULTILINE)
+
+
+def test_mediapipe_image_keeps_mediapipe_apart_and_installs_what_pyproject_pins():
+    from mobiletag.export.mediapipe import IMAGE_INTERPRETER, MEDIAPIPE_VERSION
+
+    dockerfile = (REPO / "images" / "mediapipe.Dockerfile").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', pyproject))
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, flags=re.MULTILINE)
+    venv = str(IMAGE_INTERPRETER.parent.parent)  # /opt/mediapipe: where mobiletag.export.mediapipe looks first
+    assert f"python -m venv {venv}" in dockerfile
+    assert f'{venv}/bin/pip install --no-cache-dir "mediapipe=={MEDIAPIPE_VERSION}"' in dockerfile
+    for package in ("kfp", "pyyaml", "pillow", "ai-edge-litert"):
+        assert f'"{package}=={pins[package]}"' in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile  # no TensorFlow: the stage imports none
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
+    assert "tensorflow" not in instructions.lower()
     assert re.search(r"^USER 1000", dockerfile, flags=re.MULTILINE)
 
 

@@ -142,9 +142,23 @@ def test_dag_order(compiled):
     assert {"select-student", "train-teacher"} <= deps["quantize"] and "train-student" not in deps["quantize"]
     assert "quantize" in deps["export-tflite"]
     assert "export-tflite" in deps["optimize-thresholds"]
-    assert {"optimize-thresholds", "export-tflite"} <= deps["evaluate"]
+    assert deps["mediapipe-package"] == {"prepare-dataset", "export-tflite", "optimize-thresholds"}
+    assert {"optimize-thresholds", "mediapipe-package"} <= deps["evaluate"]
+    assert "mediapipe-package" in deps["bundle"]
     assert "evaluate" in deps["bundle"]
     assert {"select-student", "train-student", "train-student-baseline"} <= deps["evaluate"]
+
+
+def test_evaluate_and_bundle_take_the_model_with_mediapipe_metadata(compiled):
+    tasks = _tasks(compiled)
+    for name in ("evaluate", "bundle"):
+        assert tasks[name]["inputs"]["artifacts"]["tflite_model"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "model",
+            "producerTask": "mediapipe-package",
+        }, name
+    package = tasks["mediapipe-package"]["inputs"]["artifacts"]
+    assert package["tflite_model"]["taskOutputArtifact"]["producerTask"] == "export-tflite"
+    assert package["thresholds"]["taskOutputArtifact"]["producerTask"] == "optimize-thresholds"
 
 
 def _model_from(task: dict, name: str) -> dict:
@@ -523,11 +537,12 @@ def test_platform_spec_uses_only_fields_the_minimum_backend_knows(compiled):
 
 
 def test_every_component_uses_the_one_image_without_installing_kfp(compiled):
-    from components.image import IMAGE
+    from components.image import IMAGE, MEDIAPIPE_IMAGE
 
     for label, executor in compiled[0]["deploymentSpec"]["executors"].items():
         container = executor["container"]
-        assert container["image"] == IMAGE, label
+        # mediapipe==0.10.21 needs protobuf < 5: its step has an image of its own
+        assert container["image"] == (MEDIAPIPE_IMAGE if label == "exec-mediapipe-package" else IMAGE), label
         assert "pip install" not in " ".join(container["command"]), label
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mobiletag.export.inference_config import build_inference_config
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.export.mediapipe import inference_config_entry
 from mobiletag.stages.common import (
     METRICS_FILE,
     QAT_CHECKPOINT,
@@ -29,6 +30,7 @@ from mobiletag.stages.common import (
 log = logging.getLogger(__name__)
 
 INFERENCE_CONFIG = "inference_config.json"
+MEDIAPIPE_SUMMARY = "mediapipe.json"  # mediapipe_package.SUMMARY_FILE
 CONTRACT = (MODEL_FILE, "labels.txt", METRICS_FILE, THRESHOLDS_FILE, INFERENCE_CONFIG)
 
 
@@ -62,6 +64,9 @@ def run(
         labels = (tmp / "labels.txt").read_text(encoding="utf-8").splitlines()
         thresholds = {k: v["threshold"] for k, v in read_json(tmp / THRESHOLDS_FILE)["classes"].items()}
         config = build_inference_config(TFLiteModel(tmp / MODEL_FILE), labels, thresholds)
+        mediapipe_summary = Path(tflite_dir) / MEDIAPIPE_SUMMARY  # the model with metadata (mediapipe-package)
+        if mediapipe_summary.is_file():
+            config["mediapipe"] = inference_config_entry(read_json(mediapipe_summary))
         write_json(tmp / INFERENCE_CONFIG, config)
         if out.exists():
             shutil.rmtree(out)

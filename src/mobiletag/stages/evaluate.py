@@ -16,6 +16,7 @@ from sklearn.metrics import roc_curve
 
 from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
+from mobiletag.evaluation.mediapipe import load_mediapipe_results, markdown_line, mediapipe_block
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
 from mobiletag.export.inference_config import Scorer, stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
@@ -103,9 +104,12 @@ def run(
     *,
     distilled_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
+    mediapipe_dir: str | Path | None = None,
 ) -> StageResult:
     """Test metrics of the INT8 model, the float models beside it; with ``distilled_dir`` (and
-    select-student's selection.json in ``student_dir``) the "distillation" block."""
+    select-student's selection.json in ``student_dir``) the "distillation" block; with
+    ``mediapipe_dir`` (mediapipe-package's folder) the "mediapipe" block: the same figures
+    through MediaPipe Tasks' ImageClassifier."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +165,20 @@ def run(
         )
         metrics["distillation"] = block
         report += "\n" + markdown_section(block)
+    if mediapipe_dir is not None:
+        mediapipe_paths, classified, summary = load_mediapipe_results(mediapipe_dir)
+        metrics["mediapipe"] = mediapipe_block(
+            classes=facts.classes,
+            labels=labels,
+            paths=paths,
+            scores=scores,
+            thresholds=thresholds,
+            ours=test,
+            mediapipe_paths=mediapipe_paths,
+            classified=classified,
+            summary=summary,
+        )
+        report += "\n" + markdown_line(metrics["mediapipe"], test)
     write_json(out / METRICS_FILE, metrics)
     (out / REPORT_FILE).write_text(report, encoding="utf-8")
     np.save(out / SCORES_FILE, scores.astype(np.float32))
@@ -194,6 +212,11 @@ def run(
         difference = metrics["distillation"]["test_difference"]
         if difference is not None:
             scalars["distillation_test_map_difference"] = difference["value"]
+    if "mediapipe" in metrics:
+        block = metrics["mediapipe"]
+        scalars["mediapipe_map_macro"] = block["map_macro"] or 0.0
+        scalars["mediapipe_f1_micro"] = block["f1_micro"]
+        scalars["mediapipe_label_set_agreement"] = block["label_set_agreement"]
     fpr, tpr, cut = roc_curve(labels.ravel(), scores.ravel())
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).round().astype(int))
     roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}

@@ -1,0 +1,28 @@
+from kfp import dsl
+
+from components.image import MEDIAPIPE_IMAGE
+
+
+@dsl.component(base_image=MEDIAPIPE_IMAGE, install_kfp_package=False)
+def mediapipe_package(
+    dataset: dsl.Input[dsl.Dataset],
+    tflite_model: dsl.Input[dsl.Model],
+    thresholds: dsl.Input[dsl.Artifact],
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Writes TFLite metadata for MediaPipe Tasks into the INT8 model and runs MediaPipe's ImageClassifier on the test images.
+
+    Args:
+        dataset: The dataset (test split: the images MediaPipe classifies).
+        tflite_model: The exported INT8 model and labels.
+        thresholds: threshold_recommendation.json (the per-class score calibration).
+        model: model_qat_int8.tflite with metadata (labels, calibration, score threshold 0.5; same outputs), labels.txt, and MediaPipe's test scores and label sets.
+        metrics: Model size, test images classified, MediaPipe's milliseconds per image.
+    """
+    from mobiletag.stages import mediapipe_package as stage
+
+    result = stage.run(dataset.path, tflite_model.path, thresholds.path, model.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    model.metadata.update(result.details)
