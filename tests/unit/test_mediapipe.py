@@ -169,17 +169,15 @@ def test_the_tool_reports_unreadable_images(tiny_model, tmp_path):
         mediapipe.classify(tiny_model / "model_qat_int8.tflite", [bad])
 
 
-def test_images_to_classify_reads_the_test_records_without_tensorflow(tfrecord_dir, tmp_path):
-    """The stored test images and their paths, in record order, as evaluate sees them."""
+def test_images_to_classify_are_the_test_originals_in_evaluation_order(tfrecord_dir, sample_dir):
+    """The original test files (byte for byte) and their paths, in record order, as evaluate sees them."""
     from mobiletag.export.inference_config import iter_eval_batches
     from mobiletag.stages.mediapipe_package import images_to_classify
 
-    keys, files = images_to_classify(tfrecord_dir, tmp_path)
+    keys, files = images_to_classify(tfrecord_dir)
     paths = [p for batch in iter_eval_batches(tfrecord_dir, "test", [8]) for p in batch.paths]
     assert keys == paths and len(files) == len(paths) > 0
     stats = json.loads((tfrecord_dir / "stats.json").read_text())
     assert len(files) == stats["splits"]["test"]["num_images"]
-    from PIL import Image
-
-    with Image.open(files[0]) as image:
-        assert image.format == "JPEG"
+    for key, file in zip(keys, files):
+        assert file.read_bytes() == (sample_dir / "images" / key).read_bytes()

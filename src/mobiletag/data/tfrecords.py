@@ -193,8 +193,17 @@ def originals_of(dataset_dir: str | Path, split: str) -> list[Path]:
             "original files. Re-run prepare_dataset (in a pipeline, with caching disabled for it, or with "
             "`mobiletag train`), then the stages after it"
         )
+    return [file for _, file in originals_listing(dataset_dir, split)]
+
+
+def originals_listing(dataset_dir: str | Path, split: str) -> list[tuple[str, Path]]:
+    """(path in the dataset's CSV, the copy's file) of the split's originals, in record order."""
+    listing_file = Path(dataset_dir, ORIGINALS_DIR, f"{split}.json")
+    if not listing_file.is_file():
+        originals_of(dataset_dir, split)  # raises the DataError that says what to do
     folder = listing_file.parent / split
-    return [folder / entry["file"] for entry in json.loads(listing_file.read_text(encoding="utf-8"))]
+    entries = json.loads(listing_file.read_text(encoding="utf-8"))
+    return [(entry["filepath"], folder / entry["file"]) for entry in entries]
 
 
 def read_labels(dataset_dir: str | Path) -> list[str]:
