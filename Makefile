@@ -31,7 +31,7 @@ KUBECTL ?= kubectl
 NAMESPACE ?=
 SCHEDULE_DIR ?= build/schedule
 
-.PHONY: install demo test test-fast lint bench bench-spread bench-scale compile images upload schedule check-registry clean
+.PHONY: install demo test test-fast lint bench bench-spread bench-scale bench-quality compile images upload schedule check-registry clean
 
 install: $(INSTALLED)
 
@@ -124,6 +124,11 @@ bench-spread: $(INSTALLED)
 # seconds and peak resident memory per stage, growth ratios (bench/scale.json)
 bench-scale: $(INSTALLED)
 	$(BIN)/python bench/scale.py
+
+# the recipe on the generated hard set against a logistic regression on raw pixels and a constant
+# predictor, and each recipe choice undone (bench/quality.json)
+bench-quality: $(INSTALLED)
+	$(BIN)/python bench/quality.py --ablations
 
 clean:
 	rm -rf $(DEMO_DIR) pipeline.yaml build .pytest_cache .mypy_cache .ruff_cache

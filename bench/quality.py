@@ -1,6 +1,6 @@
 """`make bench-quality`: does the recipe learn what a simple model can? (issue 17)
 
-    python bench/quality.py [--config configs/fast.yaml] [--out bench/quality.json] [--keep DIR]
+    python bench/quality.py [--config configs/fast.yaml] [--out bench/quality.json] [--keep DIR] [--ablations]
 
 On the generated hard set (``mobiletag.data.sample.make_hard_dataset``: 96-px images with 0-3
 of ten small shapes in four slots, each a random dark colour; 420 / 90 / 90 images) it runs
@@ -9,6 +9,10 @@ of ten small shapes in four slots, each a random dark colour; 420 / 90 / 90 imag
 - a logistic regression per class on raw grey pixels at 24x24 and at 48x48 (standardised;
   its C chosen from 0.01 / 0.1 / 1 by validation macro mAP, then scored on test);
 - a constant predictor (each class's training prevalence for every image).
+
+With ``--ablations`` it then trains the student stage again under each recipe change undone
+(the run's teacher and dataset, one fresh process each) and records its validation and test
+macro mAP (float, the stored test JPEGs): the measured effect of each choice.
 
 The figure to beat is the better of the two regressions; the goal is the INT8 model's test
 macro mAP at least 0.05 above it. Everything is seeded: the dataset, the training
@@ -114,7 +118,74 @@ def baselines(data_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def train(data_dir: Path, config: Path, out_dir: Path) -> dict:
+# (name, overrides): each undoes one recipe choice of the preset, for the baseline student
+# (alpha 1) and, for the warm-up, the distilled one too
+ABLATIONS = (
+    ("preset, baseline student (alpha 1)", {"student": {"alpha": 1.0}}),
+    ("no head warm-up", {"student": {"alpha": 1.0, "warmup_epochs": 0}}),
+    ("warm-up at 1e-2", {"student": {"alpha": 1.0, "warmup_learning_rate": 1.0e-2}}),
+    ("crops down to 50% of the area", {"student": {"alpha": 1.0}, "data": {"augment": {"crop_area_min": 0.5}}}),
+    ("no random crop", {"student": {"alpha": 1.0}, "data": {"augment": {"random_resized_crop": False}}}),
+    ("no flip", {"student": {"alpha": 1.0}, "data": {"augment": {"flip": False}}}),
+    ("resize: bilinear only", {"student": {"alpha": 1.0}, "data": {"augment": {"resize_methods": ["bilinear"]}}}),
+    ("preset, distilled student (alpha 0.7)", {}),
+    ("distilled, no head warm-up", {"student": {"warmup_epochs": 0}}),
+)
+
+ABLATION_SCRIPT = """
+import json, sys
+from pathlib import Path
+from mobiletag.stages.common import one_inter_op_thread
+one_inter_op_thread()
+from mobiletag.config import load_config
+from mobiletag.data.pipeline import make_dataset
+from mobiletag.models.student import preprocess
+from mobiletag.stages import train_student
+from mobiletag.stages.common import dataset_facts
+from mobiletag.training.fit import predict_scores
+from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.precision import load_float32
+work, out, preset, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+config = load_config(preset, overrides)
+result = train_student.run(config, work / "dataset", work / "teacher", out)
+test = make_dataset(work / "dataset", "test", image_sizes=[config.student.image_size], batch_size=32,
+                    training=False, num_classes=dataset_facts(work / "dataset").num_classes, config=config)
+scores, labels = predict_scores(load_float32(out / "student_best.h5"), test, preprocess)
+print("RESULT " + json.dumps({"val_map": result.metrics["val_map"],
+                              "test_map": round(float(mean_average_precision(labels, scores)), 4)}))
+"""
+
+
+def ablations(work: Path, config: Path) -> list[dict]:
+    """The student stage under each of ABLATIONS (its own process), on the run's dataset and teacher."""
+    rows = []
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for name, overrides in ABLATIONS:
+        started = time.perf_counter()
+        cmd = [
+            sys.executable,
+            "-c",
+            ABLATION_SCRIPT,
+            str(work),
+            str(work / "ablation"),
+            str(config),
+            json.dumps(overrides),
+        ]
+        done = subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True, text=True)
+        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+        rows.append(
+            {
+                "name": name,
+                "overrides": overrides,
+                **json.loads(line[7:]),
+                "seconds": round(time.perf_counter() - started),
+            }
+        )
+        print(f"  {name}: validation {rows[-1]['val_map']:.4f}, test {rows[-1]['test_map']:.4f}", flush=True)
+    return rows
+
+
+def train(data_dir: Path, config: Path, out_dir: Path, work_dir: Path) -> dict:
     """``mobiletag train --runner inprocess`` in its own process; its metrics.json."""
     cmd = [
         sys.executable,
@@ -129,6 +200,8 @@ def train(data_dir: Path, config: Path, out_dir: Path) -> dict:
         str(config),
         "--out-dir",
         str(out_dir),
+        "--work-dir",
+        str(work_dir),
     ]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
@@ -141,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "quality.json"), help="results file")
     parser.add_argument("--keep", help="folder to keep the dataset and the run's output in (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--ablations", action="store_true", help="also train the student under each ABLATIONS entry")
     args = parser.parse_args(argv)
 
     from mobiletag.data.sample import make_hard_dataset
@@ -150,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     counts = make_hard_dataset(data_dir, seed=args.seed)
     base = baselines(data_dir)
-    metrics = train(data_dir, Path(args.config), out_dir)
+    metrics = train(data_dir, Path(args.config), out_dir, work / "stages")
     regression = max(v["test_map"] for k, v in base.items() if k.startswith("logistic_regression"))
     int8 = metrics["test"]["map_macro"]
     margin = round(int8 - regression, 4)
@@ -166,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "margin_over_regression": margin,
         "goal": f"INT8 test macro mAP >= best regression + {GOAL_MARGIN}",
         "status": "met" if margin >= GOAL_MARGIN else "missed",
+        "ablations": ablations(work / "stages", Path(args.config)) if args.ablations else None,
         "seconds": round(time.perf_counter() - started),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
     }
