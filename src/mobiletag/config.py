@@ -90,12 +90,13 @@ class AugmentConfig:
     saturation: float = _f(0.2, "max relative saturation change", min=0.0, max=1.0)
     resize_methods: list[Literal["bilinear", "mediapipe", "nearest", "bilinear_antialias", "area"]] = _f(
         ["bilinear", "mediapipe", "nearest"],
-        "how each training view is resized from the crop, drawn per example with equal odds (a method listed twice "
-        "is drawn twice as often; the same for every view size), so the model does not depend on how an app resizes: bilinear = TensorFlow's (half-pixel "
-        "centres, no antialiasing); mediapipe = top-left aligned bilinear without antialiasing, as MediaPipe "
-        "Tasks (and OpenCV's warp) resize; nearest = nearest neighbour (the aliasing of a large un-antialiased "
-        "downscale); bilinear_antialias = bilinear with antialiasing (as PIL); area = box average. The first "
-        "three cost next to nothing; bilinear_antialias and area run as matrix products (XLA has no kernel for "
+        "how a training image is resized from its random crop to the training size (in the input pipeline) "
+        "and to each smaller view (in the step), drawn per example with equal odds (a method listed twice is "
+        "drawn twice as often), so the model does not depend on how an app resizes: bilinear = TensorFlow's "
+        "(half-pixel centres, no antialiasing); mediapipe = top-left aligned bilinear without antialiasing, as "
+        "MediaPipe Tasks (and OpenCV's warp) resize; nearest = nearest neighbour (the aliasing of a large "
+        "un-antialiased downscale); bilinear_antialias = bilinear with antialiasing (as PIL); area = box "
+        "average. In the step, bilinear_antialias and area run as matrix products (XLA has no kernel for "
         "them) and cost more on CPU",
     )
 

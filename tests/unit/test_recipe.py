@@ -134,3 +134,24 @@ def test_sample_images_at_phone_scale():
     assert all(w * h >= 2_300_000 for w, h in sizes), sizes
     small = _image(np.random.default_rng(0), ["circle"]).size
     assert 112 <= small[0] < 192 and 104 <= small[1] < 176
+
+
+def test_the_input_pipeline_resizes_each_crop_with_a_drawn_method(tmp_path):
+    """The crop reaches the training size in the input pipeline: that is where the resize method
+    must vary (a single-size student's step never resizes), drawn per example, seeded."""
+    from mobiletag.data.pipeline import _resize_crop, _resize_uint8
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (97, 97, 3)), tf.uint8)  # noise: every method differs
+    methods = ["bilinear", "mediapipe", "nearest"]
+    expected = {m: _resize_uint8(image, 40, m).numpy() for m in methods}
+    assert all(not np.array_equal(expected[a], expected[b]) for a in methods for b in methods if a != b)
+    seen = []
+    for i in range(30):
+        out = _resize_crop(image, 40, tf.constant([i, 3], tf.int64), methods).numpy()
+        seen.append(next(m for m in methods if np.array_equal(out, expected[m])))
+        again = _resize_crop(image, 40, tf.constant([i, 3], tf.int64), methods).numpy()
+        np.testing.assert_array_equal(out, again)
+    assert set(seen) == set(methods)
+    single = _resize_crop(image, 40, tf.constant([0, 3], tf.int64), ["bilinear"]).numpy()
+    np.testing.assert_array_equal(single, expected["bilinear"])

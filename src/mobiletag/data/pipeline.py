@@ -62,10 +62,32 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
-def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear resize of a uint8 image, back to uint8 (cast to float first: on CPU the float
-    kernel is faster than the uint8 one, 0.3 ms of ~1 ms per training image, same values)."""
-    return _to_uint8(tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear"))
+def _resize_uint8(image: tf.Tensor, size: int, method: str = "bilinear") -> tf.Tensor:
+    """Resize of a uint8 image, back to uint8 (cast to float first: on CPU the float kernel is
+    faster than the uint8 one, 0.3 ms of ~1 ms per training image, same values). ``method``: one
+    of ``data.augment.resize_methods``' names (see :func:`mobiletag.data.augment.resize`)."""
+    x = tf.cast(image, tf.float32)
+    if method == "mediapipe":  # top-left aligned, no antialiasing: as MediaPipe Tasks' OpenCV warp
+        x = tf.raw_ops.ResizeBilinear(images=x[tf.newaxis], size=[size, size], half_pixel_centers=False)[0]
+    elif method in ("bilinear", "nearest", "area"):
+        x = tf.image.resize(x, [size, size], method=method)
+    elif method == "bilinear_antialias":
+        x = tf.image.resize(x, [size, size], method="bilinear", antialias=True)
+    else:
+        raise ValueError(f"unknown resize method {method!r}")
+    return _to_uint8(x)
+
+
+def _resize_crop(image: tf.Tensor, size: int, seed: tf.Tensor, methods: Sequence[str]) -> tf.Tensor:
+    """The crop resized to ``size`` with a method drawn from ``methods`` by ``seed`` (equal odds).
+
+    This is where a training image reaches its training size (the step resizes again only the
+    smaller views when teacher and student sizes differ), so this is where how an app resizes
+    (MediaPipe: no antialiasing) is rehearsed."""
+    if len(methods) == 1:
+        return _resize_uint8(image, size, methods[0])
+    pick = tf.random.stateless_uniform([], seed=seed, maxval=len(methods), dtype=tf.int32)
+    return tf.switch_case(pick, [lambda m=m: _resize_uint8(image, size, m) for m in methods])
 
 
 def crop_window(shape: tf.Tensor, seed: tf.Tensor, aug: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
@@ -101,7 +123,8 @@ def _train_example(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(uint8 [side, side, 3] crop, int64 [2] seed of the in-step augmentation) for one image."""
     crop_seed, step_seed = tf.unstack(tf.random.experimental.stateless_split(random_pair, num=2))
-    return _resize_uint8(_random_crop(jpeg, crop_seed, aug), side), step_seed
+    resize_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
+    return _resize_crop(_random_crop(jpeg, crop_seed, aug), side, resize_seed, aug.resize_methods), step_seed
 
 
 def _pack(views: list[tf.Tensor]) -> tf.Tensor | tuple[tf.Tensor, ...]:
