@@ -178,7 +178,7 @@ class TrainAugment:
             x = to_float(images)
             if self.aug.color_jitter:
                 x = self._jitter(x, u)
-            methods = list(self.aug.resize_methods)
+            methods: list[str] = list(self.aug.resize_methods)
             choice = tf.minimum(tf.cast(u[:, _RESIZE] * len(methods), tf.int32), len(methods) - 1)
             return [self._resize(x, s, methods, choice) for s in self.sizes]
 
