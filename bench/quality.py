@@ -127,7 +127,10 @@ ABLATIONS = (
     ("crops down to 50% of the area", {"student": {"alpha": 1.0}, "data": {"augment": {"crop_area_min": 0.5}}}),
     ("no random crop", {"student": {"alpha": 1.0}, "data": {"augment": {"random_resized_crop": False}}}),
     ("no flip", {"student": {"alpha": 1.0}, "data": {"augment": {"flip": False}}}),
-    ("resize: bilinear only", {"student": {"alpha": 1.0}, "data": {"augment": {"resize_methods": ["bilinear"]}}}),
+    (
+        "resize methods drawn from bilinear, mediapipe, nearest",
+        {"student": {"alpha": 1.0}, "data": {"augment": {"resize_methods": ["bilinear", "mediapipe", "nearest"]}}},
+    ),
     ("preset, distilled student (alpha 0.7)", {}),
     ("distilled, no head warm-up", {"student": {"warmup_epochs": 0}}),
 )
