@@ -56,7 +56,12 @@ def upload_tree(local: Path, prefix: str) -> str:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """Every file below ``folder`` (shards, labels, stats, the originals of val and test) by its path."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_gcs_dataset_validates_and_builds_the_same_tfrecords(gcs, sample_dir, fast_config, tmp_path):
