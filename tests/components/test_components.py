@@ -424,9 +424,10 @@ def test_mediapipe_package_component(run):
     test = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["test"]
     assert block["num_images"] == test["num_images"] == test_images
     assert block["map_macro_difference"] == round(abs(block["map_macro"] - test["map_macro"]), 4)
-    # MediaPipe resizes without antialiasing, evaluate (for now) with PIL's: on this 32-px model, trained for one
-    # epoch, many probabilities sit near their thresholds (0.6 of the label sets agreed, mAP 0.03 apart)
-    assert block["map_macro_difference"] <= 0.06 and 0.3 <= block["label_set_agreement"] <= 1
+    # issue 16's bar: evaluate reads the originals through MediaPipe's own resize, so even this 32-px model,
+    # trained for one epoch with probabilities near their thresholds, agrees (before the one input path: 0.6 of
+    # the label sets, mAP 0.03 apart)
+    assert block["map_macro_difference"] <= 0.01 and block["label_set_agreement"] >= 0.99
     assert run["eval_metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
     assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["report.md"].path).read_text()
 
