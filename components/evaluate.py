@@ -43,7 +43,6 @@ def evaluate(
         evaluation.path,
         distilled_dir=distilled_student.path,
         baseline_dir=baseline_student.path,
-        mediapipe_dir=tflite_model.path,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -61,8 +61,8 @@ def test_default_crops_keep_an_object_near_a_corner():
     corner = (0.08, 0.32)
     default = Config().data.augment
     assert default.crop_area_min == 0.85
-    assert _share_keeping(default, corner) >= 0.75
-    assert _share_keeping(AugmentConfig(crop_area_min=0.5), corner) <= 0.45
+    assert _share_keeping(default, corner) >= 0.80  # 0.8475 with TensorFlow 2.21
+    assert _share_keeping(AugmentConfig(crop_area_min=0.5), corner) <= 0.32  # 0.27
     assert _share_keeping(AugmentConfig(crop_area_min=1.0), corner) == 1.0  # area 1: the whole image
 
 
@@ -155,3 +155,12 @@ def test_the_input_pipeline_resizes_each_crop_with_a_drawn_method(tmp_path):
     assert set(seen) == set(methods)
     single = _resize_crop(image, 40, tf.constant([0, 3], tf.int64), ["bilinear"]).numpy()
     np.testing.assert_array_equal(single, expected["bilinear"])
+
+
+def test_sample_data_hard_refuses_a_size(tmp_path, capsys):
+    """The hard set has a fixed size: --images or --scale with it is an error, not silently ignored."""
+    from mobiletag.cli import main
+
+    assert main(["sample-data", "--kind", "hard", "--images", "1000", "--out-dir", str(tmp_path / "h")]) == 2
+    assert "--kind hard has a fixed size" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()

@@ -15,6 +15,13 @@ from mobiletag.export.mediapipe import Classified, raw_probabilities
 from mobiletag.stages.common import read_json
 
 
+def has_mediapipe_results(folder: str | Path) -> bool:
+    """Whether ``folder`` is mediapipe-package's output (its summary is there)."""
+    from mobiletag.stages import mediapipe_package as package
+
+    return (Path(folder) / package.SUMMARY_FILE).is_file()
+
+
 def load_mediapipe_results(folder: str | Path) -> tuple[list[str], Classified, dict[str, Any]]:
     """mediapipe-package's test paths, ImageClassifier's results and its summary (mediapipe.json)."""
     from mobiletag.stages import mediapipe_package as package

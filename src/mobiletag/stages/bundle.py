@@ -12,9 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
+from mobiletag.evaluation.mediapipe import has_mediapipe_results
 from mobiletag.export.inference_config import build_inference_config
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.export.mediapipe import inference_config_entry
+from mobiletag.stages import mediapipe_package
 from mobiletag.stages.common import (
     METRICS_FILE,
     QAT_CHECKPOINT,
@@ -30,7 +32,6 @@ from mobiletag.stages.common import (
 log = logging.getLogger(__name__)
 
 INFERENCE_CONFIG = "inference_config.json"
-MEDIAPIPE_SUMMARY = "mediapipe.json"  # mediapipe_package.SUMMARY_FILE
 CONTRACT = (MODEL_FILE, "labels.txt", METRICS_FILE, THRESHOLDS_FILE, INFERENCE_CONFIG)
 
 
@@ -64,9 +65,9 @@ def run(
         labels = (tmp / "labels.txt").read_text(encoding="utf-8").splitlines()
         thresholds = {k: v["threshold"] for k, v in read_json(tmp / THRESHOLDS_FILE)["classes"].items()}
         config = build_inference_config(TFLiteModel(tmp / MODEL_FILE), labels, thresholds)
-        mediapipe_summary = Path(tflite_dir) / MEDIAPIPE_SUMMARY  # the model with metadata (mediapipe-package)
-        if mediapipe_summary.is_file():
-            config["mediapipe"] = inference_config_entry(read_json(mediapipe_summary))
+        if has_mediapipe_results(tflite_dir):  # the model with metadata (mediapipe-package)
+            summary = read_json(Path(tflite_dir) / mediapipe_package.SUMMARY_FILE)
+            config["mediapipe"] = inference_config_entry(summary)
         write_json(tmp / INFERENCE_CONFIG, config)
         if out.exists():
             shutil.rmtree(out)

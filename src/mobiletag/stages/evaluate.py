@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve
 
 from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
-from mobiletag.evaluation.mediapipe import load_mediapipe_results, markdown_line, mediapipe_block
+from mobiletag.evaluation.mediapipe import has_mediapipe_results, load_mediapipe_results, markdown_line, mediapipe_block
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
 from mobiletag.export.inference_config import Scorer, stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
@@ -104,12 +104,12 @@ def run(
     *,
     distilled_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
-    mediapipe_dir: str | Path | None = None,
 ) -> StageResult:
     """Test metrics of the INT8 model, the float models beside it; with ``distilled_dir`` (and
-    select-student's selection.json in ``student_dir``) the "distillation" block; with
-    ``mediapipe_dir`` (mediapipe-package's folder) the "mediapipe" block: the same figures
-    through MediaPipe Tasks' ImageClassifier."""
+    select-student's selection.json in ``student_dir``) the "distillation" block; when
+    ``tflite_dir`` is mediapipe-package's folder (the model with metadata and MediaPipe's test
+    results beside it) the "mediapipe" block: the same figures through MediaPipe Tasks'
+    ImageClassifier."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,8 +165,8 @@ def run(
         )
         metrics["distillation"] = block
         report += "\n" + markdown_section(block)
-    if mediapipe_dir is not None:
-        mediapipe_paths, classified, summary = load_mediapipe_results(mediapipe_dir)
+    if has_mediapipe_results(tflite_dir):
+        mediapipe_paths, classified, summary = load_mediapipe_results(tflite_dir)
         metrics["mediapipe"] = mediapipe_block(
             classes=facts.classes,
             labels=labels,

@@ -160,14 +160,6 @@ def _train(
             augment=TrainAugment(sizes, config.data.augment),
         )
 
-    def compile_with(schedule: Any) -> None:
-        with dev.strategy.scope():
-            trainer.compile(
-                optimizer=keras.optimizers.Adam(schedule),
-                jit_compile=dev.jit_compile,
-                steps_per_execution=dev.steps_per_execution,
-            )
-
     fit_args: dict[str, Any] = dict(
         steps_per_epoch=steps,
         batch_size=cfg.batch_size,
@@ -191,7 +183,7 @@ def _train(
                 trainable,
                 lr_warmup,
             )
-            compile_with(lr_warmup)
+            dev.compile(trainer, lr_warmup)
             return fit(
                 trainer,
                 train_ds,
@@ -206,7 +198,7 @@ def _train(
         best_so_far = warmed.best_val_map if warmed else -math.inf
     train_head_only(student, False)
     total = cfg.epochs * steps
-    compile_with(cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total)))
+    dev.compile(trainer, cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total)))
     result = fit(
         trainer,
         train_ds,

@@ -104,14 +104,6 @@ def _train(
         set_batch_norm_momentum(model, cfg.batch_norm_momentum)
         trainer = Trainer(model, augment=TrainAugment([cfg.image_size], config.data.augment))
 
-    def compile_with(schedule: Any) -> None:
-        with dev.strategy.scope():
-            trainer.compile(
-                optimizer=keras.optimizers.Adam(schedule),
-                jit_compile=dev.jit_compile,
-                steps_per_execution=dev.steps_per_execution,
-            )
-
     fit_args: dict[str, Any] = dict(
         steps_per_epoch=steps,
         batch_size=cfg.batch_size,
@@ -124,7 +116,9 @@ def _train(
     def phase_a() -> FitResult:  # head warm-up on a frozen backbone
         set_phase(model, "warmup", cfg.fine_tune_fraction)
         total_a = cfg.warmup_epochs * steps
-        compile_with(cosine_schedule(lr_a, total_a, warmup_steps(cfg.lr_warmup_epochs, steps, total_a), decay=False))
+        dev.compile(
+            trainer, cosine_schedule(lr_a, total_a, warmup_steps(cfg.lr_warmup_epochs, steps, total_a), decay=False)
+        )
         return fit(
             trainer,
             train_ds,
@@ -148,7 +142,7 @@ def _train(
         else "no pretrained weights: the whole backbone",
     )
     total_b = cfg.fine_tune_epochs * steps
-    compile_with(cosine_schedule(lr_b, total_b, warmup_steps(cfg.lr_warmup_epochs, steps, total_b)))
+    dev.compile(trainer, cosine_schedule(lr_b, total_b, warmup_steps(cfg.lr_warmup_epochs, steps, total_b)))
     best_a = result_a.best_val_map if result_a else -float("inf")
     result_b = fit(
         trainer,

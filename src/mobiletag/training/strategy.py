@@ -6,8 +6,10 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import tensorflow as tf
+import tf_keras as keras
 
 from mobiletag.config import MultiGpuConfig
 from mobiletag.errors import TrainingError
@@ -105,6 +107,16 @@ class Devices:
     jit_compile: bool
     steps_per_execution: int
     gpus: int
+
+    def compile(self, model: keras.Model, learning_rate: Any) -> None:
+        """Compile ``model`` (a Trainer) with Adam at ``learning_rate`` (a rate or a schedule), in
+        this strategy's scope, with its XLA and steps-per-execution choices."""
+        with self.strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                jit_compile=self.jit_compile,
+                steps_per_execution=self.steps_per_execution,
+            )
 
 
 @contextlib.contextmanager
