@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     test, compare = metrics["test"], metrics["compare"]
     print(
-        f"\nfinished in {time.perf_counter() - started:.0f} s\n"
+        f"finished in {time.perf_counter() - started:.0f} s\n"
         f"model:   {out / 'model_qat_int8.tflite'} ({metrics['size_bytes']} bytes, "
         f"{metrics['latency_ms']['threads_1']} ms/image on 1 CPU thread)\n"
         f"report:  {out / 'report.md'}\n"

@@ -7,7 +7,9 @@ too) to a log file, and passes each line through a :class:`ConsoleFilter` that k
 
 - stage start and end (kfp.local's ``Executing task`` / ``Task ... finished``, or the in-process
   runner's ``=== stage ... ===``), with the stage's seconds;
-- one line per epoch (``training/fit.py``'s ``<name> epoch N/M: ... val_map=... (S s, R img/s, about L s left)``);
+- one line per epoch (``training/fit.py``'s ``<name> epoch N/M: ... val_map=... (S s, R img/s, about L s left)``),
+  but of a head warm-up (``teacher phase A``, ``student warm-up``: a few short epochs training the
+  head alone) only the last, which reads as the warm-up's result;
 - the result line of each stage (validation mAP, export, thresholds, test metrics);
 - warnings and errors of mobiletag's own code.
 
@@ -65,6 +67,8 @@ RESULTS = re.compile(
     r")"
 )
 _LEVELS = ("WARNING", "ERROR", "CRITICAL")
+# the head warm-ups (stages/train_teacher.py, stages/train_student.py): their last epoch only
+WARM_UPS = ("teacher phase A", "student warm-up")
 # warnings of TensorFlow, Keras and absl that reach a component's log without their logger's name
 THIRD_PARTY_WARNINGS = re.compile(
     r"^(?:Compiled the loaded model, but the compiled metrics"
@@ -86,6 +90,14 @@ THIRD_PARTY_WARNINGS = re.compile(
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def _shown_epoch(message: str) -> bool | None:
+    """None when ``message`` is not an epoch line; else whether the console shows it: every epoch,
+    but of a head warm-up only the last (the log file keeps them all)."""
+    if not (m := EPOCH.match(message)):
+        return None
+    return not (m["name"] in WARM_UPS and m["epochs"] and int(m["epoch"]) < int(m["epochs"]))
 
 
 def default_log_path(out_dir: str | Path) -> Path:
@@ -138,7 +150,9 @@ class ConsoleFilter:
             return None
         if m := _EXECUTOR.match(line):
             message = m["message"]
-            if EPOCH.match(message) or RESULTS.match(message):
+            if (epoch := _shown_epoch(message)) is False:
+                return None
+            if epoch or RESULTS.match(message):
                 return f"    {_PIPELINE_ROOT.sub('', message)}"
             if m["level"] in ("ERROR", "CRITICAL") or (
                 m["level"] == "WARNING" and not THIRD_PARTY_WARNINGS.match(message)
@@ -157,7 +171,9 @@ class ConsoleFilter:
                 return f"{self._stamp()} {message}"  # kfp.local's orchestrator: retries, its warnings
             if not m["name"].startswith("mobiletag"):
                 return None
-            if EPOCH.match(message) or RESULTS.match(message) or message.startswith("stage times: "):
+            if (epoch := _shown_epoch(message)) is False:
+                return None
+            if epoch or RESULTS.match(message) or message.startswith("stage times: "):
                 return f"    {message}"
             if m["level"] in _LEVELS:
                 return f"    {m['level']}: {message}"

@@ -251,3 +251,26 @@ def test_failure_shows_the_end_of_the_log_and_its_path(tmp_path):
     assert "ValueError: the reason, at the end of the log" in err[-3:]
     assert f"--- full log: {log} ---" in err and err[-1] == "failed"
     assert "ValueError" not in result.stdout
+
+
+def test_a_head_warm_up_shows_its_last_epoch_only():
+    """A warm-up's epochs train the head alone for a few short epochs: the console shows the last,
+    which reads as the warm-up's result (two lines less per student in the demo); the log keeps all."""
+    console = ConsoleFilter(clock=Clock())
+    stream = [
+        "    [KFP Executor 2026-11-26 03:20:20,000 INFO]: "
+        "student warm-up epoch 1/2: loss=4.7589 val_map=0.5011 (25.1 s, 26.8 img/s, about 25 s left)",
+        "    [KFP Executor 2026-11-26 03:20:30,000 INFO]: student warm-up epoch 2/2: loss=3.4952 val_map=0.5705 "
+        "(9.8 s, 68.8 img/s)",
+        "03:20:31 INFO mobiletag.training.fit: teacher phase A epoch 1/3: loss=0.6 val_map=0.3 (1.0 s, 9.0 img/s)",
+        "03:20:32 INFO mobiletag.training.fit: teacher phase A epoch 3/3: loss=0.5 val_map=0.4 (1.0 s, 9.0 img/s)",
+        "    [KFP Executor 2026-11-26 03:20:40,000 INFO]: "
+        "student epoch 1/10: loss=1.9840 val_map=0.5360 (49.8 s, 13.5 img/s, about 448 s left)",
+        "03:20:41 INFO mobiletag.training.fit: qat epoch 1/2: loss=0.0399 val_map=1.0000 (50.2 s, 13.4 img/s, about 50 s left)",
+    ]
+    assert [line.strip() for line in kept("\n".join(stream), console)] == [
+        "student warm-up epoch 2/2: loss=3.4952 val_map=0.5705 (9.8 s, 68.8 img/s)",
+        "teacher phase A epoch 3/3: loss=0.5 val_map=0.4 (1.0 s, 9.0 img/s)",
+        "student epoch 1/10: loss=1.9840 val_map=0.5360 (49.8 s, 13.5 img/s, about 448 s left)",
+        "qat epoch 1/2: loss=0.0399 val_map=1.0000 (50.2 s, 13.4 img/s, about 50 s left)",
+    ]
