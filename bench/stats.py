@@ -3,6 +3,8 @@
 A ratio is measured as several pairs (A B A B ...), one ratio per pair; it is reported as the
 median of the pairs with their spread (min-max and quartiles), and its status is "met" when
 every pair meets the goal, "missed" when none does and "unstable" when the spread crosses it.
+Two runs agree on a ratio when each one's median lies within the other's [min, max]
+(:func:`agreement`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def alternate(
             elapsed = time.perf_counter() - start
             seconds[name].append(result if isinstance(result, float) else elapsed)
     return seconds
+
+
+def extend(into: dict[str, list[float]], more: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Appends the samples of another block of rounds (:func:`alternate`'s result) to ``into``."""
+    for name, values in more.items():
+        into.setdefault(name, []).extend(values)
+    return into
 
 
 def per_round(fn: Callable[..., float], *series: Sequence[float]) -> list[float]:
@@ -105,3 +114,34 @@ def summarize(values: Sequence[float], goal: str | None = None, digits: int = 3,
 def milliseconds(seconds: Sequence[float], per: int = 1, digits: int = 1) -> dict:
     """:func:`summarize` of seconds given for ``per`` items, as milliseconds per item."""
     return summarize([s * 1000 / per for s in seconds], digits=digits)
+
+
+def ratios(results: dict, prefix: str = "") -> dict[str, dict]:
+    """Every ratio summary of a results file, by its dotted path: the summaries (dicts with samples)
+    of more than one sample whose key names two sides (``a_vs_b``)."""
+    found: dict[str, dict] = {}
+    for key, value in results.items():
+        if not isinstance(value, dict) or key == "previous_run":
+            continue
+        path = f"{prefix}{key}"
+        if "samples" in value and "median" in value:
+            if "_vs_" in key and value.get("n", 1) > 1:
+                found[path] = value
+        else:
+            found.update(ratios(value, f"{path}."))
+    return found
+
+
+def agreement(previous: dict, current: dict) -> dict:
+    """How two runs of the benchmark agree: for each ratio both measured, whether each run's median
+    lies within the other's [min, max]; and how many of them do."""
+    before, now = ratios(previous), ratios(current)
+    rows = {}
+    for path in sorted(before.keys() & now.keys()):
+        a, b = before[path], now[path]
+        rows[path] = {
+            "previous": [a["median"], a["min"], a["max"]],
+            "current": [b["median"], b["min"], b["max"]],
+            "agree": bool(a["min"] <= b["median"] <= a["max"] and b["min"] <= a["median"] <= b["max"]),
+        }
+    return {"ratios": rows, "agree": sum(r["agree"] for r in rows.values()), "of": len(rows)}
