@@ -50,7 +50,7 @@ from mobiletag.data.dataset import index_dataset
 from mobiletag.data.pipeline import _random_crop, list_shards, make_dataset
 from mobiletag.data.sample import make_sample_dataset
 from mobiletag.data.tfrecords import build_tfrecords
-from mobiletag.export.tflite import TFLiteModel, convert_int8
+from mobiletag.export.tflite import convert_int8
 from mobiletag.models.student import build_student, preprocess
 from mobiletag.models.teacher import build_teacher
 from mobiletag.quantization.qat import quantize
@@ -534,12 +534,16 @@ def bench_training(
 # === 3. The shipped model ===
 
 
-def bench_model(image_size: int, rounds: int = ROUNDS, images: int = 30) -> Blocked:
+def bench_model(image_size: int, work: Path, processes: int = 3, rounds: int = ROUNDS, images: int = 30) -> Blocked:
     """Size and latency of the INT8 model against the float TFLite model of the same student.
 
-    Latency with 1 and 2 threads: ``rounds`` alternated rounds per block (INT8, float, INT8,
-    float ...), each sample the median of ``images`` single-image runs; one ratio per round.
-    Each block loads the two models into new interpreters.
+    Latency with 1 and 2 threads, in ``processes`` fresh processes per block (bench/latency.py:
+    LiteRT without TensorFlow, as an app), each ``rounds`` alternated rounds (INT8, float, INT8,
+    float ..., a pause before each sample), each sample the median of ``images`` single-image
+    runs; one ratio per round. Processes, because latency moves by a few percent from one process
+    to the next while staying steady within one (see bench/latency.py); many short rounds, because
+    on this 2-vCPU VM 2-thread latency also switches between regimes lasting seconds (float: 7.8
+    or 9.8 ms, even in one interpreter on an idle machine).
     """
     keras.utils.set_random_seed(0)
     student = build_student(6, image_size)
@@ -549,30 +553,35 @@ def bench_model(image_size: int, rounds: int = ROUNDS, images: int = 30) -> Bloc
     int8 = convert_int8(qat_model, representative)
     converter = tf.lite.TFLiteConverter.from_keras_model(student)
     float_model = converter.convert()
+    paths = {"int8": work / "model_int8.tflite", "float": work / "model_float.tflite"}
+    paths["int8"].write_bytes(int8)
+    paths["float"].write_bytes(float_model)
     out: dict = {
         "image_size": image_size,
         "method": (
-            f"{BLOCKS} blocks x {rounds} alternated rounds per thread count, new interpreters per block; "
-            f"a sample = median of {images} single-image runs"
+            f"{BLOCKS} blocks x {processes} fresh processes (bench/latency.py, LiteRT without TensorFlow) x "
+            f"{rounds} alternated rounds per thread count, {PAUSE} s pause before each sample; a sample = median "
+            f"of {images} single-image runs"
         ),
         "int8_bytes": len(int8),
         "float_bytes": len(float_model),
         "size_int8_vs_float": stats.summarize([len(int8) / len(float_model)], "<= 0.30", exact=True),
     }
-    ms: dict[int, dict[str, list[float]]] = {threads: {"int8": [], "float": []} for threads in (1, 2)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    child = [sys.executable, str(Path(__file__).with_name("latency.py")), str(paths["int8"]), str(paths["float"])]
+    child += ["--rounds", str(rounds), "--images", str(images), "--pause", str(PAUSE)]
+    ms: dict[str, dict[str, list[float]]] = {threads: {"int8": [], "float": []} for threads in ("1", "2")}
     for block in range(BLOCKS):
-        for threads in ms:
-            runners = {"int8": TFLiteModel(int8, threads), "float": TFLiteModel(float_model, threads)}
-            for runner in runners.values():
-                runner.latency_ms(5)  # warm-up
-            for _ in range(rounds):
-                for name, runner in runners.items():
-                    ms[threads][name].append(runner.latency_ms(images))
-            del runners
+        for _ in range(processes):
+            result = subprocess.run(child, capture_output=True, text=True, env=env)
+            if result.returncode != 0:
+                raise SystemExit(f"bench/latency.py failed:\n{result.stderr[-3000:]}")
+            for threads, by_model in json.loads(result.stdout.splitlines()[-1]).items():
+                stats.extend(ms[threads], by_model)
         if block < BLOCKS - 1:
             yield
     for threads, by_model in ms.items():
-        label = "1_thread" if threads == 1 else f"{threads}_threads"
+        label = "1_thread" if threads == "1" else f"{threads}_threads"
         for name, values in by_model.items():
             out[f"{name}_ms_{label}"] = stats.summarize(values)
         out[f"latency_int8_vs_float_{label}"] = stats.summarize(
@@ -961,7 +970,7 @@ def main() -> None:
     results: dict = {}
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if args.only:
-        results = {k: v for k, v in previous.items() if k != "previous_run"}  # the other sections stay as they were
+        results = dict(previous)  # the other sections stay as they were
     results.update({"machine": machine(), "sizes": sizes, "batch": batch})
     with tempfile.TemporaryDirectory(prefix="mobiletag-bench-") as tmp:
         work = Path(tmp)
@@ -982,7 +991,7 @@ def main() -> None:
             ),
             ("training", "training steps", lambda: bench_training(sample()[1], config, sizes, batch)),
             ("determinism", "op determinism on / off (two processes)", lambda: bench_determinism(sample()[1], work)),
-            ("model", "model", lambda: bench_model(240)),
+            ("model", "model", lambda: bench_model(240, work)),
             ("run", "whole run (mobiletag train, configs/fast.yaml)", lambda: bench_run(sample()[0], work)),
             ("process_start", "new process + imports", bench_process_start),
             ("spread", "run-to-run spread, reproducible: false (3 runs)", lambda: bench_spread(sample()[0], work)),
@@ -1001,7 +1010,15 @@ def main() -> None:
     measured = [key for key, _, _ in sections]
     agreement = stats.agreement({k: previous.get(k, {}) for k in measured}, {k: results[k] for k in measured})
     if agreement["of"] and previous.get("machine", {}).get("cpu_model") == results["machine"]["cpu_model"]:
-        results["previous_run"] = {"date": previous["machine"].get("date"), **agreement}
+        rows = results.get("previous_run", {}).get("ratios", {}) if args.only else {}  # the other sections' rows
+        rows = {path: row for path, row in rows.items() if path.split(".")[0] not in measured}
+        rows.update(agreement["ratios"])
+        results["previous_run"] = {
+            "date": previous["machine"].get("date"),
+            "ratios": dict(sorted(rows.items())),
+            "agree": sum(row["agree"] for row in rows.values()),
+            "of": len(rows),
+        }
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
