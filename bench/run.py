@@ -971,6 +971,8 @@ def main() -> None:
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if args.only:
         results = dict(previous)  # the other sections stay as they were
+    elif "spread" in previous:
+        results["spread"] = previous["spread"]  # make bench-spread's, which make bench does not measure
     results.update({"machine": machine(), "sizes": sizes, "batch": batch})
     with tempfile.TemporaryDirectory(prefix="mobiletag-bench-") as tmp:
         work = Path(tmp)
