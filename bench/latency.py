@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+
+import stats  # bench/stats.py, beside this script (a script's folder is on sys.path)
 
 from mobiletag.export.litert import TFLiteModel
 
@@ -23,12 +24,9 @@ def measure(models: dict[str, str], threads: int, rounds: int, images: int, paus
     runners = {name: TFLiteModel(path, threads) for name, path in models.items()}
     for runner in runners.values():
         runner.latency_ms(5)  # warm-up
-    ms: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            time.sleep(pause)
-            ms[name].append(runner.latency_ms(images))
-    return ms
+    # a sample is latency_ms's own figure (the median of ``images`` runs), not the call's seconds
+    samplers = {name: lambda runner=runner: runner.latency_ms(images) for name, runner in runners.items()}
+    return stats.alternate(samplers, rounds, warm_up=False, pause=pause)
 
 
 def main() -> None:

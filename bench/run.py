@@ -7,7 +7,7 @@ before the whole demo run and one after it; it is reported as the median with it
 its goal, "missed" when none does and "unstable" when the spread crosses it. When the results
 file it replaces came from the same CPU, the table ends with how the two runs agree: a ratio
 agrees when each run's median lies within the other's [min, max]. It trains nothing to
-convergence, it times steps: about 17 minutes on 2 cores, 8 of them the whole demo run (one
+convergence, it times steps: about 16 minutes on 2 cores, 9 of them the whole demo run (one
 run, not repeated).
 
     python bench/run.py [--skip-run] [--only SECTION] [--out bench/results.json]
@@ -62,7 +62,7 @@ import stats  # bench/stats.py, beside this script
 REPO = Path(__file__).resolve().parents[1]
 PAUSE = 0.2  # seconds between alternated samples: what one leaves running in the background ends off the clock
 # Each ratio is measured in BLOCKS blocks of ROUNDS rounds: the first block before the whole run, the
-# second after it (about 8 minutes later, the machine in another state), so the spread holds slow
+# second after it (about 9 minutes later, the machine in another state), so the spread holds slow
 # drift of a shared machine too and not only the noise of a minute (issue 19: two runs' medians moved
 # 3-5%, outside one run's spread, when all 7 rounds were taken within a minute).
 BLOCKS = 2

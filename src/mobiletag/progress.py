@@ -67,8 +67,11 @@ RESULTS = re.compile(
     r")"
 )
 _LEVELS = ("WARNING", "ERROR", "CRITICAL")
-# the head warm-ups (stages/train_teacher.py, stages/train_student.py): their last epoch only
-WARM_UPS = ("teacher phase A", "student warm-up")
+# the head warm-ups' names, which stages/train_teacher.py and stages/train_student.py give their
+# epoch lines: the console shows their last epoch only
+TEACHER_WARM_UP = "teacher phase A"
+STUDENT_WARM_UP = "student warm-up"
+WARM_UPS = (TEACHER_WARM_UP, STUDENT_WARM_UP)
 # warnings of TensorFlow, Keras and absl that reach a component's log without their logger's name
 THIRD_PARTY_WARNINGS = re.compile(
     r"^(?:Compiled the loaded model, but the compiled metrics"

@@ -21,6 +21,7 @@ from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
 from mobiletag.models.student import build_student, preprocess, train_head_only
 from mobiletag.models.teacher import resolve_weights
+from mobiletag.progress import STUDENT_WARM_UP
 from mobiletag.stages.common import (
     STUDENT_CHECKPOINT,
     STUDENT_METRICS,
@@ -188,13 +189,13 @@ def _train(
                 trainer,
                 train_ds,
                 val_ds,
-                name="student warm-up",
+                name=STUDENT_WARM_UP,
                 epochs=warmup_epochs,
                 backup_dir=backup.folder("warmup"),
                 **fit_args,
             )
 
-        warmed = fit_phase_once(student, backup, "warmup_done", warm_up, "student warm-up")
+        warmed = fit_phase_once(student, backup, "warmup_done", warm_up, STUDENT_WARM_UP)
         best_so_far = warmed.best_val_map if warmed else -math.inf
     train_head_only(student, False)
     total = cfg.epochs * steps

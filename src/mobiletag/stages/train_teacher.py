@@ -15,6 +15,7 @@ from mobiletag.config import Config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.data.pipeline import train_and_val
 from mobiletag.models.teacher import build_teacher, resolve_weights, set_phase
+from mobiletag.progress import TEACHER_WARM_UP
 from mobiletag.stages.common import (
     TEACHER_CHECKPOINT,
     StageResult,
@@ -123,13 +124,13 @@ def _train(
             trainer,
             train_ds,
             val_ds,
-            name="teacher phase A",
+            name=TEACHER_WARM_UP,
             epochs=cfg.warmup_epochs,
             backup_dir=backup.folder("phase_a"),
             **fit_args,
         )
 
-    result_a = fit_phase_once(model, backup, "phase_a_done", phase_a, "teacher phase A")
+    result_a = fit_phase_once(model, backup, "phase_a_done", phase_a, TEACHER_WARM_UP)
 
     # Phase B: fine-tune the top of the backbone; BatchNormalization stays in inference mode.
     pretrained = resolve_weights(cfg.weights, "teacher.weights") is not None
