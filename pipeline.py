@@ -107,8 +107,9 @@ def mobiletag_pipeline(
     teacher_gpus: int = 4,
     student_gpus: int = 4,
     baseline_student: bool = True,
-    gpu_node_pool: str = "gpu-pool",
+    gpu_node_pool: str = "",
     gpu_accelerator: str = "nvidia-tesla-t4",
+    gpu_max_pending_minutes: int = 60,
     teacher_cpu: str = TRAINING_CPU,
     teacher_memory: str = TRAINING_MEMORY,
     student_cpu: str = TRAINING_CPU,
@@ -130,8 +131,9 @@ def mobiletag_pipeline(
         teacher_gpus: GPUs for the teacher step (MirroredStrategy over all of them).
         student_gpus: GPUs for the student step (QAT gets one GPU when this is above 0).
         baseline_student: Also train the student without the teacher (alpha = 1) in its own step, in parallel with the distilled one (same GPUs and resources), and ship whichever has the better validation mAP; metrics.json gets a "distillation" block. False: that step trains nothing and requests no GPU.
-        gpu_node_pool: GKE node pool of the GPU nodes (empty: any node).
-        gpu_accelerator: GKE accelerator label of that pool, e.g. nvidia-tesla-t4, nvidia-l4 (empty: any).
+        gpu_node_pool: GKE node pool of the GPU nodes (empty, the default: any node with the accelerator label and free GPUs).
+        gpu_accelerator: GKE accelerator label of the GPU nodes, e.g. nvidia-tesla-t4, nvidia-l4 (empty: any).
+        gpu_max_pending_minutes: Longest time a GPU step may stay Pending (unschedulable) before `mobiletag submit --wait` (and the weekly CronJob) reports the scheduler's message and stops the run; 0: no limit. Kubernetes' own deadline does not count Pending time.
         teacher_cpu: CPU request of the teacher step (Kubernetes quantity, e.g. 14 or 44 on a g2-standard-48).
         teacher_memory: Memory request of the teacher step (e.g. 48Gi, or 160Gi on a g2-standard-48).
         student_cpu: CPU request of the student step (and of the baseline student's).
