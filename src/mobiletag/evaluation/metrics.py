@@ -47,7 +47,14 @@ def classification_metrics(
     }
     return {
         **ranking_metrics(labels, scores),
+        # macro F1 over the classes with test positives (as macro mAP, which is undefined for the
+        # others), and over every class as scikit-learn's f1_score(average="macro",
+        # zero_division=0) gives it: a class with no positives scores 0 there, false alarms or not
         "f1_macro": round(float(f1[has_positive].mean()) if has_positive.any() else 0.0, 4),
+        "f1_macro_all_classes": round(float(f1.mean()) if len(classes) else 0.0, 4),
+        "no_test_positives": {
+            name: {"false_positives": int(fp[c])} for c, name in enumerate(classes) if not has_positive[c]
+        },
         "f1_micro": round(float(f1_micro), 4),
         "precision_micro": round(float(p_micro), 4),
         "recall_micro": round(float(r_micro), 4),
@@ -64,7 +71,8 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         f"# mobiletag evaluation: {metrics['model']}",
         "",
         f"Test images: {test['num_images']}. macro mAP **{test['map_macro']}**, micro mAP {test['map_micro']}, "
-        f"micro F1 {test['f1_micro']}, macro F1 {test['f1_macro']}, exact match {test['exact_match']}, "
+        f"micro F1 {test['f1_micro']}, macro F1 {test['f1_macro']} (classes with test positives; "
+        f"{test.get('f1_macro_all_classes')} over all classes), exact match {test['exact_match']}, "
         f"Hamming loss {test['hamming_loss']}.",
         "",
         "| class | AP | precision | recall | F1 | threshold | support |",
@@ -74,6 +82,14 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {m['ap']} | {m['precision']} | {m['recall']} | {m['f1']} | {m['threshold']} | {m['support']} |"
         )
+    missing = test.get("no_test_positives") or {}
+    if missing:
+        lines += [
+            "",
+            "Classes with no test positives (left out of macro mAP and macro F1): "
+            + ", ".join(f"{name} ({m['false_positives']} false positives)" for name, m in missing.items())
+            + ".",
+        ]
     compare = metrics.get("compare", {})
     if compare:
         lines += ["", "| model | macro mAP | micro mAP |", "|---|---|---|"]

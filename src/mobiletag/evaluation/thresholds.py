@@ -60,16 +60,59 @@ def prf(tp: Any, fp: Any, fn: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return precision, recall, f1
 
 
+def _plateau_middle(best: np.ndarray, thresholds: np.ndarray) -> int:
+    """Index of the threshold in the middle of the widest run of consecutive grid points in
+    ``best`` (a boolean mask, at least one True).
+
+    Every threshold of a run gives the same validation figures; its middle is the farthest
+    from the validation scores on either side, so a small shift of a score (a new image, one
+    INT8 output level) moves the decision least. Runs of equal width: the one whose middle is
+    nearest 0.5; a run of even length: of its two middle points, the one nearer 0.5.
+    """
+    index = np.flatnonzero(best)
+    runs = np.split(index, np.flatnonzero(np.diff(index) > 1) + 1)
+    widest = max(len(run) for run in runs)
+
+    def middle(run: np.ndarray) -> int:
+        lo, hi = run[(len(run) - 1) // 2], run[len(run) // 2]
+        return int(min((lo, hi), key=lambda i: (abs(thresholds[i] - 0.5), i)))
+
+    middles = [middle(run) for run in runs if len(run) == widest]
+    return min(middles, key=lambda i: (abs(thresholds[i] - 0.5), i))
+
+
+def _best(values: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the entries equal to the largest value (of those in ``among``, if given)."""
+    candidates = values if among is None else np.where(among, values, -np.inf)
+    return candidates >= candidates.max() - 1e-12
+
+
 def _pick(values: np.ndarray, thresholds: np.ndarray) -> int:
-    """Index of the best value; among ties, the threshold closest to 0.5 (the most robust)."""
-    best = np.flatnonzero(values >= values.max() - 1e-12)
-    return int(best[np.argmin(np.abs(thresholds[best] - 0.5))])
+    """The middle of the widest plateau of the best value."""
+    return _plateau_middle(_best(values), thresholds)
+
+
+def margins(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Distance from ``threshold`` to the nearest validation score of a positive and of a
+    negative of one class (None when the class has none of that kind)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    out: dict[str, float | None] = {}
+    finite = np.isfinite(s)
+    for key, mask in (("margin_positive", y & finite), ("margin_negative", ~y & finite)):
+        out[key] = round(float(np.min(np.abs(s[mask] - threshold))), 4) if mask.any() else None
+    return out
 
 
 def optimize_thresholds(
     labels: np.ndarray, scores: np.ndarray, classes: list[str], cfg: ThresholdsConfig
 ) -> dict[str, Any]:
-    """The threshold per class and the validation figures behind it."""
+    """The threshold per class and the validation figures behind it.
+
+    Among grid thresholds with the same best figure, the middle of the widest such run
+    (:func:`_plateau_middle`); each class's entry gives the distance from its threshold to the
+    nearest validation positive and negative (``margin_positive``, ``margin_negative``).
+    """
     candidates = grid(cfg)
     result: dict[str, Any] = {
         "strategy": cfg.strategy,
@@ -83,12 +126,15 @@ def optimize_thresholds(
     ranked = SortedScores(labels, scores)
     per_class = [ranked.counts(c, candidates) for c in range(len(classes))]
     global_t = None
-    if cfg.strategy == "global":
-        tp, fp, fn = (np.sum([counts[k] for counts in per_class], axis=0) for k in range(3))
+    supports = np.asarray(labels).astype(bool).sum(axis=0)
+    if cfg.strategy == "global" and supports.any():
+        # pooled over the classes with validation positives: the others get the fallback anyway
+        pooled = [counts for c, counts in enumerate(per_class) if supports[c] > 0]
+        tp, fp, fn = (np.sum([counts[k] for counts in pooled], axis=0) for k in range(3))
         _, _, f1 = prf(tp, fp, fn)
         global_t = float(candidates[_pick(f1, candidates)])
     for c, name in enumerate(classes):
-        support = int(labels[:, c].sum())
+        support = int(supports[c])
         tp, fp, fn = per_class[c]
         precision, recall, f1 = prf(tp, fp, fn)
         note = None
@@ -100,8 +146,9 @@ def optimize_thresholds(
         elif cfg.strategy == "precision":
             ok = precision >= cfg.min_precision
             if ok.any():
-                masked = np.where(ok, recall, -1.0)
-                threshold = float(candidates[_pick(masked, candidates)])
+                # the highest recall; among equal recall, the highest precision
+                best = _best(precision, among=_best(recall, among=ok) & ok)
+                threshold = float(candidates[_plateau_middle(best, candidates)])
             else:
                 threshold = float(candidates[_pick(f1, candidates)])
                 note = f"no threshold reaches precision {cfg.min_precision} on validation; using the best-F1 threshold"
@@ -115,6 +162,7 @@ def optimize_thresholds(
             "recall": round(float(r[0]), 4),
             "f1": round(float(f[0]), 4),
             "support": support,
+            **margins(labels[:, c], scores[:, c], threshold),
         }
         if note:
             entry["note"] = note
