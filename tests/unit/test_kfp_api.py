@@ -64,6 +64,9 @@ class FakeKfp:
         self.experiments: list[dict[str, Any]] = []
         self.runs: list[dict[str, Any]] = []
         self.recurring_runs: list[dict[str, Any]] = []
+        # run states that GET /runs/{id} answers in turn (the last one repeats); terminate: CANCELING
+        self.run_states: list[str] = ["RUNNING"]
+        self.terminated: list[str] = []
         self._clock = 0
         self._lock = threading.Lock()
         fake = self
@@ -124,13 +127,15 @@ class FakeKfp:
             self.add_version(pipeline["pipeline_id"], name if i == 0 else f"{name}-v{i + 1}")
         return pipeline
 
-    def add_version(self, pipeline_id: str, name: str) -> dict[str, Any]:
+    def add_version(self, pipeline_id: str, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
         version = {
             "pipeline_id": pipeline_id,
             "pipeline_version_id": f"{pipeline_id}-v{len(self.versions[pipeline_id]) + 1}",
             "display_name": name,
             "created_at": self._now(),
         }
+        if spec is not None:
+            version["pipeline_spec"] = spec
         self.versions[pipeline_id].append(version)
         return version
 
@@ -158,6 +163,10 @@ class FakeKfp:
             if q.get("pipelineid") not in self.versions:
                 return 404, {"code": 5, "message": "no such pipeline"}
             return 200, self.add_version(q["pipelineid"], q["name"])
+        if r.method == "GET" and path.startswith(f"{API}/pipelines/") and "/versions/" in path:
+            pipeline_id, version_id = path.split("/")[-3], path.split("/")[-1]
+            found = [v for v in self.versions.get(pipeline_id, []) if v["pipeline_version_id"] == version_id]
+            return (200, found[0]) if found else (404, {"code": 5, "message": "no such version"})
         if r.method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
             versions = self.versions.get(path.split("/")[-2])
             if versions is None:
@@ -178,6 +187,18 @@ class FakeKfp:
             run = {**r.json, "run_id": f"r{len(self.runs) + 1}"}
             self.runs.append(run)
             return 200, run
+        if r.method == "GET" and path.startswith(f"{API}/runs/"):
+            found = [run for run in self.runs if run["run_id"] == path.split("/")[-1]]
+            if not found:
+                return 404, {"code": 5, "message": "no such run"}
+            state = self.run_states.pop(0) if len(self.run_states) > 1 else self.run_states[0]
+            found[0]["state"] = state
+            return 200, found[0]
+        if r.method == "POST" and path.startswith(f"{API}/runs/") and path.endswith(":terminate"):
+            run_id = path.split("/")[-1].removesuffix(":terminate")
+            self.terminated.append(run_id)
+            self.run_states = ["CANCELING"]
+            return 200, {}
         if r.method == "POST" and path == f"{API}/recurringruns":
             recurring = {**r.json, "recurring_run_id": f"rr{len(self.recurring_runs) + 1}"}
             self.recurring_runs.append(recurring)
@@ -580,6 +601,76 @@ def test_submit_passes_baseline_student_as_a_boolean(in_cluster, kfp_api, monkey
     assert main(["submit", "--namespace", NAMESPACE]) == 2
     assert "baseline_student (flag or MOBILETAG_BASELINE_STUDENT) is 'maybe'" in capsys.readouterr().err
     assert len(kfp_api.runs) == 2
+
+
+# ======================================================================================
+# The pipeline root: every run and recurring run names where its artifacts go
+# ======================================================================================
+
+TINY_SPEC = (
+    "pipelineInfo: {name: tiny}\n"
+    "root:\n  inputDefinitions:\n    parameters:\n      data_uri: {parameterType: STRING}\n"
+    "schemaVersion: 2.1.0\nsdkVersion: kfp-2.17.3\n"
+)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["run", "run of a package", "recurring run following the newest version", "recurring run pinned"],
+)
+def test_submit_sends_the_pipeline_root_with_every_run(in_cluster, kfp_api, tmp_path, how):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE, versions=2)
+    args = ["submit", "--namespace", NAMESPACE, "--data-uri", "gs://b/p", "--pipeline-root", "gs://b/root"]
+    if "package" in how:
+        package = tmp_path / "tiny.yaml"
+        package.write_text(TINY_SPEC)
+        args += ["--package", str(package)]
+    if "recurring" in how:
+        args += ["--cron", "0 0 3 * * 1"] + (["--pin-version"] if "pinned" in how else [])
+    assert main(args) == 0
+    _assert_all_authenticated(kfp_api)
+    (created,) = kfp_api.recurring_runs if "recurring" in how else kfp_api.runs
+    assert created["runtime_config"] == {"parameters": {"data_uri": "gs://b/p"}, "pipeline_root": "gs://b/root"}
+
+
+def test_the_pipeline_root_comes_from_the_configmaps_variable(in_cluster, kfp_api, monkeypatch):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    monkeypatch.setenv("MOBILETAG_PIPELINE_ROOT", "s3://bucket/kfp")
+    assert main(["submit", "--namespace", NAMESPACE]) == 0
+    assert main(["submit", "--namespace", NAMESPACE, "--pipeline-root", "minio://other/root"]) == 0  # flag wins
+    assert [run["runtime_config"]["pipeline_root"] for run in kfp_api.runs] == ["s3://bucket/kfp", "minio://other/root"]
+
+
+def test_without_a_pipeline_root_submit_says_where_artifacts_go(in_cluster, kfp_api, caplog):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    with caplog.at_level("WARNING", logger="mobiletag"):
+        assert main(["submit", "--namespace", NAMESPACE]) == 0
+    (run,) = kfp_api.runs
+    assert "pipeline_root" not in run["runtime_config"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("no pipeline root (--pipeline-root or MOBILETAG_PIPELINE_ROOT)")
+    assert f"kfp-launcher ConfigMap of namespace {NAMESPACE}" in warning
+    assert "minio://mlpipeline/v2/artifacts" in warning and "20 GiB" in warning
+    assert f"kubectl -n {NAMESPACE} patch configmap kfp-launcher" in warning and "defaultPipelineRoot" in warning
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "named"),
+    [
+        ("/mnt/artifacts", None, "--pipeline-root"),
+        ("gs://", None, "--pipeline-root"),
+        (None, "https://storage.googleapis.com/b/root", "MOBILETAG_PIPELINE_ROOT"),
+    ],
+)
+def test_a_pipeline_root_outside_an_object_store_is_refused(in_cluster, kfp_api, monkeypatch, capsys, flag, env, named):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    if env:
+        monkeypatch.setenv("MOBILETAG_PIPELINE_ROOT", env)
+    assert main(["submit", "--namespace", NAMESPACE, *(["--pipeline-root", flag] if flag else [])]) == 2
+    err = capsys.readouterr().err
+    assert f"the pipeline root ({named}) is {flag or env!r}: it must be an object-store URI" in err
+    assert "gs://<bucket>/<prefix>, s3://<bucket>/<prefix>, minio://<bucket>/<prefix>" in err
+    assert kfp_api.requests == []
 
 
 def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
