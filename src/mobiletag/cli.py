@@ -472,10 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Start a run of the uploaded pipeline (latest version) or of a compiled package. Run parameters come "
             "from the flags, else from MOBILETAG_* environment variables (the CronJob in manifests/ reads them "
             "from a ConfigMap). Two ways to retrain on a schedule: (1) `make schedule NAMESPACE=<profile>` "
-            "applies manifests/: a Kubernetes CronJob that runs `mobiletag submit` in the cluster; `kubectl "
-            "create job --from=cronjob/mobiletag-retrain now` starts one at once. (2) `mobiletag submit --cron "
-            "'0 0 3 * * 1'` creates a KFP recurring run, visible and pausable in the Kubeflow UI. Requests carry "
-            "--token, else the service-account token file; --cookies for a session behind Dex / oauth2-proxy."
+            "applies manifests/: a Kubernetes CronJob that runs `mobiletag submit --wait` in the cluster (a run "
+            "that fails or cannot schedule fails the Job); `kubectl create job --from=cronjob/mobiletag-retrain "
+            "now` starts one at once. (2) `mobiletag submit --cron '0 0 3 * * 1'` creates a KFP recurring run, "
+            "visible and pausable in the Kubeflow UI (nothing watches its runs). Every run gets --pipeline-root. "
+            "Requests carry --token, else the service-account token file; --cookies for a session behind Dex / "
+            "oauth2-proxy."
         ),
     )
     p.add_argument("--package", help="compiled pipeline YAML to run instead of the uploaded pipeline")
