@@ -223,12 +223,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     kind = "recurring run" if args.cron else "run"
     print(f"started {kind} {run_name} ({submitted.ident}) with {json.dumps(params, sort_keys=True)}", flush=True)
-    if submitted.end is None:
+    if submitted.watch is None:
         return 0
-    if submitted.end.ok:
-        print(submitted.end.message)
+    end = submitted.watch()
+    if end.ok:
+        print(end.message)
         return 0
-    print(f"mobiletag submit: error: {submitted.end.message}", file=sys.stderr)
+    print(f"mobiletag submit: error: {end.message}", file=sys.stderr)
     return RUN_FAILED_EXIT
 
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -404,10 +405,10 @@ def check_cron(cron: str) -> str:
 
 @dataclass(frozen=True)
 class Submitted:
-    """What submit created, and with wait how the run ended."""
+    """What submit created; with wait, ``watch()`` follows the run until it ends."""
 
     ident: str
-    end: kfp_watch.RunEnd | None = None
+    watch: Callable[[], kfp_watch.RunEnd] | None = None
 
 
 def submit(
@@ -438,7 +439,7 @@ def submit(
         wait: watch the single run until it ends (kfp_watch); checked before anything is sent.
 
     Returns:
-        The id of the run or recurring run, and with wait how the run ended.
+        The id of the run or recurring run, and with wait the watch to call next.
     """
     if cron:
         cron = check_cron(cron)
@@ -496,25 +497,29 @@ def submit(
     if wait is None:
         return Submitted(run_id)
     pods_namespace = kfp_watch.pods_namespace(namespace)
-    log.info(
-        "watching run %s every %g s, its pods in namespace %s (label %s=%s)",
-        run_id,
-        wait.poll_seconds,
-        pods_namespace,
-        kfp_watch.RUN_ID_LABEL,
-        run_id,
-    )
-    with _ApiCall(f"watching run {run_id}", host, credentials):
-        end = kfp_watch.watch_run(
-            kfp_client,
+    poll_seconds = wait.poll_seconds
+
+    def watch() -> kfp_watch.RunEnd:
+        log.info(
+            "watching run %s every %g s, its pods in namespace %s (label %s=%s)",
             run_id,
-            core=core,
-            namespace=pods_namespace,
-            max_pending_minutes=max_pending or 0,
-            poll_seconds=wait.poll_seconds,
-            params=params,
+            poll_seconds,
+            pods_namespace,
+            kfp_watch.RUN_ID_LABEL,
+            run_id,
         )
-    return Submitted(run_id, end)
+        with _ApiCall(f"watching run {run_id}", host, credentials):
+            return kfp_watch.watch_run(
+                kfp_client,
+                run_id,
+                core=core,
+                namespace=pods_namespace,
+                max_pending_minutes=max_pending or 0,
+                poll_seconds=poll_seconds,
+                params=params,
+            )
+
+    return Submitted(run_id, watch)
 
 
 def _max_pending_minutes(
