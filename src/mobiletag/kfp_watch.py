@@ -291,7 +291,7 @@ def watch_run(
             if pod.gpu and limit > 0 and pod.seconds > limit:
                 what = (
                     f"GPU {where} was Pending for {_duration(pod.seconds)}, longer than "
-                    f"gpu_max_pending_minutes={max_pending_minutes:g}: {pod.reason}. {_what_to_do(params)}"
+                    f"gpu_max_pending_minutes={max_pending_minutes:g}: {pod.reason.rstrip('.')}. {_what_to_do(params)}"
                 )
                 try:
                     kfp_client.terminate_run(run_id)

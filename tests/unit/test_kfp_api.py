@@ -839,7 +839,7 @@ def test_a_gpu_step_that_cannot_schedule_is_reported_once_and_stops_the_run(watc
     ]
     assert (
         "stopped run r1: GPU pod mobiletag-x-train-teacher (mobiletag-x.root.train-teacher.executor) was "
-        f"Pending for 60 min, longer than gpu_max_pending_minutes=60: not scheduled (Unschedulable): {SCHEDULER}. "
+        f"Pending for 60 min, longer than gpu_max_pending_minutes=60: not scheduled (Unschedulable): {SCHEDULER} "
         "To let it schedule: a node pool must have nodes with as many GPUs as the step asks" in err
     )
     assert "GPU quota" in err and "lower teacher_gpus / student_gpus" in err
