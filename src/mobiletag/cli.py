@@ -173,10 +173,13 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mobiletag.kfp_run import RESOURCE_PARAMETERS, PipelineRunError, run_parameters, submit
+    from mobiletag.kfp_run import RESOURCE_PARAMETERS, PipelineRunError, check_pipeline_root, run_parameters, submit
+    from mobiletag.kfp_watch import RUN_FAILED_EXIT, WaitOptions
 
     if args.pin_version and not args.cron:
         raise PipelineRunError("--pin-version applies to --cron (a single run always uses the newest version)")
+    if args.poll_seconds <= 0:
+        raise PipelineRunError(f"--poll-seconds is {args.poll_seconds:g}; it must be above 0")
     given = {
         "data_uri": args.data_uri,
         "config_overrides": _read_overrides(args.config),
@@ -187,11 +190,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "gpu_node_pool": args.gpu_node_pool,
         "gpu_accelerator": args.gpu_accelerator,
         "baseline_student": args.baseline_student,
+        "gpu_max_pending_minutes": args.gpu_max_pending_minutes,
         **{name: getattr(args, name) for name in RESOURCE_PARAMETERS},
     }
     params = run_parameters(given, dict(os.environ))
+    root_source = "--pipeline-root" if args.pipeline_root is not None else "MOBILETAG_PIPELINE_ROOT"
+    pipeline_root = check_pipeline_root(
+        args.pipeline_root if args.pipeline_root is not None else os.environ.get("MOBILETAG_PIPELINE_ROOT"),
+        root_source,
+    )
+    wait = None
+    if args.wait:
+        wait = WaitOptions(
+            poll_seconds=args.poll_seconds,
+            in_cluster=bool(os.environ.get("KUBERNETES_SERVICE_HOST")),
+            kubeconfig=os.environ.get("KUBECONFIG") or None,
+        )
     run_name = args.run_name or f"{args.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    ident = submit(
+    submitted = submit(
         params,
         pipeline_name=args.pipeline_name,
         package=args.package,
@@ -202,10 +218,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         host=_server_host(args),
         namespace=args.namespace or None,
         credentials=_server_credentials(args),
+        pipeline_root=pipeline_root,
+        wait=wait,
     )
     kind = "recurring run" if args.cron else "run"
-    print(f"started {kind} {run_name} ({ident}) with {json.dumps(params, sort_keys=True)}")
-    return 0
+    print(f"started {kind} {run_name} ({submitted.ident}) with {json.dumps(params, sort_keys=True)}", flush=True)
+    if submitted.watch is None:
+        return 0
+    end = submitted.watch()
+    if end.ok:
+        print(end.message)
+        return 0
+    print(f"mobiletag submit: error: {end.message}", file=sys.stderr)
+    return RUN_FAILED_EXIT
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -448,10 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Start a run of the uploaded pipeline (latest version) or of a compiled package. Run parameters come "
             "from the flags, else from MOBILETAG_* environment variables (the CronJob in manifests/ reads them "
             "from a ConfigMap). Two ways to retrain on a schedule: (1) `make schedule NAMESPACE=<profile>` "
-            "applies manifests/: a Kubernetes CronJob that runs `mobiletag submit` in the cluster; `kubectl "
-            "create job --from=cronjob/mobiletag-retrain now` starts one at once. (2) `mobiletag submit --cron "
-            "'0 0 3 * * 1'` creates a KFP recurring run, visible and pausable in the Kubeflow UI. Requests carry "
-            "--token, else the service-account token file; --cookies for a session behind Dex / oauth2-proxy."
+            "applies manifests/: a Kubernetes CronJob that runs `mobiletag submit --wait` in the cluster (a run "
+            "that fails or cannot schedule fails the Job); `kubectl create job --from=cronjob/mobiletag-retrain "
+            "now` starts one at once. (2) `mobiletag submit --cron '0 0 3 * * 1'` creates a KFP recurring run, "
+            "visible and pausable in the Kubeflow UI (nothing watches its runs). Every run gets --pipeline-root. "
+            "Requests carry --token, else the service-account token file; --cookies for a session behind Dex / "
+            "oauth2-proxy."
         ),
     )
     p.add_argument("--package", help="compiled pipeline YAML to run instead of the uploaded pipeline")
@@ -473,13 +500,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --cron: keep running the pipeline version that is newest now (default: every trigger runs "
         "the version uploaded last; needs KFP backend >= 2.5)",
     )
+    p.add_argument(
+        "--pipeline-root",
+        help="where the run's artifacts go (gs://, s3:// or minio://<bucket>/<prefix>), sent with every run and "
+        "recurring run; default $MOBILETAG_PIPELINE_ROOT, else the namespace's kfp-launcher ConfigMap "
+        "(defaultPipelineRoot), else KFP's in-cluster minio://mlpipeline/v2/artifacts (a warning says so)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="watch the run until it ends: report a step's pod that stays Pending with the scheduler's reason, stop "
+        "the run when a GPU step is Pending longer than gpu_max_pending_minutes; exit 0 only when the run succeeds "
+        "(needs Kubernetes API access to the run's pods: in a pod its service account, else $KUBECONFIG)",
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=60.0,
+        help="with --wait: seconds between two looks at the run and its pods (default 60)",
+    )
+    p.add_argument(
+        "--gpu-max-pending-minutes",
+        help="longest time a GPU step may stay Pending before --wait reports and stops the run (0: no limit); "
+        "default $MOBILETAG_GPU_MAX_PENDING_MINUTES or the pipeline's",
+    )
     p.add_argument("--data-uri", help="dataset (gs://...); default $MOBILETAG_DATA_URI")
     p.add_argument("--config", help="YAML file of config overrides; default $MOBILETAG_CONFIG_OVERRIDES (YAML text)")
     p.add_argument("--output-uri", help="where to publish the output folder; default $MOBILETAG_OUTPUT_URI")
     p.add_argument("--backup-uri", help="training backups prefix; default $MOBILETAG_BACKUP_URI")
     p.add_argument("--teacher-gpus", help="GPUs for the teacher; default $MOBILETAG_TEACHER_GPUS or 4")
     p.add_argument("--student-gpus", help="GPUs for the student; default $MOBILETAG_STUDENT_GPUS or 4")
-    p.add_argument("--gpu-node-pool", help="GKE node pool; default $MOBILETAG_GPU_NODE_POOL")
+    p.add_argument(
+        "--gpu-node-pool", help="GKE node pool of the GPU steps; default $MOBILETAG_GPU_NODE_POOL or none (any pool)"
+    )
     p.add_argument("--gpu-accelerator", help="GKE accelerator label; default $MOBILETAG_GPU_ACCELERATOR")
     p.add_argument(
         "--baseline-student",

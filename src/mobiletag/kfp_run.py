@@ -15,11 +15,13 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mobiletag import kfp_watch
 from mobiletag.errors import MobiletagError
 
 log = logging.getLogger(__name__)
@@ -127,8 +129,9 @@ PARAMETER_ENV = {
     "qat_cpu": "MOBILETAG_QAT_CPU",
     "qat_memory": "MOBILETAG_QAT_MEMORY",
     "baseline_student": "MOBILETAG_BASELINE_STUDENT",
+    "gpu_max_pending_minutes": "MOBILETAG_GPU_MAX_PENDING_MINUTES",
 }
-INT_PARAMETERS = ("teacher_gpus", "student_gpus")
+INT_PARAMETERS = ("teacher_gpus", "student_gpus", "gpu_max_pending_minutes")
 BOOL_PARAMETERS = ("baseline_student",)
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # Kubernetes quantities, passed as text (the pipeline's string parameters); empty = the default
@@ -156,11 +159,52 @@ def run_parameters(given: dict[str, str | None], env: dict[str, str]) -> dict[st
                 params[name] = int(value)
             except ValueError as exc:
                 raise PipelineRunError(f"{name} (flag or {variable}) is {value!r}; it must be a whole number") from exc
+            if params[name] < 0:
+                raise PipelineRunError(f"{name} (flag or {variable}) is {value!r}; it must be 0 or more")
         else:
             params[name] = value
     if not params.get("data_uri"):
         raise PipelineRunError("no dataset: pass --data-uri or set MOBILETAG_DATA_URI")
     return params
+
+
+# KFP's artifact store when neither the run nor the namespace's kfp-launcher ConfigMap names one
+# (backend/src/v2/config/env.go); its volume is 20 GiB in the standard manifests.
+KFP_DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
+OBJECT_STORE_SCHEMES = ("gs", "s3", "minio")  # the ones the KFP launcher opens (backend/src/v2/objectstore)
+
+
+def check_pipeline_root(root: str | None, source: str) -> str | None:
+    """A run's pipeline root: an object-store URI with a bucket, or None (the cluster's default store).
+
+    Args:
+        source: what gave it, for the message (e.g. "--pipeline-root or MOBILETAG_PIPELINE_ROOT").
+    """
+    root = (root or "").strip()
+    if not root:
+        return None
+    if not re.fullmatch(rf"({'|'.join(OBJECT_STORE_SCHEMES)})://[^/\s]+(/\S*)?", root):
+        raise PipelineRunError(
+            f"the pipeline root ({source}) is {root!r}: it must be an object-store URI the KFP launcher writes "
+            f"to, {', '.join(s + '://<bucket>/<prefix>' for s in OBJECT_STORE_SCHEMES)}, e.g. "
+            "gs://my-bucket/pipeline-root"
+        )
+    return root
+
+
+def warn_default_pipeline_root(namespace: str | None) -> None:
+    where = f"namespace {namespace}" if namespace else "the KFP namespace (kubeflow)"
+    log.warning(
+        "no pipeline root (--pipeline-root or MOBILETAG_PIPELINE_ROOT): the run's artifacts, the dataset's "
+        "TFRecords included, go to the defaultPipelineRoot of the kfp-launcher ConfigMap of %s, else to KFP's "
+        "default %s, the in-cluster object store whose volume is 20 GiB in the standard manifests. Pass "
+        "--pipeline-root gs://<bucket>/<prefix>, or set defaultPipelineRoot in that ConfigMap "
+        "(kubectl -n %s patch configmap kfp-launcher --type merge -p "
+        '\'{"data":{"defaultPipelineRoot":"gs://<bucket>/<prefix>"}}\')',
+        where,
+        KFP_DEFAULT_PIPELINE_ROOT,
+        namespace or "kubeflow",
+    )
 
 
 IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
@@ -359,6 +403,14 @@ def check_cron(cron: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What submit created; with wait, ``watch()`` follows the run until it ends."""
+
+    ident: str
+    watch: Callable[[], kfp_watch.RunEnd] | None = None
+
+
 def submit(
     params: dict[str, Any],
     *,
@@ -371,7 +423,9 @@ def submit(
     namespace: str | None,
     credentials: Credentials,
     pin_version: bool = False,
-) -> str:
+    pipeline_root: str | None = None,
+    wait: kfp_watch.WaitOptions | None = None,
+) -> Submitted:
     """Start a run, or with cron create a KFP recurring run, of the uploaded pipeline or a package.
 
     A recurring run follows the pipeline: each trigger runs the version uploaded last (KFP backend
@@ -379,15 +433,32 @@ def submit(
     version that is newest now. It never catches up on missed triggers (no_catchup) and runs one
     at a time (max_concurrency 1). A single run always uses the newest version.
 
+    Args:
+        pipeline_root: where the run's artifacts go (``runtime_config.pipeline_root``), checked by
+            :func:`check_pipeline_root`; None: the namespace's default store (a warning says which).
+        wait: watch the single run until it ends (kfp_watch); checked before anything is sent.
+
     Returns:
-        The id of the run or recurring run.
+        The id of the run or recurring run, and with wait the watch to call next.
     """
     if cron:
         cron = check_cron(cron)
+        if wait is not None:
+            raise PipelineRunError(
+                "--wait watches one run until it ends; a recurring run (--cron) starts a new run at every trigger. "
+                "To watch each scheduled run, use the CronJob of manifests/ (it runs `mobiletag submit --wait`)"
+            )
     if package and not Path(package).is_file():
         raise PipelineRunError(f"{package} not found: compile it first (`make compile` writes pipeline.yaml)")
+    core = None
+    if wait is not None:
+        core = kfp_watch.core_api(wait)  # before anything is sent: a --wait that cannot watch starts nothing
     kfp_client = client(host, namespace, credentials)
     namespace = _namespace(kfp_client, namespace)
+    if pipeline_root is None:
+        warn_default_pipeline_root(namespace)
+    else:
+        log.info("pipeline root (artifacts of the run): %s", pipeline_root)
     pipeline_id = version_id = None
     if not package:
         with _ApiCall(f"looking up pipeline {pipeline_name!r}", host, credentials):
@@ -404,21 +475,75 @@ def submit(
             if not versions.pipeline_versions:
                 raise PipelineRunError(f"pipeline {pipeline_name!r} ({pipeline_id}) has no version; upload one")
             version_id = versions.pipeline_versions[0].pipeline_version_id
+    max_pending = None
+    if wait is not None:
+        max_pending = _max_pending_minutes(kfp_client, params, package, pipeline_id, version_id, host, credentials)
+        kfp_watch.check_pod_access(core, kfp_watch.pods_namespace(namespace))
     with _ApiCall(f"creating or finding experiment {experiment!r}", host, credentials):
         experiment_id = kfp_client.create_experiment(experiment, namespace=namespace).experiment_id
     if cron:
         with _ApiCall(f"creating recurring run {run_name!r}", host, credentials):
-            return _create_recurring_run(
-                kfp_client, experiment_id, run_name, cron, params, package, pipeline_id, version_id
+            return Submitted(
+                _create_recurring_run(
+                    kfp_client, experiment_id, run_name, cron, params, package, pipeline_id, version_id, pipeline_root
+                )
             )
     with _ApiCall(f"starting run {run_name!r}", host, credentials):
-        if package:
-            run = kfp_client.run_pipeline(experiment_id, run_name, pipeline_package_path=package, params=params)
-        else:
-            run = kfp_client.run_pipeline(
-                experiment_id, run_name, pipeline_id=pipeline_id, version_id=version_id, params=params
+        source: dict[str, Any] = (
+            {"pipeline_package_path": package} if package else {"pipeline_id": pipeline_id, "version_id": version_id}
+        )
+        run = kfp_client.run_pipeline(experiment_id, run_name, params=params, pipeline_root=pipeline_root, **source)
+    run_id = str(run.run_id)
+    if wait is None:
+        return Submitted(run_id)
+    pods_namespace = kfp_watch.pods_namespace(namespace)
+    poll_seconds = wait.poll_seconds
+
+    def watch() -> kfp_watch.RunEnd:
+        log.info(
+            "watching run %s every %g s, its pods in namespace %s (label %s=%s)",
+            run_id,
+            poll_seconds,
+            pods_namespace,
+            kfp_watch.RUN_ID_LABEL,
+            run_id,
+        )
+        with _ApiCall(f"watching run {run_id}", host, credentials):
+            return kfp_watch.watch_run(
+                kfp_client,
+                run_id,
+                core=core,
+                namespace=pods_namespace,
+                max_pending_minutes=max_pending or 0,
+                poll_seconds=poll_seconds,
+                params=params,
             )
-    return str(run.run_id)
+
+    return Submitted(run_id, watch)
+
+
+def _max_pending_minutes(
+    kfp_client: Any,
+    params: dict[str, Any],
+    package: str | None,
+    pipeline_id: str | None,
+    version_id: str | None,
+    host: str,
+    credentials: Credentials,
+) -> int | None:
+    """The run's gpu_max_pending_minutes: the one sent, else the pipeline's default (None: it has none)."""
+    name = kfp_watch.MAX_PENDING_PARAMETER
+    value: int | None
+    if name in params:
+        value, source = int(params[name]), "this run's parameter"
+    elif package:
+        value, source = kfp_watch.max_pending_from_spec(kfp_watch.read_package_spec(package)), f"{package}"
+    else:
+        with _ApiCall(f"reading pipeline version {version_id}", host, credentials):
+            version = kfp_client.get_pipeline_version(pipeline_id, version_id)
+        value, source = kfp_watch.max_pending_from_spec(version.pipeline_spec), f"pipeline version {version_id}"
+    log.info("%s", kfp_watch.describe_limit(value, source))
+    return value
 
 
 def _create_recurring_run(
@@ -430,6 +555,7 @@ def _create_recurring_run(
     package: str | None,
     pipeline_id: str | None,
     version_id: str | None,
+    pipeline_root: str | None,
 ) -> str:
     """Create the recurring run: no catch-up, one run at a time, pinned or following the newest version."""
     common: dict[str, Any] = {"max_concurrency": MAX_CONCURRENCY, "no_catchup": True}
@@ -438,7 +564,13 @@ def _create_recurring_run(
             {"pipeline_package_path": package} if package else {"pipeline_id": pipeline_id, "version_id": version_id}
         )
         created = kfp_client.create_recurring_run(
-            experiment_id, run_name, cron_expression=cron, params=params, **source, **common
+            experiment_id,
+            run_name,
+            cron_expression=cron,
+            params=params,
+            pipeline_root=pipeline_root,
+            **source,
+            **common,
         )
         what = "the pipeline spec of the package" if package else f"pinned to version {version_id}"
     else:
@@ -451,7 +583,7 @@ def _create_recurring_run(
             display_name=run_name,
             mode=api.RecurringRunMode.ENABLE,
             pipeline_version_reference=api.V2beta1PipelineVersionReference(pipeline_id=pipeline_id),
-            runtime_config=api.V2beta1RuntimeConfig(parameters=params),
+            runtime_config=api.V2beta1RuntimeConfig(parameters=params, pipeline_root=pipeline_root),
             trigger=api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron)),
             **common,
         )

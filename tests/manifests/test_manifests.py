@@ -55,7 +55,7 @@ def test_cronjob_runs_submit_with_the_run_parameters():
     docs = {d["kind"]: d for d in _rendered()}
     job = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = job["containers"][0]
-    assert container["command"] == ["mobiletag", "submit"]
+    assert container["command"] == ["mobiletag", "submit", "--wait"]  # a run that fails fails the Job
     # the small submit image (placeholder registry; `make schedule` puts in the one of `make images`)
     assert container["image"] == "us-docker.pkg.dev/my-project/mobiletag/mobiletag-submit:0.1.0"
     assert job["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
@@ -80,7 +80,9 @@ def test_cronjob_is_istio_safe_and_restricted():
     pod = template["spec"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
-    assert pod["automountServiceAccountToken"] is False  # only the audience-bound KFP token is mounted
+    # the Kubernetes API token, for --wait's pod list (the account itself mounts none by default)
+    assert pod["automountServiceAccountToken"] is True
+    assert docs["ServiceAccount"]["automountServiceAccountToken"] is False
     container = pod["containers"][0]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -89,6 +91,43 @@ def test_cronjob_is_istio_safe_and_restricted():
     }
     env = {e["name"]: e for e in container["env"]}
     assert env["MOBILETAG_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_the_cronjob_watches_its_run_and_may_read_its_pods():
+    """`submit --wait` needs pods get/list/watch and the KFP verb terminate; the Job must outlast a run
+    of days, end before the next weekly trigger, and never resubmit."""
+    docs = {d["kind"]: d for d in _rendered()}
+    rules = docs["Role"]["rules"]
+    granted = {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert {("", "pods", verb) for verb in ("get", "list", "watch")} <= granted
+    assert ("pipelines.kubeflow.org", "runs", "terminate") in granted
+    assert ("pipelines.kubeflow.org", "runs", "get") in granted
+    assert not any(
+        resource in ("pods", "pods/exec", "secrets") and verb not in ("get", "list", "watch")
+        for _, resource, verb in granted
+    )
+    cronjob = docs["CronJob"]["spec"]
+    job = cronjob["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0  # a new pod would submit a second run
+    week = 7 * 24 * 3600
+    assert 5 * 24 * 3600 <= job["activeDeadlineSeconds"] < week  # weekly schedule: over before the next trigger
+    assert cronjob["schedule"] == "0 3 * * 1" and cronjob["concurrencyPolicy"] == "Forbid"
+
+
+def test_the_configmap_sets_a_pipeline_root_and_no_gpu_node_pool():
+    from mobiletag.kfp_run import check_pipeline_root
+
+    data = {d["kind"]: d for d in _rendered()}["ConfigMap"]["data"]
+    assert data["MOBILETAG_GPU_NODE_POOL"] == ""  # no node-pool selector: accelerator and GPU request decide
+    root = data["MOBILETAG_PIPELINE_ROOT"]
+    assert check_pipeline_root(root, "MOBILETAG_PIPELINE_ROOT") == root and root.startswith("gs://")
+    assert data["MOBILETAG_GPU_MAX_PENDING_MINUTES"] == ""  # the pipeline's default
 
 
 def test_workload_identity_is_not_on_the_scheduler():

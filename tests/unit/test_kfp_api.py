@@ -1,4 +1,4 @@
-"""`mobiletag upload` and `submit` against a stand-in Kubeflow Pipelines API on loopback.
+"""`mobiletag upload` and `submit` (with `--wait`) against stand-in KFP and Kubernetes APIs on loopback.
 
 The stand-in is a real HTTP server speaking the v2beta1 REST endpoints kfp 2.17's Client calls;
 it records every request (method, path, query, headers, JSON or multipart body) and, like a
@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from mobiletag import kfp_watch
 from mobiletag.cli import main
 
 from ..conftest import REPO
@@ -53,18 +54,11 @@ class Request:
     files: dict[str, bytes] = field(default_factory=dict)
 
 
-class FakeKfp:
-    """A KFP v2beta1 API with pipelines, versions, experiments, runs and recurring runs in memory."""
+class StandIn:
+    """An HTTP API on loopback that records every request and answers with JSON from respond()."""
 
-    def __init__(self, *, tokens: tuple[str, ...] = (SA_TOKEN,), cookie: str | None = None, multi_user: bool = True):
-        self.tokens, self.cookie, self.multi_user = tokens, cookie, multi_user
+    def __init__(self) -> None:
         self.requests: list[Request] = []
-        self.pipelines: list[dict[str, Any]] = []
-        self.versions: dict[str, list[dict[str, Any]]] = {}
-        self.experiments: list[dict[str, Any]] = []
-        self.runs: list[dict[str, Any]] = []
-        self.recurring_runs: list[dict[str, Any]] = []
-        self._clock = 0
         self._lock = threading.Lock()
         fake = self
 
@@ -105,6 +99,26 @@ class FakeKfp:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
+    def respond(self, r: Request) -> tuple[int, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class FakeKfp(StandIn):
+    """A KFP v2beta1 API with pipelines, versions, experiments, runs and recurring runs in memory."""
+
+    def __init__(self, *, tokens: tuple[str, ...] = (SA_TOKEN,), cookie: str | None = None, multi_user: bool = True):
+        super().__init__()
+        self.tokens, self.cookie, self.multi_user = tokens, cookie, multi_user
+        self.pipelines: list[dict[str, Any]] = []
+        self.versions: dict[str, list[dict[str, Any]]] = {}
+        self.experiments: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []
+        self.recurring_runs: list[dict[str, Any]] = []
+        # run states that GET /runs/{id} answers in turn (the last one repeats); terminate: CANCELING
+        self.run_states: list[str] = ["RUNNING"]
+        self.terminated: list[str] = []
+        self._clock = 0
+
     # --- state -------------------------------------------------------------------------
 
     def _now(self) -> str:
@@ -124,13 +138,15 @@ class FakeKfp:
             self.add_version(pipeline["pipeline_id"], name if i == 0 else f"{name}-v{i + 1}")
         return pipeline
 
-    def add_version(self, pipeline_id: str, name: str) -> dict[str, Any]:
+    def add_version(self, pipeline_id: str, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
         version = {
             "pipeline_id": pipeline_id,
             "pipeline_version_id": f"{pipeline_id}-v{len(self.versions[pipeline_id]) + 1}",
             "display_name": name,
             "created_at": self._now(),
         }
+        if spec is not None:
+            version["pipeline_spec"] = spec
         self.versions[pipeline_id].append(version)
         return version
 
@@ -158,6 +174,10 @@ class FakeKfp:
             if q.get("pipelineid") not in self.versions:
                 return 404, {"code": 5, "message": "no such pipeline"}
             return 200, self.add_version(q["pipelineid"], q["name"])
+        if r.method == "GET" and path.startswith(f"{API}/pipelines/") and "/versions/" in path:
+            pipeline_id, version_id = path.split("/")[-3], path.split("/")[-1]
+            found = [v for v in self.versions.get(pipeline_id, []) if v["pipeline_version_id"] == version_id]
+            return (200, found[0]) if found else (404, {"code": 5, "message": "no such version"})
         if r.method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
             versions = self.versions.get(path.split("/")[-2])
             if versions is None:
@@ -178,6 +198,18 @@ class FakeKfp:
             run = {**r.json, "run_id": f"r{len(self.runs) + 1}"}
             self.runs.append(run)
             return 200, run
+        if r.method == "GET" and path.startswith(f"{API}/runs/"):
+            found = [run for run in self.runs if run["run_id"] == path.split("/")[-1]]
+            if not found:
+                return 404, {"code": 5, "message": "no such run"}
+            state = self.run_states.pop(0) if len(self.run_states) > 1 else self.run_states[0]
+            found[0]["state"] = state
+            return 200, found[0]
+        if r.method == "POST" and path.startswith(f"{API}/runs/") and path.endswith(":terminate"):
+            run_id = path.split("/")[-1].removesuffix(":terminate")
+            self.terminated.append(run_id)
+            self.run_states = ["CANCELING"]
+            return 200, {}
         if r.method == "POST" and path == f"{API}/recurringruns":
             recurring = {**r.json, "recurring_run_id": f"rr{len(self.recurring_runs) + 1}"}
             self.recurring_runs.append(recurring)
@@ -582,6 +614,76 @@ def test_submit_passes_baseline_student_as_a_boolean(in_cluster, kfp_api, monkey
     assert len(kfp_api.runs) == 2
 
 
+# ======================================================================================
+# The pipeline root: every run and recurring run names where its artifacts go
+# ======================================================================================
+
+TINY_SPEC = (
+    "pipelineInfo: {name: tiny}\n"
+    "root:\n  inputDefinitions:\n    parameters:\n      data_uri: {parameterType: STRING}\n"
+    "schemaVersion: 2.1.0\nsdkVersion: kfp-2.17.3\n"
+)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["run", "run of a package", "recurring run following the newest version", "recurring run pinned"],
+)
+def test_submit_sends_the_pipeline_root_with_every_run(in_cluster, kfp_api, tmp_path, how):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE, versions=2)
+    args = ["submit", "--namespace", NAMESPACE, "--data-uri", "gs://b/p", "--pipeline-root", "gs://b/root"]
+    if "package" in how:
+        package = tmp_path / "tiny.yaml"
+        package.write_text(TINY_SPEC)
+        args += ["--package", str(package)]
+    if "recurring" in how:
+        args += ["--cron", "0 0 3 * * 1"] + (["--pin-version"] if "pinned" in how else [])
+    assert main(args) == 0
+    _assert_all_authenticated(kfp_api)
+    (created,) = kfp_api.recurring_runs if "recurring" in how else kfp_api.runs
+    assert created["runtime_config"] == {"parameters": {"data_uri": "gs://b/p"}, "pipeline_root": "gs://b/root"}
+
+
+def test_the_pipeline_root_comes_from_the_configmaps_variable(in_cluster, kfp_api, monkeypatch):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    monkeypatch.setenv("MOBILETAG_PIPELINE_ROOT", "s3://bucket/kfp")
+    assert main(["submit", "--namespace", NAMESPACE]) == 0
+    assert main(["submit", "--namespace", NAMESPACE, "--pipeline-root", "minio://other/root"]) == 0  # flag wins
+    assert [run["runtime_config"]["pipeline_root"] for run in kfp_api.runs] == ["s3://bucket/kfp", "minio://other/root"]
+
+
+def test_without_a_pipeline_root_submit_says_where_artifacts_go(in_cluster, kfp_api, caplog):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    with caplog.at_level("WARNING", logger="mobiletag"):
+        assert main(["submit", "--namespace", NAMESPACE]) == 0
+    (run,) = kfp_api.runs
+    assert "pipeline_root" not in run["runtime_config"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("no pipeline root (--pipeline-root or MOBILETAG_PIPELINE_ROOT)")
+    assert f"kfp-launcher ConfigMap of namespace {NAMESPACE}" in warning
+    assert "minio://mlpipeline/v2/artifacts" in warning and "20 GiB" in warning
+    assert f"kubectl -n {NAMESPACE} patch configmap kfp-launcher" in warning and "defaultPipelineRoot" in warning
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "named"),
+    [
+        ("/mnt/artifacts", None, "--pipeline-root"),
+        ("gs://", None, "--pipeline-root"),
+        (None, "https://storage.googleapis.com/b/root", "MOBILETAG_PIPELINE_ROOT"),
+    ],
+)
+def test_a_pipeline_root_outside_an_object_store_is_refused(in_cluster, kfp_api, monkeypatch, capsys, flag, env, named):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    if env:
+        monkeypatch.setenv("MOBILETAG_PIPELINE_ROOT", env)
+    assert main(["submit", "--namespace", NAMESPACE, *(["--pipeline-root", flag] if flag else [])]) == 2
+    err = capsys.readouterr().err
+    assert f"the pipeline root ({named}) is {flag or env!r}: it must be an object-store URI" in err
+    assert "gs://<bucket>/<prefix>, s3://<bucket>/<prefix>, minio://<bucket>/<prefix>" in err
+    assert kfp_api.requests == []
+
+
 def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
     """kfp.local applies no Kubernetes field-path env and DockerRunner does not pass this process's
     environment on: the training steps' run id (for their backups) must be given to the containers."""
@@ -605,3 +707,205 @@ def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
     run_id = seen["environment"][kfp_run.RUN_ID_ENV]
     assert run_id.startswith("local-") and run_id == os.environ[kfp_run.RUN_ID_ENV]
     monkeypatch.delenv(kfp_run.RUN_ID_ENV)
+
+
+# ======================================================================================
+# submit --wait: the run's state from the KFP API, its pods from a stand-in Kubernetes API
+# ======================================================================================
+# The real kubernetes client reaches the stand-in through a kubeconfig file, as from a
+# workstation; the watch's clock is a fake that advances 20 minutes per poll, so an hour of
+# Pending takes milliseconds.
+
+K8S_TOKEN = "kubeconfig-user-token"
+CREATED = "2026-01-05T03:00:00Z"  # when the stand-in's pods were created
+CREATED_EPOCH = 1767582000.0
+SCHEDULER = (
+    "0/5 nodes are available: 1 node(s) had untolerated taint {node-role: system}, 4 Insufficient nvidia.com/gpu. "
+    "preemption: 0/5 nodes are available: 5 No preemption victims found for incoming pod."
+)
+POLL_MINUTES = 20.0
+
+
+class FakeKube(StandIn):
+    """GET /api/v1/namespaces/<ns>/pods?labelSelector=k=v: a PodList of the pods whose label matches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pods: list[dict[str, Any]] = []
+
+    def respond(self, r: Request) -> tuple[int, dict[str, Any]]:
+        parts = r.path.strip("/").split("/")
+        if r.headers.get("authorization") != f"Bearer {K8S_TOKEN}":
+            return 401, {"kind": "Status", "code": 401, "message": "Unauthorized"}
+        if r.method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and parts[4:] == ["pods"]:
+            key, _, value = r.query.get("labelSelector", "").partition("=")
+            items = [
+                p
+                for p in self.pods
+                if p["metadata"]["namespace"] == parts[3] and p["metadata"]["labels"].get(key) == value
+            ]
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+        return 404, {"kind": "Status", "code": 404, "message": "not found"}
+
+    def add_pod(self, task: str, run_id: str, *, phase: str, gpus: int = 0, scheduled: bool = True) -> None:
+        """The pod of a KFP v2 task: Argo names its node <workflow>.root.<task>.executor."""
+        name = f"mobiletag-x-{task}"
+        resources = {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"cpu": "14"}} if gpus else {}
+        conditions = [
+            {
+                "type": "PodScheduled",
+                "status": "True" if scheduled else "False",
+                "lastTransitionTime": CREATED,
+                **({} if scheduled else {"reason": "Unschedulable", "message": SCHEDULER}),
+            }
+        ]
+        self.pods.append(
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": NAMESPACE,
+                    "labels": {"pipeline/runid": run_id},
+                    "annotations": {"workflows.argoproj.io/node-name": f"mobiletag-x.root.{task}.executor"},
+                    "creationTimestamp": CREATED,
+                },
+                "spec": {"containers": [{"name": "main", "image": "mobiletag", "resources": resources}]},
+                "status": {"phase": phase, "conditions": conditions},
+            }
+        )
+
+
+@pytest.fixture
+def kube(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeKube]:
+    fake = FakeKube()
+    fake.thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "stand-in", "cluster": {"server": fake.url}}],
+                "users": [{"name": "me", "user": {"token": K8S_TOKEN}}],
+                "contexts": [{"name": "here", "context": {"cluster": "stand-in", "user": "me"}}],
+                "current-context": "here",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+@pytest.fixture
+def watching(in_cluster: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The CronJob's KFP settings and a pipeline root; a fake clock for the watch."""
+    monkeypatch.setenv("MOBILETAG_PIPELINE_ROOT", "gs://b/root")
+    clock = [CREATED_EPOCH + 6]
+    monkeypatch.setattr(kfp_watch, "_now", lambda: clock[0])
+    monkeypatch.setattr(kfp_watch, "_sleep", lambda seconds: clock.__setitem__(0, clock[0] + POLL_MINUTES * 60))
+    return monkeypatch
+
+
+def _spec_with_max_pending(minutes: int) -> dict[str, Any]:
+    """The parts of a compiled spec that submit reads: the parameter's default."""
+    parameters = {
+        "data_uri": {"parameterType": "STRING"},
+        "gpu_max_pending_minutes": {"parameterType": "NUMBER_INTEGER", "defaultValue": minutes},
+    }
+    return {"pipelineInfo": {"name": "mobiletag"}, "root": {"inputDefinitions": {"parameters": parameters}}}
+
+
+def _polls(kfp_api: FakeKfp) -> int:
+    return sum(1 for r in kfp_api.requests if r.method == "GET" and r.path.startswith(f"{API}/runs/"))
+
+
+def test_a_gpu_step_that_cannot_schedule_is_reported_once_and_stops_the_run(watching, kfp_api, kube, caplog, capsys):
+    pipeline = kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE, versions=0)
+    kfp_api.add_version(pipeline["pipeline_id"], "v1", spec=_spec_with_max_pending(60))  # the pipeline's default
+    kube.add_pod("resolve-config", "r1", phase="Succeeded")
+    kube.add_pod("train-teacher", "r1", phase="Pending", gpus=4, scheduled=False)
+    kube.add_pod("other-run", "r9", phase="Pending", gpus=4, scheduled=False)
+    with caplog.at_level("INFO", logger="mobiletag"):
+        code = main(["submit", "--namespace", NAMESPACE, "--wait", "--poll-seconds", "1"])
+    err = capsys.readouterr().err
+    assert code == kfp_watch.RUN_FAILED_EXIT == 1
+    # polls at 0.1, 20.1, 40.1 and 60.1 min of Pending: the 4th is over 60 min and stops the run
+    assert _polls(kfp_api) == 4 and kfp_api.terminated == ["r1"]
+    reports = [r.getMessage() for r in caplog.records if SCHEDULER in r.getMessage()]
+    assert reports == [
+        "run r1: pod mobiletag-x-train-teacher (mobiletag-x.root.train-teacher.executor) Pending for 6 s: "
+        f"not scheduled (Unschedulable): {SCHEDULER}"
+    ]
+    assert (
+        "stopped run r1: GPU pod mobiletag-x-train-teacher (mobiletag-x.root.train-teacher.executor) was "
+        f"Pending for 60 min, longer than gpu_max_pending_minutes=60: not scheduled (Unschedulable): {SCHEDULER} "
+        "To let it schedule: a node pool must have nodes with as many GPUs as the step asks" in err
+    )
+    assert "GPU quota" in err and "lower teacher_gpus / student_gpus" in err
+    # every pod list asked for this run's label in the run's namespace, with the kubeconfig's credentials
+    paths = {(r.path, r.query["labelSelector"], r.headers["authorization"]) for r in kube.requests}
+    assert paths == {
+        (f"/api/v1/namespaces/{NAMESPACE}/pods", "pipeline/runid=none", f"Bearer {K8S_TOKEN}"),  # access check
+        (f"/api/v1/namespaces/{NAMESPACE}/pods", "pipeline/runid=r1", f"Bearer {K8S_TOKEN}"),
+    }
+    (run,) = kfp_api.runs
+    assert run["runtime_config"] == {"parameters": {"data_uri": "gs://bucket/photos"}, "pipeline_root": "gs://b/root"}
+
+
+def test_the_runs_own_limit_is_used_and_a_cpu_pod_only_reported(watching, kfp_api, kube, caplog, capsys):
+    """--gpu-max-pending-minutes goes into the run and decides; a Pending pod without GPU never stops it."""
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    kube.add_pod("prepare-dataset", "r1", phase="Pending", scheduled=False)
+    kfp_api.run_states = ["RUNNING"] * 6 + ["SUCCEEDED"]
+    with caplog.at_level("WARNING", logger="mobiletag"):
+        args = ["submit", "--namespace", NAMESPACE, "--wait", "--poll-seconds", "1", "--gpu-max-pending-minutes", "30"]
+        assert main(args) == 0
+    assert kfp_api.runs[0]["runtime_config"]["parameters"]["gpu_max_pending_minutes"] == 30
+    assert kfp_api.terminated == [] and _polls(kfp_api) == 7
+    assert [r.getMessage() for r in caplog.records].count(
+        f"run r1: pod mobiletag-x-prepare-dataset (mobiletag-x.root.prepare-dataset.executor) Pending for 6 s: "
+        f"not scheduled (Unschedulable): {SCHEDULER}"
+    ) == 1
+    assert "run r1 ended SUCCEEDED" in capsys.readouterr().out
+
+
+def test_a_run_that_succeeds_exits_0(watching, kfp_api, kube, tmp_path, capsys, caplog):
+    package = tmp_path / "tiny.yaml"
+    package.write_text(TINY_SPEC)  # no gpu_max_pending_minutes: reported, never stopped
+    kube.add_pod("tiny-step", "r1", phase="Running", gpus=1)
+    kfp_api.run_states = ["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"]
+    with caplog.at_level("INFO", logger="mobiletag"):
+        args = ["submit", "--namespace", NAMESPACE, "--package", str(package), "--wait", "--poll-seconds", "5"]
+        assert main(args) == 0
+    assert f"{package} has no gpu_max_pending_minutes parameter: a Pending GPU pod is reported" in caplog.text
+    out = capsys.readouterr().out
+    assert "started run" in out and "run r1 ended SUCCEEDED" in out
+    assert _polls(kfp_api) == 4 and kfp_api.terminated == []
+
+
+def test_a_run_that_fails_exits_non_zero_with_its_state(watching, kfp_api, kube, capsys):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    kfp_api.run_states = ["RUNNING", "FAILED"]
+    assert main(["submit", "--namespace", NAMESPACE, "--wait"]) == kfp_watch.RUN_FAILED_EXIT
+    assert "mobiletag submit: error: run r1 ended FAILED" in capsys.readouterr().err
+
+
+def test_wait_with_cron_is_refused_before_anything_is_sent(watching, kfp_api, kube, capsys):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    assert main(["submit", "--namespace", NAMESPACE, "--wait", "--cron", "0 0 3 * * 1"]) == 2
+    err = capsys.readouterr().err
+    assert "a recurring run (--cron) starts a new run at every trigger" in err and "CronJob" in err
+    assert kfp_api.requests == [] and kube.requests == []
+
+
+def test_wait_without_access_to_the_pods_starts_nothing(watching, kfp_api, kube, capsys):
+    kfp_api.add_pipeline("mobiletag", namespace=NAMESPACE)
+    kubeconfig = Path(os.environ["KUBECONFIG"])
+    kubeconfig.write_text(kubeconfig.read_text().replace(K8S_TOKEN, "someone-else"))
+    assert main(["submit", "--namespace", NAMESPACE, "--wait"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--wait cannot list pods in namespace {NAMESPACE} (401 Unauthorized)" in err and "nothing was submitted" in err
+    )
+    assert kfp_api.runs == [] and kfp_api.experiments == []
