@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +61,20 @@ def bench_training(
     seeds = tf.constant(rng.integers(-(2**62), 2**62, (batch, 2)), tf.int64)
     y = tf.constant((rng.uniform(size=(batch, 6)) > 0.6).astype(np.float32))
 
-    student = build_student(6, s)
-    plain = Trainer(student, preprocess=preprocess, augment=TrainAugment([s], aug))
-    plain.compile(optimizer=keras.optimizers.Adam(1e-4))
-    step = _step_fn(plain)
+    def in_memory(model: keras.Model, learning_rate: float) -> tuple[Callable, Callable[[], None]]:
+        """A compiled training step of ``model``, and ``steps`` of its steps on the in-memory batch."""
+        trainer = Trainer(model, preprocess=preprocess, augment=TrainAugment([s], aug))
+        trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        step = _step_fn(trainer)
 
-    def student_steps():
-        for _ in range(steps):
-            step(xs, seeds, y)
+        def run() -> None:
+            for _ in range(steps):
+                step(xs, seeds, y)
+
+        return step, run
+
+    student = build_student(6, s)
+    step, student_steps = in_memory(student, 1e-4)
 
     # the same step fed by the real input pipeline: a fresh iterator per sample, timed after its first
     # batch, so that no sample is served from buffers filled while the machine was idle or while the
@@ -103,14 +110,7 @@ def bench_training(
         for _ in range(steps):
             teacher_fwd(xt_float).numpy()  # numpy(): wait for it, as a training step's update does
 
-    qat_model = quantize(build_student(6, s))
-    qat = Trainer(qat_model, preprocess=preprocess, augment=TrainAugment([s], aug))
-    qat.compile(optimizer=keras.optimizers.Adam(1e-5))
-    q_step = _step_fn(qat)
-
-    def qat_steps():
-        for _ in range(steps):
-            q_step(xs, seeds, y)
+    _, qat_steps = in_memory(quantize(build_student(6, s)), 1e-5)
 
     fed_s: dict[str, list[float]] = {}
     d: dict[str, list[float]] = {}
