@@ -113,6 +113,7 @@ schedule: check-registry
 	} > $(SCHEDULE_DIR)/kustomization.yaml
 	$(KUBECTL) apply -k $(SCHEDULE_DIR)
 
+# speed ratios measured in the same run, about 16 min on 2 cores (bench/results.json, bench/README.md)
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py
 

@@ -1,4 +1,4 @@
-"""`make bench-quality`: does the recipe learn what a simple model can? (issue 17)
+"""`make bench-quality`: does the recipe learn what a simple model can?
 
     python bench/quality.py [--config configs/fast.yaml] [--out bench/quality.json] [--keep DIR] [--ablations]
 

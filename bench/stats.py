@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
 
 
 def alternate(
-    fns: dict[str, Callable[[], object]], rounds: int, warm_up: bool = True, pause: float = 0.0
+    fns: Mapping[str, Callable[[], object]], rounds: int, warm_up: bool = True, pause: float = 0.0
 ) -> dict[str, list[float]]:
     """Seconds of each function over ``rounds`` rounds, called in turn (A B A B ...).
 

@@ -44,7 +44,7 @@ def _run(**ratios: list[float]) -> dict:
 
 def test_two_runs_agree_when_each_median_lies_within_the_others_spread():
     previous = _run(qat_vs_float=[1.30, 1.32, 1.34], distill_vs_student=[0.90, 0.92, 0.94])
-    # QAT: 1.36 lies outside [1.30, 1.34] although the ranges overlap (issue 19's case); distillation agrees
+    # QAT: 1.36 lies outside [1.30, 1.34] although the ranges overlap; distillation agrees
     current = _run(qat_vs_float=[1.33, 1.36, 1.38], distill_vs_student=[0.91, 0.93, 0.99])
     found = stats.agreement(previous, current)
     assert (found["agree"], found["of"]) == (1, 2)

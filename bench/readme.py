@@ -1,0 +1,221 @@
+"""bench/README.md, rendered from bench/results.json, bench/scale.json and bench/quality.json.
+
+`make bench` (every full or ``--only`` run) writes it, and ``python bench/run.py --readme``
+writes it again from the files as they are, measuring nothing. The prose that says what each
+command and section measures lives here; every figure comes from the results files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import report
+from sections import BLOCKS, ROUNDS
+
+# what each section of `make bench` measures, in the table's order
+SECTION_TEXT = {
+    "input": "the training input pipeline (student size) against decoding the same JPEGs in a tight loop "
+    "on one thread and against PIL on the original files.",
+    "host_input": "images per host core at production sizes (~1 MP photos, teacher 300 px and student 240 px, "
+    "tf.data on one thread): the pipeline that hands the training step one uint8 crop and a seed "
+    "(flip, colour jitter and each model's resize run in the step) against the host-side augmentation "
+    "baseline (two float32 views, flip and jitter on the host) and against a plain decode of the stored "
+    "JPEGs; and the bytes per image each sends to the device.",
+    "training": "the student's step fed by the pipeline against the same step on tensors in memory; the "
+    "distillation step against the student's step plus the teacher's forward pass in inference mode "
+    "(what distillation adds); the QAT step against the float step.",
+    "determinism": "op determinism (`reproducible: true`) on against off for the student step, in memory and "
+    "fed by the pipeline (two processes taking turns: the setting is process-wide).",
+    "model": "the INT8 model against the float TFLite model of the same Lite1 student at 240 px: size, and "
+    "latency with 1 and 2 threads in fresh processes with LiteRT alone (`bench/latency.py`), as an app's "
+    "would: three per block, 5 rounds each, 30 in all.",
+    "run": "the demo itself (`mobiletag train` with `configs/fast.yaml` through `kfp.local`), one run: its "
+    "time, console lines, test figures and each stage's share spent outside its own code (process start, "
+    "imports).",
+    "process_start": "what a stage pays before its own code runs: a fresh Python process importing "
+    "TensorFlow and tf_keras, and one importing the evaluate stage.",
+    "spread": "(`make bench-spread` only) test macro mAP of three trainings with `reproducible: false` on the "
+    "same data and seed (`--runner inprocess --no-baseline-student`): what a change must beat to be told "
+    "from chance (`gate.min_improvement`).",
+}
+
+METHOD = (
+    "Every ratio compares two things measured in the same run on the same machine, so ratios travel "
+    "between machines better than absolute numbers. Each is measured over rounds that alternate its two "
+    f"sides (A B A B ...), one ratio per round, in {BLOCKS} blocks of {ROUNDS} rounds (4 for host input): "
+    "one before the whole demo run and one after it, about 9 minutes later, so the spread holds what a "
+    "shared machine does over minutes and not only within one. A ratio is reported as the median of its "
+    'rounds with their [min, max]; it is "met" when every round meets its goal, "missed" when none does '
+    'and "unstable" when the spread crosses it. When the `bench/results.json` it replaces came from the '
+    "same CPU model, `make bench` ends with how the two runs agree: a ratio agrees when each run's median "
+    "lies within the other's [min, max] (`previous_run` in the file). `bench/results.json` keeps every "
+    "sample, the CPU model and the instruction sets INT8 kernels use, and the library versions."
+)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minutes"
+
+
+def _commands(results: dict, scale: dict | None, quality: dict | None) -> list[str]:
+    spent = results.get("bench_seconds", {})
+    spread = results.get("spread", {}).get("seconds")
+    lines = ["```sh"]
+    lines.append(
+        "make bench          # "
+        + (f"{_minutes(spent['total'])} in the last run; " if "total" in spent else "")
+        + "writes bench/results.json and this file"
+    )
+    lines.append(
+        "make bench-spread   # "
+        + (f"{_minutes(sum(spread))} in the last run: " if spread else "")
+        + "test macro mAP of three trainings with reproducible: false"
+    )
+    lines.append(
+        "make bench-scale    # "
+        + (f"{_minutes(scale['total_seconds'])} in the last run: " if scale and "total_seconds" in scale else "")
+        + "the late stages at growing dataset sizes; writes bench/scale.json"
+    )
+    lines.append(
+        "make bench-quality  # "
+        + (f"{_minutes(quality['seconds'])} in the last run: " if quality and "seconds" in quality else "")
+        + "the recipe against simple baselines, each choice undone; writes bench/quality.json"
+    )
+    lines.append("python bench/run.py --readme   # this file again from the JSON files, measuring nothing")
+    lines.append("```")
+    return lines
+
+
+def _flat(data: object, prefix: str = "") -> list[tuple[str, str]]:
+    """Every leaf of a JSON value by its dotted path; lists of numbers or text as one leaf."""
+    if isinstance(data, dict):
+        return [leaf for key, value in data.items() for leaf in _flat(value, f"{prefix}{key}.")]
+    if isinstance(data, list) and any(isinstance(v, dict | list) for v in data):
+        return [leaf for i, value in enumerate(data) for leaf in _flat(value, f"{prefix}{i}.")]
+    text = ", ".join(str(v) for v in data) if isinstance(data, list) else str(data)
+    return [(prefix.rstrip("."), text)]
+
+
+def generic_table(data: dict) -> list[str]:
+    """A results file of a shape this module does not know, as a two-column table of its leaves."""
+    lines = ["| key | value |", "|---|---|"]
+    return lines + [f"| {path} | {value} |" for path, value in _flat(data)]
+
+
+def scale_lines(scale: dict) -> list[str]:
+    """bench/scale.json: seconds and peak memory per stage and N, and how they grow from the smallest
+    N to the largest against the goals."""
+    sizes = [str(n) for n in scale["sizes"]]
+    stages = list(scale["growth"])
+    head = [f"N = {int(sizes[0]):,}: s / MB", *(f"{int(n):,}" for n in sizes[1:])]
+    lines = [
+        f"Generated datasets ({scale['splits']}; {scale['image']}), each stage in a fresh process; "
+        "seconds are the process's wall time (the stage's own `run` call in brackets), MB its peak "
+        f"resident memory; {scale.get('cores', '?')} cores.",
+        "",
+        "| stage | " + " | ".join(head) + " | memory x | seconds x (in the stage) | goal |",
+        "|---" * (len(head) + 4) + "|",
+    ]
+    for stage in stages:
+        at = [scale["results"][n][stage] for n in sizes]
+        cells = [f"{one['seconds']:.1f} / {one['peak_rss_mb']:.0f}" for one in at]
+        g = scale["growth"][stage]
+        cells += [f"{g['rss_ratio']:.2f}", f"{g['seconds_ratio']:.2f} ({g['run_seconds_ratio']:.2f})"]
+        cells.append("met" if g["met"] else "missed")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    g = scale["growth"][stages[0]]
+    lines += [
+        "",
+        f"Goals, from N = {int(sizes[0]):,} to {int(sizes[-1]):,}: peak memory at most {g['rss_goal']}x, "
+        f"seconds at most {g['seconds_goal']}x.",
+    ]
+    return lines
+
+
+def quality_lines(quality: dict) -> list[str]:
+    """bench/quality.json: the run's models and the baselines on the hard set, then each recipe
+    choice undone."""
+    data = quality["dataset"]
+    lines = [
+        f"Generated `{data['kind']}` set (seed {data['seed']}: {data['train']} train / {data['val']} val / "
+        f"{data['test']} test images), `{quality['config']}`; shipped student: {quality['shipped_student']}. "
+        f"Goal: {quality['goal']}: {quality['status']} (margin {quality['margin_over_regression']}).",
+        "",
+        "| model | test macro mAP |",
+        "|---|---|",
+        f"| INT8 model | {quality['int8_test_map']} |",
+        f"| float student | {quality['float_student_test_map']} |",
+        f"| teacher | {quality['teacher_test_map']} |",
+    ]
+    for name, baseline in quality["baselines"].items():
+        extra = f" (C {baseline['C']})" if "C" in baseline else ""
+        lines.append(f"| {name.replace('_', ' ')}{extra} | {baseline['test_map']} |")
+    if ablations := quality.get("ablations"):
+        lines += [
+            "",
+            "| student stage, `configs/fast.yaml` with... | validation mAP | test mAP | s |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {a['name']} | {a['val_map']} | {a['test_map']} | {a['seconds']} |" for a in ablations]
+    return lines
+
+
+def _optional(title: str, name: str, data: dict | None, render) -> list[str]:
+    """A section for bench/scale.json or bench/quality.json: its table, the file's leaves if its shape
+    is not the one the renderer knows, or a line saying it is missing."""
+    lines = ["", f"## {title}", ""]
+    if data is None:
+        return [*lines, f"No `bench/{name}` yet."]
+    try:
+        return lines + render(data)
+    except (KeyError, TypeError, ValueError, IndexError):
+        unknown = f"`bench/{name}` in a shape this README does not know; its figures as they are:"
+        return [*lines, unknown, "", *generic_table(data)]
+
+
+def readme(results: dict, scale: dict | None = None, quality: dict | None = None) -> str:
+    """The text of bench/README.md."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `bench/run.py` from `bench/results.json`, `bench/scale.json` and `bench/quality.json`; "
+        "do not edit it by hand (`python bench/run.py --readme` writes it again, and "
+        "`tests/unit/test_bench_readme.py` fails when it differs). What the figures mean and what each "
+        "choice is worth: [docs/benchmarks.md](../docs/benchmarks.md).",
+        "",
+        *_commands(results, scale, quality),
+        "",
+        "## How `make bench` measures",
+        "",
+        METHOD,
+        "",
+        "What each section measures:",
+        "",
+        *(f"* `{key}`: {text}" for key, text in SECTION_TEXT.items()),
+        "",
+        f"## `make bench`, {results['machine'].get('date')}",
+        "",
+        report.table(results),
+    ]
+    lines += _optional("`make bench-scale`: the late stages at growing dataset sizes", "scale.json", scale, scale_lines)
+    lines += _optional("`make bench-quality`: the recipe on a hard set", "quality.json", quality, quality_lines)
+    return "\n".join(lines) + "\n"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def render(results_path: Path) -> str:
+    """The README for ``results_path``, with scale.json and quality.json from the same folder."""
+    folder = results_path.parent
+    results = json.loads(results_path.read_text())
+    return readme(results, _load(folder / "scale.json"), _load(folder / "quality.json"))
+
+
+def write(results_path: Path) -> Path:
+    """Writes README.md beside ``results_path`` (:func:`render`); returns its path."""
+    path = results_path.with_name("README.md")
+    path.write_text(render(results_path))
+    return path

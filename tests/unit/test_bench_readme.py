@@ -1,0 +1,157 @@
+"""bench/README.md is rendered from the results files (bench/report.py, bench/readme.py), never edited by hand."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> dict[str, ModuleType]:
+    """bench/'s report, readme and stats modules, imported as bench/run.py imports them (bench/ on sys.path)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {name: importlib.import_module(name) for name in ("stats", "report", "readme")}
+    finally:
+        sys.path.remove(str(BENCH))
+        for name in ("stats", "report", "readme", "sections"):
+            sys.modules.pop(name, None)
+
+
+def test_the_committed_readme_is_the_one_the_results_files_give(bench):
+    expected = bench["readme"].render(BENCH / "results.json")
+    committed = (BENCH / "README.md").read_text()
+    assert committed == expected, (
+        "bench/README.md differs from what bench/results.json, scale.json and quality.json give: "
+        "write it again with `python bench/run.py --readme` (do not edit it by hand)"
+    )
+
+
+def _results(stats) -> dict:
+    """A small results file: the machine, the host input section, one section in an older format,
+    the benchmark's seconds and the comparison with a previous run."""
+    return {
+        "machine": {
+            "cpu_model": "Test CPU",
+            "cores": 2,
+            "cpu_features": ["avx2", "fma"],
+            "gpus": 0,
+            "python": "3.11.7",
+            "tensorflow": "2.21.0",
+            "litert": "2.3.0",
+            "date": "2026-12-05",
+        },
+        "host_input": {
+            "sizes": {"teacher": 300, "student": 240},
+            "augment_on_host": {
+                "images_per_core_second": stats.summarize([400.0, 380.0]),
+                "host_to_device_bytes_per_image": 1000,
+            },
+            "augment_in_step": {
+                "images_per_core_second": stats.summarize([1000.0, 1040.0]),
+                "host_to_device_bytes_per_image": 250,
+            },
+            "plain_decode": {"images_per_core_second": stats.summarize([2000.0]), "host_to_device_bytes_per_image": 9},
+            "augment_in_step_vs_on_host": stats.summarize([2.5, 2.7], "> 1"),
+            "augment_in_step_vs_plain_decode": stats.summarize([0.5, 0.52]),
+            "bytes_augment_on_host_vs_in_step": 4.0,
+        },
+        "training": {"qat_step_ms": 210.0},  # no longer the keys the rows read
+        "bench_seconds": {"host_input": 40.0, "training": 1.2, "total": 41.5},
+        "previous_run": {
+            "date": "2026-12-04",
+            "ratios": {
+                "host_input.augment_in_step_vs_on_host": {
+                    "previous": [2.4, 2.3, 2.45],
+                    "current": [2.6, 2.5, 2.7],
+                    "agree": False,
+                }
+            },
+            "agree": 0,
+            "of": 1,
+        },
+    }
+
+
+def test_table_rows_of_a_small_results_file(bench):
+    assert bench["report"].table(_results(bench["stats"])).splitlines() == [
+        "Test CPU, 2 cores (avx2, fma); 0 GPU; Python 3.11.7, TensorFlow 2.21.0, LiteRT 2.3.0; 2026-12-05",
+        "",
+        "| measure | figures (medians) | ratio (median) | [min, max] | n | goal | status |",
+        "|---|---|---|---|---|---|---|",
+        "| host input per core at 300/240 px: augmentation in the step / on the host, img/s | 1020.0 / 390.0 "
+        "| 2.6 | [2.5, 2.7] | 2 | > 1 | met |",
+        "| host input per core: augmentation in the step / plain decode of the stored JPEGs, img/s "
+        "| 1020.0 / 2000.0 | 0.51 | [0.5, 0.52] | 2 |  |  |",
+        "| host-to-device bytes per image: augmentation on the host / in the step | 1000 / 250 | 4.0 |  | 1 |  |  |",
+        "| training: recorded in an older format, re-measure with --only training |  |  |  |  |  |  |",
+        "| this benchmark, s | 41.5 (host_input 40.0, training 1.2) | 41.5 |  | 1 | < 1200 | met, 1 run |",
+        "",
+        "Against the previous run (2026-12-04): 0 of 1 ratios agree (each run's median within the other's [min, max]).",
+        "",
+        "| ratio | previous: median [min, max] | this run: median [min, max] | agree |",
+        "|---|---|---|---|",
+        "| host_input.augment_in_step_vs_on_host | 2.4 [2.3, 2.45] | 2.6 [2.5, 2.7] | **no** |",
+    ]
+
+
+def test_scale_table_and_a_shape_the_renderer_does_not_know(bench):
+    readme = bench["readme"]
+    scale = {
+        "sizes": [1000, 4000],
+        "splits": "20% train, 40% val, 40% test",
+        "image": "64x48 JPEG",
+        "results": {
+            "1000": {"evaluate": {"seconds": 8.65, "run_seconds": 7.5, "peak_rss_mb": 761.1}},
+            "4000": {"evaluate": {"seconds": 16.35, "run_seconds": 15.3, "peak_rss_mb": 757.8, "report_bytes": 5}},
+        },
+        "growth": {
+            "evaluate": {
+                "rss_ratio": 0.996,
+                "rss_goal": 1.3,
+                "seconds_ratio": 1.89,
+                "run_seconds_ratio": 2.04,
+                "seconds_goal": 4.8,
+                "met": True,
+            }
+        },
+        "cores": 2,
+    }
+    assert readme.scale_lines(scale)[2:] == [
+        "| stage | N = 1,000: s / MB | 4,000 | memory x | seconds x (in the stage) | goal |",
+        "|---|---|---|---|---|---|",
+        "| evaluate | 8.7 / 761 | 16.4 / 758 | 1.00 | 1.89 (2.04) | met |",
+        "",
+        "Goals, from N = 1,000 to 4,000: peak memory at most 1.3x, seconds at most 4.8x.",
+    ]
+    other = {"stages": {"evaluate": {"seconds": [1.5, 2.0]}}, "note": "new layout"}
+    assert readme._optional("Scale", "scale.json", other, readme.scale_lines) == [
+        "",
+        "## Scale",
+        "",
+        "`bench/scale.json` in a shape this README does not know; its figures as they are:",
+        "",
+        "| key | value |",
+        "|---|---|",
+        "| stages.evaluate.seconds | 1.5, 2.0 |",
+        "| note | new layout |",
+    ]
+    assert readme._optional("Scale", "scale.json", None, readme.scale_lines)[-1] == "No `bench/scale.json` yet."
+
+
+def test_readme_is_written_beside_the_results_file(bench, tmp_path):
+    results = _results(bench["stats"])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    written = bench["readme"].write(tmp_path / "results.json")
+    assert written == tmp_path / "README.md"
+    text = written.read_text()
+    assert text == bench["readme"].readme(results)
+    assert bench["report"].table(results) in text
+    assert text.endswith("## `make bench-quality`: the recipe on a hard set\n\nNo `bench/quality.json` yet.\n")
