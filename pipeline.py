@@ -75,10 +75,7 @@ def _on_gpu_pool(task: dsl.PipelineTask, gpu_limit, node_selector, cpu, memory) 
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="16Gi")
-    # Backups live under <backup_uri>/<run id>/<task>/. The run id comes from the pod's label, not
-    # from an input: KFP's cache key is the inputs, so an input that differs every run would
-    # make these steps (and everything after them) never cached.
-    kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']")
+    _run_id_from_label(task)
     task.set_retry(
         num_retries=TRAINING_RETRIES,
         backoff_duration="60s",
@@ -86,6 +83,13 @@ def _on_gpu_pool(task: dsl.PipelineTask, gpu_limit, node_selector, cpu, memory) 
         backoff_max_duration=TRAINING_RETRY_WINDOW,
     )
     return kubernetes.set_timeout(task, TIMEOUTS[task.name])
+
+
+def _run_id_from_label(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Backups live under <backup_uri>/<run id>/<task>/. The run id comes from the pod's label, not
+    from an input: KFP's cache key is the inputs, so an input that differs every run would make
+    the step (and everything after it) never cached."""
+    return kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']")
 
 
 def _on_cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8Gi") -> dsl.PipelineTask:
@@ -258,8 +262,10 @@ def mobiletag_pipeline(
         tflite_model=packaged.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
         evaluation=evaluation.outputs["evaluation"],
+        backup_uri=backup_uri,
     ).set_display_name("bundle")
     _on_cpu(output, cpu="1", memory="2Gi")
+    _run_id_from_label(output)  # deletes <backup_uri>/<run id>/ once the output folder is written
 
     with dsl.If(output_uri != "", name="publish-requested"):
         published = publish(

@@ -11,6 +11,7 @@ def bundle(
     tflite_model: dsl.Input[dsl.Model],
     thresholds: dsl.Input[dsl.Artifact],
     evaluation: dsl.Input[dsl.Artifact],
+    backup_uri: str,
     output: dsl.Output[dsl.Artifact],
 ):
     """Assembles the output folder (model, labels, metrics, thresholds, inference config, checkpoints).
@@ -22,11 +23,22 @@ def bundle(
         tflite_model: The INT8 TFLite model with MediaPipe metadata (mediapipe-package) and labels.
         thresholds: threshold_recommendation.json.
         evaluation: metrics.json and report.md.
+        backup_uri: The training steps' backup prefix: once the output folder is written, <backup_uri>/<run id>/ is deleted (every training output is stored by then); empty: nothing to delete.
         output: The output folder of the contract with the app team.
     """
+    import os
+
     from mobiletag.stages import bundle as stage
 
     result = stage.run(
-        teacher.path, student.path, qat_model.path, tflite_model.path, thresholds.path, evaluation.path, output.path
+        teacher.path,
+        student.path,
+        qat_model.path,
+        tflite_model.path,
+        thresholds.path,
+        evaluation.path,
+        output.path,
+        backup_uri=backup_uri or None,
+        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
     )
     output.metadata.update(result.details)

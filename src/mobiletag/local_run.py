@@ -133,7 +133,7 @@ def run_pipeline(
         )
         stage(
             "bundle",
-            bundle.run,
+            partial(bundle.run, backup_uri=backup_uri, run_id=run_id),
             d["teacher"],
             d["selected"],
             d["qat"],
