@@ -66,7 +66,7 @@ class Original:
         )
 
     def describe(self) -> str:
-        return f"the {self.split} image {self.filepath} ({csv_name(self.split)}), {self.uri},"
+        return f"the {self.split} image {self.filepath} ({csv_name(self.split)}), {self.uri}"
 
     def entry(self) -> dict[str, object]:
         """The manifest's JSON entry (the split is the list it is in)."""
@@ -128,12 +128,12 @@ def read_original(original: Original) -> bytes:
         data, version = _read(original)
     except FileNotFoundError as exc:
         raise DataError(
-            f"{original.describe()} vanished since the run began (prepare_dataset read it): {todo}"
+            f"{original.describe()}, vanished since the run began (prepare_dataset read it): {todo}"
         ) from exc
     except StorageError as exc:
-        raise StorageError(f"{original.describe()} cannot be read: {exc}") from exc
+        raise StorageError(f"{original.describe()}, cannot be read: {exc}") from exc
     except OSError as exc:
-        raise DataError(f"{original.describe()} cannot be read ({exc.strerror or exc}): {todo}") from exc
+        raise DataError(f"{original.describe()}, cannot be read ({exc.strerror or exc}): {todo}") from exc
     if len(data) != original.size or bytes_crc32c(data) != original.crc32c:
         was = ", ".join(
             f"{what} {then} then, {now} now"
@@ -145,11 +145,11 @@ def read_original(original: Original) -> bytes:
             if then is not None and then != now
         )
         raise DataError(
-            f"{original.describe()} changed since the run began (prepare_dataset read it): its bytes differ "
+            f"{original.describe()}, changed since the run began (prepare_dataset read it): its bytes differ "
             f"(crc32c {original.crc32c} then, {bytes_crc32c(data)} now{f', {was}' if was else ''}): {todo}"
         )
     if (version.generation, version.mtime_ns) != (original.generation, original.mtime_ns):
-        log.info("%s has a new version but the same bytes; read as it is", original.describe().rstrip(","))
+        log.info("%s has a new version but the same bytes; read as it is", original.describe())
     return data
 
 

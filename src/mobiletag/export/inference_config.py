@@ -112,7 +112,7 @@ def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) 
     try:
         rgb = app_image(data)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        where = original.describe().rstrip(",") if original is not None else f"the stored image of {path}"
+        where = original.describe() if original is not None else f"the stored image of {path}"
         raise DataError(f"{where} cannot be decoded: {exc}; re-run prepare_dataset") from exc
     pixels = [mediapipe_resize(rgb, size, size) for size in sizes]
     return pixels, list(feature["image/labels"].float_list.value), path

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import subprocess
 import sys
 import tempfile
@@ -101,7 +100,13 @@ def run_tool(
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
         except OSError as exc:
             raise MediaPipeError(f"running the MediaPipe tool ({python} {TOOL.name} {command}) failed: {exc}") from exc
-        timer = threading.Timer(TIMEOUT, process.kill)
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(TIMEOUT, stop)
         timer.start()
         try:
             assert process.stdin is not None
@@ -122,7 +127,7 @@ def run_tool(
         stderr.seek(0)
         out, err = stdout.read().decode("utf-8", "replace"), stderr.read().decode("utf-8", "replace")
     if returncode != 0:
-        if returncode == -signal.SIGKILL:
+        if timed_out.is_set():
             raise MediaPipeError(f"the MediaPipe tool ({python} {TOOL.name} {command}) ran out of its {TIMEOUT} s")
         # MediaPipe's own log lines (absl, XNNPACK) come first; the reason is at the end
         tail = "\n".join(line for line in err.strip().splitlines()[-8:] if line.strip())
@@ -267,7 +272,13 @@ def classify(
 
     def framed() -> Iterator[bytes]:
         for image in images:
-            name, data = (str(image), Path(image).read_bytes()) if isinstance(image, (str, Path)) else image
+            if isinstance(image, (str, Path)):
+                try:
+                    name, data = str(image), Path(image).read_bytes()
+                except OSError as exc:
+                    raise MediaPipeError(f"cannot read the image {image}: {exc.strerror or exc}") from exc
+            else:
+                name, data = image
             encoded = name.encode("utf-8")
             yield NAME_LENGTH.pack(len(encoded)) + encoded + DATA_LENGTH.pack(len(data))
             yield data

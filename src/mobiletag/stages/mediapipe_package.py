@@ -117,7 +117,7 @@ def run(
     originals = images_to_classify(dataset_dir)
     keys = [original.filepath for original in originals]
     # each original is read where it lives, checked against the manifest, and piped to MediaPipe
-    images = ((original.describe().rstrip(","), data) for original, data in iter_originals(originals))
+    images = ((original.describe(), data) for original, data in iter_originals(originals))
     classified = classify(model, images, interpreter=interpreter)
     if classified.scores.shape != (len(keys), len(labels)):
         raise ExportError(
