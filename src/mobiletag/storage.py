@@ -86,6 +86,29 @@ def read_bytes(uri: str, retry_deadline: float = 120.0) -> bytes:
         raise StorageError(f"cannot read {uri}: {exc}") from exc
 
 
+def read_bytes_and_generation(uri: str, retry_deadline: float = 120.0) -> tuple[bytes, int | None]:
+    """The bytes of a gs:// object and its generation: from the download's own
+    ``x-goog-generation`` header (Cloud Storage sends it: no second request), else (emulators)
+    from the object's metadata, read just after.
+
+    Raises FileNotFoundError when the object does not exist, StorageError on other failures.
+    """
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, name = split_gcs(uri)
+    blob = thread_client().bucket(bucket).blob(name)
+    try:
+        data = blob.download_as_bytes(retry=DEFAULT_RETRY.with_deadline(retry_deadline))
+        if blob.generation is None:
+            blob.reload(retry=DEFAULT_RETRY.with_deadline(retry_deadline))
+    except exceptions.NotFound as exc:
+        raise FileNotFoundError(uri) from exc
+    except Exception as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    return data, int(blob.generation) if blob.generation is not None else None
+
+
 def fetch_file(uri: str, cache_dir: str | Path | None = None) -> Path:
     """A local path for a file given as a local path or gs:// URI (downloaded once)."""
     if not is_gcs(uri):
@@ -146,6 +169,13 @@ def file_crc32c(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             checksum.update(chunk)
     return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def bytes_crc32c(data: bytes) -> str:
+    """CRC32C of bytes in memory, base64-encoded as Cloud Storage reports it."""
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
 
 
 def _prefix_parts(prefix_uri: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -40,15 +41,25 @@ def mobiletag(*args, timeout=1200):
 
 
 @pytest.fixture(scope="module")
-def output(sample_dir, tiny_overrides_text, tmp_path_factory):
+def run(sample_dir, tiny_overrides_text, tmp_path_factory):
+    """The one pipeline run of this module: (output folder, console, work dir it kept)."""
     root = tmp_path_factory.mktemp("local_run")
     config = root / "tiny.yaml"
     config.write_text(tiny_overrides_text)
-    result = mobiletag("train", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config)
+    work = root / "work"
+    result = mobiletag(
+        "train", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config, "--work-dir", work
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # it ran through kfp.local (whose task lines the console keeps)
     assert "Task 'prepare-dataset' finished with status SUCCESS" in result.stdout + result.stderr
-    return root / "out", result.stdout
+    return root / "out", result.stdout, work
+
+
+@pytest.fixture(scope="module")
+def output(run):
+    out, stdout, _ = run
+    return out, stdout
 
 
 def test_output_folder_is_the_contract(output):
@@ -160,3 +171,96 @@ def test_csv_error_stops_before_any_stage(sample_dir, tmp_path):
     assert "train_labels.csv line" in result.stderr and "is absolute" in result.stderr
     assert "Executing task" not in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# === What each step downloads (issue 26): originals never travel through the artifact store ===
+
+METADATA_BOUND = 64 * 1024  # bytes: labels.txt, stats.json, originals.json of the tiny dataset
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _originals(sample_dir: Path) -> dict[str, Path]:
+    """The val and test source files by their SHA-256."""
+    out = {}
+    for split in ("val", "test"):
+        with open(sample_dir / f"{split}_labels.csv", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                path = sample_dir / "images" / row["filepath"]
+                out[_sha256(path)] = path
+    return out
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def compiled_spec(tmp_path: Path) -> dict:
+    """pipeline.py compiled to YAML and parsed: the pipeline spec (the first of its documents; the
+    second is the Kubernetes platform spec)."""
+    import yaml
+
+    from mobiletag.kfp_run import load_pipeline_module
+
+    path = load_pipeline_module().compile_pipeline(str(tmp_path / "pipeline.yaml"))
+    return next(yaml.safe_load_all(Path(path).read_text()))
+
+
+def gpu_task_downloads(spec: dict, run_dir: Path) -> dict[str, dict[str, tuple[str, int]]]:
+    """For each task whose executor requests an accelerator: its input artifacts, each as
+    (producer task/output key, bytes the KFP launcher would download for it).
+
+    The launcher downloads every input artifact whole (backend/src/v2/component/launcher_v2.go,
+    downloadArtifacts, 2.17.0); kfp.local keeps a task's outputs in
+    <pipeline root>/<pipeline>-<timestamp>/<component name without comp->/<output key>/.
+    """
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = spec["deploymentSpec"]["executors"]
+    folder_of = {name: task["componentRef"]["name"].removeprefix("comp-") for name, task in tasks.items()}
+    out: dict[str, dict[str, tuple[str, int]]] = {}
+    for name, task in tasks.items():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "executorLabel" not in component:
+            continue  # a sub-DAG (dsl.If): its tasks run on CPUs
+        resources = executors[component["executorLabel"]].get("container", {}).get("resources", {})
+        if "accelerator" not in resources:
+            continue
+        out[name] = {}
+        for key, source in task.get("inputs", {}).get("artifacts", {}).items():
+            producer = source["taskOutputArtifact"]
+            folder = run_dir / folder_of[producer["producerTask"]] / producer["outputArtifactKey"]
+            assert folder.is_dir(), folder
+            out[name][key] = (f"{producer['producerTask']}/{producer['outputArtifactKey']}", _folder_bytes(folder))
+    return out
+
+
+def test_no_copy_of_any_original_under_the_work_dir(run, sample_dir):
+    out, _, work = run
+    originals = _originals(sample_dir)
+    assert len(originals) == 21 + 15
+    copies = [p for p in work.rglob("*") if p.is_file() and _sha256(p) in originals]
+    assert copies == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["num_images"] == 15 and metrics["mediapipe"]["num_images"] == 15
+
+
+def test_gpu_steps_download_the_tfrecords_and_small_metadata_only(run, sample_dir, tmp_path):
+    _, _, work = run
+    (run_dir,) = [p for p in (work / "pipeline_root").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    dataset = run_dir / "prepare-dataset" / "dataset"
+    shards = sum(p.stat().st_size for p in dataset.glob("*.tfrecord"))
+    metadata = _folder_bytes(dataset) - shards
+    originals = sum(p.stat().st_size for p in _originals(sample_dir).values())
+    downloads = gpu_task_downloads(compiled_spec(tmp_path), run_dir)
+    print(f"TFRecords {shards} bytes, metadata {metadata} bytes, val/test originals {originals} bytes")
+    for task, inputs in sorted(downloads.items()):
+        print(f"{task}: " + ", ".join(f"{key} from {source}: {size} bytes" for key, (source, size) in inputs.items()))
+    assert sorted(downloads) == ["quantize", "train-student", "train-student-baseline", "train-teacher"]
+    assert 0 < metadata < METADATA_BOUND and originals > METADATA_BOUND and shards + metadata < originals
+    for task, inputs in downloads.items():
+        assert inputs["dataset"] == ("prepare-dataset/dataset", shards + metadata), task
+        # the other inputs are the checkpoints the step trains from (teacher, student): models, no images
+        for key, (source, _) in inputs.items():
+            assert key == "dataset" or source.endswith("/model"), (task, key, source)

@@ -1,6 +1,6 @@
 """The app's input path: MediaPipe's resize (against MediaPipe's own tensors and a plain reference),
-decoding (EXIF orientation, modes to RGB), the originals kept by prepare_dataset, and evaluation
-reading them."""
+decoding (EXIF orientation, modes to RGB), the originals' manifest written by prepare_dataset, and
+evaluation reading the originals where they live."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import pytest
 from PIL import Image
 
 from mobiletag.data.dataset import index_dataset
-from mobiletag.data.tfrecords import ORIGINALS_DIR, build_tfrecords, originals_of, read_stats
+from mobiletag.data.originals import MANIFEST_FILE
+from mobiletag.data.tfrecords import build_tfrecords, originals_of, read_stats
 from mobiletag.errors import DataError
 from mobiletag.export.app_input import app_image, app_pixels, mediapipe_resize
 from mobiletag.export.inference_config import RESIZE, build_inference_config, eval_pixels, iter_eval_batches
+from mobiletag.storage import bytes_crc32c
 
 GOLDEN = Path(__file__).parent / "data" / "mediapipe_resize_golden.npz"  # see make_mediapipe_golden.py there
 
@@ -176,19 +178,24 @@ def large_dataset(sample_dir, fast_config, tmp_path_factory) -> tuple[Path, Path
     return root, out
 
 
-def test_originals_are_copied_in_record_order(tfrecord_dir, sample_dir):
+def test_manifest_lists_the_originals_where_they_live_in_record_order(tfrecord_dir, sample_dir):
     stats = read_stats(tfrecord_dir)
-    assert stats["format_version"] == 2 and set(stats["originals"]) == {"val", "test"}
-    assert not (tfrecord_dir / ORIGINALS_DIR / "train").exists()
+    assert stats["format_version"] == 3 and set(stats["originals"]) == {"val", "test"}
+    manifest = json.loads((tfrecord_dir / MANIFEST_FILE).read_text())
+    assert manifest["data_uri"] == str(sample_dir.resolve()) and set(manifest["splits"]) == {"val", "test"}
     for split in ("val", "test"):
-        files = originals_of(tfrecord_dir, split)
+        originals = originals_of(tfrecord_dir, split)
         batches = list(iter_eval_batches(tfrecord_dir, split, [8], source="records"))
         paths = [p for b in batches for p in b.paths]  # record order
-        assert len(files) == len(paths) == stats["splits"][split]["num_images"] == stats["originals"][split]["files"]
-        for i, (copy, path) in enumerate(zip(files, paths, strict=True)):
-            assert copy.name == f"{i:06d}{Path(path).suffix.lower()}"
-            assert copy.read_bytes() == (sample_dir / "images" / path).read_bytes()
-        assert stats["originals"][split]["bytes"] == sum(f.stat().st_size for f in files)
+        assert [o.filepath for o in originals] == paths
+        assert len(paths) == stats["splits"][split]["num_images"] == stats["originals"][split]["files"]
+        for original in originals:
+            source = sample_dir.resolve() / "images" / original.filepath
+            data = source.read_bytes()
+            assert original.uri == str(source) and original.size == len(data)
+            assert original.crc32c == bytes_crc32c(data) and original.mtime_ns == source.stat().st_mtime_ns
+            assert original.generation is None
+        assert stats["originals"][split]["bytes"] == sum(o.size for o in originals)
 
 
 def test_evaluation_reads_the_originals(large_dataset):
@@ -205,14 +212,19 @@ def test_evaluation_reads_the_originals(large_dataset):
     assert rotated.shape == (640, 480, 3)  # turned upright before the resize
 
 
-def test_missing_originals_say_which_stage_to_rerun(large_dataset, tmp_path):
+def test_an_older_dataset_says_to_rerun_prepare_dataset(large_dataset, tmp_path):
     _, dataset = large_dataset
     old = tmp_path / "old"
-    shutil.copytree(dataset, old, ignore=shutil.ignore_patterns(ORIGINALS_DIR))
-    with pytest.raises(DataError, match=r"no original images for the test split.*Re-run prepare_dataset"):
+    shutil.copytree(dataset, old, ignore=shutil.ignore_patterns(MANIFEST_FILE))
+    stats = json.loads((old / "stats.json").read_text())
+    (old / "stats.json").write_text(json.dumps({**stats, "format_version": 2}))
+    with pytest.raises(DataError, match=r"in format 2, this mobiletag reads format 3.*Re-run prepare_dataset"):
+        next(iter_eval_batches(old, "test", [16]))
+    with pytest.raises(DataError, match=r"format 2.*Re-run prepare_dataset"):
+        read_stats(old)
+    (old / "stats.json").write_text(json.dumps(stats))  # the format of today, the manifest missing
+    with pytest.raises(DataError, match=r"has no originals.json .*Re-run prepare_dataset"):
         next(iter_eval_batches(old, "test", [16]))
     with pytest.raises(DataError, match="val and test splits only"):
-        next(iter_eval_batches(old, "train", [16]))
+        next(iter_eval_batches(dataset, "train", [16]))
     assert len(next(iter_eval_batches(old, "train", [16], source="records")).paths) > 0
-    listing = json.loads((dataset / ORIGINALS_DIR / "test.json").read_text())
-    assert listing[0]["file"] == "000000.jpg"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mobiletag.config import GateConfig
@@ -56,17 +57,20 @@ def upload_tree(local: Path, prefix: str) -> str:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (shards, labels, stats, the originals of val and test) by its path."""
+    """Every file below ``folder`` (shards, labels, stats) by its path, except the originals' manifest."""
+    from mobiletag.data.originals import MANIFEST_FILE
+
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != MANIFEST_FILE
     }
 
 
 def test_gcs_dataset_validates_and_builds_the_same_tfrecords(gcs, sample_dir, fast_config, tmp_path):
     from mobiletag.data.dataset import index_dataset, validate_dataset
-    from mobiletag.data.tfrecords import build_tfrecords
+    from mobiletag.data.tfrecords import build_tfrecords, originals_of
+    from mobiletag.export.inference_config import iter_eval_batches
 
     uri = upload_tree(sample_dir, "datasets/shapes")
     index, summary = validate_dataset(uri, fast_config)
@@ -75,6 +79,47 @@ def test_gcs_dataset_validates_and_builds_the_same_tfrecords(gcs, sample_dir, fa
     build_tfrecords(index, fast_config, tmp_path / "from_gcs")
     build_tfrecords(index_dataset(sample_dir, fast_config), fast_config, tmp_path / "from_local")
     assert _digests(tmp_path / "from_gcs") == _digests(tmp_path / "from_local")
+    # the manifest: the same files, sizes and checksums; gs:// URIs with their generations
+    blobs = {b.name: b for b in _client().list_blobs(BUCKET, prefix="datasets/shapes/images/")}
+    for split in ("val", "test"):
+        remote, local = originals_of(tmp_path / "from_gcs", split), originals_of(tmp_path / "from_local", split)
+        assert [(o.filepath, o.size, o.crc32c) for o in remote] == [(o.filepath, o.size, o.crc32c) for o in local]
+        for original in remote:
+            blob = blobs[f"datasets/shapes/images/{original.filepath}"]
+            assert original.uri == f"{uri}/images/{original.filepath}" and original.mtime_ns is None
+            assert original.generation == int(blob.generation) and original.crc32c == blob.crc32c
+    # the readers stream them from the bucket: the same pixels as from the local files
+    for split in ("val", "test"):
+        remote_batches = list(iter_eval_batches(tmp_path / "from_gcs", split, [24], batch_size=8))
+        local_batches = list(iter_eval_batches(tmp_path / "from_local", split, [24], batch_size=8))
+        assert [b.paths for b in remote_batches] == [b.paths for b in local_batches]
+        for remote_batch, local_batch in zip(remote_batches, local_batches, strict=True):
+            np.testing.assert_array_equal(remote_batch.pixels[0], local_batch.pixels[0])
+
+
+def test_a_changed_or_deleted_gcs_original_is_named(gcs, sample_dir, fast_config, tmp_path):
+    from mobiletag.data.dataset import index_dataset
+    from mobiletag.data.tfrecords import build_tfrecords, originals_of
+    from mobiletag.export.inference_config import iter_eval_batches
+
+    uri = upload_tree(sample_dir, "datasets/changing")
+    build_tfrecords(index_dataset(uri, fast_config), fast_config, tmp_path / "ds")
+    first, second = originals_of(tmp_path / "ds", "test")[:2]
+    blob = _client().bucket(BUCKET).blob(f"datasets/changing/images/{first.filepath}")
+    data = bytearray(blob.download_as_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes
+    blob.upload_from_string(bytes(data))
+    with pytest.raises(DataError) as info:
+        list(iter_eval_batches(tmp_path / "ds", "test", [16]))
+    message = str(info.value)
+    assert f"the test image {first.filepath} (test_labels.csv), {uri}/images/{first.filepath}, changed" in message
+    assert f"generation {first.generation} then" in message and "start a new run" in message
+    data[-3] ^= 0xFF
+    blob.upload_from_string(bytes(data))  # restored: a new generation, the same bytes, read as they are
+    assert len(next(iter_eval_batches(tmp_path / "ds", "test", [16], batch_size=1)).paths) == 1
+    _client().bucket(BUCKET).blob(f"datasets/changing/images/{second.filepath}").delete()
+    with pytest.raises(DataError, match=rf"{uri}/images/{second.filepath}, vanished since the run began"):
+        list(iter_eval_batches(tmp_path / "ds", "test", [16]))
 
 
 def test_missing_object_names_the_uri_and_line(gcs, sample_dir, fast_config):

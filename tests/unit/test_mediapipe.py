@@ -170,14 +170,33 @@ def test_the_tool_reports_unreadable_images(tiny_model, tmp_path):
 
 
 def test_images_to_classify_are_the_test_originals_in_evaluation_order(tfrecord_dir, sample_dir):
-    """The original test files (byte for byte) and their paths, in record order, as evaluate sees them."""
+    """The original test files (read where they live, byte for byte) and their paths, in record order,
+    as evaluate sees them."""
+    from mobiletag.data.originals import iter_originals
     from mobiletag.export.inference_config import iter_eval_batches
     from mobiletag.stages.mediapipe_package import images_to_classify
 
-    keys, files = images_to_classify(tfrecord_dir)
+    originals = images_to_classify(tfrecord_dir)
     paths = [p for batch in iter_eval_batches(tfrecord_dir, "test", [8]) for p in batch.paths]
-    assert keys == paths and len(files) == len(paths) > 0
+    assert [o.filepath for o in originals] == paths and len(paths) > 0
     stats = json.loads((tfrecord_dir / "stats.json").read_text())
-    assert len(files) == stats["splits"]["test"]["num_images"]
-    for key, file in zip(keys, files):
-        assert file.read_bytes() == (sample_dir / "images" / key).read_bytes()
+    assert len(originals) == stats["splits"]["test"]["num_images"]
+    read = list(iter_originals(originals, workers=3))
+    assert [o for o, _ in read] == originals
+    for original, data in read:
+        assert data == (sample_dir / "images" / original.filepath).read_bytes()
+
+
+def test_an_error_while_streaming_images_stops_the_tool_and_is_raised(tmp_path):
+    """classify pipes the images to the tool as they are read: an error from the reader (a changed
+    original) ends the tool and comes out as it is."""
+    from mobiletag.errors import DataError
+
+    def images():
+        yield "first.png", b"not read before the error"
+        raise DataError("the test image a.jpg changed since the run began")
+
+    if not any(p.is_file() for p in mediapipe.interpreter_candidates()):
+        pytest.skip("no MediaPipe interpreter")
+    with pytest.raises(DataError, match=r"a\.jpg changed since the run began"):
+        mediapipe.classify(tmp_path / "none.tflite", images())

@@ -27,7 +27,7 @@ import numpy as np
 from mobiletag.config import Config, source_of
 from mobiletag.data.images import ImageInfo, ImageProblem, inspect_image
 from mobiletag.errors import DataError, StorageError
-from mobiletag.storage import is_gcs, join, read_bytes, read_text_if_exists
+from mobiletag.storage import is_gcs, join, read_bytes_and_generation, read_text_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ class Row:
     filepath: str  # normalised, relative to images/, '/'-separated
     labels: tuple[str, ...]
     line: int  # line in the CSV file (1 = header)
+
+
+@dataclass(frozen=True)
+class SourceVersion:
+    """Where an image file was read and which version of it: the object's generation on gs://,
+    the file's modification time on a local disk (an absolute path)."""
+
+    uri: str
+    generation: int | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,21 @@ class DatasetIndex:
 
     def read_image(self, row: Row) -> bytes:
         """The image file's bytes; ImageProblem when it cannot be had. Never leaves images/."""
+        return self.read_source(row)[0]
+
+    def read_source(self, row: Row) -> tuple[bytes, SourceVersion]:
+        """The image file's bytes and which version of which file they are (read_image's checks)."""
         location = self.image_location(row)
         try:
             if is_gcs(location):
-                return read_bytes(location)
+                data, generation = read_bytes_and_generation(location)
+                return data, SourceVersion(uri=location, generation=generation)
             path = Path(location).resolve()
             if not path.is_relative_to(Path(self.images_root).resolve()):
                 raise ImageProblem("is a link that points outside images/; refused, never opened")
-            return path.read_bytes()
+            with open(path, "rb") as fh:
+                mtime_ns = os.fstat(fh.fileno()).st_mtime_ns
+                return fh.read(), SourceVersion(uri=str(path), mtime_ns=mtime_ns)
         except FileNotFoundError as exc:
             what = "object" if is_gcs(location) else "image file"
             raise ImageProblem(f"the {what} {location} does not exist") from exc
@@ -343,25 +360,25 @@ def map_images(
     config: Config,
     problems: Problems,
     fn: Callable[[bytes], T],
-    keep: Callable[[Row, bytes], None] | None = None,
+    keep: Callable[[Row, bytes, SourceVersion], None] | None = None,
 ) -> Iterator[tuple[Row, T]]:
     """fn(image bytes) for every row, in parallel, in row order; failures go to problems.
 
     Reads (local or gs://, with retries) and decodes run in a thread pool. Results stream
     out in order with a bounded window, so memory does not grow with the dataset and a
-    consumer (the TFRecord writer) works while the next images load. ``keep(row, bytes)``,
-    when given, runs in the worker after ``fn`` succeeds (e.g. to copy the file), so the
-    bytes are never held in the window.
+    consumer (the TFRecord writer) works while the next images load. ``keep(row, bytes,
+    version)``, when given, runs in the worker after ``fn`` succeeds (e.g. to checksum the
+    bytes), so the bytes are never held in the window.
     """
     rows = list(rows)
     workers = worker_count(config)
 
     def task(row: Row) -> tuple[Row, T | None, str | None]:
         try:
-            data = index.read_image(row)
+            data, version = index.read_source(row)
             result = fn(data)
             if keep is not None:
-                keep(row, data)
+                keep(row, data, version)
             return row, result, None
         except ImageProblem as exc:
             return row, None, str(exc)

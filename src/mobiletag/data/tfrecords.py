@@ -1,15 +1,15 @@
 """TFRecord building: the validated dataset as pre-resized JPEG shards, labels.txt, stats.json,
-and the original files of the evaluation splits.
+and the manifest of the evaluation splits' originals.
 
 Images are decoded once, checked, downscaled so their longest side is a little above the
 largest training resolution and re-encoded: the input pipeline then decodes small JPEGs
 (7-8x cheaper than phone photos). The output is deterministic: the same dataset and config
 give byte-identical shards.
 
-The val and test source files are also copied byte for byte to
-``originals/<split>/<record index, 6 digits><extension>`` with ``originals/<split>.json``
-listing them in record order: threshold search and evaluation read those, through the app's
-input path (:mod:`mobiletag.export.app_input`), not the shrunk re-encoded JPEGs.
+The val and test source files stay where they are: ``originals.json``
+(:mod:`mobiletag.data.originals`) records, in record order, where each one lives with its size,
+CRC32C and version; threshold search and evaluation read them from there, through the app's input
+path (:mod:`mobiletag.export.app_input`), not the shrunk re-encoded JPEGs.
 """
 
 from __future__ import annotations
@@ -20,28 +20,23 @@ import math
 import os
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mobiletag.config import Config
-from mobiletag.data.dataset import DatasetIndex, Problems, Row, map_images
+from mobiletag.data.dataset import DatasetIndex, Problems, Row, SourceVersion, map_images
 from mobiletag.data.images import ImageInfo, inspect_image
+from mobiletag.data.originals import ORIGINAL_SPLITS, Original, read_manifest, write_manifest
 from mobiletag.errors import DataError
+from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.txt"
 STATS_FILE = "stats.json"
-ORIGINALS_DIR = "originals"
-ORIGINAL_SPLITS = ("val", "test")  # the splits measured through the app's input path
-FORMAT_VERSION = 2  # 2: originals/ added
-
-
-def original_name(index: int, filepath: str) -> str:
-    """File name of a split's ``index``-th original: the record index and the source's extension."""
-    return f"{index:06d}{PurePosixPath(filepath).suffix.lower()}"
+FORMAT_VERSION = 3  # 2: originals/ copied in; 3: originals.json says where they live instead
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -90,6 +85,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     shards: dict[str, list[str]] = {}
     stored_bytes: dict[str, int] = {}
     split_labels: dict[str, np.ndarray] = {}  # built once per split: for the records and for stats.json
+    originals: dict[str, list[Original | None]] = {}
     try:
         for split, split_rows in index.splits.items():
             rows = _ordered_rows(split, split_rows, config.seed)
@@ -100,17 +96,17 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
             shards[split] = names
             keep = None
             if split in ORIGINAL_SPLITS:
-                originals_dir = tmp / ORIGINALS_DIR / split
-                originals_dir.mkdir(parents=True)
-                listing = [
-                    {"file": original_name(i, row.filepath), "filepath": row.filepath} for i, row in enumerate(rows)
-                ]
-                (tmp / ORIGINALS_DIR / f"{split}.json").write_text(
-                    json.dumps(listing, indent=0, ensure_ascii=False) + "\n", encoding="utf-8"
-                )
+                found = originals[split] = [None] * len(rows)
 
-                def keep(row: Row, data: bytes, folder: Path = originals_dir, at: dict[str, int] = position) -> None:
-                    (folder / original_name(at[row.filepath], row.filepath)).write_bytes(data)
+                def keep(
+                    row: Row,
+                    data: bytes,
+                    version: SourceVersion,
+                    name: str = split,
+                    into: list[Original | None] = found,
+                    at: dict[str, int] = position,
+                ) -> None:
+                    into[at[row.filepath]] = Original.of(name, row.filepath, data, version)
 
             writers = [tf.io.TFRecordWriter(str(tmp / n)) for n in names]
             total = 0
@@ -149,10 +145,13 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
             shards=shards,
             stored_bytes=stored_bytes,
             originals={
-                split: _folder_bytes(tmp / ORIGINALS_DIR / split) for split in shards if split in ORIGINAL_SPLITS
+                split: {"files": len(found), "bytes": sum(o.size for o in found if o is not None)}
+                for split, found in originals.items()
             },
             warnings=list(index.warnings),
         )
+        root = index.root if is_gcs(index.root) else str(Path(index.root).resolve())
+        write_manifest(tmp, root, {split: [o for o in found if o is not None] for split, found in originals.items()})
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -169,41 +168,15 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     return stats
 
 
-def _folder_bytes(folder: Path) -> dict[str, int]:
-    files = [p for p in folder.iterdir() if p.is_file()]
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+def originals_of(dataset_dir: str | Path, split: str) -> list[Original]:
+    """Where the split's original image files live (with their size, CRC32C, version), in record order.
 
-
-def originals_of(dataset_dir: str | Path, split: str) -> list[Path]:
-    """The split's original image files in record order (the copies prepare_dataset made).
-
-    Raises DataError when the dataset has none for the split: it was built before originals
-    were kept (format 1), or the split is not one of ORIGINAL_SPLITS.
+    Read them with :func:`mobiletag.data.originals.read_original` (checked against this) or
+    ``iter_originals``. Raises DataError when the dataset has none for the split: it was built
+    by an older prepare_dataset, or the split is not one of ORIGINAL_SPLITS.
     """
-    listing_file = Path(dataset_dir, ORIGINALS_DIR, f"{split}.json")
-    if not listing_file.is_file():
-        if split not in ORIGINAL_SPLITS:
-            raise DataError(
-                f"{dataset_dir}: prepare_dataset keeps the original images of the {' and '.join(ORIGINAL_SPLITS)} "
-                f"splits only, not of {split!r}; read its TFRecords instead (source='records')"
-            )
-        raise DataError(
-            f"{dataset_dir}: the dataset has no original images for the {split} split ({listing_file} is missing): "
-            "it was built by an older prepare_dataset, and evaluation and threshold search now measure the "
-            "original files. Re-run prepare_dataset (in a pipeline, with caching disabled for it, or with "
-            "`mobiletag train`), then the stages after it"
-        )
-    return [file for _, file in originals_listing(dataset_dir, split)]
-
-
-def originals_listing(dataset_dir: str | Path, split: str) -> list[tuple[str, Path]]:
-    """(path in the dataset's CSV, the copy's file) of the split's originals, in record order."""
-    listing_file = Path(dataset_dir, ORIGINALS_DIR, f"{split}.json")
-    if not listing_file.is_file():
-        originals_of(dataset_dir, split)  # raises the DataError that says what to do
-    folder = listing_file.parent / split
-    entries = json.loads(listing_file.read_text(encoding="utf-8"))
-    return [(entry["filepath"], folder / entry["file"]) for entry in entries]
+    read_stats(dataset_dir)  # an older format says to re-run prepare_dataset
+    return read_manifest(dataset_dir, split)
 
 
 def read_labels(dataset_dir: str | Path) -> list[str]:
@@ -211,4 +184,14 @@ def read_labels(dataset_dir: str | Path) -> list[str]:
 
 
 def read_stats(dataset_dir: str | Path) -> dict[str, Any]:
-    return json.loads(Path(dataset_dir, STATS_FILE).read_text(encoding="utf-8"))
+    """stats.json; DataError when the dataset was written in another format than this code reads."""
+    stats: dict[str, Any] = json.loads(Path(dataset_dir, STATS_FILE).read_text(encoding="utf-8"))
+    found = stats.get("format_version", 1)
+    if found != FORMAT_VERSION:
+        raise DataError(
+            f"{dataset_dir}: the dataset is in format {found}, this mobiletag reads format {FORMAT_VERSION} "
+            "(format 3: the val and test originals are read where they live, through originals.json, not copied "
+            "into the dataset). Re-run prepare_dataset (in a pipeline, with caching disabled for it, or with "
+            "`mobiletag prepare` / `mobiletag train`), then the stages after it"
+        )
+    return stats

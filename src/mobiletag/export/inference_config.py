@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from mobiletag.data.originals import MANIFEST_FILE, Original, read_original
 from mobiletag.errors import DataError
 from mobiletag.export.app_input import app_image, mediapipe_resize
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
@@ -92,21 +93,26 @@ class EvalBatch:
 Decoded = tuple[list[np.ndarray], list[float], str]
 
 
-def _decode_record(raw: bytes, sizes: Sequence[int], original: Path | None) -> Decoded:
+def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) -> Decoded:
     """One serialized tf.train.Example -> app pixels at every size (decoded once), labels, path.
 
-    The pixels come from ``original`` (the byte-for-byte copy of the source file) when given,
-    else from the record's stored JPEG.
+    The pixels come from ``original`` (the source file, read where it lives and checked against
+    the dataset's manifest) when given, else from the record's stored JPEG.
     """
     from tensorflow.core.example.example_pb2 import Example
 
     feature = Example.FromString(raw).features.feature
     path = feature["image/filepath"].bytes_list.value[0].decode("utf-8")
-    data = original.read_bytes() if original is not None else feature["image/encoded"].bytes_list.value[0]
+    if original is not None and original.filepath != path:
+        raise DataError(
+            f"the {original.split} records and the dataset's {MANIFEST_FILE} disagree ({path} in the records, "
+            f"{original.filepath} in the manifest): the dataset is inconsistent; re-run prepare_dataset"
+        )
+    data = read_original(original) if original is not None else feature["image/encoded"].bytes_list.value[0]
     try:
         rgb = app_image(data)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        where = f"{original} (a copy of {path})" if original is not None else f"the stored image of {path}"
+        where = original.describe() if original is not None else f"the stored image of {path}"
         raise DataError(f"{where} cannot be decoded: {exc}; re-run prepare_dataset") from exc
     pixels = [mediapipe_resize(rgb, size, size) for size in sizes]
     return pixels, list(feature["image/labels"].float_list.value), path
@@ -128,7 +134,8 @@ def iter_eval_batches(
     resolution, EXIF orientation, RGB) and :func:`~mobiletag.export.app_input.mediapipe_resize`
     (MediaPipe Tasks' whole-image bilinear): the pixels an app feeds the model.
     ``source="originals"`` (the default; evaluation, threshold search) reads the source files
-    that prepare_dataset copied byte for byte into the dataset (val and test splits);
+    where they live (val and test splits; the dataset's ``originals.json`` says where), each
+    checked against the size and CRC32C prepare_dataset recorded;
     ``source="records"`` reads the TFRecords' downscaled JPEGs (any split; e.g. calibration
     images for export).
 
@@ -143,7 +150,7 @@ def iter_eval_batches(
 
     if source not in SOURCES:
         raise ValueError(f"iter_eval_batches: source {source!r} is not one of {', '.join(SOURCES)}")
-    files: list[Path | None] | None = None
+    files: list[Original] | None = None
     if source == "originals":
         files = list(originals_of(dataset_dir, split))
     sizes = [int(s) for s in sizes]

@@ -23,7 +23,8 @@ import math
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import numpy as np
 
 from mobiletag.errors import ExportError
 from mobiletag.export.litert import TensorSpec
+from mobiletag.export.mediapipe_tool import DATA_LENGTH, NAME_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +85,59 @@ def find_interpreter(interpreter: str | Path | None = None) -> Path:
     )
 
 
-def run_tool(command: str, args: Sequence[str], interpreter: str | Path | None = None) -> dict[str, Any]:
-    """Run ``mediapipe_tool.py <command> <args>`` with the MediaPipe interpreter; its JSON summary."""
+def run_tool(
+    command: str, args: Sequence[str], interpreter: str | Path | None = None, stdin: Iterable[bytes] = ()
+) -> dict[str, Any]:
+    """Run ``mediapipe_tool.py <command> <args>`` with the MediaPipe interpreter; its JSON summary.
+
+    ``stdin``: chunks written to the tool's standard input while it runs (its output goes to
+    files, so neither side can block the other).
+    """
     python = find_interpreter(interpreter)
     argv = [str(python), "-I", str(TOOL), command, *args]  # -I: no PYTHONPATH, no user site
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MediaPipeError(f"running the MediaPipe tool ({python} {TOOL.name} {command}) failed: {exc}") from exc
-    if done.returncode != 0:
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+        except OSError as exc:
+            raise MediaPipeError(f"running the MediaPipe tool ({python} {TOOL.name} {command}) failed: {exc}") from exc
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(TIMEOUT, stop)
+        timer.start()
+        try:
+            assert process.stdin is not None
+            try:
+                for chunk in stdin:
+                    process.stdin.write(chunk)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # the tool stopped early: its exit status and stderr say why
+            returncode = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            timer.cancel()
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read().decode("utf-8", "replace"), stderr.read().decode("utf-8", "replace")
+    if returncode != 0:
+        if timed_out.is_set():
+            raise MediaPipeError(f"the MediaPipe tool ({python} {TOOL.name} {command}) ran out of its {TIMEOUT} s")
         # MediaPipe's own log lines (absl, XNNPACK) come first; the reason is at the end
-        tail = "\n".join(line for line in done.stderr.strip().splitlines()[-8:] if line.strip())
+        tail = "\n".join(line for line in err.strip().splitlines()[-8:] if line.strip())
         raise MediaPipeError(
-            f"the MediaPipe tool failed ({python} {TOOL.name} {command}, exit status {done.returncode}):\n{tail}"
+            f"the MediaPipe tool failed ({python} {TOOL.name} {command}, exit status {returncode}):\n{tail}"
         )
     try:
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        return dict(json.loads(out.strip().splitlines()[-1]))
     except (IndexError, json.JSONDecodeError) as exc:
-        raise MediaPipeError(f"the MediaPipe tool ({command}) printed no JSON summary: {done.stdout[-400:]!r}") from exc
+        raise MediaPipeError(f"the MediaPipe tool ({command}) printed no JSON summary: {out[-400:]!r}") from exc
 
 
 # === Metadata ===
@@ -224,12 +259,33 @@ class Classified:
         return out
 
 
-def classify(model: str | Path, image_paths: Sequence[str | Path], interpreter: str | Path | None = None) -> Classified:
-    """Run MediaPipe's ImageClassifier (the model's metadata, default options) over image files."""
+Image = tuple[str, bytes]  # (name for messages, the image file's bytes)
+
+
+def classify(
+    model: str | Path, images: Iterable[str | Path | Image], interpreter: str | Path | None = None
+) -> Classified:
+    """Run MediaPipe's ImageClassifier (the model's metadata, default options) over images: file
+    paths, or (name, file bytes) pairs. They stream to the tool through a pipe one at a time, so
+    an iterator that reads each file when asked (``iter_originals``) keeps a few images in memory
+    and nothing on disk; an error it raises stops the tool and is raised here."""
+
+    def framed() -> Iterator[bytes]:
+        for image in images:
+            if isinstance(image, (str, Path)):
+                try:
+                    name, data = str(image), Path(image).read_bytes()
+                except OSError as exc:
+                    raise MediaPipeError(f"cannot read the image {image}: {exc.strerror or exc}") from exc
+            else:
+                name, data = image
+            encoded = name.encode("utf-8")
+            yield NAME_LENGTH.pack(len(encoded)) + encoded + DATA_LENGTH.pack(len(data))
+            yield data
+
     with tempfile.TemporaryDirectory(prefix="mobiletag-mediapipe-") as tmp:
-        images, out = Path(tmp) / "images.json", Path(tmp) / "scores.npy"
-        images.write_text(json.dumps([str(p) for p in image_paths]), encoding="utf-8")
-        summary = run_tool("classify", ["--model", str(model), "--images", str(images), "--out", str(out)], interpreter)
+        out = Path(tmp) / "scores.npy"
+        summary = run_tool("classify", ["--model", str(model), "--stdin", "--out", str(out)], interpreter, framed())
         scores = np.load(out)
         label_sets = json.loads(out.with_suffix(".labels.json").read_text(encoding="utf-8"))
     timings = {k: float(v) for k, v in summary.items() if k.endswith("_per_image")}

@@ -20,9 +20,12 @@ Subcommands (each prints one JSON object on stdout; an error is one line on stde
 ``read-metadata --model M``
     The metadata as JSON and the associated files' text (labels, calibration).
 
-``classify --model M --images I.json --out S.npy [--score-threshold X]``
-    Runs ImageClassifier over the files listed in I.json (a JSON list of paths), decoded as an
-    app does (PIL, EXIF orientation applied, RGB). Writes S.npy: the calibrated scores [N, C]
+``classify --model M (--images I.json | --stdin) --out S.npy [--score-threshold X]``
+    Runs ImageClassifier over the files listed in I.json (a JSON list of paths), or over the
+    images framed on standard input (``--stdin``: per image, the name's length as 4 bytes
+    big-endian, the name in UTF-8, the data's length as 8 bytes big-endian, the file's bytes;
+    end of input ends the list: nothing is written to disk and one image is held at a time),
+    decoded as an app does (PIL, EXIF orientation applied, RGB). Writes S.npy: the calibrated scores [N, C]
     (float32, label order) with every category returned (score threshold 0), and
     ``S.labels.json``: per image, the label indices ImageClassifier returns with the model's
     default options (the metadata's score threshold, 0.5) or ``--score-threshold``.
@@ -33,13 +36,16 @@ Subcommands (each prints one JSON object on stdout; an error is one line on stde
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
+import struct
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -185,16 +191,44 @@ def read_metadata(model: bytes) -> dict[str, Any]:
 # === ImageClassifier ===
 
 
-def decode(path: str) -> np.ndarray:
-    """A file as an app decodes it: PIL, EXIF orientation applied, RGB (uint8 [H, W, 3])."""
+def decode(name: str, data: bytes) -> np.ndarray:
+    """An image file's bytes as an app decodes them: PIL, EXIF orientation applied, RGB (uint8 [H, W, 3])."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
-        raise ToolError(f"cannot decode the image {path}: {exc}") from exc
+        raise ToolError(f"cannot decode the image {name}: {exc}") from exc
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def files(paths: list[str]) -> Iterator[tuple[str, bytes]]:
+    for path in paths:
+        yield path, _read_bytes(path, "image")
+
+
+NAME_LENGTH = struct.Struct(">I")
+DATA_LENGTH = struct.Struct(">Q")
+
+
+def _exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ToolError(f"standard input ended inside an image frame ({len(data)} of {size} bytes)")
+    return data
+
+
+def frames(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each image framed on ``stream`` (see the module's docstring), until its end."""
+    while True:
+        head = stream.read(NAME_LENGTH.size)
+        if not head:
+            return
+        if len(head) != NAME_LENGTH.size:
+            raise ToolError("standard input ended inside an image frame")
+        name = _exactly(stream, NAME_LENGTH.unpack(head)[0]).decode("utf-8")
+        yield name, _exactly(stream, DATA_LENGTH.unpack(_exactly(stream, DATA_LENGTH.size))[0])
 
 
 def _classifier(model_path: str, score_threshold: float | None) -> Any:
@@ -214,10 +248,10 @@ def _classifier(model_path: str, score_threshold: float | None) -> Any:
 
 
 def classify(
-    model_path: str, paths: list[str], score_threshold: float | None = None
+    model_path: str, images: Iterable[tuple[str, bytes]], score_threshold: float | None = None
 ) -> tuple[np.ndarray, list[list[int]], dict[str, float]]:
     """Calibrated scores [N, C] (all categories), the label indices returned with the default
-    options (or ``score_threshold``) per image, and timings."""
+    options (or ``score_threshold``) per image, and timings; ``images``: (name, file bytes)."""
     mp = _mediapipe()
     _read_bytes(model_path, "model")
     scores_all = _classifier(model_path, 0.0)
@@ -227,9 +261,9 @@ def classify(
     decode_s = classify_s = 0.0
     num_classes: int | None = None
     with scores_all, default:
-        for path in paths:
+        for path, data in images:
             start = time.perf_counter()
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=decode(path))
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=decode(path, data))
             middle = time.perf_counter()
             categories = scores_all.classify(image).classifications[0].categories
             returned = default.classify(image).classifications[0].categories
@@ -245,7 +279,7 @@ def classify(
             rows.append(row)
             sets.append(sorted(int(c.index) for c in returned))
     scores = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-    n = max(1, len(paths))
+    n = max(1, len(rows))
     timings = {"decode_ms_per_image": 1e3 * decode_s / n, "classify_ms_per_image": 1e3 * classify_s / n}
     return scores, sets, timings
 
@@ -269,7 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True)
     c = sub.add_parser("classify", help="ImageClassifier over image files -> calibrated scores .npy")
     c.add_argument("--model", required=True)
-    c.add_argument("--images", required=True, help="JSON list of image file paths")
+    given = c.add_mutually_exclusive_group(required=True)
+    given.add_argument("--images", help="JSON list of image file paths")
+    given.add_argument("--stdin", action="store_true", help="images framed on standard input (see above)")
     c.add_argument("--out", required=True, help="scores .npy; the label sets go to <out without .npy>.labels.json")
     c.add_argument("--score-threshold", type=float, default=None, help="default: the model's metadata")
     return parser
@@ -303,15 +339,19 @@ def main(argv: list[str]) -> int:
         elif args.command == "read-metadata":
             summary = read_metadata(_read_bytes(args.model, "model"))
         else:
-            paths = _read_json(args.images, "image list")
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                raise ToolError(f"{args.images}: expected a JSON list of image file paths")
-            scores, sets, timings = classify(args.model, paths, args.score_threshold)
+            if args.stdin:
+                images = frames(sys.stdin.buffer)
+            else:
+                paths = _read_json(args.images, "image list")
+                if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                    raise ToolError(f"{args.images}: expected a JSON list of image file paths")
+                images = files(paths)
+            scores, sets, timings = classify(args.model, images, args.score_threshold)
             out_path = Path(args.out)
             np.save(out_path, scores)
             sets_path = out_path.with_suffix(".labels.json")
             sets_path.write_text(json.dumps(sets) + "\n", encoding="utf-8")
-            summary = {"scores": str(out_path), "label_sets": str(sets_path), "images": len(paths), **timings}
+            summary = {"scores": str(out_path), "label_sets": str(sets_path), "images": len(sets), **timings}
     except ToolError as exc:
         print(f"mediapipe_tool {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ Output folder: ``model_qat_int8.tflite`` (with metadata; its tensors and outputs
 model's, bit for bit), ``labels.txt``, ``mediapipe.json`` (metadata, calibration thresholds,
 checks, timings), ``mediapipe_test_scores.npy`` (calibrated scores [N, C]),
 ``mediapipe_test_label_sets.json`` (label indices per image, default options) and
-``mediapipe_test_paths.json`` (the N test paths, as evaluate names them).
+``mediapipe_test_paths.json`` (the N test paths, as evaluate names them). The test originals are
+read where they live (the dataset's ``originals.json``), checked, and piped to MediaPipe.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from mobiletag import __version__
-from mobiletag.data.tfrecords import originals_listing
+from mobiletag.data.originals import Original, iter_originals
+from mobiletag.data.tfrecords import originals_of
 from mobiletag.errors import DataError, ExportError
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.export.mediapipe import classify, metadata_description, write_metadata
@@ -42,13 +44,13 @@ PARITY_INPUTS = 16  # random inputs on which the model with metadata must give t
 # === The test images ===
 
 
-def images_to_classify(dataset_dir: str | Path) -> tuple[list[str], list[Path]]:
-    """The test images MediaPipe classifies: their paths as evaluate names them (the dataset's CSV
-    paths) and the lossless copies of the original files that prepare-dataset kept, in record order."""
-    listing = originals_listing(dataset_dir, "test")
-    if not listing:
+def images_to_classify(dataset_dir: str | Path) -> list[Original]:
+    """The test images MediaPipe classifies, in record order: where each original lives, and its
+    path in the dataset's CSV (``filepath``), as evaluate names it."""
+    originals = originals_of(dataset_dir, "test")
+    if not originals:
         raise DataError(f"{dataset_dir}: the test split has no images; MediaPipe's figures need at least one")
-    return [path for path, _ in listing], [file for _, file in listing]
+    return originals
 
 
 # === The stage ===
@@ -112,8 +114,11 @@ def run(
     shutil.copyfile(Path(tflite_dir) / LABELS_FILE, out / LABELS_FILE)
     metadata_seconds = time.perf_counter() - started
 
-    keys, files = images_to_classify(dataset_dir)
-    classified = classify(model, files, interpreter=interpreter)
+    originals = images_to_classify(dataset_dir)
+    keys = [original.filepath for original in originals]
+    # each original is read where it lives, checked against the manifest, and piped to MediaPipe
+    images = ((original.describe(), data) for original, data in iter_originals(originals))
+    classified = classify(model, images, interpreter=interpreter)
     if classified.scores.shape != (len(keys), len(labels)):
         raise ExportError(
             f"MediaPipe returned scores of shape {classified.scores.shape} for {len(keys)} images and {len(labels)} classes"

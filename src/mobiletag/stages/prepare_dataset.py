@@ -1,4 +1,5 @@
-"""Stage: validate the dataset and write TFRecord shards, labels.txt and stats.json."""
+"""Stage: validate the dataset and write TFRecord shards, labels.txt, stats.json and originals.json
+(where the val and test originals live, with their sizes and checksums: they are not copied)."""
 
 from __future__ import annotations
 
