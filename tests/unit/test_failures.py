@@ -127,6 +127,18 @@ logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 import mobiletag
 from mobiletag.config import load_config
 from mobiletag.stages import train_student
+from mobiletag.training import fit
+
+class Telling(fit.EpochLog):  # says when the 2nd call of epoch 2 starts (steps 9-16 of 21: 8 a call)
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch > 0 and not hasattr(self, "told"):
+            self.told = print(f"EPOCH 2 STEP {batch + 1} STARTED", flush=True)
+
+fit.EpochLog = Telling
 config = load_config(sys.argv[1], {"student": {"alpha": 1.0, "weights": "none", "epochs": 3, "image_size": 64,
                                                "batch_size": 4}})
 train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_uri=sys.argv[5], run_id="run-1",
@@ -137,8 +149,8 @@ print("STAGE DONE", flush=True)
 
 @pytest.mark.slow
 def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(tfrecord_dir, tmp_path):
-    """The baseline student stage (alpha 1) as a pod runs it, SIGTERM from outside once its second epoch
-    has started: exit status 1 (an exception, as KFP's executor turns it) within 10 s, a backup of the
+    """The baseline student stage (alpha 1) as a pod runs it, SIGTERM from outside while steps 9-16 of its
+    second epoch (of 21, steps_per_execution 8) run: exit status 1 (an exception, as KFP's executor turns it) within 10 s, a backup of the
     step it reached; the retry (same backup_uri and run id) resumes in epoch 2 at the next step."""
     script = tmp_path / "run.py"
     script.write_text(STUDENT_SCRIPT)
@@ -158,7 +170,7 @@ def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if signalled is None and "student epoch 1/3" in line:  # logged after epoch 1's backup
+        if signalled is None and "EPOCH 2 STEP 9 STARTED" in line:
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
     proc.wait()
@@ -168,7 +180,7 @@ def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(
     assert proc.returncode == 1, out[-3000:]
     assert "mobiletag.errors.Preempted: student: stopped by SIGTERM" in out, out[-3000:]
     assert "backup of step" in out
-    print(f"exit {exit_seconds:.1f} s after SIGTERM")
+    print(f"exit {exit_seconds:.1f} s after SIGTERM:", next(line for line in seen if "Preempted:" in line).strip())
     assert exit_seconds < 10, exit_seconds
     prefix = backups / "run-1" / "train-student-baseline"
     assert (prefix / "fit" / "chief" / "checkpoint").is_file()
