@@ -367,3 +367,12 @@ def test_a_gpu_that_cannot_run_an_op_stops_the_step_with_driver_cuda_and_capabil
         strategy.check_gpus()
     monkeypatch.setattr(strategy, "run_test_op", lambda device: None)
     assert strategy.check_gpus() == 1
+
+
+def test_no_visible_gpu_names_the_driver_and_the_branch_the_build_needs(monkeypatch):
+    monkeypatch.setattr(strategy, "nvidia_driver_version", lambda: "535.104.05")
+    assert not tf.config.list_physical_devices("GPU")  # this machine: CPU only, a CUDA build of TensorFlow
+    with pytest.raises(
+        TrainingError, match=r"NVIDIA driver \(here: 535\.104\.05; it must be R555 or newer; nvidia-smi\)"
+    ):
+        strategy.require_gpus(1, MultiGpuConfig())

@@ -39,10 +39,12 @@ def require_gpus(expected: int, cfg: MultiGpuConfig, key: str = "multi_gpu.requi
                 "(pip install 'tensorflow[and-cuda]') or use the component image"
             )
         else:
+            cuda = str(build.get("cuda_version", "?"))
+            branch = DRIVER_FOR_CUDA.get(".".join(cuda.split(".")[:2]), f"one for CUDA {cuda}")
             cause = (
-                f"TensorFlow {tf.__version__} is built for CUDA {build.get('cuda_version', '?')} / cuDNN "
-                f"{build.get('cudnn_version', '?')} but found no usable GPU: check the node's NVIDIA driver "
-                "(nvidia-smi; it must support that CUDA version), that the pod requested nvidia.com/gpu and "
+                f"TensorFlow {tf.__version__} is built for CUDA {cuda} / cuDNN {build.get('cudnn_version', '?')} "
+                f"but found no usable GPU: check the node's NVIDIA driver (here: {nvidia_driver_version()}; it must "
+                f"be {branch} or newer; nvidia-smi), that the pod requested nvidia.com/gpu and "
                 "landed on a GPU node, and that CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES do not hide them"
             )
         raise TrainingError(f"{asked}, but TensorFlow sees no GPU: {cause}. Stopped instead of training on the CPU.")
