@@ -200,36 +200,46 @@ def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(
 
 
 def test_a_deterministic_failure_is_raised_again_without_running_and_others_are_not_recorded(tmp_path):
-    calls = []
+    calls, to_raise = [], []
 
     @records_failures("train-teacher")
-    def stage(error: Exception | None, *, backup_uri: str | None = None, run_id: str = "") -> str:
-        calls.append(error)
-        if error is not None:
-            raise error
+    def stage(data_dir: str, *, backup_uri: str | None = None, run_id: str = "", epochs: int = 1) -> str:
+        calls.append(data_dir)
+        if to_raise:
+            raise to_raise.pop()
         return "trained"
 
     root = str(tmp_path / "backups")
     marker = tmp_path / "backups" / "run-1" / f"train-teacher{MARKER_SUFFIX}"
     problem = DataError("labels.csv has problems", ["labels.csv:3: unknown class 'cat'"])
+    to_raise.append(problem)
     with pytest.raises(DataError):
-        stage(problem, backup_uri=root, run_id="run-1")
+        stage("/pod-1/dataset", backup_uri=root, run_id="run-1")
     record = json.loads(marker.read_text())
     assert (record["kind"], record["message"]) == ("DataError", str(problem))
 
-    with pytest.raises(DataError) as again:  # the retry: same kind and message, the stage body never runs
-        stage(None, backup_uri=root, run_id="run-1")
-    assert len(calls) == 1
+    with pytest.raises(DataError) as again:  # the retry (its own local folders): same kind and message, no run
+        stage("/pod-2/dataset", backup_uri=root, run_id="run-1")
+    assert calls == ["/pod-1/dataset"]
     first, *rest = str(again.value).split("\n(this task failed the same way on an earlier attempt, at ")
     assert first == str(problem)
     assert rest and rest[0].endswith(f"to retry this run as it is, e.g. after fixing the GPU node, delete {marker})")
 
-    assert stage(None, backup_uri=root, run_id="run-2") == "trained"  # another run is not affected
+    assert stage("d", backup_uri=root, run_id="run-2") == "trained"  # another run is not affected
+    # the same run started again with another config (the local runner's same work dir): runs again
+    to_raise.append(ConfigError("config key 'teacher.epochs' is -1"))
+    with pytest.raises(ConfigError):
+        stage("d", backup_uri=root, run_id="run-5", epochs=-1)
+    assert stage("d", backup_uri=root, run_id="run-5", epochs=2) == "trained"
+    assert not (tmp_path / "backups" / "run-5" / f"train-teacher{MARKER_SUFFIX}").exists()
+
     for transient in (StorageError("bucket unreachable"), Preempted("SIGTERM")):  # retries may succeed
+        to_raise.append(transient)
         with pytest.raises(type(transient)):
-            stage(transient, backup_uri=root, run_id="run-3")
+            stage("d", backup_uri=root, run_id="run-3")
+    to_raise.append(TrainingError("loss NaN"))
     with pytest.raises(TrainingError):
-        stage(TrainingError("loss NaN"), backup_uri="", run_id="run-4")  # backups off: nothing written
+        stage("d", backup_uri="", run_id="run-4")  # backups off: nothing written
     assert sorted(p.name for p in (tmp_path / "backups").rglob("*") if p.is_file()) == [marker.name]
 
 
@@ -279,22 +289,38 @@ print(json.dumps({"import_s": imported - started, "call_s": failed - imported, "
 """
 
 
-def test_a_config_error_makes_the_retry_fail_at_once_with_the_same_message(tfrecord_dir, tiny_config, tmp_path):
-    """Attempt 1 (in process) fails on teacher.batch_size; attempt 2, the component's python_func in a new
-    process as the pod runs it, fails with the same message before reading the dataset (it is not even
-    there on attempt 2), in under 5 s from the call (the process's TensorFlow import is timed apart)."""
+def test_a_config_error_makes_the_retry_fail_at_once_with_the_same_message(
+    tfrecord_dir, tiny_config, tmp_path, monkeypatch
+):
+    """Attempt 1 (the component's python_func, in process) fails on teacher.batch_size; attempt 2, the same
+    python_func in a new process as the pod runs it, fails with the same message before reading the
+    dataset (it is not even there on attempt 2), in under 5 s from the call (the imports, TensorFlow's
+    included, are timed apart: every attempt pays them)."""
     import dataclasses
 
-    from mobiletag.stages import train_teacher
+    from kfp import dsl
+
     from mobiletag.stages.resolve_config import stage_config_json
 
+    monkeypatch.syspath_prepend(str(REPO))
+    from components.train_teacher import train_teacher
+
     config = dataclasses.replace(tiny_config, teacher=dataclasses.replace(tiny_config.teacher, batch_size=100000))
+    config_json = stage_config_json(config, "train_teacher")
     backups = str(tmp_path / "backups")
+    monkeypatch.setenv("MOBILETAG_RUN_ID", "run-1")
     with pytest.raises(ConfigError) as first:
-        train_teacher.run(config, tfrecord_dir, tmp_path / "pod-1", backup_uri=backups, run_id="run-1")
+        train_teacher.python_func(
+            dataset=dsl.Dataset(name="dataset", uri=str(tfrecord_dir), metadata={}),
+            config_json=config_json,
+            backup_uri=backups,
+            gpus=0,
+            model=dsl.Model(name="teacher", uri=str(tmp_path / "pod-1" / "model"), metadata={}),
+            metrics=dsl.Metrics(name="metrics", uri=str(tmp_path / "pod-1" / "metrics"), metadata={}),
+        )
     assert "config key 'teacher.batch_size' is 100000" in str(first.value)
 
-    (tmp_path / "config.json").write_text(stage_config_json(config, "train_teacher"))
+    (tmp_path / "config.json").write_text(config_json)
     (tmp_path / "run.py").write_text(ATTEMPT_SCRIPT)
     args = [sys.executable, str(tmp_path / "run.py"), str(REPO), str(tmp_path / "not-downloaded"),
             str(tmp_path / "config.json"), backups, str(tmp_path / "pod-2" / "model")]  # fmt: skip

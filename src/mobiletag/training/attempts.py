@@ -13,9 +13,20 @@ policy). Two cases need the attempt's help:
 - **Deterministic failures** (:data:`DETERMINISTIC`: a config or data error, a NaN loss, no
   usable GPU) repeat on every retry. :func:`records_failures` writes a marker
   ``<backup_uri>/<run id>/<task>.FAILED.json`` (beside the task's backup folder, never inside it:
-  a backup save deletes what its manifest does not name) with the error's kind and message; the
-  next attempt of the same task and run finds it before reading any data and raises the same
-  error at once. Without backups (``backup_uri`` empty) nothing is written or read.
+  a backup save deletes what its manifest does not name) with the error's kind and message and a
+  fingerprint of the call's arguments; the next attempt of the same task and run with the same
+  arguments finds it before reading any data and raises the same error at once (with other
+  arguments, e.g. a fixed config in the local runner's same work dir, the marker is dropped).
+  Without backups (``backup_uri`` empty) nothing is written or read.
+
+The step boundary is the end of the current call of ``multi_gpu.steps_per_execution`` steps.
+Under KFP v2 on Argo the Python process is a child of the KFP launcher, which has no SIGTERM
+handler: Argo's emissary (the container's PID 1) forwards SIGTERM to the launcher's process group,
+the launcher exits at once, and the container stops within about a second (the emissary polls its
+child once a second), killing Python. There the pod still ends ``Failed`` and the retry resumes
+from the last epoch's backup (a gs:// save cut short leaves the previous one complete); the
+step-level save completes where Python receives the SIGTERM and nothing stops it before it exits
+(``mobiletag train`` in a terminal, a container whose main process is Python).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -60,11 +72,21 @@ def marker_uri(prefix: str) -> str:
     return prefix.rstrip("/") + MARKER_SUFFIX
 
 
-def check_earlier_failure(prefix: str) -> None:
+def inputs_fingerprint(arguments: dict[str, Any]) -> str:
+    """SHA-256 of the call's arguments but folders (``*_dir``: a pod's local copies), by ``repr`` (the
+    config is a frozen dataclass): a retry of the same task has the same; a run started again with a
+    fixed config (the local runner's same work dir) has another."""
+    kept = sorted((name, repr(value)) for name, value in arguments.items() if not name.endswith("_dir"))
+    text = repr(kept)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_earlier_failure(prefix: str, inputs: str = "") -> None:
     """Raise the error an earlier attempt of this task recorded at ``marker_uri(prefix)``, if any.
 
     The error has the kind and message recorded, plus a line on where the marker is and how to
-    start over.
+    start over. A marker left by a call with other ``inputs`` (see :func:`inputs_fingerprint`) is
+    deleted instead: the cause may have been fixed.
     """
     uri = marker_uri(prefix)
     text = storage.read_text_if_exists(uri)
@@ -75,6 +97,13 @@ def check_earlier_failure(prefix: str) -> None:
         kind, message, failed_at = _KINDS[record["kind"]], str(record["message"]), str(record["failed_at"])
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(f"{uri} is not a failure marker this version can read ({exc}); delete it") from exc
+    if record.get("inputs", "") != inputs:
+        log.info("an earlier attempt failed with other inputs (%s, %s); trying again", uri, failed_at)
+        if storage.is_gcs(uri):
+            storage.delete_object(uri)
+        else:
+            Path(uri).unlink(missing_ok=True)
+        return
     log.error("an earlier attempt of this task failed (%s, %s); not trying again", uri, failed_at)
     raise kind(
         f"{message}\n(this task failed the same way on an earlier attempt, at {failed_at}, and a retry with the same "
@@ -83,8 +112,8 @@ def check_earlier_failure(prefix: str) -> None:
     )
 
 
-def record_failure(prefix: str, exc: BaseException) -> str:
-    """Write the failure marker for ``exc`` beside the backup ``prefix``; its URI.
+def record_failure(prefix: str, exc: BaseException, inputs: str = "") -> str:
+    """Write the failure marker for ``exc`` (of a call with ``inputs``) beside the backup ``prefix``; its URI.
 
     A marker that cannot be written is logged, not raised: the original error matters more.
     """
@@ -93,6 +122,7 @@ def record_failure(prefix: str, exc: BaseException) -> str:
         "kind": type(exc).__name__ if type(exc).__name__ in _KINDS else _base_kind(exc),
         "message": str(exc),
         "failed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": inputs,
     }
     data = (json.dumps(record, indent=1) + "\n").encode("utf-8")
     try:
@@ -121,8 +151,8 @@ def records_failures(task: str) -> Callable[[F], F]:
 
     The marker sits beside the task's backup, ``backup_prefix(backup_uri, run_id, task)``, from the
     call's ``backup_uri``, ``run_id`` and ``task`` arguments (``task`` defaults to the one given
-    here). Before the stage runs, an earlier attempt's marker is raised again
-    (:func:`check_earlier_failure`); a :data:`DETERMINISTIC` error out of the stage is recorded.
+    here). Before the stage runs, an earlier attempt's marker for the same arguments is raised
+    again (:func:`check_earlier_failure`); a :data:`DETERMINISTIC` error out of the stage is recorded.
     """
 
     def decorate(func: F) -> F:
@@ -136,13 +166,14 @@ def records_failures(task: str) -> Callable[[F], F]:
             prefix = backup_prefix(
                 arguments.get("backup_uri"), arguments.get("run_id", ""), arguments.get("task", task)
             )
+            inputs = inputs_fingerprint(arguments)
             if prefix is not None:
-                check_earlier_failure(prefix)
+                check_earlier_failure(prefix, inputs)
             try:
                 return func(*args, **kwargs)
             except DETERMINISTIC as exc:
                 if prefix is not None:
-                    record_failure(prefix, exc)
+                    record_failure(prefix, exc, inputs)
                 raise
 
         return cast(F, wrapper)
