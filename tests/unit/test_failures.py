@@ -389,7 +389,10 @@ def test_a_gpu_that_cannot_run_an_op_stops_the_step_with_driver_cuda_and_capabil
 
     l4 = {"device_name": "NVIDIA L4", "compute_capability": (8, 9)}  # native sm_89 code: a node problem
     monkeypatch.setattr(strategy, "gpu_details", lambda device: l4)
-    with pytest.raises(TrainingError, match=r"Check the node: the driver must support CUDA 12\.5\.1 \(R555 or newer\)"):
+    with pytest.raises(
+        TrainingError,
+        match=r"Check the node: the driver must run CUDA 12\.5\.1 \(R555 or newer; R525\+ through CUDA 12 ",
+    ):
         strategy.check_gpus()
     monkeypatch.setattr(strategy, "run_test_op", lambda device: None)
     assert strategy.check_gpus() == 1
@@ -399,6 +402,7 @@ def test_no_visible_gpu_names_the_driver_and_the_branch_the_build_needs(monkeypa
     monkeypatch.setattr(strategy, "nvidia_driver_version", lambda: "535.104.05")
     assert not tf.config.list_physical_devices("GPU")  # this machine: CPU only, a CUDA build of TensorFlow
     with pytest.raises(
-        TrainingError, match=r"NVIDIA driver \(here: 535\.104\.05; it must be R555 or newer; nvidia-smi\)"
+        TrainingError,
+        match=r"NVIDIA driver \(here: 535\.104\.05; it must be R555 or newer, or R525\+ through CUDA 12 minor",
     ):
         strategy.require_gpus(1, MultiGpuConfig())

@@ -44,7 +44,8 @@ def require_gpus(expected: int, cfg: MultiGpuConfig, key: str = "multi_gpu.requi
             cause = (
                 f"TensorFlow {tf.__version__} is built for CUDA {cuda} / cuDNN {build.get('cudnn_version', '?')} "
                 f"but found no usable GPU: check the node's NVIDIA driver (here: {nvidia_driver_version()}; it must "
-                f"be {branch} or newer; nvidia-smi), that the pod requested nvidia.com/gpu and "
+                f"be {branch} or newer, or R525+ through CUDA 12 minor-version compatibility, which cannot JIT PTX; "
+                "nvidia-smi), that the pod requested nvidia.com/gpu and "
                 "landed on a GPU node, and that CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES do not hide them"
             )
         raise TrainingError(f"{asked}, but TensorFlow sees no GPU: {cause}. Stopped instead of training on the CPU.")
@@ -126,7 +127,8 @@ def gpu_failure_message(device: str, error: BaseException, details: dict[str, An
         )
     else:
         advice = (
-            f"Check the node: the driver must support CUDA {cuda} ({branch} or newer), nvidia-smi must list the "
+            f"Check the node: the driver must run CUDA {cuda} ({branch} or newer; R525+ through CUDA 12 "
+            "minor-version compatibility), nvidia-smi must list the "
             "GPU without errors (ECC, Xid in the kernel log); replace the node if the GPU is faulty"
         )
     first_line = (str(error).strip().splitlines() or [""])[0].rstrip(".")
