@@ -92,16 +92,19 @@ def _tiny_fit(backup: Backup, initial: list[np.ndarray], sender: SendSigterm):
     return model, result
 
 
+@pytest.mark.parametrize("where", ["local", "gcs"])
 def test_sigterm_mid_epoch_saves_that_step_and_the_retry_ends_where_an_uninterrupted_run_does(
-    tmp_path, test_sigterm_handler
+    where, tmp_path, test_sigterm_handler, request
 ):
-    """SIGTERM after step 2 of epoch 2: Preempted, a backup of that step; the next attempt runs only
-    steps 3-4 of epoch 2 and ends with the weights of a run never interrupted."""
+    """SIGTERM after step 2 of epoch 2: Preempted, a backup of that step (on gs://: mirrored, and the
+    retry restores it into a new pod's folder); the next attempt runs only steps 3-4 of epoch 2 and
+    ends with the weights of a run never interrupted."""
+    root = f"gs://{BUCKET}/backups" if where == "gcs" and request.getfixturevalue("gcs") else str(tmp_path / "backups")
     inputs = keras.Input((4, 4, 3))
     initial = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).get_weights()
     reference, _ = _tiny_fit(Backup(str(tmp_path / "ref")), initial, SendSigterm())
 
-    backup = Backup(backup_prefix(str(tmp_path / "backups"), "run-1", "train-student"))
+    backup = Backup(backup_prefix(root, "run-1", "train-student"), local_root=tmp_path / "pod-1")
     with pytest.raises(Preempted) as stopped:
         _tiny_fit(backup, initial, SendSigterm(epoch=1, step=1))
     assert signal.getsignal(signal.SIGTERM) is test_sigterm_handler  # the previous handler is back
@@ -109,12 +112,13 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_retry_ends_where_an_uninterru
     assert message.startswith("tiny: stopped by SIGTERM (node shutdown, e.g. a spot VM reclaimed) after step 2 of 4 "
                               "of epoch 2, "), message  # fmt: skip
     assert "backup of step 2 written in" in message and backup.prefix in message
-    assert not (
-        tmp_path / "backups" / "run-1" / "train-student" / "fit.done.json"
-    ).exists()  # the phase is not marked done
+    assert not (backup.local_dir / "fit.done.json").exists()  # the phase is not marked done
+    backup.close()
 
     retry = SendSigterm()
-    model, result = _tiny_fit(Backup(backup.prefix), initial, retry)
+    pod2 = Backup(backup.prefix, local_root=tmp_path / "pod-2")
+    assert pod2.restore()
+    model, result = _tiny_fit(pod2, initial, retry)
     assert retry.steps_run == 2  # steps 3 and 4 of epoch 2
     assert result.epochs_run == 1
     for got, want in zip(model.get_weights(), reference.get_weights()):

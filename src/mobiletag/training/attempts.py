@@ -254,9 +254,10 @@ class StopOnSigterm(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         state = self._state()
         if state is not None:
-            # read in fit() right after on_train_begin: (epoch, step + 1), or (epoch + 1, 0) after its last step
-            state._save_freq = max(1, self._steps())
             epoch, step = int(state._ckpt_saved_epoch.numpy()), int(state._ckpt_saved_batch.numpy())
+            if step >= 0:  # a backup without a step (none restored, or written without batch hooks): by epoch
+                # read in fit() right after on_train_begin: (epoch, step + 1), or (epoch + 1, 0) after its last step
+                state._save_freq = max(1, self._steps())
             if epoch >= 0 and 0 <= step < self._steps() - 1:
                 log.info(
                     "%s: resuming epoch %d at step %d of %d (backup written at SIGTERM)",
@@ -284,9 +285,12 @@ class StopOnSigterm(keras.callbacks.Callback):
             started = time.perf_counter()
             state._ckpt_saved_batch.assign(batch)
             state.back_up(epoch=self.epoch, batch=batch)
-            if self.backup is not None:
-                self.backup.save()
             saved = f"; backup of step {batch + 1} written in {time.perf_counter() - started:.1f} s"
+            try:
+                if self.backup is not None:
+                    self.backup.save()
+            except StorageError as exc:  # the previous complete backup (the last epoch's) stays in place
+                saved = f"; mirroring the backup of step {batch + 1} failed ({exc}), the last epoch's stays"
         elif state is not None:
             saved = "; the loss is not finite, so the last epoch's backup is kept"
         self._stop_if_asked(batch, saved)
