@@ -154,8 +154,9 @@ print("STAGE DONE", flush=True)
 @pytest.mark.slow
 def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(tfrecord_dir, tmp_path):
     """The baseline student stage (alpha 1) as a pod runs it, SIGTERM from outside while steps 9-16 of its
-    second epoch (of 21, steps_per_execution 8) run: exit status 1 (an exception, as KFP's executor turns it) within 10 s, a backup of the
-    step it reached; the retry (same backup_uri and run id) resumes in epoch 2 at the next step."""
+    second epoch (of 21, steps_per_execution 8) run: exit status 1 (an exception, as KFP's executor turns
+    it), the stage stopped within 10 s and the process gone within 25 s, a backup of the step it reached;
+    the retry (same backup_uri and run id) resumes in epoch 2 at the next step."""
     script = tmp_path / "run.py"
     script.write_text(STUDENT_SCRIPT)
     backups = tmp_path / "backups"
@@ -184,8 +185,12 @@ def test_sigterm_to_a_training_pod_exits_non_zero_quickly_and_the_retry_resumes(
     assert proc.returncode == 1, out[-3000:]
     assert "mobiletag.errors.Preempted: student: stopped by SIGTERM" in out, out[-3000:]
     assert "backup of step" in out
-    print(f"exit {exit_seconds:.1f} s after SIGTERM:", next(line for line in seen if "Preempted:" in line).strip())
-    assert exit_seconds < 10, exit_seconds
+    stopped = next(line for line in seen if "Preempted:" in line).strip()
+    print(f"exit {exit_seconds:.1f} s after SIGTERM:", stopped)
+    # the stage stops (step boundary + backup: 0.3-3.2 s here) and the process then exits after TensorFlow's
+    # teardown (2-10 s on this shared 2-core machine, the longer under load)
+    assert float(stopped.split(" s after the signal")[0].rsplit(", ", 1)[1]) < 10, stopped
+    assert exit_seconds < 25, exit_seconds
     prefix = backups / "run-1" / "train-student-baseline"
     assert (prefix / "fit" / "chief" / "checkpoint").is_file()
     stopped_after = int(out.split("after step ")[1].split(" ")[0])
