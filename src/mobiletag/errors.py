@@ -36,3 +36,10 @@ class ExportError(MobiletagError):
 
 class StorageError(MobiletagError):
     """Reading from or writing to a local path or gs:// URI failed."""
+
+
+class Preempted(MobiletagError):
+    """Training stopped on SIGTERM (the node is shutting down) after saving a backup; a retry resumes.
+
+    Not a deterministic failure: the exit is non-zero so the pod ends ``Failed`` and is retried.
+    """

@@ -26,10 +26,11 @@ from mobiletag.stages.common import (
 )
 from mobiletag.stages.train_student import METRICS as STUDENT_METRICS
 from mobiletag.stages.train_student import load_teacher
+from mobiletag.training.attempts import records_failures
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import Trainer, best_model, fit, scaled_learning_rate, validation_map
 from mobiletag.training.precision import load_float32, set_precision
-from mobiletag.training.strategy import enable_memory_growth, require_gpus
+from mobiletag.training.strategy import prepare_gpus
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def shipped_student_alpha(student_dir: str | Path, default: float) -> float:
     return float(read_json(path).get("alpha", default)) if path.is_file() else default
 
 
+@records_failures(TASK)
 def run(
     config: Config,
     dataset_dir: str | Path,
@@ -61,8 +63,7 @@ def run(
     cfg = config.qat
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    require_gpus(expected_gpus, config.multi_gpu)
-    enable_memory_growth()
+    prepare_gpus(expected_gpus, config.multi_gpu)
     set_precision("float32")
     facts = dataset_facts(dataset_dir)
     steps = steps_per_epoch(facts.num_train, cfg.batch_size, "qat.batch_size")

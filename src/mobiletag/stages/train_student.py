@@ -32,6 +32,7 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
+from mobiletag.training.attempts import records_failures
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import (
     FitResult,
@@ -80,6 +81,7 @@ def build_student_for(config: Config, num_classes: int) -> keras.Model:
     return model
 
 
+@records_failures(TASK)
 def run(
     config: Config,
     dataset_dir: str | Path,

@@ -24,6 +24,7 @@ from mobiletag.stages.common import (
     steps_per_epoch,
     write_json,
 )
+from mobiletag.training.attempts import records_failures
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import (
     FitResult,
@@ -45,6 +46,7 @@ METRICS = "teacher_metrics.json"
 TASK = "train-teacher"
 
 
+@records_failures(TASK)
 def run(
     config: Config,
     dataset_dir: str | Path,

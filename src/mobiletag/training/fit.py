@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.errors import TrainingError
+from mobiletag.training.attempts import StopOnSigterm, sigterm_flag
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import distillation_loss
 from mobiletag.training.metrics import mean_average_precision
@@ -368,13 +369,16 @@ def fit(
     callbacks.extend(extra_callbacks or [])
     if not trainer.built:  # BackupAndRestore needs built variables to restore into
         trainer(next(iter(val_ds))[0])
-    history = trainer.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        verbose=1 if sys.stderr.isatty() else 0,
-    )
+    # SIGTERM (node shutdown) while training: back up at the next step and raise Preempted
+    with sigterm_flag() as sigterm:
+        callbacks.append(StopOnSigterm(sigterm, name, backup if backup_dir is not None else None))
+        history = trainer.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=1 if sys.stderr.isatty() else 0,
+        )
     losses = history.history.get("loss", [])
     timed = epoch_log.epoch_seconds[1:] or epoch_log.epoch_seconds  # the first epoch includes tracing
     speed = steps_per_epoch * batch_size / (sum(timed) / len(timed)) if timed else 0.0
