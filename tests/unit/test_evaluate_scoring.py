@@ -39,7 +39,7 @@ def test_traced_scorer_matches_eager_calls_and_traces_once():
     assert size == 24
     batches = [pixels[:16], pixels[16:32], pixels[32:], pixels[:40]]  # the last: longer than one batch, split
     got = [score(b) for b in batches]
-    assert model.calls == 1  # eager scoring called the model once per batch (4 + 1 here)
+    assert model.calls == 1, model.calls  # eager scoring called the model once per batch (4 + 1 here)
     for batch, scores in zip(batches, got):
         eager = tf.sigmoid(model.model(preprocess(tf.constant(batch, tf.float32)), training=False)).numpy()
         assert scores.shape == eager.shape == (len(batch), 5)

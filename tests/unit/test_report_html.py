@@ -109,7 +109,7 @@ def test_missing_input_is_said_in_place_and_never_fails():
     thumbs = [img["alt"] for img in page.images if img["data-kind"] == "thumb"]
     assert "img_3.jpg" not in thumbs and len(thumbs) == len(got) - 1
     assert html.count("original not readable") == 1
-    assert page.keys["test.map_macro"] == "0.6100" and page.keys["size_bytes"] == "123"
+    assert page.keys["test.map_macro"] == "0.61" and page.keys["size_bytes"] == "123"
 
 
 @pytest.mark.parametrize(

@@ -125,21 +125,25 @@ def _headline(data: ReportData) -> str:
         ("test micro mAP", "test.map_micro", test.get("map_micro")),
         ("test macro F1", "test.f1_macro", test.get("f1_macro")),
         ("test micro F1", "test.f1_micro", test.get("f1_micro")),
-        ("size (bytes)", "size_bytes", size),
-        ("latency 1 thread (ms)", "latency_ms.threads_1", latency.get("threads_1")),
-        ("latency 2 threads (ms)", "latency_ms.threads_2", latency.get("threads_2")),
+        ("ms per image, 1 thread", "latency_ms.threads_1", latency.get("threads_1")),
+        ("ms per image, 2 threads", "latency_ms.threads_2", latency.get("threads_2")),
     ]
+    # the figures as metrics.json holds them (already rounded there)
     cells = "".join(
-        f'<div class="card"><div class="value" data-key="{key}">{_e(_fmt(value))}</div>'
+        f'<div class="card"><div class="value" data-key="{key}">{_e("n/a" if value is None else value)}</div>'
         f'<div class="label">{_e(label)}</div></div>'
         for label, key, value in cards
     )
+    megabytes = f"{size / 1e6:.2f} MB" if isinstance(size, int | float) else "n/a"
+    cells += (
+        f'<div class="card"><div class="value">{megabytes}</div><div class="label">size '
+        f'(<span data-key="size_bytes">{_e(size)}</span> bytes)</div></div>'
+    )
     parts = [
         f"<h1>mobiletag evaluation: {_e(m.get('model', 'model'))}</h1>",
-        f"<p>INT8 model on {_e(test.get('num_images', '?'))} test images, per-class thresholds tuned on "
-        f"validation ({_e(m.get('thresholds_strategy', '?'))}); size "
-        f"{_e(_fmt(size / 1e6 if isinstance(size, int | float) else None, 2))} MB; latency with LiteRT (XNNPACK) "
-        "on this machine's CPU.</p>",
+        f"<p>The INT8 model on {_e(test.get('num_images', '?'))} test images, with the per-class thresholds tuned "
+        f"on validation (strategy {_e(m.get('thresholds_strategy', '?'))}); latency: LiteRT (XNNPACK) on the "
+        "evaluating machine's CPU.</p>",
         f'<div class="cards">{cells}</div>',
     ]
     block = m.get("distillation")
@@ -156,10 +160,10 @@ def _headline(data: ReportData) -> str:
     if mp:
         parts.append(
             f'<p id="mediapipe">MediaPipe Tasks ImageClassifier (the model\'s metadata, default options): label sets '
-            f'equal to the thresholds\' on <b data-key="mediapipe.label_set_agreement">'
-            f"{_e(_fmt(mp.get('label_set_agreement')))}</b> of {_e(mp.get('num_images'))} test images; macro mAP "
-            f"{_e(_fmt(mp.get('map_macro')))} (|difference| {_e(_fmt(mp.get('map_macro_difference')))}), micro F1 "
-            f"{_e(_fmt(mp.get('f1_micro')))}.</p>"
+            f"equal to the thresholds' on a share of "
+            f'<b data-key="mediapipe.label_set_agreement">{_e(mp.get("label_set_agreement"))}</b> of the '
+            f"{_e(mp.get('num_images'))} test images; macro mAP {_e(mp.get('map_macro'))} (|difference| "
+            f"{_e(mp.get('map_macro_difference'))}), micro F1 {_e(mp.get('f1_micro'))}.</p>"
         )
     else:
         parts.append(
@@ -228,11 +232,10 @@ def _histogram(
             ax.stairs(share, HIST_BINS, color=color, ls=style, lw=1.3, label=f"{split} {'pos' if positive else 'neg'}")
     ax.axvline(threshold, color="#d62728", lw=1.5, label=f"threshold {threshold:.3f}")
     ax.set(xlim=(0, 1), xlabel="score", ylabel="share of the group")
-    ax.set_title(f"{name}: scores of positives and negatives", fontsize=8)
+    ax.set_title(f"{name}: scores, threshold {threshold:.3f}", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.xaxis.label.set_size(8)
     ax.yaxis.label.set_size(8)
-    ax.legend(fontsize=6, loc="upper center")
     return _figure_png(fig)
 
 
@@ -370,6 +373,8 @@ def best_epoch(phases: Sequence[tuple[str, History]]) -> int | None:
 
 
 def _training_plot(title: str, phases: Sequence[tuple[str, History]]) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(6.8, 2.4)[0]
     fig.clear()
     loss_ax, map_ax = fig.subplots(1, 2)
@@ -393,6 +398,7 @@ def _training_plot(title: str, phases: Sequence[tuple[str, History]]) -> str:
     loss_ax.set_title(f"{title}: training loss", fontsize=8)
     map_ax.set_title(f"{title}: validation mAP", fontsize=8)
     for ax in (loss_ax, map_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
