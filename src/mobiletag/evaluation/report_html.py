@@ -108,7 +108,8 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height))  # fixed margins: constrained layout costs 40% of a plot's time
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.16, top=0.91)
     return fig, fig.add_subplot()
 
 
@@ -375,8 +376,9 @@ def best_epoch(phases: Sequence[tuple[str, History]]) -> int | None:
 def _training_plot(title: str, phases: Sequence[tuple[str, History]]) -> str:
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(6.8, 2.4)[0]
+    fig = _figure(8.4, 2.6)[0]
     fig.clear()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.9, wspace=0.22)
     loss_ax, map_ax = fig.subplots(1, 2)
     start = 0
     for i, (phase, history) in enumerate(phases):

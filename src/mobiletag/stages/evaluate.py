@@ -87,14 +87,21 @@ def keras_scorer(model: keras.Model, normalise: bool, batch_size: int = EVAL_BAT
 
 
 def score_test_split(
-    dataset_dir: str | Path, tflite: TFLiteModel, teacher: keras.Model, students: dict[str, keras.Model]
+    dataset_dir: str | Path,
+    tflite: TFLiteModel,
+    teacher: keras.Model,
+    students: dict[str, keras.Model],
+    student_scorers: dict[str, tuple[int, Scorer]] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """The test split's scores per model ("student_int8", "teacher" and each named float student),
-    labels, paths: one pass over the split."""
+    labels, paths: one pass over the split. ``student_scorers``: the students' scorers when the
+    caller has them already (each traces its model once; validation reuses them)."""
+    if student_scorers is None:
+        student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
     scorers = {
         "student_int8": (tflite.image_size, tflite.predict_batch),
         "teacher": keras_scorer(teacher, normalise=False),
-        **{name: keras_scorer(model, normalise=True) for name, model in students.items()},
+        **student_scorers,
     }
     return stream_scores(dataset_dir, "test", scorers)
 
@@ -227,7 +234,8 @@ def run(
 
     teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
     students, selection = float_students(student_dir, distilled_dir, baseline_dir)
-    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students)
+    student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
+    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students, student_scorers)
     scores = all_scores["student_int8"]
     test = classification_metrics(labels, scores, facts.classes, thresholds)
     shipped = "student" if selection is None else selection["shipped"]
@@ -249,9 +257,7 @@ def run(
     report = markdown_report(metrics)
     if selection is not None:
         # both float students on validation too (the block's figures at each one's own thresholds)
-        val, val_labels, _ = stream_scores(
-            dataset_dir, "val", {name: keras_scorer(model, normalise=True) for name, model in students.items()}
-        )
+        val, val_labels, _ = stream_scores(dataset_dir, "val", student_scorers)
         lo, hi, step = recommendation["grid"]
         block = distillation_block(
             classes=facts.classes,
