@@ -353,6 +353,10 @@ def _gallery(data: ReportData) -> str:
 
     for c, name in enumerate(data.classes):
         fp, fn = worst_errors(data.test_labels[:, c], data.test_scores[:, c], float(thresholds[c]))
+        if not fp and not fn:
+            none = "no false positive, no false negative on the test split"
+            parts.append(f'<section class="gallery" data-class="{_e(name)}"><h3>{_e(name)}</h3>{_note(none)}</section>')
+            continue
         rows = []
         for kind, chosen, none in (
             ("fp", fp, "no false positive"),
@@ -496,8 +500,8 @@ min-width:120px}.card .value{font-size:20px;font-weight:600}.card .label{font-si
 .note{color:#8a5a00;background:#fff6e0;padding:4px 8px;border-radius:4px;font-size:13px}
 .classes{display:flex;flex-wrap:wrap;gap:4px 24px}section.class{width:560px}
 .pair{display:flex;gap:8px;align-items:flex-start}.pair .note{width:272px}.figures{font-size:12px;color:#444;margin:2px 0}
-.row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:4px 0}
-.kind{width:28px;font-weight:600;padding-top:40px}
+.row{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:4px 0}.row .note{margin:0}
+.kind{width:28px;font-weight:600}
 figure.error{margin:0;width:170px;font-size:11px}figure.error img{display:block;max-width:112px;max-height:112px}
 .path{color:#777;word-break:break-all}.nothumb{width:112px;height:60px;background:#eee;font-size:11px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
