@@ -236,6 +236,12 @@ def table(results: dict[str, dict[str, dict]], ratios: dict[str, dict], sizes: l
         verdict = f"{'met' if g['met'] else 'MISSED'} (RSS x <= {g['rss_goal']}, s x <= {g['seconds_goal']})"
         ratio_text = f"{g['seconds_ratio']:.2f} ({g['run_seconds_ratio']:.2f})"
         lines.append(f"{stage:<20}{cells}{g['rss_ratio']:>8.2f}{ratio_text:>14}   {verdict}")
+    built = [(n, results[str(n)]["evaluate"]) for n in sizes if "report_seconds" in results[str(n)]["evaluate"]]
+    if built:
+        lines.append(
+            "evaluate's report.html (in its run seconds): "
+            + ", ".join(f"N={n} {r['report_seconds']:.1f} s, {r['report_bytes'] / 1e3:.0f} kB" for n, r in built)
+        )
     return "\n".join(lines)
 
 
