@@ -9,7 +9,10 @@ a stage reads grows with N (prepare_dataset reads all three, optimize_thresholds
 test). The models are built once with random weights at small sizes (student and exported
 INT8 model EfficientNet-Lite0 at 32 px; the "teacher" checkpoint is a Lite0 at 40 px, so
 evaluation decodes each test image at two sizes as it does with the real teacher, without
-EfficientNet-B3's cost). Each stage runs in a fresh process: its peak RSS is that process's
+EfficientNet-B3's cost); two such students, distilled and baseline (different seeds), with
+select-student's choice, so that evaluate scores what it scores in the pipeline: the teacher and
+both float students on test, both students on validation. evaluate's figures include building
+report.html (its seconds and bytes are listed apart). Each stage runs in a fresh process: its peak RSS is that process's
 own (``os.wait4``), its seconds are the process's wall time (imports included) and the
 ``run`` call's.
 """
@@ -90,22 +93,30 @@ def write_dataset(root: Path, images_dir: Path, names: list[str], seed: int = 1)
             writer.writerows(split_rows)
 
 
+MODEL_DIRS = ("teacher", "distilled", "baseline", "student", "tflite")
+
+
 def make_models(work: Path, num_classes: int) -> dict[str, Path]:
-    """Teacher and student checkpoints and the INT8 export (random weights), in the stages' layout."""
+    """Teacher, distilled and baseline student checkpoints, select-student's folder and the INT8
+    export of the shipped student (random weights), in the stages' layout."""
     import tf_keras as keras
 
     from mobiletag.export.litert import MODEL_FILE
     from mobiletag.export.tflite import convert_int8
     from mobiletag.models.student import build_student
-    from mobiletag.stages.common import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
+    from mobiletag.stages import select_student
+    from mobiletag.stages.common import STUDENT_CHECKPOINT, STUDENT_METRICS, TEACHER_CHECKPOINT, write_json
 
     keras.utils.set_random_seed(0)
-    dirs = {name: work / name for name in ("teacher", "student", "tflite")}
+    dirs = {name: work / name for name in MODEL_DIRS}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     build_student(num_classes, TEACHER_SIZE, "efficientnet_lite0").save(dirs["teacher"] / TEACHER_CHECKPOINT)
-    student = build_student(num_classes, STUDENT_SIZE, "efficientnet_lite0")
-    student.save(dirs["student"] / STUDENT_CHECKPOINT)
+    for name, val_map in (("baseline", 0.5), ("distilled", 0.6)):  # the distilled one ships
+        build_student(num_classes, STUDENT_SIZE, "efficientnet_lite0").save(dirs[name] / STUDENT_CHECKPOINT)
+        write_json(dirs[name] / STUDENT_METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
+    select_student.run(dirs["distilled"], dirs["baseline"], dirs["student"])
+    student = keras.models.load_model(dirs["student"] / STUDENT_CHECKPOINT, compile=False)
     representative = np.random.default_rng(0).uniform(0, 255, (32, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
     (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(student, representative))
     return dirs
@@ -135,14 +146,21 @@ def child(stage: str, paths: dict[str, str]) -> None:
     else:
         from mobiletag.stages import evaluate
 
-        evaluate.run(
+        result = evaluate.run(
             paths["dataset"],
             paths["teacher"],
             paths["student"],
             paths["tflite"],
             paths["thresholds"],
             paths["evaluate"],
+            distilled_dir=paths["distilled"],
+            baseline_dir=paths["baseline"],
         )
+        html = result.files.get("report_html")
+        if html:
+            own = {"report_seconds": result.details["report_html_seconds"], "report_bytes": Path(html).stat().st_size}
+            print(json.dumps({"run_seconds": round(time.perf_counter() - started, 2), **own}))
+            return
     print(json.dumps({"run_seconds": round(time.perf_counter() - started, 2)}))
 
 
@@ -175,8 +193,8 @@ def measure(stage: str, paths: dict[str, str]) -> dict:
     own = json.loads(stdout.strip().splitlines()[-1])
     return {
         "seconds": round(seconds, 2),
-        "run_seconds": own.get("run_seconds", 0.0),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        **own,  # run_seconds; evaluate's report_seconds and report_bytes
     }
 
 
@@ -218,6 +236,12 @@ def table(results: dict[str, dict[str, dict]], ratios: dict[str, dict], sizes: l
         verdict = f"{'met' if g['met'] else 'MISSED'} (RSS x <= {g['rss_goal']}, s x <= {g['seconds_goal']})"
         ratio_text = f"{g['seconds_ratio']:.2f} ({g['run_seconds_ratio']:.2f})"
         lines.append(f"{stage:<20}{cells}{g['rss_ratio']:>8.2f}{ratio_text:>14}   {verdict}")
+    built = [(n, results[str(n)]["evaluate"]) for n in sizes if "report_seconds" in results[str(n)]["evaluate"]]
+    if built:
+        lines.append(
+            "evaluate's report.html (in its run seconds): "
+            + ", ".join(f"N={n} {r['report_seconds']:.1f} s, {r['report_bytes'] / 1e3:.0f} kB" for n, r in built)
+        )
     return "\n".join(lines)
 
 
@@ -241,7 +265,7 @@ def main() -> None:
         work = Path(args.work or tmp)
         names = make_images(work / "images", sizes[-1])
         generated = time.perf_counter() - started
-        models = {name: work / "models" / name for name in ("teacher", "student", "tflite")}
+        models = {name: work / "models" / name for name in MODEL_DIRS}
         measure("models", {"models": str(work / "models")})  # in a child: this process stays small (see measure)
         prepared = time.perf_counter() - started
         print(f"generated {sizes[-1]} images in {generated:.1f} s; models in {prepared - generated:.1f} s", flush=True)

@@ -16,6 +16,7 @@ def evaluate(
     metrics: dsl.Output[dsl.Metrics],
     roc: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.Markdown],
+    report_html: dsl.Output[dsl.HTML],
 ):
     """Evaluates the shipped INT8 model on the test split, beside the float teacher and student.
 
@@ -27,11 +28,14 @@ def evaluate(
         baseline_student: The student trained without the teacher (baseline_skipped.json only when it was off).
         tflite_model: The INT8 model with MediaPipe metadata (mediapipe-package), with MediaPipe's test scores and label sets.
         thresholds: threshold_recommendation.json.
-        evaluation: metrics.json (with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier) and report.md.
+        evaluation: metrics.json, report.md and report.html (metrics.json with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier).
         metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.
         roc: Micro-averaged ROC curve of the INT8 model on the test split.
         report: Per-class table of AP, precision, recall, F1 and threshold.
+        report_html: report.html, one self-contained page: the headline figures, per class the precision-recall curve at the threshold and the score histograms, the worst test errors as thumbnails, training curves, the comparison of teacher, students and INT8 model.
     """
+    import shutil
+
     from mobiletag.stages import evaluate as stage
 
     result = stage.run(
@@ -50,3 +54,4 @@ def evaluate(
     roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
     with open(report.path, "w", encoding="utf-8") as fh:
         fh.write(result.details["report"])
+    shutil.copyfile(result.files["report_html"], report_html.path)

@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"finished in {time.perf_counter() - started:.0f} s\n"
         f"model:   {out / 'model_qat_int8.tflite'} ({metrics['size_bytes']} bytes, "
         f"{metrics['latency_ms']['threads_1']} ms/image on 1 CPU thread)\n"
-        f"report:  {out / 'report.md'}\n"
+        f"report:  {out / 'report.html'} (plots, error gallery), {out / 'report.md'}\n"
         f"metrics: {out / 'metrics.json'}: test macro mAP {test['map_macro']} (float student "
         f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}\n"
         f"log:     {log_path}"

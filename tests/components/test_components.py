@@ -12,6 +12,7 @@ import pytest
 from kfp import dsl
 
 from ..conftest import REPO
+from ..report_checks import CHROMIUM, NO_CHROMIUM
 
 sys.path.insert(0, str(REPO))
 
@@ -150,6 +151,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         metrics=out(dsl.Metrics, "eval_metrics"),
         roc=out(dsl.ClassificationMetrics, "roc"),
         report=out(dsl.Markdown, "report.md"),
+        report_html=out(dsl.HTML, "report.html"),
     )
     bundle.python_func(
         teacher=a["teacher"],
@@ -444,6 +446,7 @@ def test_bundle_component(run):
         "student_best.h5",
         "student_qat.h5",
         "report.md",
+        "report.html",
     }
     assert set(run["output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
     config = json.loads((out / "inference_config.json").read_text())
@@ -467,3 +470,90 @@ def test_publish_and_promote_components(run):
     }
     assert (run["models"] / "LATEST").read_text().strip() == published.version
     assert run["publish_metrics"].metadata["promoted"] == 1.0
+
+
+def _report_arrays(run) -> tuple[dict, np.ndarray, np.ndarray, list[str], dict[str, float]]:
+    evaluation = Path(run["evaluation"].path)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    scores, labels = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
+    paths = json.loads((evaluation / "test_paths.json").read_text())
+    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
+    thresholds = {k: v["threshold"] for k, v in recommendation["classes"].items()}
+    return metrics, scores, labels, paths, thresholds
+
+
+def test_report_html_from_the_run(run):
+    """report.html (issue 28): one PR curve and one histogram per class, the gallery's worst errors,
+    the headline figures of metrics.json, training curves, all inline."""
+    from mobiletag.evaluation.report_html import worst_errors
+
+    from ..report_checks import kinds, parse_report
+
+    evaluation = Path(run["evaluation"].path)
+    html = (evaluation / "report.html").read_text()
+    assert Path(run["report.html"].path).read_text() == html  # the KFP HTML output
+    assert (Path(run["output"].path) / "report.html").read_text() == html  # bundle's copy
+    metrics, scores, labels, paths, thresholds = _report_arrays(run)
+    classes = metrics["classes"]
+    page = parse_report(html)
+    assert page.order == [
+        "Per class: precision-recall and scores around the threshold",
+        "Test errors",
+        "Training",
+        "Comparison",
+    ]
+    with_positives = [c for k, c in enumerate(classes) if labels[:, k].any()]
+    assert kinds(page, "pr-curve") == with_positives
+    assert page.missing_pr == [c for c in classes if c not in with_positives]
+    assert kinds(page, "histogram") == classes
+    expected = []
+    for k, name in enumerate(classes):
+        fp, fn = worst_errors(labels[:, k], scores[:, k], thresholds[name])
+        expected += [("fp", name, str(row)) for row in fp] + [("fn", name, str(row)) for row in fn]
+    got = [(e["data-kind"], e["data-class"], e["data-row"]) for e in page.errors]
+    assert got == expected and len(got) > 0
+    thumbs = [img for img in page.images if img["data-kind"] == "thumb"]
+    assert [img["alt"] for img in thumbs] == [paths[int(row)] for _, _, row in expected]
+    test = metrics["test"]
+    assert page.keys == {  # as metrics.json holds them
+        "test.map_macro": str(test["map_macro"]),
+        "test.map_micro": str(test["map_micro"]),
+        "test.f1_macro": str(test["f1_macro"]),
+        "test.f1_micro": str(test["f1_micro"]),
+        "size_bytes": str(metrics["size_bytes"]),
+        "latency_ms.threads_1": str(metrics["latency_ms"]["threads_1"]),
+        "latency_ms.threads_2": str(metrics["latency_ms"]["threads_2"]),
+        "distillation.shipped": metrics["distillation"]["shipped"],
+        "mediapipe.label_set_agreement": str(metrics["mediapipe"]["label_set_agreement"]),
+    }
+    # teacher (head + fine-tune), both students (warm-up + fine-tune); QAT's folder is not an input of evaluate
+    assert [img["alt"] for img in page.images if img["data-kind"] == "training"] == [
+        "teacher training",
+        "distilled student training",
+        "baseline student training",
+    ]
+    assert "QAT: not given to the evaluate step" in page.notes
+    assert all(img["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for img in page.images)
+    assert page.urls == [img["src"] for img in page.images]  # no link, no script, no stylesheet to fetch
+    assert len(html.encode()) < 1_000_000
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=NO_CHROMIUM)
+def test_report_html_renders_in_headless_chromium(run, tmp_path):
+    """The run's report.html in headless Chromium: no request leaves the file, every image decodes."""
+    from PIL import Image
+
+    from ..report_checks import kinds, parse_report, render
+
+    report = Path(run["report.html"].path)
+    rendered = render(report, tmp_path)
+    page = parse_report(report.read_text())
+    assert rendered.network_urls == []
+    assert rendered.images_loaded == rendered.images_total == len(page.images)
+    assert len(kinds(page, "histogram")) == len(
+        json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["classes"]
+    )
+    with Image.open(rendered.screenshot) as shot:
+        assert shot.size == (1280, 6000)
+        colours = shot.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 100  # plots and thumbnails drew, not a blank page

@@ -26,6 +26,7 @@ CONTRACT = {
     "student_best.h5",
     "student_qat.h5",
     "report.md",
+    "report.html",
 }
 
 

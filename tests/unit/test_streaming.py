@@ -262,8 +262,8 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     _assert_close(metrics["compare"], {k: ranking_metrics(labels, v) for k, v in want_scores.items()}, "compare")
     streamed, _, _ = evaluate.score_test_split(tfrecord_dir, model, teacher, {"student": student})
     np.testing.assert_array_equal(streamed["student_int8"], scores)
-    for name in ("teacher", "student"):
-        np.testing.assert_array_equal(streamed[name], want_scores[name])
+    for name in ("teacher", "student"):  # traced float models: within 1e-5 of eager calls
+        np.testing.assert_allclose(streamed[name], want_scores[name], rtol=0, atol=1e-5)
     saved = np.load(exported["evaluate"] / evaluate.SCORES_FILE)
     assert saved.dtype == np.float32
     np.testing.assert_array_equal(saved, scores)

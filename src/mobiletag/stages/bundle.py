@@ -1,7 +1,7 @@
 """Stage: the output folder of the contract with the app team.
 
 model_qat_int8.tflite, labels.txt, metrics.json, threshold_recommendation.json,
-inference_config.json, teacher_*.h5, student_*.h5 (+ report.md). Written to a temporary
+inference_config.json, teacher_*.h5, student_*.h5 (+ report.md, report.html). Written to a temporary
 sibling and renamed, so a folder that exists is complete.
 """
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mobiletag.evaluation.mediapipe import has_mediapipe_results
+from mobiletag.evaluation.report_html import REPORT_HTML
 from mobiletag.export.inference_config import build_inference_config
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.export.mediapipe import inference_config_entry
@@ -55,6 +56,7 @@ def run(
             "labels.txt": Path(tflite_dir) / "labels.txt",
             METRICS_FILE: Path(eval_dir) / METRICS_FILE,
             REPORT_FILE: Path(eval_dir) / REPORT_FILE,
+            REPORT_HTML: Path(eval_dir) / REPORT_HTML,
             THRESHOLDS_FILE: Path(thresholds_dir) / THRESHOLDS_FILE,
             TEACHER_CHECKPOINT: Path(teacher_dir) / TEACHER_CHECKPOINT,
             STUDENT_CHECKPOINT: Path(student_dir) / STUDENT_CHECKPOINT,

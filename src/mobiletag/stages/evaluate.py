@@ -15,16 +15,27 @@ import tf_keras as keras
 from sklearn.metrics import roc_curve
 
 from mobiletag.config import ThresholdsConfig
+from mobiletag.data.tfrecords import originals_of
+from mobiletag.errors import DataError
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
 from mobiletag.evaluation.mediapipe import has_mediapipe_results, load_mediapipe_results, markdown_line, mediapipe_block
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
-from mobiletag.export.inference_config import Scorer, stream_scores
+from mobiletag.evaluation.report_html import (
+    REPORT_HTML,
+    ReadOriginal,
+    ReportData,
+    Training,
+    read_training,
+    write_report,
+)
+from mobiletag.export.inference_config import EVAL_BATCH, Scorer, stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.models.student import preprocess
 from mobiletag.stages.common import (
     METRICS_FILE,
     REPORT_FILE,
     STUDENT_CHECKPOINT,
+    STUDENT_METRICS,
     TEACHER_CHECKPOINT,
     THRESHOLDS_FILE,
     StageResult,
@@ -32,6 +43,7 @@ from mobiletag.stages.common import (
     read_json,
     write_json,
 )
+from mobiletag.stages.optimize_thresholds import VAL_LABELS_FILE, VAL_SCORES_FILE
 from mobiletag.stages.select_student import BASELINE, DISTILLED, SELECTION_FILE
 
 log = logging.getLogger(__name__)
@@ -42,33 +54,54 @@ LABELS_FILE = "test_labels.npy"  # [N, C] uint8 (0/1)
 PATHS_FILE = "test_paths.json"  # the N original file paths, a JSON list
 
 
-def keras_scorer(model: keras.Model, normalise: bool) -> tuple[int, Scorer]:
+def keras_scorer(model: keras.Model, normalise: bool, batch_size: int = EVAL_BATCH) -> tuple[int, Scorer]:
     """A float Keras model's input size and its scorer. ``normalise``: apply the student's
     preprocessing (the teacher takes raw pixels).
 
-    Eager calls, as before streaming: a traced function (tf.function) is ~10x faster at toy
-    sizes, where the per-call overhead dominates, but its fused kernels round differently
-    (about 1e-7), which reorders tied scores and moved a random-weight model's mAP in the 4th
-    decimal; at production sizes the forward pass dominates and tracing gains little.
+    The forward pass is traced once (tf.function over a fixed [batch_size, size, size, 3]
+    float32 input; a shorter batch is padded with zeros and its padding rows dropped): eager
+    calls cost ~10x more per batch at small input sizes. The traced graph's fused kernels round
+    differently from eager execution (scores within 1e-5 of the eager ones,
+    tests/unit/test_report_html.py), which can swap tied scores: figures computed from them
+    agree with eager ones to the 4th decimal, not bit for bit.
     """
+    size = int(model.input_shape[1])
+
+    @tf.function(input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.float32)])
+    def forward(batch: tf.Tensor) -> tf.Tensor:
+        logits = model(preprocess(batch) if normalise else batch, training=False)
+        return tf.sigmoid(tf.cast(logits, tf.float32))
 
     def scores(pixels: np.ndarray) -> np.ndarray:
-        batch = tf.constant(pixels.astype(np.float32))
-        logits = model(preprocess(batch) if normalise else batch, training=False)
-        return tf.sigmoid(tf.cast(logits, tf.float32)).numpy()
+        out = []
+        for start in range(0, len(pixels), batch_size):
+            chunk = pixels[start : start + batch_size]
+            batch = np.zeros((batch_size, size, size, 3), np.float32)
+            batch[: len(chunk)] = chunk
+            out.append(forward(tf.constant(batch)).numpy()[: len(chunk)])
+        if not out:
+            return np.zeros((0, int(model.output_shape[-1])), np.float32)
+        return np.concatenate(out)
 
-    return model.input_shape[1], scores
+    return size, scores
 
 
 def score_test_split(
-    dataset_dir: str | Path, tflite: TFLiteModel, teacher: keras.Model, students: dict[str, keras.Model]
+    dataset_dir: str | Path,
+    tflite: TFLiteModel,
+    teacher: keras.Model,
+    students: dict[str, keras.Model],
+    student_scorers: dict[str, tuple[int, Scorer]] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """The test split's scores per model ("student_int8", "teacher" and each named float student),
-    labels, paths: one pass over the split."""
+    labels, paths: one pass over the split. ``student_scorers``: the students' scorers when the
+    caller has them already (each traces its model once; validation reuses them)."""
+    if student_scorers is None:
+        student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
     scorers = {
         "student_int8": (tflite.image_size, tflite.predict_batch),
         "teacher": keras_scorer(teacher, normalise=False),
-        **{name: keras_scorer(model, normalise=True) for name, model in students.items()},
+        **student_scorers,
     }
     return stream_scores(dataset_dir, "test", scorers)
 
@@ -94,6 +127,84 @@ def float_students(
     return students, read_json(selection_file)
 
 
+def training_histories(
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    distilled_dir: str | Path | None,
+    baseline_dir: str | Path | None,
+    qat_dir: str | Path | None,
+    selection: dict[str, Any] | None,
+) -> dict[str, Training]:
+    """Each model's training, from the metrics files in the model folders evaluate reads (QAT's
+    only when ``qat_dir`` is given)."""
+    from mobiletag.stages.quantize import METRICS as QAT_METRICS
+    from mobiletag.stages.train_teacher import METRICS as TEACHER_METRICS
+
+    student_phases = {"warm-up": "warmup_history", "fine-tune": "history"}
+    training: dict[str, Training] = {
+        "teacher": read_training(
+            teacher_dir, TEACHER_METRICS, {"head": "history.phase_a", "fine-tune": "history.phase_b"}, "teacher"
+        )
+    }
+    if selection is None:
+        training["student"] = read_training(student_dir, STUDENT_METRICS, student_phases, "student")
+    else:
+        for name, folder in ((DISTILLED, distilled_dir), (BASELINE, baseline_dir)):
+            training[f"{name} student"] = read_training(folder, STUDENT_METRICS, student_phases, f"{name} student")
+    training["QAT"] = read_training(qat_dir, QAT_METRICS, {"QAT": "history"}, "QAT")
+    return training
+
+
+def _val_scores(thresholds_dir: str | Path) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """optimize_thresholds' validation scores and labels of the INT8 model, or why there are none."""
+    folder = Path(thresholds_dir)
+    if not (folder / VAL_SCORES_FILE).is_file():
+        return None, None, f"optimize_thresholds saved no {VAL_SCORES_FILE} in {folder}"
+    try:
+        return np.load(folder / VAL_SCORES_FILE), np.load(folder / VAL_LABELS_FILE), ""
+    except (OSError, ValueError) as exc:
+        return None, None, f"{VAL_SCORES_FILE} or {VAL_LABELS_FILE} in {folder} cannot be read ({exc})"
+
+
+def build_html_report(
+    out: Path,
+    metrics: dict[str, Any],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    paths: list[str],
+    thresholds: dict[str, float],
+    dataset_dir: str | Path,
+    thresholds_dir: str | Path,
+    training: dict[str, Training],
+) -> Path:
+    """report.html in ``out``, from the arrays evaluate computed and the files beside them."""
+    val_scores, val_labels, val_missing = _val_scores(thresholds_dir)
+    if val_scores is not None and (val_labels is None or val_scores.shape != val_labels.shape):
+        val_scores, val_labels, val_missing = None, None, "scores and labels of different shapes"
+    read_original: ReadOriginal | None = None
+    missing = ""
+    try:
+        originals = originals_of(dataset_dir, "test")
+        read_original = lambda row: originals[row].read_bytes()  # noqa: E731
+    except DataError as exc:
+        missing = str(exc)
+    data = ReportData(
+        metrics=metrics,
+        classes=metrics["classes"],
+        thresholds=thresholds,
+        test_scores=scores,
+        test_labels=labels,
+        test_paths=paths,
+        val_scores=val_scores,
+        val_labels=val_labels,
+        val_missing=val_missing,
+        training=training,
+        read_original=read_original,
+        originals_missing=missing,
+    )
+    return write_report(data, out / REPORT_HTML)
+
+
 def run(
     dataset_dir: str | Path,
     teacher_dir: str | Path,
@@ -104,12 +215,14 @@ def run(
     *,
     distilled_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
+    qat_dir: str | Path | None = None,
 ) -> StageResult:
     """Test metrics of the INT8 model, the float models beside it; with ``distilled_dir`` (and
     select-student's selection.json in ``student_dir``) the "distillation" block; when
     ``tflite_dir`` is mediapipe-package's folder (the model with metadata and MediaPipe's test
     results beside it) the "mediapipe" block: the same figures through MediaPipe Tasks'
-    ImageClassifier."""
+    ImageClassifier. report.html shows it all with plots; training curves come from the model
+    folders' metrics files (QAT's with ``qat_dir``)."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +234,8 @@ def run(
 
     teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
     students, selection = float_students(student_dir, distilled_dir, baseline_dir)
-    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students)
+    student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
+    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students, student_scorers)
     scores = all_scores["student_int8"]
     test = classification_metrics(labels, scores, facts.classes, thresholds)
     shipped = "student" if selection is None else selection["shipped"]
@@ -143,9 +257,7 @@ def run(
     report = markdown_report(metrics)
     if selection is not None:
         # both float students on validation too (the block's figures at each one's own thresholds)
-        val, val_labels, _ = stream_scores(
-            dataset_dir, "val", {name: keras_scorer(model, normalise=True) for name, model in students.items()}
-        )
+        val, val_labels, _ = stream_scores(dataset_dir, "val", student_scorers)
         lo, hi, step = recommendation["grid"]
         block = distillation_block(
             classes=facts.classes,
@@ -184,6 +296,11 @@ def run(
     np.save(out / SCORES_FILE, scores.astype(np.float32))
     np.save(out / LABELS_FILE, labels.astype(np.uint8))
     write_json(out / PATHS_FILE, paths)
+    report_started = time.perf_counter()
+    training = training_histories(teacher_dir, student_dir, distilled_dir, baseline_dir, qat_dir, selection)
+    html = build_html_report(out, metrics, labels, scores, paths, thresholds, dataset_dir, thresholds_dir, training)
+    report_seconds = round(time.perf_counter() - report_started, 2)
+    log.info("report: %s (%d bytes, %.1f s)", html, html.stat().st_size, report_seconds)
     log.info(
         "test: macro mAP %.4f (float student %.4f, teacher %.4f), micro F1 %.4f, %d bytes, %.2f ms/img",
         test["map_macro"] or 0,
@@ -222,6 +339,10 @@ def run(
     roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
     return StageResult(
         metrics=scalars,
-        files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE)},
-        details={"roc": roc, "report": (out / REPORT_FILE).read_text(encoding="utf-8")},
+        files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE), "report_html": str(html)},
+        details={
+            "roc": roc,
+            "report": (out / REPORT_FILE).read_text(encoding="utf-8"),
+            "report_html_seconds": report_seconds,
+        },
     )

@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mobiletag.config import Config
 from mobiletag.evaluation.thresholds import optimize_thresholds
 from mobiletag.export.inference_config import stream_scores
@@ -13,6 +15,9 @@ from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, write_json
 
 log = logging.getLogger(__name__)
+
+VAL_SCORES_FILE = "val_scores.npy"  # [N, C] float32: the INT8 model's validation probabilities (report.html)
+VAL_LABELS_FILE = "val_labels.npy"  # [N, C] uint8 (0/1)
 
 
 def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir: str | Path) -> StageResult:
@@ -26,6 +31,8 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
     result["model"] = MODEL_FILE
     result["split"] = "val"
     write_json(out / THRESHOLDS_FILE, result)
+    np.save(out / VAL_SCORES_FILE, scores["int8"].astype(np.float32))
+    np.save(out / VAL_LABELS_FILE, labels.astype(np.uint8))
     f1 = [c["f1"] for c in result["classes"].values() if c["support"] > 0]
     metrics = {"val_f1_macro_at_thresholds": round(sum(f1) / len(f1), 4) if f1 else 0.0}
     log.info(
