@@ -15,6 +15,7 @@ import tf_keras as keras
 from sklearn.metrics import roc_curve
 
 from mobiletag.config import ThresholdsConfig
+from mobiletag.data.originals import read_original as read_checked_original
 from mobiletag.data.tfrecords import originals_of
 from mobiletag.errors import DataError
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
@@ -185,7 +186,7 @@ def build_html_report(
     missing = ""
     try:
         originals = originals_of(dataset_dir, "test")
-        read_original = lambda row: originals[row].read_bytes()  # noqa: E731
+        read_original = lambda row: read_checked_original(originals[row])  # noqa: E731
     except DataError as exc:
         missing = str(exc)
     data = ReportData(
