@@ -250,6 +250,7 @@ def mobiletag_pipeline(
         student=selected.outputs["model"],
         distilled_student=student.outputs["model"],
         baseline_student=baseline.outputs["model"],
+        qat_model=qat.outputs["model"],
         tflite_model=packaged.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
     ).set_display_name("evaluate")

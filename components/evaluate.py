@@ -10,6 +10,7 @@ def evaluate(
     student: dsl.Input[dsl.Model],
     distilled_student: dsl.Input[dsl.Model],
     baseline_student: dsl.Input[dsl.Model],
+    qat_model: dsl.Input[dsl.Model],
     tflite_model: dsl.Input[dsl.Model],
     thresholds: dsl.Input[dsl.Artifact],
     evaluation: dsl.Output[dsl.Artifact],
@@ -26,6 +27,7 @@ def evaluate(
         student: The float student that shipped (select-student: its checkpoint and selection.json), for comparison.
         distilled_student: The distilled student, for the "distillation" block.
         baseline_student: The student trained without the teacher (baseline_skipped.json only when it was off).
+        qat_model: The QAT student (quantize), for its training curve in the report.
         tflite_model: The INT8 model with MediaPipe metadata (mediapipe-package), with MediaPipe's test scores and label sets.
         thresholds: threshold_recommendation.json.
         evaluation: metrics.json, report.md and report.html (metrics.json with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier).
@@ -47,6 +49,7 @@ def evaluate(
         evaluation.path,
         distilled_dir=distilled_student.path,
         baseline_dir=baseline_student.path,
+        qat_dir=qat_model.path,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

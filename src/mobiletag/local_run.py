@@ -123,7 +123,7 @@ def run_pipeline(
         stage("mediapipe_package", mediapipe_package.run, d["dataset"], d["tflite"], d["thresholds"], d["mediapipe"])
         stage(
             "evaluate",
-            partial(evaluate.run, distilled_dir=d["student"], baseline_dir=d["baseline"]),
+            partial(evaluate.run, distilled_dir=d["student"], baseline_dir=d["baseline"], qat_dir=d["qat"]),
             d["dataset"],
             d["teacher"],
             d["selected"],

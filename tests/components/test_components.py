@@ -145,6 +145,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         student=a["selected"],
         distilled_student=a["student"],
         baseline_student=a["baseline"],
+        qat_model=a["qat"],
         tflite_model=a["packaged"],
         thresholds=a["thresholds"],
         evaluation=out(dsl.Artifact, "evaluation"),
@@ -526,13 +527,14 @@ def test_report_html_from_the_run(run):
         "distillation.shipped": metrics["distillation"]["shipped"],
         "mediapipe.label_set_agreement": str(metrics["mediapipe"]["label_set_agreement"]),
     }
-    # teacher (head + fine-tune), both students (warm-up + fine-tune); QAT's folder is not an input of evaluate
+    # teacher (head + fine-tune), both students (warm-up + fine-tune), QAT
     assert [img["alt"] for img in page.images if img["data-kind"] == "training"] == [
         "teacher training",
         "distilled student training",
         "baseline student training",
+        "QAT training",
     ]
-    assert "QAT: not given to the evaluate step" in page.notes
+    assert not any("QAT" in note for note in page.notes)
     assert all(img["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for img in page.images)
     assert page.urls == [img["src"] for img in page.images]  # no link, no script, no stylesheet to fetch
     assert len(html.encode()) < 1_000_000

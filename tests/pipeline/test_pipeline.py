@@ -282,12 +282,23 @@ def test_training_steps_get_their_gpu_count_and_the_run_id_outside_the_cache_key
 
 
 def test_training_pods_get_the_run_id_from_their_label(compiled):
+    """The training steps keep their backups under the run id; bundle deletes them under the same one."""
     platform = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for task in sorted(GPU_TASKS):
+    for task in sorted(GPU_TASKS | {"bundle"}):
         config = platform[_executor(compiled, task)[0]]
         assert config["fieldPathAsEnv"] == [
             {"name": "MOBILETAG_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}
         ], task
+
+
+def test_bundle_gets_the_backup_prefix_and_gpu_steps_no_node_pool_by_default(compiled):
+    root = compiled[0]["root"]
+    assert root["dag"]["tasks"]["bundle"]["inputs"]["parameters"]["backup_uri"] == {
+        "componentInputParameter": "backup_uri"
+    }
+    params = root["inputDefinitions"]["parameters"]
+    assert params["gpu_node_pool"]["defaultValue"] == ""
+    assert params["gpu_max_pending_minutes"]["defaultValue"] == 60
 
 
 def test_resource_placeholders_name_string_parameters(compiled):
