@@ -267,8 +267,8 @@ def test_early_stopping_after_a_restart_starts_from_the_restored_best(tmp_path):
 
     checkpoint = tmp_path / "student_best.h5"
     checkpoint.write_bytes(b"h5")
-    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 3}))
-    restored = BestCheckpoint(None, checkpoint, resume=True)
+    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 3, "phase": "student"}))
+    restored = BestCheckpoint(None, checkpoint, resume=True, phase="student")
     stopping = ResumableEarlyStopping(restored, patience=2)
     stopping.set_model(keras.Sequential())
     stopping.on_train_begin()
