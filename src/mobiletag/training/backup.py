@@ -156,7 +156,7 @@ class Backup:
     have nothing to copy). For a gs:// prefix, ``local_dir`` is a new private temporary folder
     (under ``local_root`` if given, else the system's temporary folder), removed by
     ``close()``, at the end of a ``with`` block, or when the object is garbage collected;
-    the remote backup stays until ``clear()``.
+    the remote backup stays until ``clear()`` or ``clear_run``.
 
     Typical use in a stage::
 
