@@ -15,7 +15,7 @@ import pytest
 from mobiletag import storage
 from mobiletag.config import load_config
 from mobiletag.errors import StorageError
-from mobiletag.progress import TEACHER_WARM_UP
+from mobiletag.progress import STUDENT_WARM_UP, TEACHER_WARM_UP
 from mobiletag.training.backup import Backup, backup_prefix
 
 from ..conftest import REPO, TINY
@@ -62,25 +62,30 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-_TEACHER_IN_A_PROCESS = """
+_STAGE_IN_A_PROCESS = """
 import dataclasses, json, sys
 from mobiletag.config import load_config
-from mobiletag.stages import train_teacher
+from mobiletag.stages import train_student, train_teacher
+stage = {"teacher": train_teacher, "student": train_student}[sys.argv[1]]
 fits = {}
-real = train_teacher.fit
+real = stage.fit
 def recording(*args, name, **kwargs):
     result = real(*args, name=name, **kwargs)
     fits[name] = dataclasses.asdict(result)
     return result
-train_teacher.fit = recording
-backup = dict(backup_uri=sys.argv[4], run_id=sys.argv[5]) if len(sys.argv) > 4 else {}
-result = train_teacher.run(load_config(sys.argv[1]), sys.argv[2], sys.argv[3], **backup)
+stage.fit = recording
+config, dataset, out = load_config(sys.argv[2]), sys.argv[3], sys.argv[4]
+backup = dict(backup_uri=sys.argv[5], run_id=sys.argv[6]) if len(sys.argv) > 5 else {}
+if stage is train_teacher:
+    result = stage.run(config, dataset, out, **backup)
+else:  # student.alpha 1: no teacher is read
+    result = stage.run(config, dataset, "no-teacher", out, **backup)
 print("FITS " + json.dumps({"fits": fits, "metrics": result.metrics}))
 """
 
 
-def _teacher_process(config, dataset_dir: Path, out: Path, *backup: str) -> dict[str, Any]:
-    """The teacher stage in a process of its own, as the pipeline runs it (the first training of a process
+def _stage_process(stage: str, config, dataset_dir: Path, out: Path, *backup: str) -> dict[str, Any]:
+    """A training stage in a process of its own, as the pipeline runs it (the first training of a process
     and a later one in the same process do not give the same weights); its fits' results and metrics."""
     import subprocess
     import sys
@@ -88,10 +93,24 @@ def _teacher_process(config, dataset_dir: Path, out: Path, *backup: str) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     config_file = out.parent / f"{out.name}.yaml"
     config_file.write_text(config.to_yaml())
-    args = [sys.executable, "-c", _TEACHER_IN_A_PROCESS, str(config_file), str(dataset_dir), str(out), *backup]
+    args = [sys.executable, "-c", _STAGE_IN_A_PROCESS, stage, str(config_file), str(dataset_dir), str(out), *backup]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.split("FITS ")[1])
+
+
+def _same_fits(off: dict[str, Any], on: dict[str, Any], names: tuple[str, ...]) -> None:
+    assert set(off["fits"]) == set(on["fits"]) == set(names)
+    for name in names:
+        a, b = off["fits"][name], on["fits"][name]
+        for key in ("epochs_run", "best_epoch", "best_val_map", "history"):
+            assert b[key] == a[key], (name, key)
+
+
+def _same_h5(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 100
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)  # bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +122,8 @@ def teacher_runs(tfrecord_dir, tmp_path_factory) -> dict[str, Any]:
     return {
         "config": config,
         "backup_uri": backup_uri,
-        "off": _teacher_process(config, tfrecord_dir, root / "off"),
-        "on": _teacher_process(config, tfrecord_dir, root / "on", backup_uri, "run-1"),
+        "off": _stage_process("teacher", config, tfrecord_dir, root / "off"),
+        "on": _stage_process("teacher", config, tfrecord_dir, root / "on", backup_uri, "run-1"),
         "off_dir": root / "off",
         "on_dir": root / "on",
     }
@@ -119,22 +138,38 @@ def test_teacher_phase_b_trains_the_same_with_backups_on_and_off(teacher_runs):
     (the backup folder it had just created counted as a backup to resume): its early stopping started from
     the warm-up's mAP and its best_epoch was the warm-up's."""
     off, on = teacher_runs["off"], teacher_runs["on"]
-    assert set(off["fits"]) == set(on["fits"]) == {TEACHER_WARM_UP, PHASE_B}
-    for name in (TEACHER_WARM_UP, PHASE_B):
-        a, b = off["fits"][name], on["fits"][name]
-        for key in ("epochs_run", "best_epoch", "best_val_map", "history"):
-            assert b[key] == a[key], (name, key)
+    _same_fits(off, on, (TEACHER_WARM_UP, PHASE_B))
     assert off["fits"][TEACHER_WARM_UP]["epochs_run"] == 1
     # phase B's first epoch improves on nothing yet (-inf) for early stopping: it never stops after it
     assert off["fits"][PHASE_B]["epochs_run"] == 2
     for key in ("val_map", "epochs_phase_a", "epochs_phase_b"):
         assert on["metrics"][key] == off["metrics"][key], key
-    w_off, w_on = (
-        _weights(teacher_runs["off_dir"] / "teacher_best.h5"),
-        _weights(teacher_runs["on_dir"] / "teacher_best.h5"),
-    )
-    assert w_off.keys() == w_on.keys() and len(w_off) > 100
-    assert all(np.array_equal(w_off[k], w_on[k]) for k in w_off)  # bit for bit
+    _same_h5(teacher_runs["off_dir"] / "teacher_best.h5", teacher_runs["on_dir"] / "teacher_best.h5")
+
+
+@pytest.mark.slow
+def test_student_fine_tuning_after_its_warm_up_trains_the_same_with_backups_on_and_off(tfrecord_dir, tmp_path):
+    """The baseline student (alpha 1: no teacher), from the ImageNet backbone: warm-up, then fine-tuning at
+    learning rate 0 with frozen BatchNormalization statistics, so the fine-tuning never beats the warm-up
+    (with a real rate it did here from its first epoch, and both ways agreed by chance). With backups on,
+    the fine-tuning once took the warm-up's epoch as its best_epoch."""
+    student = {
+        "weights": "imagenet",
+        "alpha": 1.0,
+        "warmup_epochs": 1,
+        "epochs": 2,
+        "early_stopping_patience": 1,
+        "learning_rate": 0.0,
+        "batch_norm_momentum": 1.0,
+    }
+    config = load_config(REPO / "configs" / "fast.yaml", TINY, {"student": student})
+    off = _stage_process("student", config, tfrecord_dir, tmp_path / "off")
+    on = _stage_process("student", config, tfrecord_dir, tmp_path / "on", str(tmp_path / "backups"), "run-1")
+    _same_fits(off, on, (STUDENT_WARM_UP, "student"))
+    assert (off["metrics"]["epochs_warmup"], off["metrics"]["epochs"]) == (1, 2)
+    assert off["fits"]["student"]["best_epoch"] == -1
+    assert on["metrics"]["val_map"] == off["metrics"]["val_map"]
+    _same_h5(tmp_path / "off" / "student_best.h5", tmp_path / "on" / "student_best.h5")
 
 
 # === A pod lost after the stage wrote its outputs ===
