@@ -113,7 +113,9 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
 
     student = dataclasses.replace(tiny_config.student, warmup_epochs=1, epochs=0, weights="imagenet")
     config = tiny_config.replace(student=student)
-    result = train_student.run(config, tfrecord_dir, teacher_dir, tmp_path / "student")
+    result = train_student.run(
+        config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
+    )
     assert result.metrics["epochs_warmup"] == 1 and result.metrics["epochs"] == 0
     trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
     reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)

@@ -118,7 +118,8 @@ def test_the_switch_is_the_datasets_determinism_option(sharded_dir):
 def _student(config, dataset_dir, teacher_dir, out):
     from mobiletag.stages import train_student
 
-    result = train_student.run(config, dataset_dir, teacher_dir, out)
+    # backups on, as on a cluster: a local folder beside the output
+    result = train_student.run(config, dataset_dir, teacher_dir, out, backup_uri=f"{out}-backups", run_id="run-1")
     return result, _weights(out / "student_best.h5"), json.loads((out / "student_metrics.json").read_text())
 
 
@@ -143,7 +144,7 @@ import h5py
 from mobiletag.config import load_config
 from mobiletag.stages import train_student
 config = load_config(sys.argv[1])
-train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4])
+train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_uri=sys.argv[4] + "-backups", run_id="run-1")
 digest = hashlib.sha256()
 with h5py.File(sys.argv[4] + "/student_best.h5") as fh:
     fh["model_weights"].visititems(lambda n, o: digest.update(o[()].tobytes()) if isinstance(o, h5py.Dataset) else None)

@@ -267,8 +267,8 @@ def test_early_stopping_after_a_restart_starts_from_the_restored_best(tmp_path):
 
     checkpoint = tmp_path / "student_best.h5"
     checkpoint.write_bytes(b"h5")
-    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 3}))
-    restored = BestCheckpoint(None, checkpoint, resume=True)
+    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 3, "phase": "student"}))
+    restored = BestCheckpoint(None, checkpoint, resume=True, phase="student")
     stopping = ResumableEarlyStopping(restored, patience=2)
     stopping.set_model(keras.Sequential())
     stopping.on_train_begin()
@@ -278,3 +278,68 @@ def test_early_stopping_after_a_restart_starts_from_the_restored_best(tmp_path):
     fresh = ResumableEarlyStopping(BestCheckpoint(None, tmp_path / "other.h5", best=0.9), patience=2)
     fresh.on_train_begin()
     assert fresh.best == -np.inf  # a new phase or run starts from scratch, as Keras' own
+
+
+def test_a_sidecar_of_an_earlier_phase_is_not_taken_back(tmp_path):
+    import json
+
+    from mobiletag.training.fit import BestCheckpoint
+
+    checkpoint = tmp_path / "teacher_best.h5"
+    checkpoint.write_bytes(b"h5")
+    checkpoint.with_suffix(".best.json").write_text(json.dumps({"val_map": 0.8, "epoch": 2, "phase": "warm-up"}))
+    phase_b = BestCheckpoint(None, checkpoint, best=0.8, resume=True, phase="phase B")
+    assert (phase_b.restored, phase_b.best, phase_b.best_epoch) == (False, 0.8, -1)
+    warm_up = BestCheckpoint(None, checkpoint, resume=True, phase="warm-up")
+    assert (warm_up.restored, warm_up.best, warm_up.best_epoch) == (True, 0.8, 2)
+
+
+def test_a_fresh_phase_trains_the_same_with_backups_on_and_off(tmp_path):
+    """Two phases sharing one best checkpoint, the second at learning rate 0 (its mAP never beats the
+    first's). With backups on, the second phase once counted the folder just made for its backup as one
+    to resume: it took the first phase's best epoch and started its patience from the first phase's mAP."""
+    from mobiletag.training.backup import Backup
+    from mobiletag.training.fit import fit
+
+    images, labels = _batch(n=8)
+    train = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    val = tf.data.Dataset.from_tensors((images, labels))
+
+    def two_phases(root, backups: bool):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input(images.shape[1:])
+        model = keras.Model(inputs, keras.layers.Dense(labels.shape[1])(keras.layers.GlobalAveragePooling2D()(inputs)))
+        trainer = Trainer(model)
+        backup = Backup(str(root / "backup") if backups else None)
+        best = backup.folder("best") or root
+        results = []
+        for name, rate in (("phase A", 0.01), ("phase B", 0.0)):
+            trainer.compile(optimizer=keras.optimizers.SGD(rate))
+            results.append(
+                fit(
+                    trainer,
+                    train,
+                    val,
+                    name=name,
+                    epochs=3,
+                    steps_per_epoch=2,
+                    batch_size=8,
+                    checkpoint=best / "best.h5",
+                    backup_dir=backup.folder(name.replace(" ", "_")),
+                    patience=1,
+                    best_so_far=results[0].best_val_map if results else -math.inf,
+                    backup=backup,
+                )
+            )
+        return results
+
+    off, on = two_phases(tmp_path / "off", False), two_phases(tmp_path / "on", True)
+    assert off[0].best_epoch >= 0 and off[1].best_val_map == off[0].best_val_map
+    assert (off[1].epochs_run, off[1].best_epoch) == (2, -1)  # early stopping after one epoch without gain
+    for a, b in zip(off, on):
+        assert (b.epochs_run, b.best_epoch, b.best_val_map, b.history) == (
+            a.epochs_run,
+            a.best_epoch,
+            a.best_val_map,
+            a.history,
+        )

@@ -29,6 +29,7 @@ from mobiletag.stages.common import (
     read_json,
     write_json,
 )
+from mobiletag.training.backup import clear_run, run_prefix
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,18 @@ def run(
     thresholds_dir: str | Path,
     eval_dir: str | Path,
     out_dir: str | Path,
+    *,
+    backup_uri: str | None = None,
+    run_id: str = "",
 ) -> StageResult:
+    """Write the output folder, then delete the run's training backups (``<backup_uri>/<run_id>/``).
+
+    The training stages leave their backups in place: every training output is stored by the
+    time this stage runs (it reads them), so nothing there is needed any more. With
+    ``backup_uri`` empty or None there is nothing to delete.
+    """
     started = time.perf_counter()
+    run_prefix(backup_uri, run_id)  # an empty run id with backups on fails here, before any work
     out = Path(out_dir)
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,6 +89,7 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("output folder: %s", out)
+    clear_run(backup_uri, run_id)
     files = sorted(p.name for p in out.iterdir())
     return StageResult(
         files={name: str(out / name) for name in files},

@@ -125,8 +125,8 @@ def run(
             patience=0,
         )
         final = out / CHECKPOINT
+        # the backup stays: it is cleared by the bundle stage, once the outputs that replace it are stored
         _, val_map = best_model(qat_model, checkpoint, val_ds, preprocess, load=load_qat_model, save_to=final)
-        backup.clear()
         metrics = {
             "val_map": round(val_map, 4),
             "val_map_float_student": round(float_map, 4),

@@ -194,11 +194,12 @@ def _train(
                 name=STUDENT_WARM_UP,
                 epochs=warmup_epochs,
                 backup_dir=backup.folder("warmup"),
+                mark_done=False,  # fit_phase_once stores the result with the weights
                 **fit_args,
             )
 
         warmed = fit_phase_once(student, backup, "warmup_done", warm_up, STUDENT_WARM_UP)
-        best_so_far = warmed.best_val_map if warmed else -math.inf
+        best_so_far = warmed.best_val_map  # the fine-tuning saves a checkpoint only when it beats the warm-up
     train_head_only(student, False)
     total = cfg.epochs * steps
     dev.compile(trainer, cosine_schedule(lr, total, warmup_steps(cfg.lr_warmup_epochs, steps, total)))
@@ -213,12 +214,12 @@ def _train(
         **fit_args,
     )
     final = out / CHECKPOINT
+    # the backup stays: it is cleared by the bundle stage, once the outputs that replace it are stored
     best, val_map = best_model(student, checkpoint, val_ds, preprocess, save_to=final)  # float32
-    backup.clear()
     metrics = {
         "val_map": round(val_map, 4),
         "train_images_per_second": round(result.train_images_per_second, 2),
-        "epochs_warmup": warmed.epochs_run if warmed else warmup_epochs,
+        "epochs_warmup": warmed.epochs_run if warmed else 0,
         "epochs": result.epochs_run,
         "replicas": dev.strategy.num_replicas_in_sync,
         "params": int(best.count_params()),

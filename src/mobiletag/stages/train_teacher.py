@@ -129,6 +129,7 @@ def _train(
             name=TEACHER_WARM_UP,
             epochs=cfg.warmup_epochs,
             backup_dir=backup.folder("phase_a"),
+            mark_done=False,  # fit_phase_once stores the result with the weights
             **fit_args,
         )
 
@@ -146,7 +147,6 @@ def _train(
     )
     total_b = cfg.fine_tune_epochs * steps
     dev.compile(trainer, cosine_schedule(lr_b, total_b, warmup_steps(cfg.lr_warmup_epochs, steps, total_b)))
-    best_a = result_a.best_val_map if result_a else -float("inf")
     result_b = fit(
         trainer,
         train_ds,
@@ -154,19 +154,17 @@ def _train(
         name="teacher phase B",
         epochs=cfg.fine_tune_epochs,
         backup_dir=backup.folder("phase_b"),
-        best_so_far=best_a,
+        best_so_far=result_a.best_val_map,  # phase B saves a checkpoint only when it beats phase A
         **fit_args,
     )
 
     final = out / CHECKPOINT
+    # the backup stays: it is cleared by the bundle stage, once the outputs that replace it are stored
     _, val_map = best_model(model, checkpoint, val_ds, save_to=final)  # float32, whatever the policy
-    backup.clear()
     metrics = {
         "val_map": round(val_map, 4),
-        "train_images_per_second": round(
-            result_b.train_images_per_second or (result_a.train_images_per_second if result_a else 0.0), 2
-        ),
-        "epochs_phase_a": result_a.epochs_run if result_a else cfg.warmup_epochs,
+        "train_images_per_second": round(result_b.train_images_per_second or result_a.train_images_per_second, 2),
+        "epochs_phase_a": result_a.epochs_run,
         "epochs_phase_b": result_b.epochs_run,
         "replicas": dev.strategy.num_replicas_in_sync,
         "seconds": round(time.perf_counter() - started, 1),
@@ -181,7 +179,7 @@ def _train(
             "precision_policy": dev.policy,
             "jit_compile": dev.jit_compile,
             "learning_rates": {"phase_a": lr_a, "phase_b": lr_b},
-            "history": {"phase_a": result_a.history if result_a else {}, "phase_b": result_b.history},
+            "history": {"phase_a": result_a.history, "phase_b": result_b.history},
         },
     )
     log.info("teacher: validation mAP %.4f (%s)", val_map, final)

@@ -87,12 +87,54 @@ def backup_prefix(backup_uri: str | None, run_id: str, task: str) -> str | None:
     ``pathlib``, which turns ``gs://b`` into ``gs:/b``). ``run_id`` and ``task`` go through
     ``safe_segment``; an empty run id is an error rather than a shared default.
     """
+    prefix = run_prefix(backup_uri, run_id)
+    return None if prefix is None else storage.join(prefix, safe_segment(task, "task name"))
+
+
+def run_prefix(backup_uri: str | None, run_id: str) -> str | None:
+    """``<backup_uri>/<run_id>``: the backups of every task of one run, or None when backups are off.
+
+    Raises:
+        StorageError: ``backup_uri`` is set and ``run_id`` is empty or an unresolved placeholder
+            (see ``safe_segment``), or a gs:// URI names no bucket.
+    """
     if not backup_uri or not backup_uri.strip():
         return None
     backup_uri = backup_uri.strip()
     if storage.is_gcs(backup_uri):
         storage.split_gcs(backup_uri)  # a missing bucket name is reported here, before training
-    return storage.join(backup_uri, safe_segment(run_id, "run id"), safe_segment(task, "task name"))
+    return storage.join(backup_uri, safe_segment(run_id, "run id"))
+
+
+def clear_run(backup_uri: str | None, run_id: str, retry_deadline: float = 120.0) -> int:
+    """Delete the training backups of every task of one run: everything under ``<backup_uri>/<run_id>/``
+    (a local folder or a gs:// prefix) and nothing outside it; how many files or objects were deleted.
+
+    Nothing happens when backups are off (``backup_uri`` empty or None). Call it only once the
+    outputs that replace the backups are stored: a training step retried after this trains again
+    from scratch.
+
+    Raises:
+        StorageError: as ``run_prefix``, or a listing or deletion failed.
+    """
+    prefix = run_prefix(backup_uri, run_id)
+    if prefix is None:
+        return 0
+    if storage.is_gcs(prefix):
+        deleted = storage.delete_prefix(prefix, retry_deadline)
+    else:
+        folder = Path(prefix)
+        deleted = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+        try:
+            if folder.is_dir():
+                shutil.rmtree(folder)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot delete the training backups of run {run_id!r} in {folder}/ ({exc}); delete the folder by "
+                "hand (every output of the run is stored: nothing there is needed any more)"
+            ) from exc
+    log.info("backup: deleted the run's backups, %d file(s) under %s/", deleted, prefix)
+    return deleted
 
 
 @dataclass
@@ -114,14 +156,18 @@ class Backup:
     have nothing to copy). For a gs:// prefix, ``local_dir`` is a new private temporary folder
     (under ``local_root`` if given, else the system's temporary folder), removed by
     ``close()``, at the end of a ``with`` block, or when the object is garbage collected;
-    the remote backup stays until ``clear()``.
+    the remote backup stays until ``clear()`` or ``clear_run``.
 
     Typical use in a stage::
 
         backup = Backup(backup_prefix(backup_uri, run_id, "train-student"))
         resumed = backup.restore()
         ... keras.callbacks.BackupAndRestore(str(backup.local_dir)), backup.callback(), ...
-        backup.clear()  # once the stage's outputs are written
+
+    A training stage does not clear its backup: a pod lost after the stage wrote its outputs
+    but before the KFP launcher stored them is retried and must find its backup. The whole
+    run's backups are removed by ``clear_run`` once every training output is stored (the
+    bundle stage).
     """
 
     def __init__(self, prefix: str | None, local_root: str | Path | None = None, retry_deadline: float = 120.0) -> None:

@@ -231,22 +231,30 @@ class NanGuard(keras.callbacks.Callback):
 class BestCheckpoint(keras.callbacks.Callback):
     """Saves the wrapped model as .h5 whenever validation mAP improves.
 
-    The best figure is kept beside the file (``.best.json``) so a resumed run does not
-    overwrite a better checkpoint with the first epoch after the restart.
+    The best figure, its epoch and the phase that wrote it are kept beside the file
+    (``.best.json``) so a resumed run does not overwrite a better checkpoint with the first
+    epoch after the restart. Phases of a stage share one checkpoint file: a resumed phase
+    takes the figure back only when the sidecar is its own (``phase``); one written by an
+    earlier phase leaves ``best`` (that phase's figure, passed in) and ``best_epoch`` -1, as in
+    a run that was never interrupted.
     """
 
-    def __init__(self, model: keras.Model, path: Path, best: float = -math.inf, resume: bool = False) -> None:
+    def __init__(
+        self, model: keras.Model, path: Path, best: float = -math.inf, resume: bool = False, phase: str = ""
+    ) -> None:
         super().__init__()
         self.inner = model
         self.path = path
+        self.phase = phase
         self.sidecar = path.with_suffix(".best.json")
         self.best = best
         self.best_epoch = -1
-        self.restored = False  # True when the best figure was read back after a restart
+        self.restored = False  # True when this phase's best figure was read back after a restart
         if resume and self.sidecar.is_file() and path.is_file():
             saved = json.loads(self.sidecar.read_text())
-            self.best, self.best_epoch = max(best, saved["val_map"]), saved["epoch"]
-            self.restored = True
+            if saved.get("phase") == phase:
+                self.best, self.best_epoch = max(best, saved["val_map"]), saved["epoch"]
+                self.restored = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get("val_map", -math.inf)
@@ -255,7 +263,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             tmp = self.path.with_suffix(".tmp.h5")
             self.inner.save(tmp, include_optimizer=False)
             tmp.replace(self.path)
-            self.sidecar.write_text(json.dumps({"val_map": value, "epoch": epoch}))
+            self.sidecar.write_text(json.dumps({"val_map": value, "epoch": epoch, "phase": self.phase}))
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -330,11 +338,17 @@ def fit(
     validation_steps: int | None = None,
     backup: Backup | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    mark_done: bool = True,
 ) -> FitResult:
-    """Run ``epochs`` epochs with the shared policy; resumes from ``backup_dir`` if a backup exists.
+    """Run ``epochs`` epochs with the shared policy; resumes from ``backup_dir`` if it holds an
+    epoch backup of this fit (``resumed_from_backup``).
 
     ``backup_dir`` is a local folder (BackupAndRestore writes there) inside ``backup``'s, which
     is mirrored to its remote prefix at the end of each epoch, after the backup is written.
+    Each fit of a stage needs a ``backup_dir`` of its own. With ``mark_done`` a finished fit
+    leaves ``<backup_dir>.done.json`` (its result) and saves the backup, and a retried pod that
+    finds it returns that result without training; a phase run through ``fit_phase_once``
+    passes False: that function stores the result with the phase's weights in one save.
 
     Reproducibility (``config.reproducible``): ``steps_per_execution`` only groups steps into one
     call (the same batches feed the same steps in the same order), and on one device the default
@@ -345,13 +359,15 @@ def fit(
     if epochs <= 0:
         return FitResult(best_so_far, -1, 0)
     # a pod retried after this fit had finished (but before its stage did) must not train again
-    done = Path(f"{backup_dir}.done.json") if backup_dir is not None else None
+    done = Path(f"{backup_dir}.done.json") if backup_dir is not None and mark_done else None
     if done is not None and done.is_file():
         log.info("%s: finished before a restart (%s); not trained again", name, done.name)
         return FitResult(**json.loads(done.read_text()))
     epoch_log = EpochLog(name, steps_per_epoch * batch_size, epochs)
-    resuming = backup_dir is not None and Path(backup_dir).exists()
-    best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming)
+    resuming = resumed_from_backup(backup_dir)
+    if resuming:
+        log.info("%s: resuming from the epoch backup in %s", name, backup_dir)
+    best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming, phase=name)
     # first: an epoch whose loss is not finite stops before anything of it is validated or saved
     callbacks: list[keras.callbacks.Callback] = [
         NanGuard(name),
@@ -398,24 +414,45 @@ def fit(
     return result
 
 
+def resumed_from_backup(backup_dir: Path | None) -> bool:
+    """Whether ``backup_dir`` holds an epoch backup that BackupAndRestore will resume from.
+
+    BackupAndRestore keeps a ``tf.train.CheckpointManager`` in ``<backup_dir>/chief``: its
+    state file ``checkpoint`` names the last epoch's checkpoint (``ckpt-N.index`` and data),
+    and the folder is deleted when the fit ends. An empty or missing folder is a fresh start.
+    """
+    return backup_dir is not None and tf.train.latest_checkpoint(str(Path(backup_dir) / "chief")) is not None
+
+
+PHASE_WEIGHTS = "weights"  # in the phase's folder: tf checkpoint files weights.index, weights.data-*
+PHASE_RESULT = "result.json"  # in the phase's folder, written after the weights: the phase is done
+
+
 def fit_phase_once(
     model: keras.Model, backup: Backup, key: str, train: Callable[[], FitResult], name: str
-) -> FitResult | None:
+) -> FitResult:
     """Run a training phase that later phases build on, once per run.
 
-    With a backup, the model's weights at the end of ``train()`` are stored under ``key``: a pod
-    retried in a later phase loads them instead of training this phase again (returns None then).
+    With a backup, the model's weights at the end of ``train()`` and then its result are written
+    to the folder ``key`` and stored in one backup save: a pod retried in a later phase loads the
+    weights and returns the stored result instead of training this phase again. The result is
+    written after the weights, so a pod lost in between leaves no result and the phase trains
+    again (a result without weights is never trusted). ``train()`` must call ``fit`` with
+    ``mark_done=False``.
     """
     done_dir = backup.folder(key)
-    weights = done_dir / "weights" if done_dir else None
-    if weights is not None and Path(f"{weights}.index").exists():
+    if done_dir is None:
+        return train()
+    weights, marker = done_dir / PHASE_WEIGHTS, done_dir / PHASE_RESULT
+    if marker.is_file() and Path(f"{weights}.index").is_file():
         log.info("%s finished before a restart; loading its weights", name)
         model.load_weights(str(weights))
-        return None
+        return FitResult(**json.loads(marker.read_text()))
+    marker.unlink(missing_ok=True)  # a result whose weights are gone: not this attempt's
     result = train()
-    if weights is not None:
-        model.save_weights(str(weights))
-        backup.save()
+    model.save_weights(str(weights))
+    marker.write_text(json.dumps(dataclasses.asdict(result)))
+    backup.save()
     return result
 
 
