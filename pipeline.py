@@ -189,14 +189,19 @@ def mobiletag_pipeline(
     # its artifact to select-student on our minimum backend (2.5.0): dsl.OneOf of artifacts needs
     # 2.17.0 (earlier drivers resolve it to the last branch's task, run or not). When off, resolve-config
     # gives this step no GPU, no node selector and a small CPU request (select_student.baseline_resources).
-    baseline = train_student_baseline(
-        dataset=data.outputs["dataset"],
-        teacher=teacher.outputs["model"],
-        config_json=configs.outputs["train_student"],
-        enabled=baseline_student,
-        backup_uri=backup_uri,
-        gpus=student_gpus,
-    ).set_display_name("train student baseline (no teacher)")
+    # It reads no teacher: it waits for the teacher's step (beside the distilled student, as
+    # before) without its launcher downloading the teacher's checkpoint.
+    baseline = (
+        train_student_baseline(
+            dataset=data.outputs["dataset"],
+            config_json=configs.outputs["train_student"],
+            enabled=baseline_student,
+            backup_uri=backup_uri,
+            gpus=student_gpus,
+        )
+        .set_display_name("train student baseline (no teacher)")
+        .after(teacher)
+    )
     _on_gpu_pool(
         baseline,
         configs.outputs["baseline_gpu_limit"],

@@ -6,7 +6,6 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_student_baseline(
     dataset: dsl.Input[dsl.Dataset],
-    teacher: dsl.Input[dsl.Model],
     config_json: str,
     enabled: bool,
     backup_uri: str,
@@ -18,7 +17,6 @@ def train_student_baseline(
 
     Args:
         dataset: TFRecords from prepare_dataset.
-        teacher: The trained teacher (unused at alpha = 1; an input so the step waits for the same data).
         config_json: The train_student stage's config sections (from resolve_config); alpha is set to 1 here.
         enabled: Pipeline parameter baseline_student; false: trains nothing, asks for no GPU and leaves baseline_skipped.json.
         backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/train-student-baseline/; empty: none.
@@ -34,7 +32,6 @@ def train_student_baseline(
     result = stage.train_baseline(
         config_from_json(config_json),
         dataset.path,
-        teacher.path,
         model.path,
         enabled=enabled,
         backup_uri=backup_uri or None,

@@ -105,7 +105,6 @@ def run_pipeline(
             partial(select_student.train_baseline, enabled=baseline_student, backup_uri=backup_uri, run_id=run_id),
             config,
             d["dataset"],
-            d["teacher"],
             d["baseline"],
         )
         stage("select_student", select_student.run, d["student"], d["baseline"], d["selected"])

@@ -68,17 +68,18 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         dataset=out(dsl.Dataset, "dataset"),
         metrics=out(dsl.Metrics, "prepare_metrics"),
     )
-    train_teacher.python_func(
-        dataset=a["dataset"],
-        config_json=configs.train_teacher,
-        backup_uri="",
-        gpus=0,
-        model=out(dsl.Model, "teacher"),
-        metrics=out(dsl.Metrics, "teacher_metrics"),
-    )
-    # on a cluster the run id comes from the pod's pipeline/runid label, as this variable
+    # on a cluster the run id comes from the pod's pipeline/runid label, as this variable; every training
+    # step keeps backups under it, as a cluster run with backup_uri does, and bundle deletes them
     os.environ["MOBILETAG_RUN_ID"] = "run-1"
     try:
+        train_teacher.python_func(
+            dataset=a["dataset"],
+            config_json=configs.train_teacher,
+            backup_uri=str(root / "backup"),
+            gpus=0,
+            model=out(dsl.Model, "teacher"),
+            metrics=out(dsl.Metrics, "teacher_metrics"),
+        )
         train_student.python_func(
             dataset=a["dataset"],
             teacher=a["teacher"],
@@ -90,7 +91,6 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         )
         train_student_baseline.python_func(
             dataset=a["dataset"],
-            teacher=a["teacher"],
             config_json=configs.train_student,
             enabled=True,
             backup_uri=str(root / "backup"),
@@ -98,71 +98,73 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
             model=out(dsl.Model, "baseline"),
             metrics=out(dsl.Metrics, "baseline_metrics"),
         )
+        # a training step keeps its backup: a pod lost before the launcher stored its outputs resumes from it
+        a["backups_after_training"] = sorted(p.name for p in (root / "backup" / "run-1").iterdir())
+        select_student.python_func(
+            distilled=a["student"],
+            baseline=a["baseline"],
+            model=out(dsl.Model, "selected"),
+            metrics=out(dsl.Metrics, "select_metrics"),
+        )
+        quantize.python_func(
+            dataset=a["dataset"],
+            teacher=a["teacher"],
+            student=a["selected"],
+            config_json=configs.quantize,
+            backup_uri=str(root / "backup"),
+            gpus=configs.qat_gpus,
+            model=out(dsl.Model, "qat"),
+            metrics=out(dsl.Metrics, "qat_metrics"),
+        )
+        export_tflite.python_func(
+            dataset=a["dataset"],
+            qat_model=a["qat"],
+            config_json=configs.export_tflite,
+            model=out(dsl.Model, "tflite"),
+            metrics=out(dsl.Metrics, "export_metrics"),
+        )
+        optimize_thresholds.python_func(
+            dataset=a["dataset"],
+            tflite_model=a["tflite"],
+            config_json=configs.optimize_thresholds,
+            thresholds=out(dsl.Artifact, "thresholds"),
+            metrics=out(dsl.Metrics, "threshold_metrics"),
+        )
+        mediapipe_package.python_func(
+            dataset=a["dataset"],
+            tflite_model=a["tflite"],
+            thresholds=a["thresholds"],
+            model=out(dsl.Model, "packaged"),
+            metrics=out(dsl.Metrics, "mediapipe_metrics"),
+        )
+        evaluate.python_func(
+            dataset=a["dataset"],
+            teacher=a["teacher"],
+            student=a["selected"],
+            distilled_student=a["student"],
+            baseline_student=a["baseline"],
+            qat_model=a["qat"],
+            tflite_model=a["packaged"],
+            thresholds=a["thresholds"],
+            evaluation=out(dsl.Artifact, "evaluation"),
+            metrics=out(dsl.Metrics, "eval_metrics"),
+            roc=out(dsl.ClassificationMetrics, "roc"),
+            report=out(dsl.Markdown, "report.md"),
+            report_html=out(dsl.HTML, "report.html"),
+        )
+        bundle.python_func(
+            teacher=a["teacher"],
+            student=a["selected"],
+            qat_model=a["qat"],
+            tflite_model=a["packaged"],
+            thresholds=a["thresholds"],
+            evaluation=a["evaluation"],
+            backup_uri=str(root / "backup"),
+            output=out(dsl.Artifact, "output"),
+        )
+        a["backups_after_bundle"] = sorted(p.name for p in (root / "backup").iterdir())
     finally:
         del os.environ["MOBILETAG_RUN_ID"]
-    assert not (root / "backup" / "run-1" / "train-student").exists()  # removed once the step finished
-    assert not (root / "backup" / "run-1" / "train-student-baseline").exists()
-    select_student.python_func(
-        distilled=a["student"],
-        baseline=a["baseline"],
-        model=out(dsl.Model, "selected"),
-        metrics=out(dsl.Metrics, "select_metrics"),
-    )
-    quantize.python_func(
-        dataset=a["dataset"],
-        teacher=a["teacher"],
-        student=a["selected"],
-        config_json=configs.quantize,
-        backup_uri="",
-        gpus=configs.qat_gpus,
-        model=out(dsl.Model, "qat"),
-        metrics=out(dsl.Metrics, "qat_metrics"),
-    )
-    export_tflite.python_func(
-        dataset=a["dataset"],
-        qat_model=a["qat"],
-        config_json=configs.export_tflite,
-        model=out(dsl.Model, "tflite"),
-        metrics=out(dsl.Metrics, "export_metrics"),
-    )
-    optimize_thresholds.python_func(
-        dataset=a["dataset"],
-        tflite_model=a["tflite"],
-        config_json=configs.optimize_thresholds,
-        thresholds=out(dsl.Artifact, "thresholds"),
-        metrics=out(dsl.Metrics, "threshold_metrics"),
-    )
-    mediapipe_package.python_func(
-        dataset=a["dataset"],
-        tflite_model=a["tflite"],
-        thresholds=a["thresholds"],
-        model=out(dsl.Model, "packaged"),
-        metrics=out(dsl.Metrics, "mediapipe_metrics"),
-    )
-    evaluate.python_func(
-        dataset=a["dataset"],
-        teacher=a["teacher"],
-        student=a["selected"],
-        distilled_student=a["student"],
-        baseline_student=a["baseline"],
-        qat_model=a["qat"],
-        tflite_model=a["packaged"],
-        thresholds=a["thresholds"],
-        evaluation=out(dsl.Artifact, "evaluation"),
-        metrics=out(dsl.Metrics, "eval_metrics"),
-        roc=out(dsl.ClassificationMetrics, "roc"),
-        report=out(dsl.Markdown, "report.md"),
-        report_html=out(dsl.HTML, "report.html"),
-    )
-    bundle.python_func(
-        teacher=a["teacher"],
-        student=a["selected"],
-        qat_model=a["qat"],
-        tflite_model=a["packaged"],
-        thresholds=a["thresholds"],
-        evaluation=a["evaluation"],
-        output=out(dsl.Artifact, "output"),
-    )
     a["published"] = publish.python_func(
         output=a["output"],
         output_uri=str(root / "models"),
@@ -177,6 +179,11 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
     )
     a["models"] = root / "models"
     return a
+
+
+def test_training_steps_keep_their_backups_until_bundle_deletes_the_runs(run):
+    assert run["backups_after_training"] == ["train-student", "train-student-baseline", "train-teacher"]
+    assert run["backups_after_bundle"] == []  # <backup_uri>/run-1/ (quantize's too) is gone, nothing else was there
 
 
 def test_resolve_config(run, sample_dir):
@@ -351,7 +358,7 @@ def _training_call(component, run, root: Path, **given):
     """Call a training component with what it needs to start; the models it would read later need not exist."""
     configs = run["configs"]
     inputs = {"dataset": run["dataset"]}
-    if component is not train_teacher:
+    if component not in (train_teacher, train_student_baseline):
         inputs["teacher"] = artifact(dsl.Model, root / "no-teacher")
     if component is train_student_baseline:
         given = {"enabled": True, **given}

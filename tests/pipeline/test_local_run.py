@@ -265,3 +265,4 @@ def test_gpu_steps_download_the_tfrecords_and_small_metadata_only(run, sample_di
         # the other inputs are the checkpoints the step trains from (teacher, student): models, no images
         for key, (source, _) in inputs.items():
             assert key == "dataset" or source.endswith("/model"), (task, key, source)
+    assert set(downloads["train-student-baseline"]) == {"dataset"}  # it reads no teacher: it only waits for it

@@ -226,7 +226,7 @@ def test_select_student_without_a_baseline(tmp_path):
 
     distilled = _student(tmp_path / "d", 0.8, 0.7, b"distilled")
     skipped = tmp_path / "b"
-    result = select_student.train_baseline(None, "", "", skipped, enabled=False)  # type: ignore[arg-type]
+    result = select_student.train_baseline(None, "", skipped, enabled=False)  # type: ignore[arg-type]
     assert result.details == {"trained": False}
     select_student.run(distilled, skipped, tmp_path / "out")
     selection = json.loads((tmp_path / "out" / "selection.json").read_text())

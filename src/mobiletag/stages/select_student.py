@@ -55,7 +55,6 @@ def baseline_resources(
 def train_baseline(
     config: Config,
     dataset_dir: str | Path,
-    teacher_dir: str | Path,
     model_dir: str | Path,
     *,
     enabled: bool,
@@ -80,7 +79,7 @@ def train_baseline(
     result = train_student.run(
         baseline_config(config),
         dataset_dir,
-        teacher_dir,
+        None,  # alpha 1: no teacher
         model_dir,
         backup_uri=backup_uri,
         run_id=run_id,

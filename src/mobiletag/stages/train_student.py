@@ -55,8 +55,13 @@ METRICS = STUDENT_METRICS
 TASK = "train-student"
 
 
-def load_teacher(teacher_dir: str | Path, policy: str = "float32") -> keras.Model:
+def load_teacher(teacher_dir: str | Path | None, policy: str = "float32") -> keras.Model:
     """The trained teacher (saved in float32), rebuilt under ``policy`` for a mixed-precision step."""
+    if teacher_dir is None:
+        raise ConfigError(
+            "student.alpha is below 1 (distillation) but no teacher was given: pass the train_teacher stage's "
+            "folder, or set student.alpha: 1 to train on the labels alone"
+        )
     path = Path(teacher_dir) / TEACHER_CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{teacher_dir}: no {TEACHER_CHECKPOINT}; run the train_teacher stage first")
@@ -85,7 +90,7 @@ def build_student_for(config: Config, num_classes: int) -> keras.Model:
 def run(
     config: Config,
     dataset_dir: str | Path,
-    teacher_dir: str | Path,
+    teacher_dir: str | Path | None,
     model_dir: str | Path,
     *,
     backup_uri: str | None = None,
@@ -110,7 +115,7 @@ def run(
 def _train(
     config: Config,
     dataset_dir: str | Path,
-    teacher_dir: str | Path,
+    teacher_dir: str | Path | None,
     out: Path,
     dev: Devices,
     backup: Backup,
