@@ -109,6 +109,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         assert logits.dtype == np.float32 and np.isfinite(logits).all(), name
     qat = quantize.run(config, tfrecord_dir, d["teacher"], d["student"], d["qat"])
     assert 0.0 < qat.metrics["val_map"] <= 1.0
-    assert not (tmp_path / "backup" / "r1" / "train-teacher").exists()  # the finished tasks' backups are removed
-    assert not (tmp_path / "backup" / "r1" / "train-student").exists()
+    # the finished tasks keep their backups (a pod lost before its outputs were stored resumes from
+    # them) until the run's bundle step deletes them
+    assert sorted(p.name for p in (tmp_path / "backup" / "r1").iterdir()) == ["train-student", "train-teacher"]
     assert keras.mixed_precision.global_policy().name == "float32"

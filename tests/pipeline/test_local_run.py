@@ -266,3 +266,12 @@ def test_gpu_steps_download_the_tfrecords_and_small_metadata_only(run, sample_di
         for key, (source, _) in inputs.items():
             assert key == "dataset" or source.endswith("/model"), (task, key, source)
     assert set(downloads["train-student-baseline"]) == {"dataset"}  # it reads no teacher: it only waits for it
+
+
+def test_kfp_local_writes_the_html_output_and_bundle_deletes_the_backups(run):
+    out, stdout, work = run
+    (html,) = (work / "pipeline_root").glob("*/evaluate/report_html")
+    assert html.read_bytes() == (out / "report.html").read_bytes()
+    assert f"{out / 'report.html'}" in stdout  # mobiletag train prints where it is
+    # every training step kept its backups under <work>/backup/<run id>/ until bundle deleted them
+    assert [p.name for p in (work / "backup").iterdir()] == []
