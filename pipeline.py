@@ -188,7 +188,7 @@ def mobiletag_pipeline(
     # Always in the DAG, trained only when baseline_student is true: a dsl.If branch cannot hand
     # its artifact to select-student on our minimum backend (2.5.0): dsl.OneOf of artifacts needs
     # 2.17.0 (earlier drivers resolve it to the last branch's task, run or not). When off, resolve-config
-    # gives this step no GPU, no node selector and a small CPU request (select_student.baseline_resources).
+    # gives this step no GPU, no node selector and a small CPU request (train_student_baseline.baseline_resources).
     # It reads no teacher: it waits for the teacher's step (beside the distilled student, as
     # before) without its launcher downloading the teacher's checkpoint.
     baseline = (

@@ -58,7 +58,7 @@ def resolve_config(
         prepare_dataset, so a change of the data is a cache miss), the GPU node selector and the GPU limits.
     """
     from mobiletag.stages import resolve_config as stage
-    from mobiletag.stages.select_student import baseline_resources
+    from mobiletag.stages.train_student_baseline import baseline_resources
 
     result = stage.run(data_uri, config_overrides)
     with open(config.path, "w", encoding="utf-8") as fh:

@@ -26,10 +26,10 @@ def train_student_baseline(
     """
     import os
 
-    from mobiletag.stages import select_student as stage
+    from mobiletag.stages import train_student_baseline as stage
     from mobiletag.stages.resolve_config import config_from_json
 
-    result = stage.train_baseline(
+    result = stage.run(
         config_from_json(config_json),
         dataset.path,
         model.path,

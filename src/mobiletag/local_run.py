@@ -46,6 +46,7 @@ def run_pipeline(
         quantize,
         select_student,
         train_student,
+        train_student_baseline,
         train_teacher,
     )
     from mobiletag.stages import publish as publish_stage
@@ -102,7 +103,7 @@ def run_pipeline(
         )
         stage(
             "train_student_baseline",
-            partial(select_student.train_baseline, enabled=baseline_student, backup_uri=backup_uri, run_id=run_id),
+            partial(train_student_baseline.run, enabled=baseline_student, backup_uri=backup_uri, run_id=run_id),
             config,
             d["dataset"],
             d["baseline"],

@@ -193,7 +193,7 @@ def test_baseline_student_is_a_parameter_and_off_it_asks_for_no_gpu(compiled):
     """No dsl.If (a branch's artifact cannot reach select-student on backend 2.5.0): the step always runs,
     trains only when enabled, and its GPU limit, node selector, CPU and memory come from resolve-config,
     which gives it no GPU when baseline_student is false."""
-    from mobiletag.stages.select_student import baseline_resources
+    from mobiletag.stages.train_student_baseline import baseline_resources
 
     spec = compiled[0]
     params = spec["root"]["inputDefinitions"]["parameters"]

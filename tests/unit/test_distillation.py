@@ -222,11 +222,11 @@ def test_select_student_ships_the_better_validation_map(tmp_path, distilled_map,
 
 
 def test_select_student_without_a_baseline(tmp_path):
-    from mobiletag.stages import select_student
+    from mobiletag.stages import select_student, train_student_baseline
 
     distilled = _student(tmp_path / "d", 0.8, 0.7, b"distilled")
     skipped = tmp_path / "b"
-    result = select_student.train_baseline(None, "", skipped, enabled=False)  # type: ignore[arg-type]
+    result = train_student_baseline.run(None, "", skipped, enabled=False)  # type: ignore[arg-type]
     assert result.details == {"trained": False}
     select_student.run(distilled, skipped, tmp_path / "out")
     selection = json.loads((tmp_path / "out" / "selection.json").read_text())
@@ -247,19 +247,19 @@ def test_select_student_explains_a_wrong_folder(tmp_path):
 
 
 def test_baseline_config_and_resources(tiny_config):
-    from mobiletag.stages import select_student
+    from mobiletag.stages import train_student_baseline
 
-    config = select_student.baseline_config(tiny_config)
+    config = train_student_baseline.baseline_config(tiny_config)
     assert config.student.alpha == 1.0 and tiny_config.student.alpha == 0.7
     assert config.student.temperature == tiny_config.student.temperature and config.teacher == tiny_config.teacher
     selector = {"cloud.google.com/gke-nodepool": "gpu-pool"}
-    assert select_student.baseline_resources(True, 4, selector, "14", "48Gi") == {
+    assert train_student_baseline.baseline_resources(True, 4, selector, "14", "48Gi") == {
         "gpu_limit": "4",
         "node_selector": selector,
         "cpu": "14",
         "memory": "48Gi",
     }
-    assert select_student.baseline_resources(False, 4, selector, "14", "48Gi") == {
+    assert train_student_baseline.baseline_resources(False, 4, selector, "14", "48Gi") == {
         "gpu_limit": "0",
         "node_selector": {},
         "cpu": "1",
