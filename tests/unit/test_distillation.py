@@ -145,6 +145,7 @@ def test_block_figures_against_a_direct_computation():
     assert diff["ci"][0] <= diff["value"] <= diff["ci"][1] and diff["confidence"] == 0.95
     assert diff["definition"].startswith("distilled - baseline")
     assert diff["ci"][0] > 0 and diff["verdict"] == "distilled better on test"  # a clear gap: 0.5 vs 0.3 signal
+    assert diff["covers"].startswith("the sampling of test images") and "bench-quality" in diff["covers"]
     swapped = distillation_block(
         classes=CLASSES,
         val_labels=val_labels,

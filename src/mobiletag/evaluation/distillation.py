@@ -140,6 +140,14 @@ def student_figures(
     }
 
 
+# what the bootstrap interval is an interval of: the two trained students are fixed, the test images vary
+INTERVAL_COVERS = (
+    "the sampling of test images, for these two trained students; not the spread between training runs "
+    "(another seed or a non-reproducible run moves each student by about as much: make bench-quality "
+    "measures that spread)"
+)
+
+
 def _verdict(low: float, high: float) -> str:
     if low > 0:
         return "distilled better on test"
@@ -204,6 +212,7 @@ def distillation_block(
             "method": f"percentile bootstrap over test images, {resamples} resamples with replacement, seed {seed}, "
             "paired (both students on the same resamples)",
             "resamples_used": boot["resamples_used"],
+            "covers": INTERVAL_COVERS,
             "verdict": _verdict(low, high),
         }
     return {
@@ -244,6 +253,6 @@ def markdown_section(block: dict[str, Any]) -> str:
             "",
             f"Test macro mAP, {diff['definition']}: {diff['value']} "
             f"({round(diff['confidence'] * 100)}% interval {ci[0]} to {ci[1]}): "
-            f"{diff['verdict']}.",
+            f"{diff['verdict']}. The interval covers {diff['covers']}.",
         ]
     return "\n".join(lines) + "\n"

@@ -486,7 +486,9 @@ def _comparison(data: ReportData) -> str:
         parts.append(
             f'<p id="difference">Test macro mAP, {_e(diff["definition"])}: <b>{_e(_fmt(diff["value"]))}</b> '
             f"({round(diff['confidence'] * 100)}% interval {_e(_fmt(low))} to {_e(_fmt(high))}): "
-            f"{_e(diff['verdict'])}.</p>"
+            f"{_e(diff['verdict'])}."
+            + (f" The interval covers {_e(diff['covers'])}." if "covers" in diff else "")
+            + "</p>"
         )
     return "\n".join(parts)
 
