@@ -62,7 +62,8 @@ _RECORD = re.compile(
     rf"^(?P<message>.*?) \[(?:(?P<result>{RESULT})|{EPOCH} (?P<epoch>\d+)/(?P<epochs>\d+)(?P<head> head)?)\]$"
 )
 # Fallback until stages/train_teacher.py, train_student.py and quantize.py report their result
-# through report_result: their result lines, matched by wording. Delete with those three calls.
+# through report_result: their result lines, matched by wording. Delete it, its two uses below and
+# tests/unit/test_progress.py::test_untagged_training_results_show_until_their_stages_report_them.
 _UNTAGGED_TRAINING_RESULT = re.compile(r"^(?:teacher|student|qat): validation mAP [\d.]+ \(")
 
 _LEVELS = ("WARNING", "ERROR", "CRITICAL")

@@ -48,7 +48,7 @@ KFP_STREAM = f"""\
     [KFP Executor 2026-11-26 03:20:31,000 WARNING]: backup: saving epoch 2 failed, training goes on: disk full
     /work/x.py:3: UserWarning: You are saving your model as an HDF5 file via `model.save()`.
     [KFP Executor 2026-11-26 03:20:40,000 INFO]: teacher phase B epoch 1/10: loss=0.5000 val_map=0.6000 (9.0 s, 25.0 img/s) [epoch 1/10]
-    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1)
+    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1) [result]
     [KFP Executor 2026-11-26 03:20:41,500 INFO]: exported /tmp/mobiletag-kfp-3si42jkm/pipeline_root/mobiletag-2026-11-26-03-25-14-357564/export-tflite/model/model_qat_int8.tflite: 4896456 bytes, parity mean |diff| 0.0100, agreement 0.990 [result]
     [KFP Executor 2026-11-26 03:20:42,000 INFO]: Wrote executor output file to /tmp/x/executor_output.json
 
@@ -136,7 +136,7 @@ def test_this_process_keeps_our_stage_lines_warnings_and_kfp_retries():
 03:20:03 WARNING absl: Found untraced functions
 03:20:10 INFO mobiletag.training.fit: student epoch 1/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s, about 63 s left) [epoch 1/10]
 03:20:11 WARNING mobiletag.data.dataset: 2 image(s) are shared between splits; test figures will be optimistic
-03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)
+03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1) [result]
 Traceback (most recent call last):
 03:20:13 INFO root: Cleaned up workspace: /tmp/kfp-workspace-6u6kcodm
 03:20:14 INFO root: Task train-student failed (attempt 1/4). Retrying in 60.0s...
@@ -322,7 +322,7 @@ def logged_lines(transport: str, emit) -> list[str]:
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))
 def test_the_console_shows_records_whatever_their_words(transport):
     def emit(log):
-        report_result(log, "the model weighs %d bytes", 4896456)  # words no stage used before
+        report_result(log, "the model weighs %d bytes", 4896456)  # words no stage uses
         report_result(log, "the gate says no: %s", "test macro mAP 0.20 < 0.50", level=logging.WARNING)
         log.info("test: macro mAP %.4f (float student %.4f)", 0.5, 0.6)  # a result's words, no record
         log.info("wrote /tmp/d: train 8 images / 1 shard(s) in 0.1 s")
@@ -349,3 +349,19 @@ def test_records_read_back():
         assert parse_record(untagged) is None, untagged
     assert [parse_record(f"e [epoch {i}/3 head]").shown for i in (1, 2, 3)] == [False, False, True]  # type: ignore[union-attr]
     assert parse_record("e [epoch 1/3]").shown  # type: ignore[union-attr]
+
+
+def test_untagged_training_results_show_until_their_stages_report_them():
+    """The fallback for the training stages' result lines (delete both with the fallback)."""
+    console = ConsoleFilter()
+    assert [
+        console("    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1)"),
+        console("03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)"),
+        console("03:20:13 INFO mobiletag.stages.quantize: qat: validation mAP 0.8000 (float student 0.8100)"),
+        console("03:20:14 INFO mobiletag.stages.quantize: qat: validation mAP 0.7 after range calibration"),
+    ] == [
+        "    teacher: validation mAP 0.6000 (phase B, epoch 1)",
+        "    student: validation mAP 0.9000 (epoch 1)",
+        "    qat: validation mAP 0.8000 (float student 0.8100)",
+        None,
+    ]
