@@ -26,6 +26,7 @@ import google_crc32c
 
 from mobiletag.config import GateConfig
 from mobiletag.errors import StorageError
+from mobiletag.progress import report_result
 from mobiletag.storage import gcs_client, is_gcs, join, read_text_if_exists, split_gcs
 
 log = logging.getLogger(__name__)
@@ -260,12 +261,12 @@ def publish(
                 _upload_local(source, Path(version_uri), on_uploaded)
         except Exception as exc:
             raise StorageError(f"publishing to {version_uri} failed midway ({exc}); {LATEST} was not moved") from exc
-    log.info("published %s", version_uri)
+    report_result(log, "published %s", version_uri)
     promoted = False
     if decision.passed and promote:
         write_latest(output_uri, version, decision.previous_version)
         promoted = True
         log.info("%s now points to %s", join(output_uri, LATEST), version)
     elif not decision.passed:
-        log.warning("not promoted: %s", "; ".join(decision.reasons))
+        report_result(log, "not promoted: %s", "; ".join(decision.reasons), level=logging.WARNING)
     return PublishResult(version=version, version_uri=version_uri, promoted=promoted, gate=decision)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
 
-from mobiletag.progress import ConsoleFilter, default_log_path, failure_report, tail
+import pytest
+
+from mobiletag.progress import (
+    EPOCH,
+    RESULT,
+    ConsoleFilter,
+    Record,
+    default_log_path,
+    failure_report,
+    parse_record,
+    report_epoch,
+    report_result,
+    tail,
+)
 
 C, G, R, X = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"  # kfp.local's colours
 
@@ -29,13 +43,13 @@ KFP_STREAM = f"""\
     }}
     2026-11-26 03:20:05.000000: I tensorflow/core/platform/cpu_feature_guard.cc:210] This TensorFlow binary is optimized
     [KFP Executor 2026-11-26 03:20:06,000 INFO]: single device (CPU)
-    [KFP Executor 2026-11-26 03:20:20,000 INFO]: teacher phase A epoch 1: loss=0.6931 val_map=0.4123 (12.3 s, 20.1 img/s)
+    [KFP Executor 2026-11-26 03:20:20,000 INFO]: teacher phase A epoch 1: loss=0.6931 val_map=0.4123 (12.3 s, 20.1 img/s) [epoch 1/1 head]
     [KFP Executor 2026-11-26 03:20:30,000 WARNING]: Compiled the loaded model, but the compiled metrics have yet to be built.
     [KFP Executor 2026-11-26 03:20:31,000 WARNING]: backup: saving epoch 2 failed, training goes on: disk full
     /work/x.py:3: UserWarning: You are saving your model as an HDF5 file via `model.save()`.
-    [KFP Executor 2026-11-26 03:20:40,000 INFO]: teacher phase B epoch 1/10: loss=0.5000 val_map=0.6000 (9.0 s, 25.0 img/s)
-    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1)
-    [KFP Executor 2026-11-26 03:20:41,500 INFO]: exported /tmp/mobiletag-kfp-3si42jkm/pipeline_root/mobiletag-2026-11-26-03-25-14-357564/export-tflite/model/model_qat_int8.tflite: 4896456 bytes, parity mean |diff| 0.0100, agreement 0.990
+    [KFP Executor 2026-11-26 03:20:40,000 INFO]: teacher phase B epoch 1/10: loss=0.5000 val_map=0.6000 (9.0 s, 25.0 img/s) [epoch 1/10]
+    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1) [result]
+    [KFP Executor 2026-11-26 03:20:41,500 INFO]: exported /tmp/mobiletag-kfp-3si42jkm/pipeline_root/mobiletag-2026-11-26-03-25-14-357564/export-tflite/model/model_qat_int8.tflite: 4896456 bytes, parity mean |diff| 0.0100, agreement 0.990 [result]
     [KFP Executor 2026-11-26 03:20:42,000 INFO]: Wrote executor output file to /tmp/x/executor_output.json
 
 
@@ -120,9 +134,9 @@ def test_this_process_keeps_our_stage_lines_warnings_and_kfp_retries():
 03:20:01 INFO mobiletag.stages.train_student: student: efficientnet-lite1 at 64 px distilled from the teacher
 03:20:02 WARNING tensorflow: Compiled the loaded model, but the compiled metrics have yet to be built.
 03:20:03 WARNING absl: Found untraced functions
-03:20:10 INFO mobiletag.training.fit: student epoch 1/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s, about 63 s left)
+03:20:10 INFO mobiletag.training.fit: student epoch 1/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s, about 63 s left) [epoch 1/10]
 03:20:11 WARNING mobiletag.data.dataset: 2 image(s) are shared between splits; test figures will be optimistic
-03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)
+03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1) [result]
 Traceback (most recent call last):
 03:20:13 INFO root: Cleaned up workspace: /tmp/kfp-workspace-6u6kcodm
 03:20:14 INFO root: Task train-student failed (attempt 1/4). Retrying in 60.0s...
@@ -191,7 +205,7 @@ def test_default_log_path_is_beside_the_output_folder(tmp_path):
 CAPTURE_SCRIPT = textwrap.dedent(
     """
     import logging, os, subprocess, sys
-    from mobiletag.progress import ConsoleFilter, RunLog
+    from mobiletag.progress import ConsoleFilter, RunLog, report_epoch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -201,7 +215,7 @@ CAPTURE_SCRIPT = textwrap.dedent(
         print("a print in this process")
         os.write(2, b"2026-11-26 03:20:05.000000: I tensorflow/core/x.cc:1] written to fd 2 by C++\\n")
         subprocess.run([sys.executable, "-c", "print('a child process writes to the inherited stdout')"], check=True)
-        logging.getLogger("mobiletag.training.fit").info("student epoch 1: loss=0.3 val_map=0.9 (7.0 s, 9.0 img/s)")
+        report_epoch(logging.getLogger("mobiletag.training.fit"), 1, 1, "student epoch 1: loss=0.3 val_map=0.9 (7.0 s, 9.0 img/s)")
         if sys.argv[3] == "fail":
             print("ValueError: the reason, at the end of the log")
             raise SystemExit("failed")
@@ -253,24 +267,101 @@ def test_failure_shows_the_end_of_the_log_and_its_path(tmp_path):
     assert "ValueError" not in result.stdout
 
 
-def test_a_head_warm_up_shows_its_last_epoch_only():
-    """A warm-up's epochs train the head alone for a few short epochs: the console shows the last,
-    which reads as the warm-up's result (two lines less per student in the demo); the log keeps all."""
+def test_a_head_phase_shows_its_last_epoch_only():
+    """A head phase's epochs train the head alone for a few short epochs: the console shows the last,
+    which reads as the phase's result (two lines less per student in the demo); the log keeps all."""
     console = ConsoleFilter(clock=Clock())
     stream = [
-        "    [KFP Executor 2026-11-26 03:20:20,000 INFO]: "
-        "student warm-up epoch 1/2: loss=4.7589 val_map=0.5011 (25.1 s, 26.8 img/s, about 25 s left)",
+        "    [KFP Executor 2026-11-26 03:20:20,000 INFO]: student warm-up epoch 1/2: loss=4.7589 val_map=0.5011 "
+        "(25.1 s, 26.8 img/s, about 25 s left) [epoch 1/2 head]",
         "    [KFP Executor 2026-11-26 03:20:30,000 INFO]: student warm-up epoch 2/2: loss=3.4952 val_map=0.5705 "
-        "(9.8 s, 68.8 img/s)",
-        "03:20:31 INFO mobiletag.training.fit: teacher phase A epoch 1/3: loss=0.6 val_map=0.3 (1.0 s, 9.0 img/s)",
-        "03:20:32 INFO mobiletag.training.fit: teacher phase A epoch 3/3: loss=0.5 val_map=0.4 (1.0 s, 9.0 img/s)",
+        "(9.8 s, 68.8 img/s) [epoch 2/2 head]",
+        "03:20:31 INFO mobiletag.training.fit: teacher phase A epoch 1/3: loss=0.6 val_map=0.3 (1.0 s, 9.0 img/s) "
+        "[epoch 1/3 head]",
+        "03:20:32 INFO mobiletag.training.fit: teacher phase A epoch 3/3: loss=0.5 val_map=0.4 (1.0 s, 9.0 img/s) "
+        "[epoch 3/3 head]",
         "    [KFP Executor 2026-11-26 03:20:40,000 INFO]: "
-        "student epoch 1/10: loss=1.9840 val_map=0.5360 (49.8 s, 13.5 img/s, about 448 s left)",
-        "03:20:41 INFO mobiletag.training.fit: qat epoch 1/2: loss=0.0399 val_map=1.0000 (50.2 s, 13.4 img/s, about 50 s left)",
+        "student epoch 1/10: loss=1.9840 val_map=0.5360 (49.8 s, 13.5 img/s, about 448 s left) [epoch 1/10]",
+        "03:20:41 INFO mobiletag.training.fit: qat epoch 1/2: loss=0.0399 val_map=1.0000 (50.2 s, 13.4 img/s, "
+        "about 50 s left) [epoch 1/2]",
     ]
     assert [line.strip() for line in kept("\n".join(stream), console)] == [
         "student warm-up epoch 2/2: loss=3.4952 val_map=0.5705 (9.8 s, 68.8 img/s)",
         "teacher phase A epoch 3/3: loss=0.5 val_map=0.4 (1.0 s, 9.0 img/s)",
         "student epoch 1/10: loss=1.9840 val_map=0.5360 (49.8 s, 13.5 img/s, about 448 s left)",
         "qat epoch 1/2: loss=0.0399 val_map=1.0000 (50.2 s, 13.4 img/s, about 50 s left)",
+    ]
+
+
+# How a stage's log record reaches the console: through kfp's executor logging (kfp/dsl/executor_main.py),
+# indented by kfp.local, or through this process's logging (cli.py's format)
+TRANSPORTS = {
+    "kfp.local": ("    ", "[KFP Executor %(asctime)s %(levelname)s]: %(message)s", None),
+    "in-process": ("", "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"),
+}
+
+
+def logged_lines(transport: str, emit) -> list[str]:
+    """The lines that ``emit(logger)`` writes through ``transport``'s logging format."""
+    indent, fmt, datefmt = TRANSPORTS[transport]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    handler.emit = lambda record: lines.append(indent + handler.format(record))  # type: ignore[method-assign]
+    logger = logging.getLogger("mobiletag.stages.some_stage")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    return lines
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_the_console_shows_records_whatever_their_words(transport):
+    def emit(log):
+        report_result(log, "the model weighs %d bytes", 4896456)  # words no stage uses
+        report_result(log, "the gate says no: %s", "test macro mAP 0.20 < 0.50", level=logging.WARNING)
+        log.info("test: macro mAP %.4f (float student %.4f)", 0.5, 0.6)  # a result's words, no record
+        log.info("wrote /tmp/d: train 8 images / 1 shard(s) in 0.1 s")
+        report_epoch(log, 1, 3, "head %d/%d, loss %.2f", 1, 3, 0.7, head=True)
+        report_epoch(log, 3, 3, "head %d/%d, loss %.2f", 3, 3, 0.5, head=True)
+        report_epoch(log, 1, 4, "whole model, round %d: loss %.2f", 1, 0.4)
+        log.info("student epoch 2/10: loss=0.3000 val_map=0.9000 (7.0 s, 90.0 img/s)")  # an epoch's words, no record
+
+    lines = logged_lines(transport, emit)
+    assert len(lines) == 8 and lines[0].endswith("the model weighs 4896456 bytes [result]")
+    assert [line.strip() for line in kept("\n".join(lines), ConsoleFilter())] == [
+        "the model weighs 4896456 bytes",
+        "the gate says no: test macro mAP 0.20 < 0.50",
+        "head 3/3, loss 0.50",
+        "whole model, round 1: loss 0.40",
+    ]
+
+
+def test_records_read_back():
+    assert parse_record("exported /x/m.tflite: 5 bytes [result]") == Record(RESULT, "exported /x/m.tflite: 5 bytes")
+    assert parse_record("a [b] c [epoch 2/5 head]") == Record(EPOCH, "a [b] c", 2, 5, True)
+    assert parse_record("qat epoch 5/5: loss=0.1 [epoch 5/5]") == Record(EPOCH, "qat epoch 5/5: loss=0.1", 5, 5, False)
+    for untagged in ("published gs://b/m/1", "x [results]", "x [epoch 2]", "x [epoch 1/2 tail]", "[result] x"):
+        assert parse_record(untagged) is None, untagged
+    assert [parse_record(f"e [epoch {i}/3 head]").shown for i in (1, 2, 3)] == [False, False, True]  # type: ignore[union-attr]
+    assert parse_record("e [epoch 1/3]").shown  # type: ignore[union-attr]
+
+
+def test_untagged_training_results_show_until_their_stages_report_them():
+    """The fallback for the training stages' result lines (delete both with the fallback)."""
+    console = ConsoleFilter()
+    assert [
+        console("    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1)"),
+        console("03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)"),
+        console("03:20:13 INFO mobiletag.stages.quantize: qat: validation mAP 0.8000 (float student 0.8100)"),
+        console("03:20:14 INFO mobiletag.stages.quantize: qat: validation mAP 0.7 after range calibration"),
+    ] == [
+        "    teacher: validation mAP 0.6000 (phase B, epoch 1)",
+        "    student: validation mAP 0.9000 (epoch 1)",
+        "    qat: validation mAP 0.8000 (float student 0.8100)",
+        None,
     ]

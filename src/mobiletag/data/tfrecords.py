@@ -30,6 +30,7 @@ from mobiletag.data.dataset import DatasetIndex, Problems, Row, SourceVersion, m
 from mobiletag.data.images import ImageInfo, inspect_image
 from mobiletag.data.originals import ORIGINAL_SPLITS, Original, read_manifest, write_manifest
 from mobiletag.errors import DataError
+from mobiletag.progress import report_result
 from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info(
+    report_result(
+        log,
         "wrote %s: %s in %.1f s",
         out,
         ", ".join(f"{s} {len(r)} images / {len(shards[s])} shard(s)" for s, r in index.splits.items()),

@@ -32,6 +32,7 @@ from mobiletag.evaluation.report_html import (
 from mobiletag.export.inference_config import EVAL_BATCH, Scorer, stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
 from mobiletag.models.student import preprocess
+from mobiletag.progress import report_result
 from mobiletag.stages.common import (
     METRICS_FILE,
     REPORT_FILE,
@@ -302,7 +303,8 @@ def run(
     html = build_html_report(out, metrics, labels, scores, paths, thresholds, dataset_dir, thresholds_dir, training)
     report_seconds = round(time.perf_counter() - report_started, 2)
     log.info("report: %s (%d bytes, %.1f s)", html, html.stat().st_size, report_seconds)
-    log.info(
+    report_result(
+        log,
         "test: macro mAP %.4f (float student %.4f, teacher %.4f), micro F1 %.4f, %d bytes, %.2f ms/img",
         test["map_macro"] or 0,
         compare["student"]["map_macro"] or 0,

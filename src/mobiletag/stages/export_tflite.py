@@ -9,6 +9,7 @@ from pathlib import Path
 from mobiletag.config import Config
 from mobiletag.export.inference_config import build_inference_config, eval_pixels
 from mobiletag.export.tflite import MODEL_FILE, TFLiteModel, convert_int8, verify_export
+from mobiletag.progress import report_result
 from mobiletag.quantization.qat import load_qat_model
 from mobiletag.stages.common import QAT_CHECKPOINT, StageResult, dataset_facts, write_json
 
@@ -57,7 +58,8 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / REPORT, report)
-    log.info(
+    report_result(
+        log,
         "exported %s: %d bytes, parity mean |diff| %.4f, agreement %.3f",
         path,
         len(flatbuffer),

@@ -12,6 +12,7 @@ from mobiletag.config import Config
 from mobiletag.evaluation.thresholds import optimize_thresholds
 from mobiletag.export.inference_config import stream_scores
 from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.progress import report_result
 from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, write_json
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def run(config: Config, dataset_dir: str | Path, tflite_dir: str | Path, out_dir
     np.save(out / VAL_LABELS_FILE, labels.astype(np.uint8))
     f1 = [c["f1"] for c in result["classes"].values() if c["support"] > 0]
     metrics = {"val_f1_macro_at_thresholds": round(sum(f1) / len(f1), 4) if f1 else 0.0}
-    log.info(
+    report_result(
+        log,
         "thresholds (%s): %s",
         config.thresholds.strategy,
         ", ".join(f"{k} {v['threshold']}" for k, v in result["classes"].items()),

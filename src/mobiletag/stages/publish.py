@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from mobiletag.config import Config
+from mobiletag.progress import report_result
 from mobiletag.publish import publish, write_latest
 from mobiletag.stages.common import StageResult
 
@@ -17,9 +18,11 @@ def run(config: Config, folder: str | Path, output_uri: str, run_id: str, promot
     result = publish(folder, output_uri, run_id, config.gate, promote=promote)
     gate = result.gate
     if gate.passed:
-        log.info("quality gate passed for %s", result.version_uri)
+        report_result(log, "quality gate passed for %s", result.version_uri)
     else:
-        log.warning("quality gate failed for %s: %s", result.version_uri, "; ".join(gate.reasons))
+        report_result(
+            log, "quality gate failed for %s: %s", result.version_uri, "; ".join(gate.reasons), level=logging.WARNING
+        )
     metrics = {"gate_passed": float(gate.passed), "promoted": float(gate.passed)}
     details = {
         "version": result.version,

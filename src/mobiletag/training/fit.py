@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.errors import TrainingError
+from mobiletag.progress import STUDENT_WARM_UP, TEACHER_WARM_UP, report_epoch
 from mobiletag.training.attempts import StopOnSigterm, sigterm_flag
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import distillation_loss
@@ -301,7 +302,10 @@ class EpochLog(keras.callbacks.Callback):
         self.epoch_seconds.append(seconds)
         shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
         left = (self.epochs - epoch - 1) * float(np.median(self.epoch_seconds))
-        log.info(
+        report_epoch(
+            log,
+            epoch + 1,
+            self.epochs,
             "%s epoch %d/%d: %s (%.1f s, %.1f img/s%s)",
             self.name,
             epoch + 1,
@@ -310,6 +314,7 @@ class EpochLog(keras.callbacks.Callback):
             seconds,
             self.images_per_epoch / max(seconds, 1e-9),
             f", about {left:.0f} s left" if epoch + 1 < self.epochs else "",
+            head=self.name in (TEACHER_WARM_UP, STUDENT_WARM_UP),
         )
 
 
