@@ -24,9 +24,10 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 _LABELS = "labels.txt"  # class names, one a line, in the model's output order
 _METRICS = "metrics.json"
@@ -139,15 +140,19 @@ class OutputFolder:
     STUDENT_CHECKPOINT = StudentModel.CHECKPOINT
     QAT_CHECKPOINT = QatModel.CHECKPOINT
 
-    SOURCES: dict[str, tuple[str, ...]] = {
-        "tflite_dir": (MODEL, LABELS),
-        "eval_dir": (METRICS, REPORT_MD, REPORT_HTML),
-        "thresholds_dir": (THRESHOLDS,),
-        "teacher_dir": (TEACHER_CHECKPOINT,),
-        "student_dir": (STUDENT_CHECKPOINT,),
-        "qat_dir": (QAT_CHECKPOINT,),
-    }
-    FILES: frozenset[str] = frozenset({INFERENCE_CONFIG, *(name for names in SOURCES.values() for name in names)})
+    SOURCES: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {
+            "tflite_dir": (MODEL, LABELS),
+            "eval_dir": (METRICS, REPORT_MD, REPORT_HTML),
+            "thresholds_dir": (THRESHOLDS,),
+            "teacher_dir": (TEACHER_CHECKPOINT,),
+            "student_dir": (STUDENT_CHECKPOINT,),
+            "qat_dir": (QAT_CHECKPOINT,),
+        }
+    )
+    FILES: ClassVar[frozenset[str]] = frozenset(
+        {INFERENCE_CONFIG, *(name for names in SOURCES.values() for name in names)}
+    )
 
 
 class Published:

@@ -31,6 +31,7 @@ from mobiletag.storage import gcs_client, is_gcs, join, read_text_if_exists, spl
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class GateDecision:
     passed: bool
@@ -248,7 +249,9 @@ def publish(
                 Path(output_uri).mkdir(parents=True, exist_ok=True)
                 _upload_local(source, Path(version_uri), on_uploaded)
         except Exception as exc:
-            raise StorageError(f"publishing to {version_uri} failed midway ({exc}); {Published.LATEST} was not moved") from exc
+            raise StorageError(
+                f"publishing to {version_uri} failed midway ({exc}); {Published.LATEST} was not moved"
+            ) from exc
     log.info("published %s", version_uri)
     promoted = False
     if decision.passed and promote:

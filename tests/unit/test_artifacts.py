@@ -108,7 +108,7 @@ def test_allowlisted_files_exist_and_still_hold_a_literal():
 
 
 def test_output_folder_is_the_contract_with_the_app_team():
-    assert OutputFolder.FILES == {
+    assert {
         "model_qat_int8.tflite",
         "labels.txt",
         "metrics.json",
@@ -119,7 +119,7 @@ def test_output_folder_is_the_contract_with_the_app_team():
         "student_qat.h5",
         "report.md",
         "report.html",
-    }
+    } == OutputFolder.FILES
     copied = [name for names in OutputFolder.SOURCES.values() for name in names]
     assert len(copied) == len(set(copied)) == len(OutputFolder.FILES) - 1
     assert OutputFolder.INFERENCE_CONFIG not in copied
@@ -161,10 +161,9 @@ def test_atomic_dir_writes_the_folder_on_success(tmp_path):
 
 def test_a_failure_inside_leaves_neither_the_final_folder_nor_the_temporary_one(tmp_path):
     final = tmp_path / "out"
-    with pytest.raises(Boom):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise Boom
+    with pytest.raises(Boom), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise Boom
     assert _entries(tmp_path) == []
 
 
@@ -172,10 +171,9 @@ def test_an_existing_folder_survives_a_failed_rewrite_and_is_replaced_by_a_good_
     final = tmp_path / "out"
     final.mkdir()
     (final / "good.txt").write_text("good")
-    with pytest.raises(Boom):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise Boom
+    with pytest.raises(Boom), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise Boom
     assert _entries(tmp_path) == ["out"]
     assert _entries(final) == ["good.txt"] and (final / "good.txt").read_text() == "good"
 
@@ -187,10 +185,9 @@ def test_an_existing_folder_survives_a_failed_rewrite_and_is_replaced_by_a_good_
 
 def test_an_interrupt_inside_is_cleaned_up_too(tmp_path):
     final = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise KeyboardInterrupt
     assert _entries(tmp_path) == []
 
 

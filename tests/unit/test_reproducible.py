@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mobiletag.artifacts import Published
 from mobiletag.config import GateConfig, load_config
-from mobiletag.publish import LATEST, check_gate, publish
+from mobiletag.publish import check_gate, publish
 from mobiletag.stages.common import op_determinism_enabled
 
 from ..conftest import REPO, TINY
@@ -233,7 +234,7 @@ def _folder(root: Path, name: str, map_macro: float, distillation: dict | None =
 
 
 def _latest(uri: Path) -> str:
-    return (uri / LATEST).read_text().strip()
+    return (uri / Published.LATEST).read_text().strip()
 
 
 def test_min_improvement_promotes_only_a_gain_above_the_margin(tmp_path):

@@ -323,7 +323,11 @@ def run(
     roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
     return StageResult(
         metrics=scalars,
-        files={"metrics": str(out / Evaluation.METRICS), "report": str(out / Evaluation.REPORT_MD), "report_html": str(html)},
+        files={
+            "metrics": str(out / Evaluation.METRICS),
+            "report": str(out / Evaluation.REPORT_MD),
+            "report_html": str(html),
+        },
         details={
             "roc": roc,
             "report": (out / Evaluation.REPORT_MD).read_text(encoding="utf-8"),

@@ -78,4 +78,6 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "output_dtype": tflite.output.dtype,
         "seconds": report["seconds"],
     }
-    return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / ExportedModel.EXPORT_REPORT)}, details=details)
+    return StageResult(
+        metrics=metrics, files={"model": str(path), "report": str(out / ExportedModel.EXPORT_REPORT)}, details=details
+    )
