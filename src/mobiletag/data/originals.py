@@ -4,10 +4,11 @@ Threshold search, evaluation and MediaPipe measure the model on the source files
 app's input path, not on the TFRecords' shrunk copies. The files are never copied into an
 artifact: on a cluster the KFP launcher downloads every input artifact whole into a step's pod
 before the step starts, and 2-6 MP phone photos are ~100x their stored copies. prepare_dataset
-writes a manifest (``originals.json``, :data:`mobiletag.artifacts.Dataset.ORIGINALS`) into the dataset instead: per split, in record order,
-each file's path in the CSV, its URI (``<data_uri>/images/<path>``: an absolute local path or a
-gs:// URI), its size and CRC32C (of the bytes prepare_dataset decoded, no second read) and its
-version (the object's generation on gs://, ``st_mtime_ns`` on a local disk).
+writes a manifest into the dataset instead (``originals.json``,
+:data:`mobiletag.artifacts.Dataset.ORIGINALS`): per split, in record order, each file's path in
+the CSV, its URI (``<data_uri>/images/<path>``: an absolute local path or a gs:// URI), its size
+and CRC32C (of the bytes prepare_dataset decoded, no second read) and its version (the object's
+generation on gs://, ``st_mtime_ns`` on a local disk).
 
 The readers stream the files from their URIs and check size and CRC32C: a file that changed or
 vanished since the run began stops the step with a DataError that names it. A version that

@@ -32,7 +32,7 @@ from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: originals/ copied in; 3: originals.json says where they live instead
+FORMAT_VERSION = 3  # of the dataset artifact; read_stats refuses any other
 
 
 def _example(jpeg: bytes, info: ImageInfo, stored: tuple[int, int], labels: np.ndarray, path: str) -> bytes:
