@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mobiletag
+from mobiletag.artifacts import OutputFolder
 from mobiletag.errors import ConfigError, MobiletagError
 
 log = logging.getLogger("mobiletag")
@@ -119,14 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 baseline_student=args.baseline_student,
             )
     out = Path(args.out_dir)
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / OutputFolder.METRICS).read_text(encoding="utf-8"))
     test, compare = metrics["test"], metrics["compare"]
     print(
         f"finished in {time.perf_counter() - started:.0f} s\n"
-        f"model:   {out / 'model_qat_int8.tflite'} ({metrics['size_bytes']} bytes, "
+        f"model:   {out / OutputFolder.MODEL} ({metrics['size_bytes']} bytes, "
         f"{metrics['latency_ms']['threads_1']} ms/image on 1 CPU thread)\n"
-        f"report:  {out / 'report.html'} (plots, error gallery), {out / 'report.md'}\n"
-        f"metrics: {out / 'metrics.json'}: test macro mAP {test['map_macro']} (float student "
+        f"report:  {out / OutputFolder.REPORT_HTML} (plots, error gallery), {out / OutputFolder.REPORT_MD}\n"
+        f"metrics: {out / OutputFolder.METRICS}: test macro mAP {test['map_macro']} (float student "
         f"{compare['student']['map_macro']}, teacher {compare['teacher']['map_macro']}), micro F1 {test['f1_micro']}\n"
         f"log:     {log_path}"
     )

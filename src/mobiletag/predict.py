@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mobiletag.artifacts import OutputFolder
 from mobiletag.errors import DataError, MobiletagError
 from mobiletag.export.app_input import app_pixels
 from mobiletag.export.litert import TFLiteModel
@@ -18,9 +19,11 @@ from mobiletag.export.litert import TFLiteModel
 class Predictor:
     def __init__(self, model_dir: str | Path, num_threads: int = 2) -> None:
         folder = Path(model_dir)
-        config_path = folder / "inference_config.json"
+        config_path = folder / OutputFolder.INFERENCE_CONFIG
         if not config_path.is_file():
-            raise MobiletagError(f"{folder}: no inference_config.json; pass the output folder of `mobiletag train`")
+            raise MobiletagError(
+                f"{folder}: no {OutputFolder.INFERENCE_CONFIG}; pass the output folder of `mobiletag train`"
+            )
         self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
         self.model = TFLiteModel(folder / self.config["model_file"], num_threads=num_threads)
         self.labels: list[str] = self.config["labels"]

@@ -24,16 +24,13 @@ from typing import Any
 
 import google_crc32c
 
+from mobiletag.artifacts import Published, atomic_dir, read_json, write_json
 from mobiletag.config import GateConfig
 from mobiletag.errors import StorageError
 from mobiletag.progress import report_result
 from mobiletag.storage import gcs_client, is_gcs, join, read_text_if_exists, split_gcs
 
 log = logging.getLogger(__name__)
-
-LATEST = "LATEST"
-GATE_FILE = "gate.json"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -67,7 +64,7 @@ def _crc32c(path: Path) -> str:
 
 
 def read_latest(output_uri: str) -> str | None:
-    text = read_text_if_exists(join(output_uri, LATEST))
+    text = read_text_if_exists(join(output_uri, Published.LATEST))
     return text.strip() or None if text is not None else None
 
 
@@ -83,9 +80,9 @@ def check_gate(metrics: dict[str, Any], cfg: GateConfig, output_uri: str) -> Gat
     previous = read_latest(output_uri)
     decision.previous_version = previous
     if cfg.require_improvement and previous:
-        text = read_text_if_exists(join(output_uri, previous, METRICS_FILE))
+        text = read_text_if_exists(join(output_uri, previous, Published.METRICS))
         if text is None:
-            log.warning("LATEST points to %s, which has no %s; comparing with nothing", previous, METRICS_FILE)
+            log.warning("LATEST points to %s, which has no %s; comparing with nothing", previous, Published.METRICS)
         else:
             old = json.loads(text)["test"].get(cfg.metric) or 0.0
             new = test.get(cfg.metric) or 0.0
@@ -135,7 +132,7 @@ def distillation_refusal(metrics: dict[str, Any]) -> str | None:
     students = block.get("students")
     if not isinstance(students, dict) or not students.get("baseline"):
         return (
-            f"{METRICS_FILE} has no baseline student in its 'distillation' block: this run trained none to compare the "
+            f"{Published.METRICS} has no baseline student in its 'distillation' block: this run trained none to compare the "
             "distilled one with (gate.require_distillation_gain); run with the baseline student (pipeline "
             "parameter baseline_student=True, or `mobiletag train --baseline-student`), or set "
             "gate.require_distillation_gain: false"
@@ -176,17 +173,14 @@ def _upload_gcs(
 
 
 def _upload_local(folder: Path, target: Path, on_uploaded: Callable[[str], None] | None) -> None:
-    tmp = target.parent / f".{target.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        shutil.copyfile(path, tmp / path.name)
-        if on_uploaded:
-            on_uploaded(path.name)
-    for path in folder.iterdir():
-        if path.is_file() and _crc32c(tmp / path.name) != _crc32c(path):
-            raise StorageError(f"{tmp / path.name} does not match {path} after copying")
-    tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            shutil.copyfile(path, tmp / path.name)
+            if on_uploaded:
+                on_uploaded(path.name)
+        for path in folder.iterdir():
+            if path.is_file() and _crc32c(tmp / path.name) != _crc32c(path):
+                raise StorageError(f"{tmp / path.name} does not match {path} after copying")
 
 
 def write_latest(output_uri: str, version: str, expected_previous: str | None) -> None:
@@ -194,11 +188,11 @@ def write_latest(output_uri: str, version: str, expected_previous: str | None) -
     if is_gcs(output_uri):
         from google.api_core.exceptions import PreconditionFailed
 
-        bucket_name, name = split_gcs(join(output_uri, LATEST))
+        bucket_name, name = split_gcs(join(output_uri, Published.LATEST))
         bucket = gcs_client().bucket(bucket_name)
         seen = bucket.get_blob(name)  # its generation makes the write below a compare-and-swap
         current = (seen.download_as_text(if_generation_match=seen.generation).strip() or None) if seen else None
-        moved = f"{output_uri}/{LATEST} moved to {{}} during this run; not overwriting it (publish again to retry)"
+        moved = f"{output_uri}/{Published.LATEST} moved to {{}} during this run; not overwriting it (publish again to retry)"
         if current != expected_previous:
             raise StorageError(moved.format(current))
         try:
@@ -208,7 +202,7 @@ def write_latest(output_uri: str, version: str, expected_previous: str | None) -
         except PreconditionFailed as exc:
             raise StorageError(moved.format("another version")) from exc
         return
-    path = Path(output_uri, LATEST)
+    path = Path(output_uri, Published.LATEST)
     tmp = path.with_suffix(".partial")
     tmp.write_text(version + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -231,27 +225,23 @@ def publish(
     LATEST in a separate step, shown in the UI under a condition).
     """
     output_uri = output_uri.rstrip("/")
-    metrics = json.loads(Path(folder, METRICS_FILE).read_text(encoding="utf-8"))
+    metrics = read_json(Path(folder, Published.METRICS))
     version = version_name(run_id, now)
     version_uri = join(output_uri, version)
     decision = check_gate(metrics, gate, output_uri)
     with tempfile.TemporaryDirectory(prefix="mobiletag-publish-") as tmp:
         source = Path(tmp, "folder")
         shutil.copytree(folder, source)  # the input artifact stays untouched
-        (source / GATE_FILE).write_text(
-            json.dumps(
-                {
-                    "passed": decision.passed,
-                    "reasons": decision.reasons,
-                    "previous_version": decision.previous_version,
-                    "previous_value": decision.previous_value,
-                    "metric": gate.metric,
-                    "min_improvement": gate.min_improvement,
-                },
-                indent=2,
-            )
-            + "\n",
-            encoding="utf-8",
+        write_json(
+            source / Published.GATE,
+            {
+                "passed": decision.passed,
+                "reasons": decision.reasons,
+                "previous_version": decision.previous_version,
+                "previous_value": decision.previous_value,
+                "metric": gate.metric,
+                "min_improvement": gate.min_improvement,
+            },
         )
         try:
             if is_gcs(output_uri):
@@ -260,13 +250,15 @@ def publish(
                 Path(output_uri).mkdir(parents=True, exist_ok=True)
                 _upload_local(source, Path(version_uri), on_uploaded)
         except Exception as exc:
-            raise StorageError(f"publishing to {version_uri} failed midway ({exc}); {LATEST} was not moved") from exc
+            raise StorageError(
+                f"publishing to {version_uri} failed midway ({exc}); {Published.LATEST} was not moved"
+            ) from exc
     report_result(log, "published %s", version_uri)
     promoted = False
     if decision.passed and promote:
         write_latest(output_uri, version, decision.previous_version)
         promoted = True
-        log.info("%s now points to %s", join(output_uri, LATEST), version)
+        log.info("%s now points to %s", join(output_uri, Published.LATEST), version)
     elif not decision.passed:
         report_result(log, "not promoted: %s", "; ".join(decision.reasons), level=logging.WARNING)
     return PublishResult(version=version, version_uri=version_uri, promoted=promoted, gate=decision)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from kfp import dsl
 
+from mobiletag.artifacts import OutputFolder
+
 from ..conftest import REPO
 from ..report_checks import CHROMIUM, NO_CHROMIUM
 
@@ -444,18 +446,7 @@ def test_mediapipe_package_component(run):
 
 def test_bundle_component(run):
     out = Path(run["output"].path)
-    expected = {
-        "model_qat_int8.tflite",
-        "labels.txt",
-        "metrics.json",
-        "threshold_recommendation.json",
-        "inference_config.json",
-        "teacher_best.h5",
-        "student_best.h5",
-        "student_qat.h5",
-        "report.md",
-        "report.html",
-    }
+    expected = OutputFolder.FILES  # pinned name by name in tests/unit/test_artifacts.py
     assert set(run["output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
     config = json.loads((out / "inference_config.json").read_text())
     thresholds = json.loads((out / "threshold_recommendation.json").read_text())

@@ -53,10 +53,10 @@ def _run_stages_in_their_own_process(config_file, *calls: tuple[str, list, dict]
 
 @pytest.mark.slow
 def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord_dir, tmp_path):
+    from mobiletag.artifacts import read_json
     from mobiletag.config import load_config
     from mobiletag.models.student import preprocess
     from mobiletag.stages import quantize
-    from mobiletag.stages.common import read_json
 
     # The teacher's weights as the component image bakes them: Keras' EfficientNetB3 notop
     # layout (random values here: nothing can be downloaded).

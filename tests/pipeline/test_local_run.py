@@ -14,20 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobiletag.artifacts import OutputFolder
+
 pytestmark = pytest.mark.slow
 
-CONTRACT = {
-    "model_qat_int8.tflite",
-    "labels.txt",
-    "metrics.json",
-    "threshold_recommendation.json",
-    "inference_config.json",
-    "teacher_best.h5",
-    "student_best.h5",
-    "student_qat.h5",
-    "report.md",
-    "report.html",
-}
+CONTRACT = OutputFolder.FILES  # pinned name by name in tests/unit/test_artifacts.py
 
 
 def mobiletag(*args, timeout=1200):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mobiletag.artifacts import Dataset
 from mobiletag.data.dataset import index_dataset
-from mobiletag.data.originals import MANIFEST_FILE
 from mobiletag.data.tfrecords import build_tfrecords, originals_of, read_stats
 from mobiletag.errors import DataError
 from mobiletag.export.app_input import app_image, app_pixels, mediapipe_resize
@@ -181,7 +181,7 @@ def large_dataset(sample_dir, fast_config, tmp_path_factory) -> tuple[Path, Path
 def test_manifest_lists_the_originals_where_they_live_in_record_order(tfrecord_dir, sample_dir):
     stats = read_stats(tfrecord_dir)
     assert stats["format_version"] == 3 and set(stats["originals"]) == {"val", "test"}
-    manifest = json.loads((tfrecord_dir / MANIFEST_FILE).read_text())
+    manifest = json.loads((tfrecord_dir / Dataset.ORIGINALS).read_text())
     assert manifest["data_uri"] == str(sample_dir.resolve()) and set(manifest["splits"]) == {"val", "test"}
     for split in ("val", "test"):
         originals = originals_of(tfrecord_dir, split)
@@ -215,7 +215,7 @@ def test_evaluation_reads_the_originals(large_dataset):
 def test_an_older_dataset_says_to_rerun_prepare_dataset(large_dataset, tmp_path):
     _, dataset = large_dataset
     old = tmp_path / "old"
-    shutil.copytree(dataset, old, ignore=shutil.ignore_patterns(MANIFEST_FILE))
+    shutil.copytree(dataset, old, ignore=shutil.ignore_patterns(Dataset.ORIGINALS))
     stats = json.loads((old / "stats.json").read_text())
     (old / "stats.json").write_text(json.dumps({**stats, "format_version": 2}))
     with pytest.raises(DataError, match=r"in format 2, this mobiletag reads format 3.*Re-run prepare_dataset"):

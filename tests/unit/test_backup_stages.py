@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mobiletag import storage
+from mobiletag.artifacts import OutputFolder
 from mobiletag.config import load_config
 from mobiletag.errors import StorageError
 from mobiletag.progress import TEACHER_WARM_UP
@@ -221,16 +222,8 @@ def test_a_pod_lost_before_the_phase_weights_are_saved_does_not_skip_the_phase(
 
 def _stage_inputs(root: Path) -> dict[str, Path]:
     """Folders holding what the bundle stage copies (file contents do not matter here)."""
-    files = {
-        "teacher_dir": ["teacher_best.h5"],
-        "student_dir": ["student_best.h5"],
-        "qat_dir": ["student_qat.h5"],
-        "tflite_dir": ["model_qat_int8.tflite", "labels.txt"],
-        "thresholds_dir": ["threshold_recommendation.json"],
-        "eval_dir": ["metrics.json", "report.md", "report.html"],
-    }
     dirs = {}
-    for key, names in files.items():
+    for key, names in OutputFolder.SOURCES.items():
         dirs[key] = root / key
         dirs[key].mkdir(parents=True)
         for name in names:

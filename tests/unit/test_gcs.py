@@ -58,12 +58,12 @@ def upload_tree(local: Path, prefix: str) -> str:
 
 def _digests(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` (shards, labels, stats) by its path, except the originals' manifest."""
-    from mobiletag.data.originals import MANIFEST_FILE
+    from mobiletag.artifacts import Dataset
 
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
+        if p.is_file() and p.name != Dataset.ORIGINALS
     }
 
 

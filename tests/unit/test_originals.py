@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobiletag.artifacts import Dataset
 from mobiletag.data import originals as originals_module
 from mobiletag.data.dataset import index_dataset
-from mobiletag.data.originals import MANIFEST_FILE, iter_originals
+from mobiletag.data.originals import iter_originals
 from mobiletag.data.tfrecords import build_tfrecords, originals_of
 from mobiletag.errors import DataError
 from mobiletag.export.app_input import app_pixels
@@ -31,7 +32,7 @@ def test_the_dataset_holds_no_copy_of_any_original(tfrecord_dir, sample_dir):
     names = sorted(p.relative_to(tfrecord_dir).as_posix() for p in artifact.values())
     assert names == [
         "labels.txt",
-        MANIFEST_FILE,
+        Dataset.ORIGINALS,
         "stats.json",
         "test-00000-of-00001.tfrecord",
         "train-00000-of-00001.tfrecord",

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mobiletag.artifacts import Published, TeacherModel
 from mobiletag.config import GateConfig, load_config
-from mobiletag.publish import LATEST, check_gate, publish
+from mobiletag.publish import check_gate, publish
 from mobiletag.stages.common import op_determinism_enabled
 
 from ..conftest import REPO, TINY
@@ -47,12 +48,12 @@ def random_teacher_dir(sharded_dir, tmp_path_factory) -> Path:
     import tf_keras as keras
 
     from mobiletag.models.teacher import build_teacher
-    from mobiletag.stages.common import TEACHER_CHECKPOINT, dataset_facts
+    from mobiletag.stages.common import dataset_facts
 
     keras.utils.set_random_seed(0)
     out = tmp_path_factory.mktemp("random-teacher")
     model = build_teacher(dataset_facts(sharded_dir).num_classes, TINY["teacher"]["image_size"], "none")
-    model.save(out / TEACHER_CHECKPOINT, include_optimizer=False)
+    model.save(out / TeacherModel.CHECKPOINT, include_optimizer=False)
     return out
 
 
@@ -167,7 +168,6 @@ def test_distilled_student_is_the_same_in_two_processes(tmp_path):
     from mobiletag.data.sample import make_sample_dataset
     from mobiletag.data.tfrecords import build_tfrecords
     from mobiletag.models.teacher import build_teacher
-    from mobiletag.stages.common import TEACHER_CHECKPOINT
 
     config = load_config(REPO / "configs" / "fast.yaml", {"student": {"epochs": 1}})
     assert config.reproducible and (config.teacher.image_size, config.student.image_size) == (80, 64)
@@ -176,7 +176,7 @@ def test_distilled_student_is_the_same_in_two_processes(tmp_path):
     keras.utils.set_random_seed(0)
     teacher = tmp_path / "teacher"
     teacher.mkdir()
-    build_teacher(6, 80, "none").save(teacher / TEACHER_CHECKPOINT, include_optimizer=False)
+    build_teacher(6, 80, "none").save(teacher / TeacherModel.CHECKPOINT, include_optimizer=False)
     (tmp_path / "config.yaml").write_text(config.to_yaml())
     digests = []
     for run in ("one", "two"):
@@ -233,7 +233,7 @@ def _folder(root: Path, name: str, map_macro: float, distillation: dict | None =
 
 
 def _latest(uri: Path) -> str:
-    return (uri / LATEST).read_text().strip()
+    return (uri / Published.LATEST).read_text().strip()
 
 
 def test_min_improvement_promotes_only_a_gain_above_the_margin(tmp_path):

@@ -13,18 +13,18 @@ import tensorflow as tf
 import tf_keras as keras
 from PIL import Image, ImageOps
 
+from mobiletag.artifacts import Evaluation, ExportedModel, StudentModel, TeacherModel, Thresholds, read_json
 from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation import thresholds as thresholds_module
 from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
 from mobiletag.evaluation.thresholds import SortedScores, grid, optimize_thresholds
 from mobiletag.export.app_input import mediapipe_resize
 from mobiletag.export.inference_config import eval_pixels, iter_eval_batches
-from mobiletag.export.litert import BATCH, MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import BATCH, TFLiteModel
 from mobiletag.export.tflite import convert_int8
 from mobiletag.models.student import preprocess
 from mobiletag.stages import evaluate
 from mobiletag.stages import optimize_thresholds as thresholds_stage
-from mobiletag.stages.common import METRICS_FILE, STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, THRESHOLDS_FILE, read_json
 
 STUDENT_SIZE, TEACHER_SIZE = 32, 40
 
@@ -175,11 +175,11 @@ def exported(tfrecord_dir, tmp_path_factory) -> dict[str, Path]:
     dirs = {name: root / name for name in ("teacher", "student", "tflite", "thresholds", "evaluate")}
     for folder in dirs.values():
         folder.mkdir()
-    _tiny_model(num_classes, TEACHER_SIZE, 1).save(dirs["teacher"] / TEACHER_CHECKPOINT)
+    _tiny_model(num_classes, TEACHER_SIZE, 1).save(dirs["teacher"] / TeacherModel.CHECKPOINT)
     student = _tiny_model(num_classes, STUDENT_SIZE, 2)
-    student.save(dirs["student"] / STUDENT_CHECKPOINT)
+    student.save(dirs["student"] / StudentModel.CHECKPOINT)
     representative = np.random.default_rng(0).uniform(0, 255, (16, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
-    (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(student, representative))
+    (dirs["tflite"] / ExportedModel.MODEL).write_bytes(convert_int8(student, representative))
     return dirs
 
 
@@ -207,7 +207,7 @@ def test_stream_yields_the_full_array_pixels_in_order(tfrecord_dir, sample_dir):
 
 
 def test_batched_int8_equals_one_image_per_invoke(exported, tfrecord_dir, sample_dir):
-    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
     (images,), _, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE], sample_dir / "images")
     noise = np.random.default_rng(5).integers(0, 256, size=(BATCH + 3, STUDENT_SIZE, STUDENT_SIZE, 3), dtype=np.uint8)
     for pixels in (images.astype(np.uint8), noise):
@@ -232,26 +232,26 @@ def _assert_close(got, want, where: str = "") -> None:
 
 def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir, fast_config, monkeypatch):
     """optimize_thresholds and evaluate, streaming, against the former full-array computation."""
-    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
     classes = read_json(tfrecord_dir / "stats.json")["classes"]
 
     thresholds_stage.run(fast_config, tfrecord_dir, exported["tflite"], exported["thresholds"])
-    recommendation = read_json(exported["thresholds"] / THRESHOLDS_FILE)
+    recommendation = read_json(exported["thresholds"] / Thresholds.RECOMMENDATION)
     (val_images,), val_labels, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE], sample_dir / "images")
     want = brute_optimize(val_labels, model.predict(val_images), classes, fast_config.thresholds, monkeypatch)
-    assert recommendation == {**want, "model": MODEL_FILE, "split": "val"}
+    assert recommendation == {**want, "model": ExportedModel.MODEL, "split": "val"}
 
     evaluate.run(
         tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"], exported["thresholds"],
         exported["evaluate"],
     )  # fmt: skip
-    metrics = read_json(exported["evaluate"] / METRICS_FILE)
+    metrics = read_json(exported["evaluate"] / Evaluation.METRICS)
     (images, teacher_images), labels, paths = full_array_pixels(
         tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], sample_dir / "images"
     )
     scores = model.predict(images)
-    teacher = keras.models.load_model(exported["teacher"] / TEACHER_CHECKPOINT, compile=False)
-    student = keras.models.load_model(exported["student"] / STUDENT_CHECKPOINT, compile=False)
+    teacher = keras.models.load_model(exported["teacher"] / TeacherModel.CHECKPOINT, compile=False)
+    student = keras.models.load_model(exported["student"] / StudentModel.CHECKPOINT, compile=False)
     thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
     _assert_close(metrics["test"], classification_metrics(labels, scores, classes, thresholds), "test")
     want_scores = {
@@ -264,11 +264,11 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     np.testing.assert_array_equal(streamed["student_int8"], scores)
     for name in ("teacher", "student"):  # traced float models: within 1e-5 of eager calls
         np.testing.assert_allclose(streamed[name], want_scores[name], rtol=0, atol=1e-5)
-    saved = np.load(exported["evaluate"] / evaluate.SCORES_FILE)
+    saved = np.load(exported["evaluate"] / Evaluation.TEST_SCORES)
     assert saved.dtype == np.float32
     np.testing.assert_array_equal(saved, scores)
-    np.testing.assert_array_equal(np.load(exported["evaluate"] / evaluate.LABELS_FILE), labels.astype(np.uint8))
-    assert read_json(exported["evaluate"] / evaluate.PATHS_FILE) == paths
+    np.testing.assert_array_equal(np.load(exported["evaluate"] / Evaluation.TEST_TRUE_LABELS), labels.astype(np.uint8))
+    assert read_json(exported["evaluate"] / Evaluation.TEST_PATHS) == paths
 
 
 def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp_path):
@@ -281,10 +281,10 @@ def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp
     from mobiletag.export.inference_config import build_inference_config
     from mobiletag.predict import Predictor
 
-    model = TFLiteModel(exported["tflite"] / MODEL_FILE)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
     labels = read_labels(tfrecord_dir)
     config = build_inference_config(model, labels, {name: 0.5 for name in labels})
-    shutil.copy(exported["tflite"] / MODEL_FILE, tmp_path / MODEL_FILE)
+    shutil.copy(exported["tflite"] / ExportedModel.MODEL, tmp_path / ExportedModel.MODEL)
     (tmp_path / "inference_config.json").write_text(json.dumps(config))
     (first,), _, paths = eval_pixels(tfrecord_dir, "test", [STUDENT_SIZE], limit=1)
     original = sample_dir / "images" / paths[0]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mobiletag.artifacts import SourceDataset
 from mobiletag.config import Config, source_of
 from mobiletag.data.images import ImageInfo, ImageProblem, inspect_image
 from mobiletag.errors import DataError, StorageError
@@ -33,13 +34,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 HEADER = ("filepath", "labels")
-IMAGES_DIR = "images"
-DATASET_CONFIG = "config.yaml"
+IMAGES_DIR = SourceDataset.IMAGES_DIR
+DATASET_CONFIG = SourceDataset.CONFIG  # stages/resolve_config.py imports the name from here
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def csv_name(split: str) -> str:
-    return f"{split}_labels.csv"
+    return SourceDataset.labels_csv(split)
 
 
 @dataclass(frozen=True)

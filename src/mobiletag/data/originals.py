@@ -4,10 +4,11 @@ Threshold search, evaluation and MediaPipe measure the model on the source files
 app's input path, not on the TFRecords' shrunk copies. The files are never copied into an
 artifact: on a cluster the KFP launcher downloads every input artifact whole into a step's pod
 before the step starts, and 2-6 MP phone photos are ~100x their stored copies. prepare_dataset
-writes ``originals.json`` (MANIFEST_FILE) into the dataset instead: per split, in record order,
-each file's path in the CSV, its URI (``<data_uri>/images/<path>``: an absolute local path or a
-gs:// URI), its size and CRC32C (of the bytes prepare_dataset decoded, no second read) and its
-version (the object's generation on gs://, ``st_mtime_ns`` on a local disk).
+writes a manifest into the dataset instead (``originals.json``,
+:data:`mobiletag.artifacts.Dataset.ORIGINALS`): per split, in record order, each file's path in
+the CSV, its URI (``<data_uri>/images/<path>``: an absolute local path or a gs:// URI), its size
+and CRC32C (of the bytes prepare_dataset decoded, no second read) and its version (the object's
+generation on gs://, ``st_mtime_ns`` on a local disk).
 
 The readers stream the files from their URIs and check size and CRC32C: a file that changed or
 vanished since the run began stops the step with a DataError that names it. A version that
@@ -27,13 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mobiletag.artifacts import Dataset
 from mobiletag.data.dataset import SourceVersion, csv_name
 from mobiletag.errors import DataError, StorageError
 from mobiletag.storage import bytes_crc32c, is_gcs, read_bytes_and_generation
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "originals.json"
 ORIGINAL_SPLITS = ("val", "test")  # the splits measured through the app's input path
 _RERUN = (
     "Re-run prepare_dataset (in a pipeline, with caching disabled for it, or with `mobiletag train`), "
@@ -76,12 +77,12 @@ class Original:
 
 
 def write_manifest(folder: str | Path, data_uri: str, splits: dict[str, Sequence[Original]]) -> Path:
-    """Write MANIFEST_FILE into ``folder``: the originals of each split, in record order."""
+    """Write the manifest into ``folder``: the originals of each split, in record order."""
     manifest = {
         "data_uri": data_uri,
         "splits": {split: [o.entry() for o in originals] for split, originals in splits.items()},
     }
-    path = Path(folder, MANIFEST_FILE)
+    path = Path(folder, Dataset.ORIGINALS)
     path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -93,10 +94,10 @@ def read_manifest(dataset_dir: str | Path, split: str) -> list[Original]:
             f"{dataset_dir}: prepare_dataset records the original images of the {' and '.join(ORIGINAL_SPLITS)} "
             f"splits only, not of {split!r}; read its TFRecords instead (source='records')"
         )
-    path = Path(dataset_dir, MANIFEST_FILE)
+    path = Path(dataset_dir, Dataset.ORIGINALS)
     if not path.is_file():
         raise DataError(
-            f"{dataset_dir}: the dataset has no {MANIFEST_FILE} (where the {split} split's original images live): "
+            f"{dataset_dir}: the dataset has no {Dataset.ORIGINALS} (where the {split} split's original images live): "
             f"it was built by an older prepare_dataset. {_RERUN}"
         )
     entries = json.loads(path.read_text(encoding="utf-8"))["splits"].get(split)

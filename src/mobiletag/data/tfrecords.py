@@ -14,17 +14,15 @@ path (:mod:`mobiletag.export.app_input`), not the shrunk re-encoded JPEGs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mobiletag.artifacts import Dataset, atomic_dir, read_json, write_json
 from mobiletag.config import Config
 from mobiletag.data.dataset import DatasetIndex, Problems, Row, SourceVersion, map_images
 from mobiletag.data.images import ImageInfo, inspect_image
@@ -35,13 +33,7 @@ from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.txt"
-STATS_FILE = "stats.json"
-FORMAT_VERSION = 3  # 2: originals/ copied in; 3: originals.json says where they live instead
-
-
-def shard_name(split: str, shard: int, num_shards: int) -> str:
-    return f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+FORMAT_VERSION = 3  # of the dataset artifact; read_stats refuses any other
 
 
 def _example(jpeg: bytes, info: ImageInfo, stored: tuple[int, int], labels: np.ndarray, path: str) -> bytes:
@@ -76,9 +68,6 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     import tensorflow as tf
 
     out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     side = config.stored_image_side
     quality = config.data.jpeg_quality
     problems = Problems(config.data.max_errors)
@@ -87,13 +76,13 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
     stored_bytes: dict[str, int] = {}
     split_labels: dict[str, np.ndarray] = {}  # built once per split: for the records and for stats.json
     originals: dict[str, list[Original | None]] = {}
-    try:
+    with atomic_dir(out) as tmp:
         for split, split_rows in index.splits.items():
             rows = _ordered_rows(split, split_rows, config.seed)
             num_shards = max(1, math.ceil(len(rows) / config.data.images_per_shard))
             labels = split_labels[split] = index.multi_hot(rows)
             position = {row.filepath: i for i, row in enumerate(rows)}
-            names = [shard_name(split, s, num_shards) for s in range(num_shards)]
+            names = [Dataset.shard(split, s, num_shards) for s in range(num_shards)]
             shards[split] = names
             keep = None
             if split in ORIGINAL_SPLITS:
@@ -136,7 +125,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
             stored_bytes[split] = total
         problems.raise_if_any(f"dataset {index.root} has unusable images")
 
-        (tmp / LABELS_FILE).write_text("".join(f"{c}\n" for c in index.classes), encoding="utf-8")
+        (tmp / Dataset.LABELS).write_text("".join(f"{c}\n" for c in index.classes), encoding="utf-8")
         stats = index.summary(split_labels)
         stats.update(
             format_version=FORMAT_VERSION,
@@ -153,13 +142,7 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
         )
         root = index.root if is_gcs(index.root) else str(Path(index.root).resolve())
         write_manifest(tmp, root, {split: [o for o in found if o is not None] for split, found in originals.items()})
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / Dataset.STATS, stats)
     report_result(
         log,
         "wrote %s: %s in %.1f s",
@@ -182,12 +165,12 @@ def originals_of(dataset_dir: str | Path, split: str) -> list[Original]:
 
 
 def read_labels(dataset_dir: str | Path) -> list[str]:
-    return Path(dataset_dir, LABELS_FILE).read_text(encoding="utf-8").splitlines()
+    return Path(dataset_dir, Dataset.LABELS).read_text(encoding="utf-8").splitlines()
 
 
 def read_stats(dataset_dir: str | Path) -> dict[str, Any]:
     """stats.json; DataError when the dataset was written in another format than this code reads."""
-    stats: dict[str, Any] = json.loads(Path(dataset_dir, STATS_FILE).read_text(encoding="utf-8"))
+    stats: dict[str, Any] = read_json(Path(dataset_dir, Dataset.STATS))
     found = stats.get("format_version", 1)
     if found != FORMAT_VERSION:
         raise DataError(

@@ -9,31 +9,27 @@ from typing import Any
 
 import numpy as np
 
+from mobiletag.artifacts import ExportedModel, read_json
 from mobiletag.errors import DataError
 from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
 from mobiletag.export.mediapipe import Classified, raw_probabilities
-from mobiletag.stages.common import read_json
 
 
 def has_mediapipe_results(folder: str | Path) -> bool:
     """Whether ``folder`` is mediapipe-package's output (its summary is there)."""
-    from mobiletag.stages import mediapipe_package as package
-
-    return (Path(folder) / package.SUMMARY_FILE).is_file()
+    return (Path(folder) / ExportedModel.MEDIAPIPE_SUMMARY).is_file()
 
 
 def load_mediapipe_results(folder: str | Path) -> tuple[list[str], Classified, dict[str, Any]]:
     """mediapipe-package's test paths, ImageClassifier's results and its summary (mediapipe.json)."""
-    from mobiletag.stages import mediapipe_package as package
-
     folder = Path(folder)
-    summary = read_json(folder / package.SUMMARY_FILE)
+    summary = read_json(folder / ExportedModel.MEDIAPIPE_SUMMARY)
     classified = Classified(
-        scores=np.load(folder / package.SCORES_FILE),
-        label_sets=read_json(folder / package.LABEL_SETS_FILE),
+        scores=np.load(folder / ExportedModel.MEDIAPIPE_TEST_SCORES),
+        label_sets=read_json(folder / ExportedModel.MEDIAPIPE_TEST_LABEL_SETS),
         timings=summary.get("timings_ms_per_image", {}),
     )
-    return read_json(folder / package.PATHS_FILE), classified, summary
+    return read_json(folder / ExportedModel.MEDIAPIPE_TEST_PATHS), classified, summary
 
 
 def mediapipe_block(

@@ -32,7 +32,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-REPORT_HTML = "report.html"
 GALLERY_PER_KIND = 4  # worst false positives and false negatives shown per class
 THUMB_PX = 112  # longest side of a gallery thumbnail
 THUMB_QUALITY = 70

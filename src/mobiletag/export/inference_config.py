@@ -16,10 +16,11 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from mobiletag.data.originals import MANIFEST_FILE, Original, read_original
+from mobiletag.artifacts import Dataset, OutputFolder
+from mobiletag.data.originals import Original, read_original
 from mobiletag.errors import DataError
 from mobiletag.export.app_input import app_image, mediapipe_resize
-from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import TFLiteModel
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [B, size, size, 3] -> probabilities [B, C]
 # Images per batch when a split streams through the models (scores are kept, pixels are not).
@@ -35,7 +36,7 @@ def build_inference_config(
     inp, out = model.input, model.output
     _, height, width, _ = inp.shape
     return {
-        "model_file": MODEL_FILE,
+        "model_file": OutputFolder.MODEL,
         "input": {
             "shape": inp.shape,
             "dtype": inp.dtype,
@@ -105,7 +106,7 @@ def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) 
     path = feature["image/filepath"].bytes_list.value[0].decode("utf-8")
     if original is not None and original.filepath != path:
         raise DataError(
-            f"the {original.split} records and the dataset's {MANIFEST_FILE} disagree ({path} in the records, "
+            f"the {original.split} records and the dataset's {Dataset.ORIGINALS} disagree ({path} in the records, "
             f"{original.filepath} in the manifest): the dataset is inconsistent; re-run prepare_dataset"
         )
     data = read_original(original) if original is not None else feature["image/encoded"].bytes_list.value[0]

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mobiletag.artifacts import ExportedModel
 from mobiletag.errors import ExportError
 from mobiletag.export.litert import TensorSpec
 from mobiletag.export.mediapipe_tool import DATA_LENGTH, NAME_LENGTH
@@ -200,7 +201,7 @@ def write_metadata(
         raise MediaPipeError(f"{len(labels)} labels but {len(thresholds)} thresholds: give one threshold per label")
     used = calibration_thresholds(thresholds, output) if output is not None else [float(t) for t in thresholds]
     with tempfile.TemporaryDirectory(prefix="mobiletag-mediapipe-") as tmp:
-        labels_file, thresholds_file = Path(tmp) / "labels.txt", Path(tmp) / "thresholds.json"
+        labels_file, thresholds_file = Path(tmp) / ExportedModel.LABELS, Path(tmp) / "thresholds.json"
         labels_file.write_text("\n".join(labels) + "\n", encoding="utf-8")
         thresholds_file.write_text(json.dumps(used), encoding="utf-8")
         summary = run_tool(

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.errors import ExportError
-from mobiletag.export.litert import MODEL_FILE, TFLiteModel  # noqa: F401 (MODEL_FILE re-exported)
+from mobiletag.export.litert import TFLiteModel
 from mobiletag.models.student import preprocess
 
 log = logging.getLogger(__name__)

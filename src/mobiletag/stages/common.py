@@ -1,30 +1,32 @@
-"""What every stage shares: its result, JSON files, dataset facts."""
+"""What every stage shares: its result, dataset facts, seeds and op determinism."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mobiletag.artifacts import (  # noqa: F401 (read_json, write_json: re-exported)
+    QatModel,
+    StudentModel,
+    TeacherModel,
+    read_json,
+    write_json,
+)
 from mobiletag.config import Config
 from mobiletag.data.tfrecords import read_labels, read_stats
 from mobiletag.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# What the stages write into their output artifacts (here, so that a stage can name another
-# stage's files without importing its module and, with it, TensorFlow).
-TEACHER_CHECKPOINT = "teacher_best.h5"
-STUDENT_CHECKPOINT = "student_best.h5"
-STUDENT_METRICS = "student_metrics.json"  # beside STUDENT_CHECKPOINT: val_map, alpha, history
-QAT_CHECKPOINT = "student_qat.h5"
-THRESHOLDS_FILE = "threshold_recommendation.json"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
+# The training stages and bench/scale.py import these names from here; mobiletag.artifacts defines them.
+TEACHER_CHECKPOINT = TeacherModel.CHECKPOINT
+STUDENT_CHECKPOINT = StudentModel.CHECKPOINT
+STUDENT_METRICS = StudentModel.METRICS
+QAT_CHECKPOINT = QatModel.CHECKPOINT
 
 
 @dataclass
@@ -34,15 +36,6 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)

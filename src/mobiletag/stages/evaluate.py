@@ -14,6 +14,16 @@ import tensorflow as tf
 import tf_keras as keras
 from sklearn.metrics import roc_curve
 
+from mobiletag.artifacts import (
+    Evaluation,
+    ExportedModel,
+    QatModel,
+    StudentModel,
+    TeacherModel,
+    Thresholds,
+    read_json,
+    write_json,
+)
 from mobiletag.config import ThresholdsConfig
 from mobiletag.data.originals import read_original as read_checked_original
 from mobiletag.data.tfrecords import originals_of
@@ -21,39 +31,15 @@ from mobiletag.errors import DataError
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
 from mobiletag.evaluation.mediapipe import has_mediapipe_results, load_mediapipe_results, markdown_line, mediapipe_block
 from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
-from mobiletag.evaluation.report_html import (
-    REPORT_HTML,
-    ReadOriginal,
-    ReportData,
-    Training,
-    read_training,
-    write_report,
-)
+from mobiletag.evaluation.report_html import ReadOriginal, ReportData, Training, read_training, write_report
 from mobiletag.export.inference_config import EVAL_BATCH, Scorer, stream_scores
-from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import TFLiteModel
 from mobiletag.models.student import preprocess
 from mobiletag.progress import report_result
-from mobiletag.stages.common import (
-    METRICS_FILE,
-    REPORT_FILE,
-    STUDENT_CHECKPOINT,
-    STUDENT_METRICS,
-    TEACHER_CHECKPOINT,
-    THRESHOLDS_FILE,
-    StageResult,
-    dataset_facts,
-    read_json,
-    write_json,
-)
-from mobiletag.stages.optimize_thresholds import VAL_LABELS_FILE, VAL_SCORES_FILE
-from mobiletag.stages.select_student import BASELINE, DISTILLED, SELECTION_FILE
+from mobiletag.stages.common import StageResult, dataset_facts
+from mobiletag.stages.select_student import BASELINE, DISTILLED
 
 log = logging.getLogger(__name__)
-
-
-SCORES_FILE = "test_scores.npy"  # [N, C] float32: the INT8 model's probabilities, rows in test-record order
-LABELS_FILE = "test_labels.npy"  # [N, C] uint8 (0/1)
-PATHS_FILE = "test_paths.json"  # the N original file paths, a JSON list
 
 
 def keras_scorer(model: keras.Model, normalise: bool, batch_size: int = EVAL_BATCH) -> tuple[int, Scorer]:
@@ -109,7 +95,7 @@ def score_test_split(
 
 
 def _load_student(folder: str | Path) -> keras.Model:
-    return keras.models.load_model(Path(folder) / STUDENT_CHECKPOINT, compile=False)
+    return keras.models.load_model(Path(folder) / StudentModel.CHECKPOINT, compile=False)
 
 
 def float_students(
@@ -120,11 +106,11 @@ def float_students(
     With a selection: "distilled" and, when it was trained, "baseline" (the shipped student is one
     of them, scored once); without: the one "student".
     """
-    selection_file = Path(student_dir) / SELECTION_FILE
+    selection_file = Path(student_dir) / StudentModel.SELECTION
     if distilled_dir is None or not selection_file.is_file():
         return {"student": _load_student(student_dir)}, None
     students = {DISTILLED: _load_student(distilled_dir)}
-    if baseline_dir is not None and (Path(baseline_dir) / STUDENT_CHECKPOINT).is_file():
+    if baseline_dir is not None and (Path(baseline_dir) / StudentModel.CHECKPOINT).is_file():
         students[BASELINE] = _load_student(baseline_dir)
     return students, read_json(selection_file)
 
@@ -139,33 +125,30 @@ def training_histories(
 ) -> dict[str, Training]:
     """Each model's training, from the metrics files in the model folders evaluate reads (QAT's
     only when ``qat_dir`` is given)."""
-    from mobiletag.stages.quantize import METRICS as QAT_METRICS
-    from mobiletag.stages.train_teacher import METRICS as TEACHER_METRICS
-
     student_phases = {"warm-up": "warmup_history", "fine-tune": "history"}
     training: dict[str, Training] = {
         "teacher": read_training(
-            teacher_dir, TEACHER_METRICS, {"head": "history.phase_a", "fine-tune": "history.phase_b"}, "teacher"
+            teacher_dir, TeacherModel.METRICS, {"head": "history.phase_a", "fine-tune": "history.phase_b"}, "teacher"
         )
     }
     if selection is None:
-        training["student"] = read_training(student_dir, STUDENT_METRICS, student_phases, "student")
+        training["student"] = read_training(student_dir, StudentModel.METRICS, student_phases, "student")
     else:
         for name, folder in ((DISTILLED, distilled_dir), (BASELINE, baseline_dir)):
-            training[f"{name} student"] = read_training(folder, STUDENT_METRICS, student_phases, f"{name} student")
-    training["QAT"] = read_training(qat_dir, QAT_METRICS, {"QAT": "history"}, "QAT")
+            training[f"{name} student"] = read_training(folder, StudentModel.METRICS, student_phases, f"{name} student")
+    training["QAT"] = read_training(qat_dir, QatModel.METRICS, {"QAT": "history"}, "QAT")
     return training
 
 
 def _val_scores(thresholds_dir: str | Path) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """optimize_thresholds' validation scores and labels of the INT8 model, or why there are none."""
     folder = Path(thresholds_dir)
-    if not (folder / VAL_SCORES_FILE).is_file():
-        return None, None, f"optimize_thresholds saved no {VAL_SCORES_FILE} in {folder}"
+    if not (folder / Thresholds.VAL_SCORES).is_file():
+        return None, None, f"optimize_thresholds saved no {Thresholds.VAL_SCORES} in {folder}"
     try:
-        return np.load(folder / VAL_SCORES_FILE), np.load(folder / VAL_LABELS_FILE), ""
+        return np.load(folder / Thresholds.VAL_SCORES), np.load(folder / Thresholds.VAL_TRUE_LABELS), ""
     except (OSError, ValueError) as exc:
-        return None, None, f"{VAL_SCORES_FILE} or {VAL_LABELS_FILE} in {folder} cannot be read ({exc})"
+        return None, None, f"{Thresholds.VAL_SCORES} or {Thresholds.VAL_TRUE_LABELS} in {folder} cannot be read ({exc})"
 
 
 def build_html_report(
@@ -204,7 +187,7 @@ def build_html_report(
         read_original=read_original,
         originals_missing=missing,
     )
-    return write_report(data, out / REPORT_HTML)
+    return write_report(data, out / Evaluation.REPORT_HTML)
 
 
 def run(
@@ -229,12 +212,12 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
-    model_path = Path(tflite_dir) / MODEL_FILE
+    model_path = Path(tflite_dir) / ExportedModel.MODEL
     tflite = TFLiteModel(model_path, num_threads=2)
-    recommendation = read_json(Path(thresholds_dir) / THRESHOLDS_FILE)
+    recommendation = read_json(Path(thresholds_dir) / Thresholds.RECOMMENDATION)
     thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
 
-    teacher = keras.models.load_model(Path(teacher_dir) / TEACHER_CHECKPOINT, compile=False)
+    teacher = keras.models.load_model(Path(teacher_dir) / TeacherModel.CHECKPOINT, compile=False)
     students, selection = float_students(student_dir, distilled_dir, baseline_dir)
     student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
     all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students, student_scorers)
@@ -248,7 +231,7 @@ def run(
     }
     latency = {f"threads_{n}": round(TFLiteModel(model_path, num_threads=n).latency_ms(), 3) for n in (1, 2)}
     metrics: dict[str, Any] = {
-        "model": MODEL_FILE,
+        "model": ExportedModel.MODEL,
         "test": test,
         "compare": compare,
         "size_bytes": model_path.stat().st_size,
@@ -293,11 +276,11 @@ def run(
             summary=summary,
         )
         report += "\n" + markdown_line(metrics["mediapipe"], test)
-    write_json(out / METRICS_FILE, metrics)
-    (out / REPORT_FILE).write_text(report, encoding="utf-8")
-    np.save(out / SCORES_FILE, scores.astype(np.float32))
-    np.save(out / LABELS_FILE, labels.astype(np.uint8))
-    write_json(out / PATHS_FILE, paths)
+    write_json(out / Evaluation.METRICS, metrics)
+    (out / Evaluation.REPORT_MD).write_text(report, encoding="utf-8")
+    np.save(out / Evaluation.TEST_SCORES, scores.astype(np.float32))
+    np.save(out / Evaluation.TEST_TRUE_LABELS, labels.astype(np.uint8))
+    write_json(out / Evaluation.TEST_PATHS, paths)
     report_started = time.perf_counter()
     training = training_histories(teacher_dir, student_dir, distilled_dir, baseline_dir, qat_dir, selection)
     html = build_html_report(out, metrics, labels, scores, paths, thresholds, dataset_dir, thresholds_dir, training)
@@ -342,10 +325,14 @@ def run(
     roc = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(cut[keep], 0.0, 1.0).tolist()}
     return StageResult(
         metrics=scalars,
-        files={"metrics": str(out / METRICS_FILE), "report": str(out / REPORT_FILE), "report_html": str(html)},
+        files={
+            "metrics": str(out / Evaluation.METRICS),
+            "report": str(out / Evaluation.REPORT_MD),
+            "report_html": str(html),
+        },
         details={
             "roc": roc,
-            "report": (out / REPORT_FILE).read_text(encoding="utf-8"),
+            "report": (out / Evaluation.REPORT_MD).read_text(encoding="utf-8"),
             "report_html_seconds": report_seconds,
         },
     )

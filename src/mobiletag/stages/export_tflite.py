@@ -6,16 +6,16 @@ import logging
 import time
 from pathlib import Path
 
+from mobiletag.artifacts import ExportedModel, QatModel, write_json
 from mobiletag.config import Config
 from mobiletag.export.inference_config import build_inference_config, eval_pixels
-from mobiletag.export.tflite import MODEL_FILE, TFLiteModel, convert_int8, verify_export
+from mobiletag.export.tflite import TFLiteModel, convert_int8, verify_export
 from mobiletag.progress import report_result
 from mobiletag.quantization.qat import load_qat_model
-from mobiletag.stages.common import QAT_CHECKPOINT, StageResult, dataset_facts, write_json
+from mobiletag.stages.common import StageResult, dataset_facts
 
 log = logging.getLogger(__name__)
 
-REPORT = "export_report.json"
 PARITY_IMAGES = 64
 
 
@@ -25,7 +25,7 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
     size = config.student.image_size
-    qat_model = load_qat_model(Path(qat_dir) / QAT_CHECKPOINT)
+    qat_model = load_qat_model(Path(qat_dir) / QatModel.CHECKPOINT)
     # calibration: training images (only their TFRecord copies are kept), through the app's resize
     (representative,), _, _ = eval_pixels(
         dataset_dir, "train", [size], config.export.representative_samples, source="records"
@@ -42,11 +42,11 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         max_mean_abs_diff=config.export.parity_max_mean_abs_diff,
         min_agreement=config.export.parity_min_agreement,
     )
-    path = out / MODEL_FILE
+    path = out / ExportedModel.MODEL
     tmp = path.with_suffix(".partial")
     tmp.write_bytes(flatbuffer)
     tmp.replace(path)
-    (out / "labels.txt").write_text("".join(f"{c}\n" for c in facts.classes), encoding="utf-8")
+    (out / ExportedModel.LABELS).write_text("".join(f"{c}\n" for c in facts.classes), encoding="utf-8")
     inference = build_inference_config(tflite, facts.classes)
     report = {
         "size_bytes": len(flatbuffer),
@@ -57,7 +57,7 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "representative_samples": int(len(representative)),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / REPORT, report)
+    write_json(out / ExportedModel.EXPORT_REPORT, report)
     report_result(
         log,
         "exported %s: %d bytes, parity mean |diff| %.4f, agreement %.3f",
@@ -80,4 +80,6 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "output_dtype": tflite.output.dtype,
         "seconds": report["seconds"],
     }
-    return StageResult(metrics=metrics, files={"model": str(path), "report": str(out / REPORT)}, details=details)
+    return StageResult(
+        metrics=metrics, files={"model": str(path), "report": str(out / ExportedModel.EXPORT_REPORT)}, details=details
+    )

@@ -6,12 +6,11 @@ evaluates this stage's model and adds MediaPipe's figures to metrics.json. No Te
 the stage runs in images/mediapipe.Dockerfile (and in the TensorFlow environment locally); the
 MediaPipe side runs in its own interpreter (``mobiletag.export.mediapipe``).
 
-Output folder: ``model_qat_int8.tflite`` (with metadata; its tensors and outputs are the exported
-model's, bit for bit), ``labels.txt``, ``mediapipe.json`` (metadata, calibration thresholds,
-checks, timings), ``mediapipe_test_scores.npy`` (calibrated scores [N, C]),
-``mediapipe_test_label_sets.json`` (label indices per image, default options) and
-``mediapipe_test_paths.json`` (the N test paths, as evaluate names them). The test originals are
-read where they live (the dataset's ``originals.json``), checked, and piped to MediaPipe.
+Output folder (:class:`mobiletag.artifacts.ExportedModel`): the model with metadata (its tensors
+and outputs are the exported model's, bit for bit), the labels, the summary (metadata, calibration
+thresholds, checks, timings), MediaPipe's calibrated test scores [N, C], label indices per image
+(default options) and the N test paths, as evaluate names them. The test originals are read where
+they live (the dataset's originals manifest), checked, and piped to MediaPipe.
 """
 
 from __future__ import annotations
@@ -24,20 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from mobiletag import __version__
+from mobiletag.artifacts import ExportedModel, Thresholds, read_json, write_json
 from mobiletag.data.originals import Original, iter_originals
 from mobiletag.data.tfrecords import originals_of
 from mobiletag.errors import DataError, ExportError
-from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+from mobiletag.export.litert import TFLiteModel
 from mobiletag.export.mediapipe import classify, metadata_description, write_metadata
-from mobiletag.stages.common import THRESHOLDS_FILE, StageResult, dataset_facts, read_json, write_json
+from mobiletag.stages.common import StageResult, dataset_facts
 
 log = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.txt"
-SUMMARY_FILE = "mediapipe.json"
-SCORES_FILE = "mediapipe_test_scores.npy"
-LABEL_SETS_FILE = "mediapipe_test_label_sets.json"
-PATHS_FILE = "mediapipe_test_paths.json"
 PARITY_INPUTS = 16  # random inputs on which the model with metadata must give the exported model's raw outputs
 
 
@@ -89,16 +84,16 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
-    exported = Path(tflite_dir) / MODEL_FILE
-    labels = (Path(tflite_dir) / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+    exported = Path(tflite_dir) / ExportedModel.MODEL
+    labels = (Path(tflite_dir) / ExportedModel.LABELS).read_text(encoding="utf-8").splitlines()
     if labels != facts.classes:
-        raise DataError(f"{tflite_dir}/{LABELS_FILE} lists {labels}, the dataset {facts.classes}")
-    recommendation = read_json(Path(thresholds_dir) / THRESHOLDS_FILE)
+        raise DataError(f"{tflite_dir}/{ExportedModel.LABELS} lists {labels}, the dataset {facts.classes}")
+    recommendation = read_json(Path(thresholds_dir) / Thresholds.RECOMMENDATION)
     missing = [c for c in labels if c not in recommendation["classes"]]
     if missing:
-        raise DataError(f"{thresholds_dir}/{THRESHOLDS_FILE} has no threshold for {', '.join(missing)}")
+        raise DataError(f"{thresholds_dir}/{Thresholds.RECOMMENDATION} has no threshold for {', '.join(missing)}")
     thresholds = [float(recommendation["classes"][c]["threshold"]) for c in labels]
-    model = out / MODEL_FILE
+    model = out / ExportedModel.MODEL
     summary = write_metadata(
         exported,
         model,
@@ -111,7 +106,7 @@ def run(
         interpreter=interpreter,
     )
     check_same_outputs(exported, model)
-    shutil.copyfile(Path(tflite_dir) / LABELS_FILE, out / LABELS_FILE)
+    shutil.copyfile(Path(tflite_dir) / ExportedModel.LABELS, out / ExportedModel.LABELS)
     metadata_seconds = time.perf_counter() - started
 
     originals = images_to_classify(dataset_dir)
@@ -123,13 +118,13 @@ def run(
         raise ExportError(
             f"MediaPipe returned scores of shape {classified.scores.shape} for {len(keys)} images and {len(labels)} classes"
         )
-    np.save(out / SCORES_FILE, classified.scores.astype(np.float32))
-    write_json(out / LABEL_SETS_FILE, classified.label_sets)
-    write_json(out / PATHS_FILE, keys)
+    np.save(out / ExportedModel.MEDIAPIPE_TEST_SCORES, classified.scores.astype(np.float32))
+    write_json(out / ExportedModel.MEDIAPIPE_TEST_LABEL_SETS, classified.label_sets)
+    write_json(out / ExportedModel.MEDIAPIPE_TEST_PATHS, keys)
     write_json(
-        out / SUMMARY_FILE,
+        out / ExportedModel.MEDIAPIPE_SUMMARY,
         {
-            "model": MODEL_FILE,
+            "model": ExportedModel.MODEL,
             "mediapipe_version": "0.10.21",
             "metadata": summary["metadata"],
             "thresholds": dict(zip(labels, thresholds)),
@@ -158,6 +153,6 @@ def run(
             "classify_ms_per_image": round(classified.timings.get("classify_ms_per_image", 0.0), 3),
             "seconds": round(seconds, 1),
         },
-        files={"model": str(model), "scores": str(out / SCORES_FILE)},
+        files={"model": str(model), "scores": str(out / ExportedModel.MEDIAPIPE_TEST_SCORES)},
         details={"version": __version__, "seconds": round(seconds, 1)},
     )

@@ -2,7 +2,7 @@
 
 ``run`` ships the one with the better validation macro mAP (ties: the distilled one); the test
 split decides nothing. A baseline folder holding only the note of an untrained baseline
-(:data:`mobiletag.stages.train_student_baseline.SKIPPED_FILE`) reads as "no baseline".
+(:data:`mobiletag.artifacts.StudentModel.BASELINE_SKIPPED`) reads as "no baseline".
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import logging
 import shutil
 from pathlib import Path
 
+from mobiletag.artifacts import StudentModel, read_json, write_json
 from mobiletag.errors import ConfigError
-from mobiletag.stages.common import STUDENT_CHECKPOINT, STUDENT_METRICS, StageResult, read_json, write_json
-from mobiletag.stages.train_student_baseline import SKIPPED_FILE
+from mobiletag.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
 DISTILLED = "distilled"
 BASELINE = "baseline"
 
 
 def _val_map(model_dir: Path, role: str) -> float:
-    path = model_dir / STUDENT_METRICS
+    path = model_dir / StudentModel.METRICS
     try:
         return float(read_json(path)["metrics"]["val_map"])
     except FileNotFoundError as exc:
@@ -56,10 +55,10 @@ def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str
     """
     distilled = Path(distilled_dir)
     baseline = Path(baseline_dir) if baseline_dir else None
-    has_baseline = baseline is not None and (baseline / STUDENT_CHECKPOINT).is_file()
-    if baseline is not None and not has_baseline and not (baseline / SKIPPED_FILE).is_file():
+    has_baseline = baseline is not None and (baseline / StudentModel.CHECKPOINT).is_file()
+    if baseline is not None and not has_baseline and not (baseline / StudentModel.BASELINE_SKIPPED).is_file():
         raise ConfigError(
-            f"{baseline}: neither {STUDENT_CHECKPOINT} nor {SKIPPED_FILE}; "
+            f"{baseline}: neither {StudentModel.CHECKPOINT} nor {StudentModel.BASELINE_SKIPPED}; "
             "the baseline folder must come from the train-student-baseline step"
         )
     distilled_map = _val_map(distilled, DISTILLED)
@@ -68,16 +67,16 @@ def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str
     source = baseline if shipped == BASELINE and baseline is not None else distilled
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (STUDENT_CHECKPOINT, STUDENT_METRICS):
+    for name in (StudentModel.CHECKPOINT, StudentModel.METRICS):
         shutil.copyfile(source / name, out / name)
-    alpha = read_json(source / STUDENT_METRICS).get("alpha")
+    alpha = read_json(source / StudentModel.METRICS).get("alpha")
     selection = {
         "shipped": shipped,
         "reason": reason,
         "val_map": {DISTILLED: distilled_map, BASELINE: baseline_map},
         "alpha": alpha,
     }
-    write_json(out / SELECTION_FILE, selection)
+    write_json(out / StudentModel.SELECTION, selection)
     log.info("select student: %s ships (%s)", shipped, reason)
     metrics = {"val_map_distilled": distilled_map, "baseline_shipped": 1.0 if shipped == BASELINE else 0.0}
     if baseline_map is not None:
@@ -88,10 +87,10 @@ def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str
         "val_map_distilled": distilled_map,
         "val_map_baseline": -1.0 if baseline_map is None else baseline_map,
         "alpha": alpha,
-        "size_bytes": (out / STUDENT_CHECKPOINT).stat().st_size,
+        "size_bytes": (out / StudentModel.CHECKPOINT).stat().st_size,
     }
     return StageResult(
         metrics=metrics,
-        files={"checkpoint": str(out / STUDENT_CHECKPOINT), "selection": str(out / SELECTION_FILE)},
+        files={"checkpoint": str(out / StudentModel.CHECKPOINT), "selection": str(out / StudentModel.SELECTION)},
         details=details,
     )
