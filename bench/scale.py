@@ -345,7 +345,7 @@ def score_differences(eager_dir: Path, traced_dir: Path) -> dict:
     """Largest |eager - traced| of each float model's probabilities (test, then validation for the
     students) and whether the INT8 model's test scores are identical, from two evaluate folders.
     It imports TensorFlow into this process: call it after the last measurement (see measure)."""
-    from mobiletag.stages.evaluate import SCORES_FILE, TRACED_TOLERANCE
+    from mobiletag.stages.evaluate import SCORES_FILE
 
     eager, traced = np.load(eager_dir / FLOAT_SCORES), np.load(traced_dir / FLOAT_SCORES)
     diffs = {key: float(np.max(np.abs(eager[key] - traced[key]))) for key in eager.files}
@@ -357,8 +357,6 @@ def score_differences(eager_dir: Path, traced_dir: Path) -> dict:
     return {
         "max_abs_diff": {key: float(f"{v:.3g}") for key, v in diffs.items()},
         "scores_compared": {key: int(eager[key].size) for key in eager.files},
-        "tolerance": TRACED_TOLERANCE,
-        "within": bool(max(diffs.values()) <= TRACED_TOLERANCE),
         "int8_scores_identical": int8_equal,
         "float_map_macro_max_abs_diff": float(f"{map_diff:.3g}"),
     }
@@ -372,6 +370,8 @@ def summary(raw: dict) -> dict:
     """scale.json from a run's raw samples (``raw.json`` in ``--work``)."""
     from stats import summarize
 
+    from mobiletag.stages.evaluate import TRACED_TOLERANCE  # TensorFlow: after the last measurement
+
     sizes, results, samples, profiles = raw["sizes"], raw["results"], raw["samples"], raw["profiles"]
     largest, compare_size = sizes[-1], raw["compare_size"]
 
@@ -382,7 +382,8 @@ def summary(raw: dict) -> dict:
     weights = {"teacher": 1, "student": 4}
     extra_ms = [sum(w * (p[f"{m}_eager"] - p[f"{m}_traced"]) for m, w in weights.items()) for p in profiles]
     largest_median = float(np.median(seconds("largest")))
-    where = {key: summarize([p[key] for p in profiles], digits=3) for key in profiles[0]}
+    parts = [key for key in profiles[0] if key not in ("seconds", "peak_rss_mb")]  # measure's own figures
+    where = {key: summarize([p[key] for p in profiles], digits=3) for key in parts}
 
     def part_seconds(keys: dict[str, int]) -> dict:
         return summarize([largest * sum(w * p[k] for k, w in keys.items()) / 1000 for p in profiles], digits=1)
@@ -417,6 +418,8 @@ def summary(raw: dict) -> dict:
                 ),
             },
             **raw["differences"],
+            "tolerance": TRACED_TOLERANCE,
+            "within": bool(max(raw["differences"]["max_abs_diff"].values()) <= TRACED_TOLERANCE),
         },
         "profile_ms_per_image": where,
         "profile_seconds_at_largest": {

@@ -55,8 +55,10 @@ LABELS_FILE = "test_labels.npy"  # [N, C] uint8 (0/1)
 PATHS_FILE = "test_paths.json"  # the N original file paths, a JSON list
 
 
-# max |traced - eager| of a float model's probabilities (tests/unit/test_evaluate_scoring.py, make bench-scale)
-TRACED_TOLERANCE = 1e-5
+# max |traced - eager| of a float model's probabilities (tests/unit/test_evaluate_scoring.py, make bench-scale):
+# random-weight EfficientNet-Lite1 students at 64 px differ by up to 2.2e-5 over 12,000 scores; 1e-4 is 39x
+# below the INT8 output's step (1/256) that thresholds are tuned on
+TRACED_TOLERANCE = 1e-4
 
 
 def eager_scorer(model: keras.Model, normalise: bool) -> tuple[int, Scorer]:
