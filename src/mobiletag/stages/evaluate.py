@@ -79,7 +79,7 @@ def keras_scorer(model: keras.Model, normalise: bool, batch_size: int = EVAL_BAT
 
     The forward pass is traced once (tf.function over a fixed [batch_size, size, size, 3]
     float32 input; a shorter batch is padded with zeros and its padding rows dropped):
-    :func:`eager_scorer`'s calls cost 2.5-3x more per image for EfficientNet-B3 at 80 px and
+    :func:`eager_scorer`'s calls cost 2-3x more per image for EfficientNet-B3 at 80 px and
     Lite1 at 64 px (``make bench-scale``). The traced graph's fused kernels round differently
     from eager execution (probabilities within ``TRACED_TOLERANCE`` of the eager ones), which
     can swap tied scores: figures computed from them agree with eager ones to the 4th decimal,
