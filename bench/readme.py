@@ -130,6 +130,54 @@ def scale_lines(scale: dict) -> list[str]:
         f"Goals, from N = {int(sizes[0]):,} to {int(sizes[-1]):,}: peak memory at most {g['rss_goal']}x, "
         f"seconds at most {g['seconds_goal']}x.",
     ]
+    return lines + evaluate_lines(scale)
+
+
+def _spread(figure: dict, unit: str = "") -> str:
+    """A summarised figure (bench/stats.py) as "median unit (min-max, n runs)"."""
+    return f"{figure['median']:g}{unit} ({figure['min']:g}-{figure['max']:g}, {figure['n']} runs)"
+
+
+def evaluate_lines(scale: dict) -> list[str]:
+    """evaluate at the largest N against its goal, eager against traced float models, where the time goes."""
+    if "evaluate_at_largest" not in scale:
+        return []
+    at, vs = scale["evaluate_at_largest"], scale["eager_vs_traced"]
+    ms = {key: figure["median"] for key, figure in scale["profile_ms_per_image"].items()}
+    parts = scale["profile_seconds_at_largest"]
+    goal, estimate, n, small = at["seconds"], vs["eager_at_largest_estimate"], f"{at['n']:,}", f"{vs['n']:,}"
+    lines = [
+        "",
+        "| evaluate | seconds: median (min-max, runs) |",
+        "|---|---|",
+        f"| N = {n}, float models traced (process; goal {goal['goal']} s: {goal['status']}) | {_spread(goal)} |",
+        f"| N = {n}, traced, the `run` call | {_spread(at['run_seconds'])} |",
+        f"| N = {n}, float models eager, estimated | {_spread(estimate['seconds'])} |",
+        f"| N = {small}, float models eager | {_spread(vs['eager_seconds'])} |",
+        f"| N = {small}, float models traced | {_spread(vs['traced_seconds'])} |",
+        f"| N = {small}, eager / traced, per round | {_spread(vs['eager_over_traced'], 'x')} |",
+        f"| N = {small}, eager - traced, measured | {_spread(vs['measured_gap_seconds'])} |",
+        f"| N = {small}, eager - traced, from the profile | {_spread(vs['profile_gap_seconds'])} |",
+        f"| N = {n}: decoding the originals (threads, beside the models) | {_spread(parts['decode'])} |",
+        f"| N = {n}: teacher, traced | {_spread(parts['teacher_traced'])} |",
+        f"| N = {n}: two students on test and validation, traced | {_spread(parts['students_traced'])} |",
+        f"| N = {n}: INT8 model | {_spread(parts['int8'])} |",
+        f"| N = {n}: all models, traced | {_spread(parts['traced_models'])} |",
+        f"| N = {n}: all models, eager | {_spread(parts['eager_models'])} |",
+        "",
+        f"Rounds alternated (eager and traced at N = {small}, traced at N = {n}, the profile). Eager at "
+        f"N = {n}: {estimate['how']}. The parts at N = {n} are the profile's median milliseconds per "
+        f"image (batches of 64) times N: decoding an original {ms['decode_test_image']:g} (test, two sizes) / "
+        f"{ms['decode_val_image']:g} (validation); teacher {ms['teacher_traced']:g} traced / "
+        f"{ms['teacher_eager']:g} eager; a student {ms['student_traced']:g} / {ms['student_eager']:g}; "
+        f"INT8 {ms['int8']:g}. Largest |eager - traced| probability: "
+        + ", ".join(f"{name} {diff:g}" for name, diff in vs["max_abs_diff"].items())
+        + f" (tolerance {vs['tolerance']:g}: {'within' if vs['within'] else 'EXCEEDED'}); INT8 scores "
+        + ("identical" if vs["int8_scores_identical"] else "DIFFERENT")
+        + f"; the float models' macro mAP differ by at most {vs['float_map_macro_max_abs_diff']:g}.",
+    ]
+    if "load" in scale:
+        lines += ["", f"Load: `{scale['load']['start']}` at the start, `{scale['load']['end']}` at the end."]
     return lines
 
 

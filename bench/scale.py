@@ -1,20 +1,23 @@
 """`make bench-scale`: seconds and peak resident memory of prepare_dataset, optimize_thresholds
 and evaluate at growing dataset sizes, with the growth ratios against the goals (memory at the
-largest N at most 1.3x that at the smallest; seconds at most 1.2x linear).
+largest N at most 1.3x that at the smallest; seconds at most 1.2x linear); evaluate at the largest
+N repeated, against the goal of 2 minutes; evaluate with its float models traced
+(``keras_scorer``) and eager (``eager_scorer``), alternated, with the largest difference of their
+probabilities; where evaluate's time goes.
 
-    python bench/scale.py [--sizes 1000,4000,16000] [--out bench/scale.json]
+    python bench/scale.py [--sizes 1000,4000,16000] [--compare-size 1000] [--rounds 3] [--out bench/scale.json]
 
-Datasets: small generated JPEGs (64x48), 20% train / 40% val / 40% test, so every split that
-a stage reads grows with N (prepare_dataset reads all three, optimize_thresholds val, evaluate
-test). The models are built once with random weights at small sizes (student and exported
-INT8 model EfficientNet-Lite0 at 32 px; the "teacher" checkpoint is a Lite0 at 40 px, so
-evaluation decodes each test image at two sizes as it does with the real teacher, without
-EfficientNet-B3's cost); two such students, distilled and baseline (different seeds), with
-select-student's choice, so that evaluate scores what it scores in the pipeline: the teacher and
-both float students on test, both students on validation. evaluate's figures include building
-report.html (its seconds and bytes are listed apart). Each stage runs in a fresh process: its peak RSS is that process's
-own (``os.wait4``), its seconds are the process's wall time (imports included) and the
-``run`` call's.
+N is the number of test images. Datasets: generated 500x375 JPEGs (hard links to a pool of
+distinct ones; decoding is paid per file all the same), N test, N validation (evaluate scores
+both float students on it for the distillation block, optimize_thresholds the INT8 model) and
+N/2 training images (only prepare_dataset reads them). The models are the pipeline's at
+configs/fast.yaml's sizes, random weights: teacher EfficientNet-B3 at 80 px, distilled and baseline
+students EfficientNet-Lite1 at 64 px (different seeds) with select-student's choice, and the INT8
+export of the shipped student's (untrained) QAT model, so that evaluate scores what it scores in
+the pipeline: the teacher, both float students and the INT8 model on test, both students on
+validation. evaluate's figures include building report.html (its seconds and bytes are listed
+apart). Each stage runs in a fresh process: its peak RSS is that process's own (``os.wait4``), its
+seconds are the process's wall time (imports included) and the ``run`` call's.
 """
 
 from __future__ import annotations
@@ -35,28 +38,31 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER_SIZE, STUDENT_SIZE = 40, 32
-SOURCE_SIZE = (64, 48)
-SPLIT_OF = ("train", "val", "val", "test", "test")  # by row number modulo 5
+TEACHER_SIZE, STUDENT_SIZE = 80, 64  # configs/fast.yaml
+SOURCE_SIZE = (500, 375)
+POOL = 400  # distinct JPEGs; the dataset's files are hard links to them
 STAGES = ("prepare_dataset", "optimize_thresholds", "evaluate")
-GOALS = {"rss": 1.3, "seconds_per_image": 1.2}
-OVERRIDES = {
-    "teacher": {"image_size": TEACHER_SIZE},
-    "student": {"image_size": STUDENT_SIZE, "architecture": "efficientnet_lite0"},
-}
+GOALS = {"rss": 1.3, "seconds_per_image": 1.2, "evaluate_seconds": 120.0}
+PROFILE_BATCHES = 4  # batches of EVAL_BATCH per model and path in the profile
 
 
 def load_bench_config():
     from mobiletag.config import load_config
 
-    return load_config(REPO / "configs" / "default.yaml", REPO / "configs" / "fast.yaml", OVERRIDES)
+    return load_config(REPO / "configs" / "default.yaml", REPO / "configs" / "fast.yaml")
 
 
 # === Data and models ===
 
 
+def split_sizes(n: int) -> dict[str, int]:
+    """Images per split for N test images."""
+    return {"train": n // 2, "val": n, "test": n}
+
+
 def make_images(images_dir: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` small JPEGs (a smooth colour field with noise: a few hundred microseconds each)."""
+    """``count`` JPEG names in ``images_dir``: POOL distinct images (a smooth colour field with
+    noise), the rest hard links to them."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -64,33 +70,39 @@ def make_images(images_dir: Path, count: int, seed: int = 0) -> list[str]:
     width, height = SOURCE_SIZE
     names = []
     for i in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), "RGB")
-        field = np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR), dtype=np.int16)
-        noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
         name = f"img_{i:05d}.jpg"
-        Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB").save(images_dir / name, quality=85)
+        if i < POOL:
+            coarse = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), "RGB")
+            field = np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR), dtype=np.int16)
+            noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+            image = Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB")
+            image.save(images_dir / name, quality=85)
+        else:
+            os.link(images_dir / names[i % POOL], images_dir / name)
         names.append(name)
     return names
 
 
-def write_dataset(root: Path, images_dir: Path, names: list[str], seed: int = 1) -> None:
-    """A dataset folder over the first len(names) shared images (images/ is a link to them)."""
+def write_dataset(root: Path, images_dir: Path, names: list[str], n: int, seed: int = 1) -> None:
+    """A dataset folder of ``split_sizes(n)`` over the first shared images (images/ is a link to them)."""
     from mobiletag.data.sample import CLASSES
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "images").symlink_to(images_dir, target_is_directory=True)
     rng = np.random.default_rng(seed)
-    rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
-    for i, name in enumerate(names):
-        picked = {CLASSES[int(c)] for c in rng.choice(len(CLASSES), size=int(rng.integers(0, 3)), replace=False)}
-        if i % 5 == 0:
-            picked.add(CLASSES[(i // 5) % len(CLASSES)])  # every class has training positives
-        rows[SPLIT_OF[i % 5]].append((name, "|".join(sorted(picked))))
-    for split, split_rows in rows.items():
+    start = 0
+    for split, count in split_sizes(n).items():
+        rows = []
+        for i, name in enumerate(names[start : start + count]):
+            picked = {CLASSES[int(c)] for c in rng.choice(len(CLASSES), size=int(rng.integers(0, 3)), replace=False)}
+            if split == "train":
+                picked.add(CLASSES[i % len(CLASSES)])  # every class has training positives
+            rows.append((name, "|".join(sorted(picked))))
+        start += count
         with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["filepath", "labels"])
-            writer.writerows(split_rows)
+            writer.writerows(rows)
 
 
 MODEL_DIRS = ("teacher", "distilled", "baseline", "student", "tflite")
@@ -98,12 +110,14 @@ MODEL_DIRS = ("teacher", "distilled", "baseline", "student", "tflite")
 
 def make_models(work: Path, num_classes: int) -> dict[str, Path]:
     """Teacher, distilled and baseline student checkpoints, select-student's folder and the INT8
-    export of the shipped student (random weights), in the stages' layout."""
+    export of the shipped student's QAT model (random weights), in the stages' layout."""
     import tf_keras as keras
 
     from mobiletag.export.litert import MODEL_FILE
     from mobiletag.export.tflite import convert_int8
     from mobiletag.models.student import build_student
+    from mobiletag.models.teacher import build_teacher
+    from mobiletag.quantization.qat import quantize
     from mobiletag.stages import select_student
     from mobiletag.stages.common import STUDENT_CHECKPOINT, STUDENT_METRICS, TEACHER_CHECKPOINT, write_json
 
@@ -111,27 +125,127 @@ def make_models(work: Path, num_classes: int) -> dict[str, Path]:
     dirs = {name: work / name for name in MODEL_DIRS}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
-    build_student(num_classes, TEACHER_SIZE, "efficientnet_lite0").save(dirs["teacher"] / TEACHER_CHECKPOINT)
+    build_teacher(num_classes, TEACHER_SIZE, "none").save(dirs["teacher"] / TEACHER_CHECKPOINT)
     for name, val_map in (("baseline", 0.5), ("distilled", 0.6)):  # the distilled one ships
-        build_student(num_classes, STUDENT_SIZE, "efficientnet_lite0").save(dirs[name] / STUDENT_CHECKPOINT)
+        build_student(num_classes, STUDENT_SIZE).save(dirs[name] / STUDENT_CHECKPOINT)
         write_json(dirs[name] / STUDENT_METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
     select_student.run(dirs["distilled"], dirs["baseline"], dirs["student"])
     student = keras.models.load_model(dirs["student"] / STUDENT_CHECKPOINT, compile=False)
     representative = np.random.default_rng(0).uniform(0, 255, (32, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
-    (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(student, representative))
+    (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(quantize(student), representative))
     return dirs
 
 
 # === One stage in a child process ===
 
+FLOAT_SCORES = "bench_float_scores.npz"  # beside evaluate's outputs: every float model's probabilities
+
+
+def recording(make_scorer, record: dict[str, list[np.ndarray]]):
+    """``make_scorer`` (evaluate's keras_scorer or eager_scorer) whose scorers also keep every
+    output in ``record``, under the model's creation order and name."""
+
+    def wrapped(model, normalise, *args, **kwargs):
+        size, score = make_scorer(model, normalise, *args, **kwargs)
+        outputs = record.setdefault(f"{len(record)}_{model.name}", [])
+
+        def scores(pixels: np.ndarray) -> np.ndarray:
+            out = score(pixels)
+            outputs.append(out)
+            return out
+
+        return size, scores
+
+    return wrapped
+
+
+def run_evaluate(paths: dict[str, str], eager: bool) -> dict:
+    """evaluate's run with its float models traced or eager; the float models' probabilities
+    saved beside its outputs."""
+    from mobiletag.stages import evaluate
+
+    record: dict[str, list[np.ndarray]] = {}
+    evaluate.keras_scorer = recording(evaluate.eager_scorer if eager else evaluate.keras_scorer, record)
+    started = time.perf_counter()
+    result = evaluate.run(
+        paths["dataset"],
+        paths["teacher"],
+        paths["student"],
+        paths["tflite"],
+        paths["thresholds"],
+        paths["evaluate"],
+        distilled_dir=paths["distilled"],
+        baseline_dir=paths["baseline"],
+    )
+    seconds = round(time.perf_counter() - started, 2)
+    np.savez(Path(paths["evaluate"]) / FLOAT_SCORES, **{k: np.concatenate(v) for k, v in record.items()})
+    html = Path(result.files["report_html"])
+    return {
+        "run_seconds": seconds,
+        "report_seconds": result.details["report_html_seconds"],
+        "report_bytes": html.stat().st_size,
+    }
+
+
+def profile(paths: dict[str, str]) -> dict:
+    """Milliseconds per image of each part of evaluate's scoring: decoding the originals (at every
+    size, evaluate's decode threads, no model), each float model traced and eager, the INT8 model."""
+    import tf_keras as keras
+
+    from mobiletag.export.inference_config import EVAL_BATCH, iter_eval_batches
+    from mobiletag.export.litert import MODEL_FILE, TFLiteModel
+    from mobiletag.stages.common import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
+    from mobiletag.stages.evaluate import eager_scorer, keras_scorer
+
+    count = PROFILE_BATCHES * EVAL_BATCH
+    out: dict[str, float] = {}
+    for split, sizes in (("test", [STUDENT_SIZE, TEACHER_SIZE]), ("val", [STUDENT_SIZE])):
+        batches = iter_eval_batches(paths["dataset"], split, sizes, limit=count + EVAL_BATCH)
+        next(batches)  # opening the split is paid once per split, not per image
+        started = time.perf_counter()
+        decoded = sum(len(b.labels) for b in batches)
+        out[f"decode_{split}_image"] = round((time.perf_counter() - started) * 1000 / max(decoded, 1), 3)
+    rng = np.random.default_rng(0)
+    models = {
+        "teacher": (keras.models.load_model(Path(paths["teacher"]) / TEACHER_CHECKPOINT, compile=False), False),
+        "student": (keras.models.load_model(Path(paths["student"]) / STUDENT_CHECKPOINT, compile=False), True),
+    }
+    for name, (model, normalise) in models.items():
+        scorers = {"traced": keras_scorer(model, normalise), "eager": eager_scorer(model, normalise)}
+        size = scorers["traced"][0]
+        pixels = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+        spent = dict.fromkeys(scorers, 0.0)
+        for _, score in scorers.values():
+            score(pixels[:EVAL_BATCH])  # traces, or warms up
+        for start in range(0, count, EVAL_BATCH):  # the two paths alternated batch by batch
+            for path, (_, score) in scorers.items():
+                began = time.perf_counter()
+                score(pixels[start : start + EVAL_BATCH])
+                spent[path] += time.perf_counter() - began
+        out.update({f"{name}_{path}": round(seconds * 1000 / count, 3) for path, seconds in spent.items()})
+    tflite = TFLiteModel(Path(paths["tflite"]) / MODEL_FILE, num_threads=2)
+    pixels = rng.integers(0, 256, (count, STUDENT_SIZE, STUDENT_SIZE, 3), dtype=np.uint8)
+    tflite.predict_batch(pixels[:EVAL_BATCH])
+    started = time.perf_counter()
+    for start in range(0, count, EVAL_BATCH):
+        tflite.predict_batch(pixels[start : start + EVAL_BATCH])
+    out["int8"] = round((time.perf_counter() - started) * 1000 / count, 3)
+    return out
+
 
 def child(stage: str, paths: dict[str, str]) -> None:
-    """Run one stage (in this fresh process) and print its own seconds as JSON on the last line."""
+    """Run one stage (in this fresh process) and print its own figures as JSON on the last line."""
     if stage == "models":
         from mobiletag.data.sample import CLASSES
 
         make_models(Path(paths["models"]), len(CLASSES))
         print(json.dumps({}))
+        return
+    if stage in ("evaluate", "evaluate_eager"):
+        print(json.dumps(run_evaluate(paths, eager=stage == "evaluate_eager")))
+        return
+    if stage == "profile":
+        print(json.dumps(profile(paths)))
         return
     config = load_bench_config()
     started = time.perf_counter()
@@ -139,28 +253,10 @@ def child(stage: str, paths: dict[str, str]) -> None:
         from mobiletag.stages import prepare_dataset
 
         prepare_dataset.run(config, paths["data"], paths["dataset"])
-    elif stage == "optimize_thresholds":
+    else:
         from mobiletag.stages import optimize_thresholds
 
         optimize_thresholds.run(config, paths["dataset"], paths["tflite"], paths["thresholds"])
-    else:
-        from mobiletag.stages import evaluate
-
-        result = evaluate.run(
-            paths["dataset"],
-            paths["teacher"],
-            paths["student"],
-            paths["tflite"],
-            paths["thresholds"],
-            paths["evaluate"],
-            distilled_dir=paths["distilled"],
-            baseline_dir=paths["baseline"],
-        )
-        html = result.files.get("report_html")
-        if html:
-            own = {"report_seconds": result.details["report_html_seconds"], "report_bytes": Path(html).stat().st_size}
-            print(json.dumps({"run_seconds": round(time.perf_counter() - started, 2), **own}))
-            return
     print(json.dumps({"run_seconds": round(time.perf_counter() - started, 2)}))
 
 
@@ -245,34 +341,148 @@ def table(results: dict[str, dict[str, dict]], ratios: dict[str, dict], sizes: l
     return "\n".join(lines)
 
 
+def score_differences(eager_dir: Path, traced_dir: Path) -> dict:
+    """Largest |eager - traced| of each float model's probabilities (test, then validation for the
+    students) and whether the INT8 model's test scores are identical, from two evaluate folders.
+    It imports TensorFlow into this process: call it after the last measurement (see measure)."""
+    from mobiletag.artifacts import Evaluation
+
+    eager, traced = np.load(eager_dir / FLOAT_SCORES), np.load(traced_dir / FLOAT_SCORES)
+    diffs = {key: float(np.max(np.abs(eager[key] - traced[key]))) for key in eager.files}
+    int8_equal = bool(
+        np.array_equal(np.load(eager_dir / Evaluation.TEST_SCORES), np.load(traced_dir / Evaluation.TEST_SCORES))
+    )
+    metrics = [json.loads((d / "metrics.json").read_text())["compare"] for d in (eager_dir, traced_dir)]
+    map_diff = max(
+        abs((metrics[0][m]["map_macro"] or 0) - (metrics[1][m]["map_macro"] or 0)) for m in ("teacher", "student")
+    )
+    return {
+        "max_abs_diff": {key: float(f"{v:.3g}") for key, v in diffs.items()},
+        "scores_compared": {key: int(eager[key].size) for key in eager.files},
+        "int8_scores_identical": int8_equal,
+        "float_map_macro_max_abs_diff": float(f"{map_diff:.3g}"),
+    }
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def summary(raw: dict) -> dict:
+    """scale.json from a run's raw samples (``raw.json`` in ``--work``)."""
+    from stats import summarize
+
+    from mobiletag.stages.evaluate import TRACED_TOLERANCE  # TensorFlow: after the last measurement
+
+    sizes, results, samples, profiles = raw["sizes"], raw["results"], raw["samples"], raw["profiles"]
+    largest, compare_size = sizes[-1], raw["compare_size"]
+
+    def seconds(key: str, field: str = "seconds") -> list[float]:
+        return [one[field] for one in samples[key]]
+
+    # per image: the teacher on test, two students on test and on validation, the INT8 model on test
+    weights = {"teacher": 1, "student": 4}
+    extra_ms = [sum(w * (p[f"{m}_eager"] - p[f"{m}_traced"]) for m, w in weights.items()) for p in profiles]
+    largest_median = float(np.median(seconds("largest")))
+    parts = [key for key in profiles[0] if key not in ("seconds", "peak_rss_mb")]  # measure's own figures
+    where = {key: summarize([p[key] for p in profiles], digits=3) for key in parts}
+
+    def part_seconds(keys: dict[str, int]) -> dict:
+        return summarize([largest * sum(w * p[k] for k, w in keys.items()) / 1000 for p in profiles], digits=1)
+
+    report = {
+        "sizes": sizes,
+        "splits": "N test, N validation, N/2 training images",
+        "image": (
+            f"{SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} JPEG; teacher EfficientNet-B3 {TEACHER_SIZE} px, "
+            f"students EfficientNet-Lite1 and INT8 (QAT export) {STUDENT_SIZE} px, random weights"
+        ),
+        "results": results,
+        "growth": growth(results, sizes),
+        "evaluate_at_largest": {
+            "n": largest,
+            "seconds": summarize(seconds("largest"), f"<= {GOALS['evaluate_seconds']:.0f}", digits=1),
+            "run_seconds": summarize(seconds("largest", "run_seconds"), digits=1),
+        },
+        "eager_vs_traced": {
+            "n": compare_size,
+            "eager_seconds": summarize(seconds("eager"), digits=1),
+            "traced_seconds": summarize(seconds("traced"), digits=1),
+            "eager_over_traced": summarize([e / t for e, t in zip(seconds("eager"), seconds("traced"))], digits=2),
+            "measured_gap_seconds": summarize([e - t for e, t in zip(seconds("eager"), seconds("traced"))], digits=1),
+            "profile_gap_seconds": summarize([compare_size * x / 1000 for x in extra_ms], digits=1),
+            "eager_at_largest_estimate": {
+                "seconds": summarize([largest_median + largest * x / 1000 for x in extra_ms], digits=0),
+                "how": (
+                    f"the median traced evaluate at N={largest:,} plus N x the profile's extra eager "
+                    "milliseconds per image (teacher once, a student four times: two students, test and "
+                    "validation), per round; both paths run the same code but the float models' calls"
+                ),
+            },
+            **raw["differences"],
+            "tolerance": TRACED_TOLERANCE,
+            "within": bool(max(raw["differences"]["max_abs_diff"].values()) <= TRACED_TOLERANCE),
+        },
+        "profile_ms_per_image": where,
+        "profile_seconds_at_largest": {
+            "decode": part_seconds({"decode_test_image": 1, "decode_val_image": 1}),
+            "teacher_traced": part_seconds({"teacher_traced": 1}),
+            "students_traced": part_seconds({"student_traced": 4}),
+            "int8": part_seconds({"int8": 1}),
+            "traced_models": part_seconds({"teacher_traced": 1, "student_traced": 4, "int8": 1}),
+            "eager_models": part_seconds({"teacher_eager": 1, "student_eager": 4, "int8": 1}),
+        },
+        "load": raw["load"],
+        "total_seconds": raw["total_seconds"],
+        "cores": os.cpu_count(),
+    }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,4000,16000", help="dataset sizes N, comma-separated, ascending")
+    parser.add_argument("--sizes", default="1000,4000,16000", help="test images N, comma-separated, ascending")
+    parser.add_argument(
+        "--compare-size", type=int, default=1000, help="the N (one of --sizes) at which eager and traced alternate"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (eager, traced, traced at largest N)")
     parser.add_argument("--out", default=str(REPO / "bench" / "scale.json"))
     parser.add_argument(
         "--work", help="keep the generated datasets, models and outputs in this folder (default: a temporary one)"
     )
+    parser.add_argument("--models", help="use the models in this folder (a previous run's --work models/)")
+    parser.add_argument("--from-raw", help="only write --out from a run's raw.json (in its --work folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, json.loads(args.paths))
         return
+    if args.from_raw:
+        write(summary(json.loads(Path(args.from_raw).read_text())), Path(args.out))
+        return
     sizes = sorted(int(n) for n in args.sizes.split(","))
+    if args.compare_size not in sizes:
+        raise SystemExit(f"--compare-size {args.compare_size} is not one of --sizes {args.sizes}")
+    largest = sizes[-1]
+    load = {"start": uptime()}
     started = time.perf_counter()
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mobiletag-scale-") as tmp:
         work = Path(args.work or tmp)
-        names = make_images(work / "images", sizes[-1])
+        names = make_images(work / "images", sum(split_sizes(largest).values()))
         generated = time.perf_counter() - started
-        models = {name: work / "models" / name for name in MODEL_DIRS}
-        measure("models", {"models": str(work / "models")})  # in a child: this process stays small (see measure)
+        model_root = Path(args.models) if args.models else work / "models"
+        models = {name: model_root / name for name in MODEL_DIRS}
+        if not args.models:
+            measure("models", {"models": str(model_root)})  # in a child: this process stays small (see measure)
         prepared = time.perf_counter() - started
-        print(f"generated {sizes[-1]} images in {generated:.1f} s; models in {prepared - generated:.1f} s", flush=True)
+        print(f"generated {len(names)} images in {generated:.1f} s; models in {prepared - generated:.1f} s", flush=True)
+        paths_of: dict[int, dict[str, str]] = {}
         for n in sizes:
             root = work / f"n{n}"
-            write_dataset(root / "data", work / "images", names[:n])
-            paths = {
+            write_dataset(root / "data", work / "images", names, n)
+            paths = paths_of[n] = {
                 "data": str(root / "data"),
                 "dataset": str(root / "dataset"),
                 "thresholds": str(root / "thresholds"),
@@ -283,25 +493,51 @@ def main() -> None:
             for stage in STAGES:
                 results[str(n)][stage] = measure(stage, paths)
                 print(f"N={n} {stage}: {results[str(n)][stage]}", flush=True)
-    ratios = growth(results, sizes)
-    report = {
+        # alternated rounds: eager and traced at --compare-size, traced at the largest N (its first
+        # sample is the table's)
+        samples: dict[str, list[dict]] = {"eager": [], "traced": [], "largest": [results[str(largest)]["evaluate"]]}
+        profiles: list[dict] = []
+        for r in range(args.rounds):
+            runs = [("eager", "evaluate_eager", args.compare_size), ("traced", "evaluate", args.compare_size)]
+            if r > 0:
+                runs.append(("largest", "evaluate", largest))
+            for key, stage, n in runs:
+                folder = work / f"n{n}" / f"evaluate_{key}_{r}"
+                one = measure(stage, {**paths_of[n], "evaluate": str(folder)})
+                samples[key].append(one)
+                print(f"round {r} N={n} {stage}: {one}", flush=True)
+            profiles.append(measure("profile", paths_of[largest]))
+            print(f"round {r} profile (ms/img): {profiles[-1]}", flush=True)
+        compare = work / f"n{args.compare_size}"
+        differences = score_differences(compare / "evaluate_eager_0", compare / "evaluate_traced_0")
+        print("eager vs traced:", differences, flush=True)
+    load["end"] = uptime()
+    raw = {
         "sizes": sizes,
-        "splits": "20% train, 40% val, 40% test",
-        "image": f"{SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} JPEG; student/INT8 {STUDENT_SIZE} px, teacher {TEACHER_SIZE} px",
+        "compare_size": args.compare_size,
         "results": results,
-        "growth": ratios,
+        "samples": samples,
+        "profiles": profiles,
+        "differences": differences,
+        "load": load,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "cores": os.cpu_count(),
     }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    results = Path(args.out).with_name("results.json")
-    if results.is_file():  # bench/README.md shows this file's table too: keep it current
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.work:
+        (Path(args.work) / "raw.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
+    write(summary(raw), Path(args.out))
+
+
+def write(report: dict, out: Path) -> None:
+    """scale.json, bench/README.md beside it when results.json is there, the table on stdout."""
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    results_file = out.with_name("results.json")
+    if results_file.is_file():  # bench/README.md shows this file's table too: keep it current
         import readme
 
-        print("wrote", readme.write(results))
-    print(table(results, ratios, sizes))
-    print(f"total {report['total_seconds']} s; wrote {args.out}")
+        print("wrote", readme.write(results_file))
+    print(table(report["results"], report["growth"], report["sizes"]))
+    print(json.dumps({k: report[k] for k in ("evaluate_at_largest", "eager_vs_traced", "profile_seconds_at_largest")}))
+    print(f"total {report['total_seconds']} s; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -146,6 +146,63 @@ def test_scale_table_and_a_shape_the_renderer_does_not_know(bench):
     assert readme._optional("Scale", "scale.json", None, readme.scale_lines)[-1] == "No `bench/scale.json` yet."
 
 
+def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
+    readme, summarize = bench["readme"], bench["stats"].summarize
+    profile = {
+        "decode_test_image": [1.5, 1.7],
+        "decode_val_image": [1.0, 1.2],
+        "teacher_traced": [4.0, 5.0],
+        "teacher_eager": [11.0, 12.0],
+        "student_traced": [1.2, 1.4],
+        "student_eager": [3.2, 3.4],
+        "int8": [0.6, 0.6],
+    }
+    scale = {
+        "evaluate_at_largest": {
+            "n": 16000,
+            "seconds": summarize([150.0, 170.0, 160.0], "<= 120", digits=1),
+            "run_seconds": summarize([140.0, 150.0, 145.0], digits=1),
+        },
+        "eager_vs_traced": {
+            "n": 1000,
+            "eager_seconds": summarize([60.0, 62.0], digits=1),
+            "traced_seconds": summarize([40.0, 44.0], digits=1),
+            "eager_over_traced": summarize([1.5, 1.41], digits=2),
+            "measured_gap_seconds": summarize([20.0, 18.0], digits=1),
+            "profile_gap_seconds": summarize([15.0, 16.0], digits=1),
+            "eager_at_largest_estimate": {"seconds": summarize([400.0, 420.0], digits=0), "how": "as measured"},
+            "max_abs_diff": {"0_efficientnet_lite1": 2.4e-07, "2_teacher": 1.1e-06},
+            "tolerance": 1e-05,
+            "within": True,
+            "int8_scores_identical": True,
+            "float_map_macro_max_abs_diff": 0.0,
+        },
+        "profile_ms_per_image": {key: summarize(values) for key, values in profile.items()},
+        "profile_seconds_at_largest": {
+            key: summarize([10.0, 12.0], digits=1)
+            for key in ("decode", "teacher_traced", "students_traced", "int8", "traced_models", "eager_models")
+        },
+        "load": {"start": "load average: 1.00", "end": "load average: 2.00"},
+    }
+    lines = readme.evaluate_lines(scale)
+    assert lines[3:10] == [
+        "| N = 16,000, float models traced (process; goal <= 120 s: missed) | 160 (150-170, 3 runs) |",
+        "| N = 16,000, traced, the `run` call | 145 (140-150, 3 runs) |",
+        "| N = 16,000, float models eager, estimated | 410 (400-420, 2 runs) |",
+        "| N = 1,000, float models eager | 61 (60-62, 2 runs) |",
+        "| N = 1,000, float models traced | 42 (40-44, 2 runs) |",
+        "| N = 1,000, eager / traced, per round | 1.46x (1.41-1.5, 2 runs) |",
+        "| N = 1,000, eager - traced, measured | 19 (18-20, 2 runs) |",
+    ]
+    assert "teacher 4.5 traced / 11.5 eager; a student 1.3 / 3.3; INT8 0.6." in lines[-3]
+    assert lines[-3].endswith(
+        "Largest |eager - traced| probability: 0_efficientnet_lite1 2.4e-07, 2_teacher 1.1e-06 (tolerance 1e-05: "
+        "within); INT8 scores identical; the float models' macro mAP differ by at most 0."
+    )
+    assert lines[-1] == "Load: `load average: 1.00` at the start, `load average: 2.00` at the end."
+    assert readme.evaluate_lines({"sizes": [1000]}) == []
+
+
 def test_readme_is_written_beside_the_results_file(bench, tmp_path):
     results = _results(bench["stats"])
     (tmp_path / "results.json").write_text(json.dumps(results))

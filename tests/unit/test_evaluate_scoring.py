@@ -1,13 +1,12 @@
-"""evaluate's float models run traced (tf.function, one fixed batch shape), within 1e-5 of eager calls."""
+"""evaluate's float models run traced (tf.function, one fixed batch shape), within TRACED_TOLERANCE of eager calls."""
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
-from mobiletag.models.student import preprocess
-from mobiletag.stages.evaluate import keras_scorer
+from mobiletag.models.student import build_student
+from mobiletag.stages.evaluate import TRACED_TOLERANCE, eager_scorer, keras_scorer
 
 
 class CountingModel:
@@ -40,8 +39,23 @@ def test_traced_scorer_matches_eager_calls_and_traces_once():
     batches = [pixels[:16], pixels[16:32], pixels[32:], pixels[:40]]  # the last: longer than one batch, split
     got = [score(b) for b in batches]
     assert model.calls == 1, model.calls  # eager scoring called the model once per batch (4 + 1 here)
+    _, eager = eager_scorer(model.model, normalise=True)
     for batch, scores in zip(batches, got):
-        eager = tf.sigmoid(model.model(preprocess(tf.constant(batch, tf.float32)), training=False)).numpy()
-        assert scores.shape == eager.shape == (len(batch), 5)
-        assert float(np.max(np.abs(scores - eager))) <= 1e-5
+        want = eager(batch)
+        assert scores.shape == want.shape == (len(batch), 5)
+        assert float(np.max(np.abs(scores - want))) <= TRACED_TOLERANCE
     assert score(pixels[:0]).shape == (0, 5)
+
+
+def test_traced_student_matches_eager_calls_within_the_tolerance():
+    """The pipeline's student architecture (EfficientNet-Lite1, small input), and raw pixels as the teacher takes them."""
+    keras.utils.set_random_seed(5)
+    student = build_student(4, 32)
+    pixels = np.random.default_rng(1).integers(0, 256, (19, 32, 32, 3)).astype(np.uint8)
+    for normalise in (True, False):
+        _, traced = keras_scorer(student, normalise=normalise, batch_size=8)
+        _, eager = eager_scorer(student, normalise=normalise)
+        got, want = traced(pixels), eager(pixels)
+        assert got.shape == want.shape == (19, 4)
+        assert float(np.max(np.abs(got - want))) <= TRACED_TOLERANCE
+    assert eager_scorer(student, normalise=True)[0] == 32
