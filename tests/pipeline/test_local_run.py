@@ -203,7 +203,7 @@ def compiled_spec(tmp_path: Path) -> dict:
     second is the Kubernetes platform spec)."""
     import yaml
 
-    from mobiletag.kfp_run import load_pipeline_module
+    from mobiletag.runners.kfp_local import load_pipeline_module
 
     path = load_pipeline_module().compile_pipeline(str(tmp_path / "pipeline.yaml"))
     return next(yaml.safe_load_all(Path(path).read_text()))
