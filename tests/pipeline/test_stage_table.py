@@ -210,3 +210,72 @@ def test_inprocess_runner_calls_every_stage() -> None:
     from mobiletag.runners import inprocess
 
     assert list(inprocess.CALLS) == [s.name for s in STAGES]
+
+
+def _record_calls(monkeypatch, gate_passed: bool = True) -> list[tuple[str, tuple, dict]]:
+    """Replace every stage's entry point by a recorder (publish answers with a version and the gate)."""
+    from mobiletag.stages.common import StageResult
+
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def entry(stage: Stage):
+        def fn(*args, **kwargs):
+            calls.append((stage.name, args, kwargs))
+            if stage.name == "publish":
+                return StageResult(details={"version": "v2", "previous_version": "v1", "gate_passed": gate_passed})
+            return StageResult()
+
+        return fn
+
+    monkeypatch.setattr(Stage, "entry", entry)
+    return calls
+
+
+def test_inprocess_runner_calls_each_stage_as_its_component_does(monkeypatch, sample_dir, tiny_config, tmp_path):
+    """Each entry point in table order, with the stage's own config (from its JSON, as on a cluster)
+    and its upstream stages' folders; publish without promoting, then promote when the gate passed."""
+    from mobiletag.runners import inprocess
+    from mobiletag.stages.resolve_config import config_from_json, stage_config_json
+
+    calls = _record_calls(monkeypatch)
+    work, out, models = tmp_path / "work", tmp_path / "out", str(tmp_path / "models")
+    inprocess.run_pipeline(tiny_config, sample_dir, out, work_dir=work, output_uri=models)
+    assert [name for name, _, _ in calls] == [s.name for s in STAGES]
+    args = {name: a for name, a, _ in calls}
+    kwargs = {name: k for name, _, k in calls}
+    for stage in STAGES:
+        if stage.config_key:
+            assert args[stage.name][0] == config_from_json(stage_config_json(tiny_config, stage.name)), stage.name
+    assert args["train_student_baseline"][0] == args["train_student"][0]
+    assert args["train_teacher"][0] != tiny_config  # the teacher's sections only, the rest defaults
+    assert args["prepare_dataset"][1:] == (str(sample_dir.resolve()), work / "prepare_dataset")
+    assert args["quantize"][1:] == tuple(
+        work / s for s in ("prepare_dataset", "train_teacher", "select_student", "quantize")
+    )
+    backups = {"backup_uri": str(work / "backup"), "run_id": f"local-{work.name}"}
+    assert kwargs["quantize"] == kwargs["bundle"] == backups
+    assert kwargs["train_student_baseline"] == {**backups, "enabled": True}
+    assert args["evaluate"][:5] == tuple(
+        work / s
+        for s in ("prepare_dataset", "train_teacher", "select_student", "mediapipe_package", "optimize_thresholds")
+    )
+    assert kwargs["evaluate"] == {
+        "distilled_dir": work / "train_student",
+        "baseline_dir": work / "train_student_baseline",
+        "qat_dir": work / "quantize",
+    }
+    assert args["bundle"][-1] == out
+    assert args["publish"][1:] == (out, models, f"local-{work.name}") and kwargs["publish"] == {"promote": False}
+    assert args["promote"] == (models, "v2", "v1")
+
+
+@pytest.mark.parametrize(("output_uri", "gate_passed", "last"), [(None, True, "bundle"), ("m", False, "publish")])
+def test_inprocess_runner_skips_what_the_pipeline_skips(
+    monkeypatch, sample_dir, tiny_config, tmp_path, output_uri, gate_passed, last
+):
+    from mobiletag.runners import inprocess
+
+    calls = _record_calls(monkeypatch, gate_passed)
+    inprocess.run_pipeline(tiny_config, sample_dir, tmp_path / "out", output_uri=output_uri)
+    names = [s.name for s in STAGES]
+    assert [name for name, _, _ in calls] == names[: names.index(last) + 1]
