@@ -1,5 +1,8 @@
 """The mobiletag Kubeflow pipeline: wiring only (GPU pools, resources, timeouts, caching, retries).
 
+The stages, their config JSON and their order come from the stage table (mobiletag.stages.STAGES);
+tests/pipeline/test_stage_table.py checks that the DAG below matches it.
+
 Compile: ``make compile`` (or ``kfp dsl compile --py pipeline.py --output pipeline.yaml``).
 """
 
@@ -19,6 +22,8 @@ from components.train_student import train_student
 from components.train_student_baseline import train_student_baseline
 from components.train_teacher import train_teacher
 from kfp import compiler, dsl, kubernetes
+
+from mobiletag.stages import STAGE
 
 PIPELINE_NAME = "mobiletag"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -92,6 +97,11 @@ def _run_id_from_label(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']")
 
 
+def _config(configs: dsl.PipelineTask, stage: str):
+    """The stage's config JSON: resolve_config's output named in the stage table."""
+    return configs.outputs[STAGE[stage].config_key]
+
+
 def _on_cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8Gi") -> dsl.PipelineTask:
     """CPU steps: requests that fit a 4-vCPU node (prepare-dataset: an 8-vCPU node)."""
     task.set_cpu_request(cpu).set_memory_request(memory)
@@ -162,14 +172,14 @@ def mobiletag_pipeline(
     data = prepare_dataset(
         data_uri=data_uri,
         data_fingerprint=configs.outputs["data_fingerprint"],  # new data under data_uri: a cache miss
-        config_json=configs.outputs["prepare_dataset"],
+        config_json=_config(configs, "prepare_dataset"),
     )
     _on_cpu(data.set_display_name("prepare dataset"), cpu="6", memory="16Gi")
 
     node_selector = configs.outputs["gpu_node_selector"]
     teacher = train_teacher(
         dataset=data.outputs["dataset"],
-        config_json=configs.outputs["train_teacher"],
+        config_json=_config(configs, "train_teacher"),
         backup_uri=backup_uri,
         gpus=teacher_gpus,
     ).set_display_name("train teacher")
@@ -178,7 +188,7 @@ def mobiletag_pipeline(
     student = train_student(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
-        config_json=configs.outputs["train_student"],
+        config_json=_config(configs, "train_student"),
         backup_uri=backup_uri,
         gpus=student_gpus,
     ).set_display_name("train student")
@@ -189,12 +199,12 @@ def mobiletag_pipeline(
     # its artifact to select-student on our minimum backend (2.5.0): dsl.OneOf of artifacts needs
     # 2.17.0 (earlier drivers resolve it to the last branch's task, run or not). When off, resolve-config
     # gives this step no GPU, no node selector and a small CPU request (train_student_baseline.baseline_resources).
-    # It reads no teacher: it waits for the teacher's step (beside the distilled student, as
-    # before) without its launcher downloading the teacher's checkpoint.
+    # It reads no teacher: it waits for the teacher's step (so it runs beside the distilled student)
+    # without its launcher downloading the teacher's checkpoint.
     baseline = (
         train_student_baseline(
             dataset=data.outputs["dataset"],
-            config_json=configs.outputs["train_student"],
+            config_json=_config(configs, "train_student_baseline"),
             enabled=baseline_student,
             backup_uri=backup_uri,
             gpus=student_gpus,
@@ -220,7 +230,7 @@ def mobiletag_pipeline(
         dataset=data.outputs["dataset"],
         teacher=teacher.outputs["model"],
         student=selected.outputs["model"],
-        config_json=configs.outputs["quantize"],
+        config_json=_config(configs, "quantize"),
         backup_uri=backup_uri,
         gpus=configs.outputs["qat_gpus"],
     ).set_display_name("quantization-aware training")
@@ -229,14 +239,14 @@ def mobiletag_pipeline(
     exported = export_tflite(
         dataset=data.outputs["dataset"],
         qat_model=qat.outputs["model"],
-        config_json=configs.outputs["export_tflite"],
+        config_json=_config(configs, "export_tflite"),
     ).set_display_name("export INT8 TFLite")
     _on_cpu(exported, cpu="3", memory="8Gi")
 
     thresholds = optimize_thresholds(
         dataset=data.outputs["dataset"],
         tflite_model=exported.outputs["model"],
-        config_json=configs.outputs["optimize_thresholds"],
+        config_json=_config(configs, "optimize_thresholds"),
     ).set_display_name("optimize thresholds")
     _on_cpu(thresholds)
 
@@ -278,7 +288,7 @@ def mobiletag_pipeline(
             output=output.outputs["output"],
             output_uri=output_uri,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # names the version; publish is never cached
-            config_json=configs.outputs["publish"],
+            config_json=_config(configs, "publish"),
         ).set_display_name("publish + quality gate")
         _on_cpu(published, cpu="1", memory="2Gi")
         published.set_caching_options(False)  # LATEST may have moved since a cached run

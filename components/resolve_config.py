@@ -57,6 +57,9 @@ def resolve_config(
         The JSON config of each stage (only the sections it reads), the dataset's fingerprint (an input of
         prepare_dataset, so a change of the data is a cache miss), the GPU node selector and the GPU limits.
     """
+    from collections import namedtuple
+
+    from mobiletag.stages import CONFIG_OUTPUTS
     from mobiletag.stages import resolve_config as stage
     from mobiletag.stages.train_student_baseline import baseline_resources
 
@@ -67,25 +70,20 @@ def resolve_config(
     gpus = stage.gpu_limits(teacher_gpus, student_gpus)
     node_selector = stage.gpu_node_selector(gpu_node_pool, gpu_accelerator)
     baseline = baseline_resources(baseline_student, student_gpus, node_selector, student_cpu, student_memory)
-    from collections import namedtuple
-
-    stages = [
-        "prepare_dataset",
-        "train_teacher",
-        "train_student",
-        "quantize",
-        "export_tflite",
-        "optimize_thresholds",
-        "publish",
-    ]
     gpu_fields = ["teacher_gpu_limit", "student_gpu_limit", "qat_gpus", "qat_gpu_limit"]
     baseline_fields = ["gpu_limit", "node_selector", "cpu", "memory"]
     outputs = namedtuple(
         "StageConfigs",
-        [*stages, "data_fingerprint", "gpu_node_selector", *gpu_fields, *[f"baseline_{f}" for f in baseline_fields]],
+        [
+            *CONFIG_OUTPUTS,
+            "data_fingerprint",
+            "gpu_node_selector",
+            *gpu_fields,
+            *[f"baseline_{f}" for f in baseline_fields],
+        ],
     )
     return outputs(
-        *[result[s] for s in stages],
+        *[result[s] for s in CONFIG_OUTPUTS],
         result["data_fingerprint"],
         node_selector,
         *[gpus[f] for f in gpu_fields],

@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # -v: everything on the console too, as kfp.local prints it
     with RunLog(log_path, show=None if args.verbose else ConsoleFilter()):
         if args.runner == "inprocess":
-            from mobiletag.local_run import run_pipeline
+            from mobiletag.runners.inprocess import run_pipeline
 
             run_pipeline(
                 config,
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 baseline_student=args.baseline_student,
             )
         else:
-            from mobiletag.kfp_run import run_local
+            from mobiletag.runners.kfp_local import run_local
 
             config_text = Path(args.config).read_text(encoding="utf-8") if args.config else ""
             run_local(
@@ -174,8 +174,14 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mobiletag.kfp_run import RESOURCE_PARAMETERS, PipelineRunError, check_pipeline_root, run_parameters, submit
-    from mobiletag.kfp_watch import RUN_FAILED_EXIT, WaitOptions
+    from mobiletag.kfp_server.client import (
+        RESOURCE_PARAMETERS,
+        PipelineRunError,
+        check_pipeline_root,
+        run_parameters,
+        submit,
+    )
+    from mobiletag.kfp_server.watch import RUN_FAILED_EXIT, WaitOptions
 
     if args.pin_version and not args.cron:
         raise PipelineRunError("--pin-version applies to --cron (a single run always uses the newest version)")
@@ -235,7 +241,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from mobiletag.kfp_run import upload
+    from mobiletag.kfp_server.client import upload
 
     ident = upload(
         args.package,
@@ -251,7 +257,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def _server_host(args: argparse.Namespace) -> str:
     """--host, else $KF_PIPELINES_ENDPOINT (the flag's default), else the in-cluster address in a pod."""
-    from mobiletag.kfp_run import IN_CLUSTER_HOST, PipelineRunError
+    from mobiletag.kfp_server.client import IN_CLUSTER_HOST, PipelineRunError
 
     if args.host:
         return str(args.host)
@@ -270,7 +276,7 @@ def _server_credentials(args: argparse.Namespace):  # type: ignore[no-untyped-de
     The token file is $KF_PIPELINES_SA_TOKEN_PATH (or --token-file): it must exist when named;
     kfp's default path is used when it exists (in a pod that mounts it), else no token is sent.
     """
-    from mobiletag.kfp_run import SA_TOKEN_PATH, Credentials, PipelineRunError
+    from mobiletag.kfp_server.client import SA_TOKEN_PATH, Credentials, PipelineRunError
 
     token = (args.token or "").strip() or None
     cookies = (args.cookies or "").strip() or None
@@ -309,8 +315,6 @@ def _add_data_and_config(p: argparse.ArgumentParser, data_required: bool = True)
     default_data = os.environ.get("DATA_DIR")
     p.add_argument(
         "--data-dir",
-        "--data_dir",
-        dest="data_dir",
         default=default_data,
         required=data_required and default_data is None,
         help="dataset folder (images/, *_labels.csv, optional config.yaml); default $DATA_DIR",
@@ -334,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sample-data", help="write a generated multi-label dataset (coloured shapes)")
-    p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder to write the dataset into")
+    p.add_argument("--out-dir", required=True, help="folder to write the dataset into")
     p.add_argument("--images", type=int, help="number of images (default 600; --kind shapes only)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -358,15 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="validate a dataset and write its TFRecord shards")
     _add_data_and_config(p)
-    p.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="folder for the shards")
+    p.add_argument("--out-dir", required=True, help="folder for the shards")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="run the whole pipeline on this machine and write the output folder")
     _add_data_and_config(p)
     p.add_argument(
         "--out-dir",
-        "--out_dir",
-        dest="out_dir",
         default=os.environ.get("OUTPUT_DIR", "./output"),
         help="output folder (model, labels, metrics, thresholds, inference config); default $OUTPUT_DIR or ./output",
     )

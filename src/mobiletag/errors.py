@@ -26,6 +26,10 @@ class DataError(MobiletagError):
         super().__init__(message)
 
 
+class PipelineRunError(MobiletagError):
+    """A pipeline run (kfp.local) or a call to the Kubeflow Pipelines server failed or cannot start."""
+
+
 class TrainingError(MobiletagError):
     """Training cannot go on (for example the loss became NaN)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from components.train_student import train_student
 from components.train_student_baseline import train_student_baseline
 from components.train_teacher import train_teacher
 
+from mobiletag.stages import STAGES
+
 pytestmark = pytest.mark.slow
 
 
@@ -40,9 +43,68 @@ def artifact(kind, path: Path):
     return kind(name=path.name, uri=str(path), metadata={})
 
 
+# Where each stage's outputs are kept in ``run`` (the names the tests below read)
+ARTIFACT_NAMES = {
+    ("prepare_dataset", "dataset"): "dataset",
+    ("prepare_dataset", "metrics"): "prepare_metrics",
+    ("train_teacher", "model"): "teacher",
+    ("train_teacher", "metrics"): "teacher_metrics",
+    ("train_student", "model"): "student",
+    ("train_student", "metrics"): "student_metrics",
+    ("train_student_baseline", "model"): "baseline",
+    ("train_student_baseline", "metrics"): "baseline_metrics",
+    ("select_student", "model"): "selected",
+    ("select_student", "metrics"): "select_metrics",
+    ("quantize", "model"): "qat",
+    ("quantize", "metrics"): "qat_metrics",
+    ("export_tflite", "model"): "tflite",
+    ("export_tflite", "metrics"): "export_metrics",
+    ("optimize_thresholds", "thresholds"): "thresholds",
+    ("optimize_thresholds", "metrics"): "threshold_metrics",
+    ("mediapipe_package", "model"): "packaged",
+    ("mediapipe_package", "metrics"): "mediapipe_metrics",
+    ("evaluate", "evaluation"): "evaluation",
+    ("evaluate", "metrics"): "eval_metrics",
+    ("evaluate", "roc"): "roc",
+    ("evaluate", "report"): "report.md",
+    ("evaluate", "report_html"): "report.html",
+    ("bundle", "output"): "output",
+    ("publish", "metrics"): "publish_metrics",
+}
+COMPONENTS = {
+    c.name.replace("-", "_"): c
+    for c in (
+        prepare_dataset,
+        train_teacher,
+        train_student,
+        train_student_baseline,
+        select_student,
+        quantize,
+        export_tflite,
+        optimize_thresholds,
+        mediapipe_package,
+        evaluate,
+        bundle,
+        publish,
+        promote,
+    )
+}
+
+
+def _output_kinds(component) -> dict[str, type]:
+    """The component's output artifacts and their classes (dsl.Output[dsl.Model] -> dsl.Model)."""
+    hints = typing.get_type_hints(component.python_func, include_extras=True)
+    return {
+        name: typing.get_args(hint)[0]
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is typing.Annotated and "Output" in repr(hint)
+    }
+
+
 @pytest.fixture(scope="module")
 def run(sample_dir, tiny_overrides_text, tmp_path_factory):
-    """Every stage's artifacts, produced by calling the components one after the other."""
+    """Every stage's artifacts, produced by calling the components one after the other in the
+    stage table's order, each with its inputs and config JSON as the table names them."""
     root = tmp_path_factory.mktemp("components")
     a = {}
 
@@ -63,122 +125,44 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         config=out(dsl.Artifact, "config.yaml"),
     )
     a["configs"] = configs
-    prepare_dataset.python_func(
-        data_uri=str(sample_dir),
-        data_fingerprint=configs.data_fingerprint,
-        config_json=configs.prepare_dataset,
-        dataset=out(dsl.Dataset, "dataset"),
-        metrics=out(dsl.Metrics, "prepare_metrics"),
-    )
+    backup = {"backup_uri": str(root / "backup")}
+    # what each component gets besides its inputs, config JSON and outputs
+    parameters = {
+        "prepare_dataset": {"data_uri": str(sample_dir), "data_fingerprint": configs.data_fingerprint},
+        "train_teacher": {**backup, "gpus": 0},
+        "train_student": {**backup, "gpus": 0},
+        "train_student_baseline": {**backup, "gpus": 0, "enabled": True},
+        "quantize": {**backup, "gpus": configs.qat_gpus},
+        "bundle": backup,
+        "publish": {"output_uri": str(root / "models"), "run_id": "run-1"},
+        "promote": {"output_uri": str(root / "models")},
+    }
     # on a cluster the run id comes from the pod's pipeline/runid label, as this variable; every training
     # step keeps backups under it, as a cluster run with backup_uri does, and bundle deletes them
     os.environ["MOBILETAG_RUN_ID"] = "run-1"
     try:
-        train_teacher.python_func(
-            dataset=a["dataset"],
-            config_json=configs.train_teacher,
-            backup_uri=str(root / "backup"),
-            gpus=0,
-            model=out(dsl.Model, "teacher"),
-            metrics=out(dsl.Metrics, "teacher_metrics"),
-        )
-        train_student.python_func(
-            dataset=a["dataset"],
-            teacher=a["teacher"],
-            config_json=configs.train_student,
-            backup_uri=str(root / "backup"),
-            gpus=0,
-            model=out(dsl.Model, "student"),
-            metrics=out(dsl.Metrics, "student_metrics"),
-        )
-        train_student_baseline.python_func(
-            dataset=a["dataset"],
-            config_json=configs.train_student,
-            enabled=True,
-            backup_uri=str(root / "backup"),
-            gpus=0,
-            model=out(dsl.Model, "baseline"),
-            metrics=out(dsl.Metrics, "baseline_metrics"),
-        )
-        # a training step keeps its backup: a pod lost before the launcher stored its outputs resumes from it
-        a["backups_after_training"] = sorted(p.name for p in (root / "backup" / "run-1").iterdir())
-        select_student.python_func(
-            distilled=a["student"],
-            baseline=a["baseline"],
-            model=out(dsl.Model, "selected"),
-            metrics=out(dsl.Metrics, "select_metrics"),
-        )
-        quantize.python_func(
-            dataset=a["dataset"],
-            teacher=a["teacher"],
-            student=a["selected"],
-            config_json=configs.quantize,
-            backup_uri=str(root / "backup"),
-            gpus=configs.qat_gpus,
-            model=out(dsl.Model, "qat"),
-            metrics=out(dsl.Metrics, "qat_metrics"),
-        )
-        export_tflite.python_func(
-            dataset=a["dataset"],
-            qat_model=a["qat"],
-            config_json=configs.export_tflite,
-            model=out(dsl.Model, "tflite"),
-            metrics=out(dsl.Metrics, "export_metrics"),
-        )
-        optimize_thresholds.python_func(
-            dataset=a["dataset"],
-            tflite_model=a["tflite"],
-            config_json=configs.optimize_thresholds,
-            thresholds=out(dsl.Artifact, "thresholds"),
-            metrics=out(dsl.Metrics, "threshold_metrics"),
-        )
-        mediapipe_package.python_func(
-            dataset=a["dataset"],
-            tflite_model=a["tflite"],
-            thresholds=a["thresholds"],
-            model=out(dsl.Model, "packaged"),
-            metrics=out(dsl.Metrics, "mediapipe_metrics"),
-        )
-        evaluate.python_func(
-            dataset=a["dataset"],
-            teacher=a["teacher"],
-            student=a["selected"],
-            distilled_student=a["student"],
-            baseline_student=a["baseline"],
-            qat_model=a["qat"],
-            tflite_model=a["packaged"],
-            thresholds=a["thresholds"],
-            evaluation=out(dsl.Artifact, "evaluation"),
-            metrics=out(dsl.Metrics, "eval_metrics"),
-            roc=out(dsl.ClassificationMetrics, "roc"),
-            report=out(dsl.Markdown, "report.md"),
-            report_html=out(dsl.HTML, "report.html"),
-        )
-        bundle.python_func(
-            teacher=a["teacher"],
-            student=a["selected"],
-            qat_model=a["qat"],
-            tflite_model=a["packaged"],
-            thresholds=a["thresholds"],
-            evaluation=a["evaluation"],
-            backup_uri=str(root / "backup"),
-            output=out(dsl.Artifact, "output"),
-        )
-        a["backups_after_bundle"] = sorted(p.name for p in (root / "backup").iterdir())
+        for stage in STAGES:
+            component = COMPONENTS[stage.name]
+            if stage.name == "publish":  # publish and promote run without the pod's run id
+                del os.environ["MOBILETAG_RUN_ID"]
+            kwargs = dict(parameters.get(stage.name, {}))
+            for parameter, (upstream, output) in stage.upstream.items():
+                key = ARTIFACT_NAMES.get((upstream, output))
+                kwargs[parameter] = a[key] if key else getattr(a["published"], output)
+            if stage.config_key:
+                kwargs["config_json"] = getattr(configs, stage.config_key)
+            for name, kind in _output_kinds(component).items():
+                kwargs[name] = out(kind, ARTIFACT_NAMES[(stage.name, name)])
+            result = component.python_func(**kwargs)
+            if stage.name == "publish":
+                a["published"] = result
+            if stage.name == "train_student_baseline":
+                # a training step keeps its backup: a pod lost before the launcher stored its outputs resumes from it
+                a["backups_after_training"] = sorted(p.name for p in (root / "backup" / "run-1").iterdir())
+            if stage.name == "bundle":
+                a["backups_after_bundle"] = sorted(p.name for p in (root / "backup").iterdir())
     finally:
-        del os.environ["MOBILETAG_RUN_ID"]
-    a["published"] = publish.python_func(
-        output=a["output"],
-        output_uri=str(root / "models"),
-        run_id="run-1",
-        config_json=configs.publish,
-        metrics=out(dsl.Metrics, "publish_metrics"),
-    )
-    promote.python_func(
-        output_uri=str(root / "models"),
-        version=a["published"].version,
-        previous_version=a["published"].previous_version,
-    )
+        os.environ.pop("MOBILETAG_RUN_ID", None)
     a["models"] = root / "models"
     return a
 
@@ -436,9 +420,9 @@ def test_mediapipe_package_component(run):
     test = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["test"]
     assert block["num_images"] == test["num_images"] == test_images
     assert block["map_macro_difference"] == round(abs(block["map_macro"] - test["map_macro"]), 4)
-    # issue 16's bar: evaluate reads the originals through MediaPipe's own resize, so even this 32-px model,
-    # trained for one epoch with probabilities near their thresholds, agrees (before the one input path: 0.6 of
-    # the label sets, mAP 0.03 apart)
+    # the bar: evaluate reads the originals through MediaPipe's own resize, so even this 32-px model,
+    # trained for one epoch with probabilities near their thresholds, agrees (through another resize:
+    # 0.6 of the label sets, mAP 0.03 apart)
     assert block["map_macro_difference"] <= 0.01 and block["label_set_agreement"] >= 0.99
     assert run["eval_metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
     assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["report.md"].path).read_text()
@@ -482,7 +466,7 @@ def _report_arrays(run) -> tuple[dict, np.ndarray, np.ndarray, list[str], dict[s
 
 
 def test_report_html_from_the_run(run):
-    """report.html (issue 28): one PR curve and one histogram per class, the gallery's worst errors,
+    """report.html: one PR curve and one histogram per class, the gallery's worst errors,
     the headline figures of metrics.json, training curves, all inline."""
     from mobiletag.evaluation.report_html import worst_errors
 

@@ -60,7 +60,7 @@ def test_cronjob_runs_submit_with_the_run_parameters():
     assert container["image"] == "us-docker.pkg.dev/my-project/mobiletag/mobiletag-submit:0.1.0"
     assert job["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
     assert container["envFrom"][0]["configMapRef"]["name"] == docs["ConfigMap"]["metadata"]["name"]
-    from mobiletag.kfp_run import PARAMETER_ENV
+    from mobiletag.kfp_server.client import PARAMETER_ENV
 
     assert set(PARAMETER_ENV.values()) <= set(docs["ConfigMap"]["data"])
     token = job["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
@@ -121,7 +121,7 @@ def test_the_cronjob_watches_its_run_and_may_read_its_pods():
 
 
 def test_the_configmap_sets_a_pipeline_root_and_no_gpu_node_pool():
-    from mobiletag.kfp_run import check_pipeline_root
+    from mobiletag.kfp_server.client import check_pipeline_root
 
     data = {d["kind"]: d for d in _rendered()}["ConfigMap"]["data"]
     assert data["MOBILETAG_GPU_NODE_POOL"] == ""  # no node-pool selector: accelerator and GPU request decide

@@ -49,6 +49,34 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def inprocess_out(sample_dir, tiny_overrides_text, tmp_path_factory) -> Path:
+    """The same data and config as ``run``, through `--runner inprocess`: its output folder."""
+    root = tmp_path_factory.mktemp("inprocess_run")
+    config = root / "tiny.yaml"
+    config.write_text(tiny_overrides_text)
+    result = mobiletag(
+        "train", "--runner", "inprocess", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Executing task" not in result.stdout + result.stderr
+    return root / "out"
+
+
+# measured times, not results of the program: LiteRT's ms/image and MediaPipe's decode and classify ms/image
+TIMING_FIELDS = (("latency_ms",), ("mediapipe", "timings_ms_per_image"))
+
+
+def _without_timings(metrics: dict) -> dict:
+    metrics = json.loads(json.dumps(metrics))
+    for path in TIMING_FIELDS:
+        block = metrics
+        for key in path[:-1]:
+            block = block[key]
+        del block[path[-1]]
+    return metrics
+
+
+@pytest.fixture(scope="module")
 def output(run):
     out, stdout, _ = run
     return out, stdout
@@ -85,13 +113,33 @@ def test_labels_and_metrics(output, sample_dir):
         assert m["support"] == sum(name in r["labels"].split("|") for r in rows)
     assert set(metrics["compare"]) == {"teacher", "student", "student_int8"}
     assert metrics["compare"]["student_int8"]["map_macro"] == test["map_macro"]
-    # the shipped model learnt something (issue 19): a constant score ranks nothing, its AP for a
+    # the shipped model learnt something: a constant score ranks nothing, its AP for a
     # class is the class's prevalence; on these 15 test images the INT8 model's mAP is 0.49 or so
     prevalence = [m["support"] / len(rows) for m in test["per_class"].values() if m["support"]]
     constant_map = sum(prevalence) / len(prevalence)
     assert test["map_macro"] >= constant_map + 0.15, (test["map_macro"], constant_map)
     assert metrics["size_bytes"] == (out / "model_qat_int8.tflite").stat().st_size
     assert metrics["latency_ms"]["threads_1"] > 0 and metrics["latency_ms"]["threads_2"] > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the INT8 figures differ (test macro mAP 0.4235 kfp.local, 0.3643 inprocess) while the teacher, "
+    "the float students and the distillation block are equal; the QAT epoch's loss is 1.4513 vs 1.5683. The teacher "
+    "and both students are bit-identical when trained in one process, and QAT on them after a training stage in one "
+    "process gives 1.4513: what else the runner's process changes before QAT is not found yet",
+)
+def test_inprocess_runner_gives_the_same_metrics(run, inprocess_out):
+    """`--runner inprocess` runs the program the cluster runs: the same entry points with the same
+    per-stage config, so with ``reproducible: true`` it gives kfp.local's metrics.json, every figure
+    but the measured times."""
+    kfp_local = json.loads((run[0] / "metrics.json").read_text())
+    inprocess = json.loads((inprocess_out / "metrics.json").read_text())
+    assert inprocess["test"] == kfp_local["test"]
+    assert inprocess["distillation"] == kfp_local["distillation"]
+    assert _without_timings(inprocess) == _without_timings(kfp_local)
+    for name in ("threshold_recommendation.json", "inference_config.json", "labels.txt"):
+        assert (inprocess_out / name).read_bytes() == (run[0] / name).read_bytes(), name
 
 
 def test_thresholds_and_inference_config(output):
@@ -165,7 +213,7 @@ def test_csv_error_stops_before_any_stage(sample_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# === What each step downloads (issue 26): originals never travel through the artifact store ===
+# === What each step downloads: originals never travel through the artifact store ===
 
 METADATA_BOUND = 64 * 1024  # bytes: labels.txt, stats.json, originals.json of the tiny dataset
 
@@ -194,7 +242,7 @@ def compiled_spec(tmp_path: Path) -> dict:
     second is the Kubernetes platform spec)."""
     import yaml
 
-    from mobiletag.kfp_run import load_pipeline_module
+    from mobiletag.runners.kfp_local import load_pipeline_module
 
     path = load_pipeline_module().compile_pipeline(str(tmp_path / "pipeline.yaml"))
     return next(yaml.safe_load_all(Path(path).read_text()))

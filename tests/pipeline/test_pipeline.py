@@ -377,7 +377,7 @@ def _quantity(text: str) -> float:
 
 
 def test_default_requests_fit_common_gpu_nodes(compiled):
-    assert _allocatable(16, 60) == pytest.approx((15.89, 54.66), abs=0.01)  # the figures in issue 14
+    assert _allocatable(16, 60) == pytest.approx((15.89, 54.66), abs=0.01)  # n1-standard-16's allocatable CPU and GiB
     params = compiled[0]["root"]["inputDefinitions"]["parameters"]
     for step, shapes in (("teacher", NODE_SHAPES), ("student", NODE_SHAPES), ("qat", NODE_SHAPES | ONE_GPU_SHAPES)):
         cpu = _quantity(params[f"{step}_cpu"]["defaultValue"])

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def run_cli(*args, env=None):
     full_env = {**os.environ, **(env or {})}
@@ -21,7 +23,7 @@ def test_sample_data_then_validate(tmp_path):
     result = run_cli("validate", "--data-dir", str(out))
     assert result.returncode == 0, result.stderr
     assert "6 classes" in result.stdout and "valid" in result.stdout
-    result = run_cli("validate", "--json", env={"DATA_DIR": str(out)})  # legacy environment default
+    result = run_cli("validate", "--json", env={"DATA_DIR": str(out)})  # the environment default
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["splits"]["train"]["num_images"] > 0
 
@@ -31,7 +33,7 @@ def test_data_error_is_one_clear_message_and_exit_2(tmp_path):
     assert run_cli("sample-data", "--out-dir", str(out), "--images", "30").returncode == 0
     with open(out / "val_labels.csv", "a", encoding="utf-8") as fh:
         fh.write("../../etc/passwd,circle\n")
-    result = run_cli("validate", "--data_dir", str(out))
+    result = run_cli("validate", "--data-dir", str(out))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "val_labels.csv line" in result.stderr and "would escape images/" in result.stderr
@@ -88,3 +90,13 @@ def test_train_failure_shows_the_stage_the_end_of_the_log_and_its_path(tmp_path)
     assert "stage prepare_dataset failed" in result.stderr and "not an image PIL can read" in result.stderr
     assert "=== stage prepare_dataset ===" in log.read_text()
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--data_dir", "--out_dir"])
+def test_underscore_flags_are_refused(flag, capsys):
+    from mobiletag.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["train", "--data-dir", "d", flag, "x"])
+    assert exc.value.code == 2
+    assert f"unrecognized arguments: {flag} x" in capsys.readouterr().err

@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from mobiletag import kfp_watch
 from mobiletag.cli import main
+from mobiletag.kfp_server import watch as kfp_watch
 
 from ..conftest import REPO
 
@@ -689,7 +689,7 @@ def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
     environment on: the training steps' run id (for their backups) must be given to the containers."""
     import kfp.local
 
-    from mobiletag import kfp_run
+    from mobiletag.runners import kfp_local
 
     seen = {}
 
@@ -701,12 +701,12 @@ def test_local_docker_runs_hand_the_containers_a_run_id(monkeypatch, tmp_path):
         raise Stop
 
     monkeypatch.setattr(kfp.local, "DockerRunner", fake_docker_runner)
-    monkeypatch.delenv(kfp_run.RUN_ID_ENV, raising=False)
+    monkeypatch.delenv(kfp_local.RUN_ID_ENV, raising=False)
     with pytest.raises(Stop):
-        kfp_run.run_local(str(tmp_path), str(tmp_path / "out"), runner="docker", work_dir=str(tmp_path / "work"))
-    run_id = seen["environment"][kfp_run.RUN_ID_ENV]
-    assert run_id.startswith("local-") and run_id == os.environ[kfp_run.RUN_ID_ENV]
-    monkeypatch.delenv(kfp_run.RUN_ID_ENV)
+        kfp_local.run_local(str(tmp_path), str(tmp_path / "out"), runner="docker", work_dir=str(tmp_path / "work"))
+    run_id = seen["environment"][kfp_local.RUN_ID_ENV]
+    assert run_id.startswith("local-") and run_id == os.environ[kfp_local.RUN_ID_ENV]
+    monkeypatch.delenv(kfp_local.RUN_ID_ENV)
 
 
 # ======================================================================================

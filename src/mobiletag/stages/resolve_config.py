@@ -12,22 +12,18 @@ from mobiletag.config import Config, load_config, load_config_text, read_yaml_ma
 from mobiletag.data.dataset import DATASET_CONFIG
 from mobiletag.data.fingerprint import dataset_fingerprint
 from mobiletag.errors import ConfigError
+from mobiletag.stages import CONFIG_OUTPUTS, STAGE
 from mobiletag.storage import is_gcs, join, read_text_if_exists
 
-# What each stage reads. prepare_dataset gets the stored image side resolved, not the model
-# sections it is derived from, so changing an epoch count does not rebuild the TFRecords.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare_dataset": ("num_classes", "classes", "seed", "data"),
-    "train_teacher": ("seed", "reproducible", "multi_gpu", "data", "teacher"),
-    "train_student": ("seed", "reproducible", "multi_gpu", "data", "teacher", "student"),
-    "quantize": ("seed", "reproducible", "multi_gpu", "data", "teacher", "student", "qat"),
-    "export_tflite": ("student", "export"),
-    "optimize_thresholds": ("thresholds",),
-    "publish": ("gate",),
-}
+# What each stage reads (the stage table's config_sections), one JSON per resolve_config output.
+# prepare_dataset gets the stored image side resolved, not the model sections it is derived from,
+# so changing an epoch count does not rebuild the TFRecords.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {name: STAGE[name].config_sections for name in CONFIG_OUTPUTS}
 
 
 def stage_config_json(config: Config, stage: str) -> str:
+    """The JSON config that ``stage`` gets: its sections (a stage that reads another's config, its)."""
+    stage = STAGE[stage].config_key or stage
     data = json.loads(config.section_json(*STAGE_SECTIONS[stage]))
     if stage == "prepare_dataset":
         data["data"]["max_stored_side"] = config.stored_image_side
