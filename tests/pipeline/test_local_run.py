@@ -123,7 +123,7 @@ def test_labels_and_metrics(output, sample_dir):
 
 
 @pytest.mark.xfail(
-    strict=True,
+    run=False,  # not run: a whole in-process pipeline (~4 min) to show a known difference
     reason="open: the INT8 figures differ (test macro mAP 0.4235 kfp.local, 0.3643 inprocess) while the teacher, "
     "the float students and the distillation block are equal; the QAT epoch's loss is 1.4513 vs 1.5683. The teacher "
     "and both students are bit-identical when trained in one process, and QAT on them after a training stage in one "

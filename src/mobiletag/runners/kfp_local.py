@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mobiletag.artifacts import atomic_dir
 from mobiletag.errors import PipelineRunError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -84,12 +85,8 @@ def run_local(
         ) from exc
     bundle_dir = Path(result.output.path)  # the pipeline returns the bundle folder
     out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(bundle_dir, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(bundle_dir, tmp, dirs_exist_ok=True)
     if work_dir is None:
         shutil.rmtree(root, ignore_errors=True)
     return out
