@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from mobiletag.training.phases import HEAD_PHASES
+
 TAIL_LINES = 30
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -67,11 +69,8 @@ RESULTS = re.compile(
     r")"
 )
 _LEVELS = ("WARNING", "ERROR", "CRITICAL")
-# the head warm-ups' names, which stages/train_teacher.py and stages/train_student.py give their
-# epoch lines: the console shows their last epoch only
-TEACHER_WARM_UP = "teacher phase A"
-STUDENT_WARM_UP = "student warm-up"
-WARM_UPS = (TEACHER_WARM_UP, STUDENT_WARM_UP)
+# the head phases' names (their epoch lines: the console shows their last epoch only)
+WARM_UPS = HEAD_PHASES
 # warnings of TensorFlow, Keras and absl that reach a component's log without their logger's name
 THIRD_PARTY_WARNINGS = re.compile(
     r"^(?:Compiled the loaded model, but the compiled metrics"
