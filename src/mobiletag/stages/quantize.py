@@ -16,7 +16,8 @@ from mobiletag.training.attempts import records_failures
 from mobiletag.training.fit import Trainer, validation_map
 from mobiletag.training.phases import QAT, Phase
 from mobiletag.training.precision import load_float32
-from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage
+from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage, task_backup
+from mobiletag.training.strategy import one_device
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
     alpha = shipped_student_alpha(student_dir, config.student.alpha)
     distill = cfg.distill and alpha < 1.0
     sizes = [config.teacher.image_size, size] if distill else [size]
-
-    def announce(ctx: Context) -> None:
-        if ctx.resumed:
-            log.info("qat: resuming from a backup")
 
     def build(ctx: Context) -> Trainer:
         augment = TrainAugment(sizes, config.data.augment)
@@ -87,25 +84,23 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
             note=f"float student {float_map:.4f}",
         )
 
+    def phases(ctx: Context, trainer: Trainer) -> list[Phase]:
+        return [Phase(QAT, "fit", cfg.epochs, cfg.learning_rate, "constant")]
+
+    teacher = "distilled from the teacher" if distill else "on the labels alone"
     return TrainingStage(
-        name="qat",
-        checkpoint=CHECKPOINT,
-        metrics_file=METRICS,
-        batch_key="qat.batch_size",
-        batch_size=cfg.batch_size,
-        reference_batch_size=cfg.reference_batch_size,
-        train_sizes=sizes,
-        val_size=size,
-        patience=0,
-        build=build,
-        phases=lambda ctx, trainer: [Phase(QAT, "fit", cfg.epochs, cfg.learning_rate, "constant")],
-        report=report,
-        announce=announce,
+        "qat",
+        CHECKPOINT,
+        METRICS,
+        f"{config.student.architecture} at {size} px, quantization-aware, {teacher}",
+        sizes,
+        build,
+        phases,
+        report,
+        config.student.architecture,
         preprocess=preprocess,
         load=load_qat_model,
         framework="tf_keras + tensorflow-model-optimization (QAT)",
-        architecture=config.student.architecture,
-        image_size=size,
     )
 
 
@@ -123,14 +118,6 @@ def run(
 ) -> StageResult:
     """QAT in float32 on one device (tfmot supports neither mixed precision nor tf.distribute);
     backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/quantize``."""
-    return run_training_stage(
-        stage(config, teacher_dir, student_dir),
-        config,
-        dataset_dir,
-        model_dir,
-        task=TASK,
-        backup_uri=backup_uri,
-        run_id=run_id,
-        expected_gpus=expected_gpus,
-        distributed=False,
-    )
+    qat = stage(config, teacher_dir, student_dir)
+    place = one_device(config.multi_gpu, expected_gpus)
+    return run_training_stage(qat, config, (dataset_dir, model_dir), task_backup(backup_uri, run_id, TASK), place)

@@ -25,7 +25,8 @@ from mobiletag.training.attempts import records_failures
 from mobiletag.training.fit import Trainer, set_batch_norm_momentum
 from mobiletag.training.phases import STUDENT_FINE_TUNE, STUDENT_HEAD, Phase
 from mobiletag.training.precision import cast_model, load_float32
-from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage
+from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage, task_backup
+from mobiletag.training.strategy import training_devices
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,6 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
     distil = cfg.alpha < 1.0
     sizes = [teacher_size, cfg.image_size] if distil else [cfg.image_size]
     head_epochs = cfg.head_epochs if is_pretrained(cfg.weights) else 0
-
-    def announce(ctx: Context) -> None:
-        dev = ctx.devices
-        log.info(
-            "student: %s at %d px %s, %d replica(s), %s, XLA %s, learning rate %.3g (batch %d, reference %d)%s",
-            cfg.architecture,
-            cfg.image_size,
-            f"distilled from the teacher at {teacher_size} px (alpha {cfg.alpha:.2f}, T {cfg.temperature:.1f})"
-            if distil
-            else "on the labels alone (alpha 1: no teacher)",
-            dev.strategy.num_replicas_in_sync,
-            dev.policy,
-            "on" if dev.jit_compile else "off",
-            ctx.scaled(cfg.learning_rate),
-            cfg.batch_size,
-            cfg.reference_batch_size,
-            ", resuming from a backup" if ctx.resumed else "",
-        )
 
     def build(ctx: Context) -> Trainer:
         teacher = load_teacher(teacher_dir, ctx.devices.policy) if distil else None
@@ -154,23 +137,22 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
             },
         )
 
+    summary = (
+        f"distilled from the teacher at {teacher_size} px (alpha {cfg.alpha:.2f}, T {cfg.temperature:.1f})"
+        if distil
+        else "on the labels alone (alpha 1: no teacher)"
+    )
     return TrainingStage(
-        name="student",
-        checkpoint=CHECKPOINT,
-        metrics_file=METRICS,
-        batch_key="student.batch_size",
-        batch_size=cfg.batch_size,
-        reference_batch_size=cfg.reference_batch_size,
-        train_sizes=sizes,
-        val_size=cfg.image_size,
-        patience=cfg.early_stopping_patience,
-        build=build,
-        phases=phases,
-        report=report,
-        announce=announce,
+        "student",
+        CHECKPOINT,
+        METRICS,
+        f"{cfg.architecture} at {cfg.image_size} px {summary}",
+        sizes,
+        build,
+        phases,
+        report,
+        cfg.architecture,
         preprocess=preprocess,
-        architecture=cfg.architecture,
-        image_size=cfg.image_size,
     )
 
 
@@ -192,14 +174,6 @@ def run(
     With ``student.alpha`` 1 this is the baseline student: hard labels only, no teacher loaded
     or run (``task`` then names its own backup folder, e.g. ``train-student-baseline``, so the two
     students of a run never share one)."""
-    return run_training_stage(
-        stage(config, teacher_dir),
-        config,
-        dataset_dir,
-        model_dir,
-        task=task,
-        backup_uri=backup_uri,
-        run_id=run_id,
-        expected_gpus=expected_gpus,
-        devices=devices,
-    )
+    place = training_devices(config.multi_gpu, expected_gpus, devices)
+    backup = task_backup(backup_uri, run_id, task)
+    return run_training_stage(stage(config, teacher_dir), config, (dataset_dir, model_dir), backup, place)

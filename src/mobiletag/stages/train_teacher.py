@@ -14,7 +14,8 @@ from mobiletag.stages.common import TEACHER_CHECKPOINT, StageResult
 from mobiletag.training.attempts import records_failures
 from mobiletag.training.fit import Trainer, set_batch_norm_momentum
 from mobiletag.training.phases import TEACHER_FINE_TUNE, TEACHER_HEAD, Phase
-from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage
+from mobiletag.training.stage_runner import Context, Report, Trained, TrainingStage, run_training_stage, task_backup
+from mobiletag.training.strategy import training_devices
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,6 @@ TASK = "train-teacher"
 def stage(config: Config) -> TrainingStage:
     """The teacher stage, declared: the model, its two phases, its metrics file."""
     cfg = config.teacher
-
-    def announce(ctx: Context) -> None:
-        dev = ctx.devices
-        log.info(
-            "teacher: %d classes, %d train images, %d steps/epoch, %d replica(s), %s, XLA %s, learning rates "
-            "%.3g / %.3g (batch %d, reference %d)%s",
-            ctx.facts.num_classes,
-            ctx.facts.num_train,
-            ctx.steps,
-            dev.strategy.num_replicas_in_sync,
-            dev.policy,
-            "on" if dev.jit_compile else "off",
-            ctx.scaled(cfg.head_learning_rate),
-            ctx.scaled(cfg.fine_tune_learning_rate),
-            cfg.batch_size,
-            cfg.reference_batch_size,
-            ", resuming from a backup" if ctx.resumed else "",
-        )
 
     def build(ctx: Context) -> Trainer:
         model = build_teacher(ctx.facts.num_classes, cfg.image_size, cfg.weights, cfg.dropout)
@@ -106,21 +89,15 @@ def stage(config: Config) -> TrainingStage:
         )
 
     return TrainingStage(
-        name="teacher",
-        checkpoint=CHECKPOINT,
-        metrics_file=METRICS,
-        batch_key="teacher.batch_size",
-        batch_size=cfg.batch_size,
-        reference_batch_size=cfg.reference_batch_size,
-        train_sizes=[cfg.image_size],
-        val_size=cfg.image_size,
-        patience=cfg.early_stopping_patience,
-        build=build,
-        phases=phases,
-        report=report,
-        announce=announce,
-        architecture=cfg.architecture,
-        image_size=cfg.image_size,
+        "teacher",
+        CHECKPOINT,
+        METRICS,
+        f"{cfg.architecture} at {cfg.image_size} px",
+        [cfg.image_size],
+        build,
+        phases,
+        report,
+        cfg.architecture,
     )
 
 
@@ -136,14 +113,7 @@ def run(
     devices: list[str] | None = None,
 ) -> StageResult:
     """Train the teacher; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/train-teacher``."""
+    place = training_devices(config.multi_gpu, expected_gpus, devices)
     return run_training_stage(
-        stage(config),
-        config,
-        dataset_dir,
-        model_dir,
-        task=TASK,
-        backup_uri=backup_uri,
-        run_id=run_id,
-        expected_gpus=expected_gpus,
-        devices=devices,
+        stage(config), config, (dataset_dir, model_dir), task_backup(backup_uri, run_id, TASK), place
     )

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from mobiletag.training.fit import (
     warmup_steps,
 )
 from mobiletag.training.phases import Phase
-from mobiletag.training.strategy import Devices, one_device, training_devices
+from mobiletag.training.strategy import Devices
 
 log = logging.getLogger(__name__)
 
@@ -110,71 +111,55 @@ class TrainingStage:
     """A training stage, declared.
 
     Attributes:
-        name: the result line's prefix (``<name>: validation mAP X (...)``).
+        name: the config section that holds the stage's ``batch_size``, ``reference_batch_size``
+            and ``early_stopping_patience`` (none: 0, off), and the prefix of its log lines
+            (``<name>: validation mAP X (...)``).
         checkpoint: the model's file name in the output folder (float32, the best epoch).
         metrics_file: the metrics file's name beside it.
-        batch_key: the config key of ``batch_size`` (named when the split is too small).
-        batch_size, reference_batch_size: the global batch and the one the rates are set for.
-        train_sizes, val_size: the training views' sizes (teacher's first) and the validation size.
-        patience: early stopping (epochs without gain; 0 = off), every phase.
+        summary: what trains, for the stage's first log line.
+        train_sizes: the training views' sizes (the teacher's first); the last is the validation size.
         build: the Trainer, called in the strategy's scope.
         phases: the phases, in order, once the Trainer is built.
         report: the stage's metrics and metrics file.
-        announce: the stage's first log line (what trains, on what, at which rates).
         preprocess: the model's input preprocessing (validation).
         load: reads the best checkpoint back (default: as float32).
-        framework, architecture, image_size: the model artifact's metadata.
+        framework, architecture: the model artifact's metadata.
     """
 
     name: str
     checkpoint: str
     metrics_file: str
-    batch_key: str
-    batch_size: int
-    reference_batch_size: int
+    summary: str
     train_sizes: list[int]
-    val_size: int
-    patience: int
     build: Callable[[Context], Trainer]
     phases: Callable[[Context, Trainer], list[Phase]]
     report: Callable[[Context, Trained], Report]
-    announce: Callable[[Context], None] = lambda ctx: None
+    architecture: str
     preprocess: Preprocess = identity
     load: Callable[[Path], keras.Model] | None = None
     framework: str = f"tf_keras {keras.__version__}"
-    architecture: str = ""
-    image_size: int = 0
 
 
 def run_training_stage(
     stage: TrainingStage,
     config: Config,
-    dataset_dir: str | Path,
-    model_dir: str | Path,
-    *,
-    task: str,
-    backup_uri: str | None = None,
-    run_id: str = "",
-    expected_gpus: int = 0,
-    devices: list[str] | None = None,
-    distributed: bool = True,
+    paths: tuple[str | Path, str | Path],
+    backup: Backup,
+    place: AbstractContextManager[Devices],
 ) -> StageResult:
-    """Train ``stage``; backups (if ``backup_uri``) go to ``<backup_uri>/<run_id>/<task>``.
-
-    ``distributed``: the strategy, precision and XLA from ``multi_gpu`` (``devices`` forces a
-    MirroredStrategy over them); False: one device in float32 (QAT).
-    """
+    """Train ``stage`` on the TFRecords in ``paths[0]`` into the folder ``paths[1]``, with ``backup``
+    (:func:`task_backup`) on the devices that ``place`` gives (:func:`~mobiletag.training.strategy.training_devices`,
+    or :func:`~mobiletag.training.strategy.one_device` for QAT), in the seeds' and op determinism's scope."""
     started = time.perf_counter()
-    out = Path(model_dir)
+    dataset_dir, out = paths[0], Path(paths[1])
     out.mkdir(parents=True, exist_ok=True)
-    backup = Backup(backup_prefix(backup_uri, run_id, task))
-    place = (
-        training_devices(config.multi_gpu, expected_gpus, devices)
-        if distributed
-        else one_device(config.multi_gpu, expected_gpus)
-    )
     with reproducibility(config), place as dev:
         return _train(stage, config, dataset_dir, out, dev, backup, started)
+
+
+def task_backup(backup_uri: str | None, run_id: str, task: str) -> Backup:
+    """The backup of ``task`` in run ``run_id``: ``<backup_uri>/<run_id>/<task>`` (off when ``backup_uri`` is empty)."""
+    return Backup(backup_prefix(backup_uri, run_id, task))
 
 
 def _train(
@@ -186,36 +171,61 @@ def _train(
     backup: Backup,
     started: float,
 ) -> StageResult:
+    section = getattr(config, stage.name)
     facts = dataset_facts(dataset_dir)
     ctx = Context(
         config=config,
         facts=facts,
-        steps=steps_per_epoch(facts.num_train, stage.batch_size, stage.batch_key),
+        steps=steps_per_epoch(facts.num_train, section.batch_size, f"{stage.name}.batch_size"),
         devices=dev,
         backup=backup,
         resumed=backup.restore(),
-        batch_size=stage.batch_size,
-        reference_batch_size=stage.reference_batch_size,
+        batch_size=section.batch_size,
+        reference_batch_size=section.reference_batch_size,
     )
-    stage.announce(ctx)
     ctx.train_ds, ctx.val_ds = train_and_val(
         dataset_dir,
         config,
         train_sizes=stage.train_sizes,
-        val_size=stage.val_size,
-        batch_size=stage.batch_size,
+        val_size=stage.train_sizes[-1],
+        batch_size=ctx.batch_size,
         num_classes=facts.num_classes,
     )
     checkpoint = (backup.folder("best") or out) / stage.checkpoint
     with dev.strategy.scope():
         trainer = stage.build(ctx)
+    phases = stage.phases(ctx, trainer)
+    log.info(
+        "%s: %s, %d classes, %d train images, %d steps/epoch, %d replica(s), %s, XLA %s, learning rate(s) %s "
+        "(batch %d, reference %d)%s",
+        stage.name,
+        stage.summary,
+        facts.num_classes,
+        facts.num_train,
+        ctx.steps,
+        dev.strategy.num_replicas_in_sync,
+        dev.policy,
+        "on" if dev.jit_compile else "off",
+        " / ".join(f"{ctx.scaled(phase.learning_rate):.3g}" for phase in phases),
+        ctx.batch_size,
+        ctx.reference_batch_size,
+        ", resuming from a backup" if ctx.resumed else "",
+    )
 
     results: dict[str, FitResult] = {}
     rates: dict[str, float] = {}
     best_so_far = -math.inf  # a phase saves a checkpoint only when it beats the phases before it
-    for phase in stage.phases(ctx, trainer):
+    for phase in phases:
         rates[phase.name] = ctx.scaled(phase.learning_rate)
-        result = _fit_phase(stage, ctx, trainer, phase, rates[phase.name], checkpoint, best_so_far)
+        result = _fit_phase(
+            ctx,
+            trainer,
+            phase,
+            rates[phase.name],
+            checkpoint,
+            best_so_far,
+            getattr(section, "early_stopping_patience", 0),
+        )
         results[phase.name] = result
         best_so_far = result.best_val_map
 
@@ -236,7 +246,7 @@ def _train(
     details = {
         "framework": stage.framework,
         "architecture": stage.architecture,
-        "image_size": stage.image_size,
+        "image_size": stage.train_sizes[-1],
         "size_bytes": final.stat().st_size,
         "val_map": metrics["val_map"],
     }
@@ -246,13 +256,7 @@ def _train(
 
 
 def _fit_phase(
-    stage: TrainingStage,
-    ctx: Context,
-    trainer: Trainer,
-    phase: Phase,
-    rate: float,
-    checkpoint: Path,
-    best_so_far: float,
+    ctx: Context, trainer: Trainer, phase: Phase, rate: float, checkpoint: Path, best_so_far: float, patience: int
 ) -> FitResult:
     """One phase: its layers, its learning rate, compile, fit; a ``once`` phase through ``fit_phase_once``."""
 
@@ -267,12 +271,12 @@ def _fit_phase(
             name=phase.name,
             epochs=phase.epochs,
             steps_per_epoch=ctx.steps,
-            batch_size=stage.batch_size,
+            batch_size=ctx.batch_size,
             checkpoint=checkpoint,
             backup_dir=ctx.backup.folder(phase.folder),
-            patience=stage.patience,
+            patience=patience,
             best_so_far=best_so_far,
-            validation_steps=math.ceil(ctx.facts.num_val / stage.batch_size),
+            validation_steps=math.ceil(ctx.facts.num_val / ctx.batch_size),
             backup=ctx.backup,
             mark_done=not phase.once,  # fit_phase_once stores the result with the weights
         )
