@@ -136,9 +136,9 @@ def teacher_runs(tfrecord_dir, tmp_path_factory) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_teacher_phase_b_trains_the_same_with_backups_on_and_off(teacher_runs):
-    """A fresh phase B once took the warm-up's best figure and epoch from the shared checkpoint's sidecar
-    (the backup folder it had just created counted as a backup to resume): its early stopping started from
-    the warm-up's mAP and its best_epoch was the warm-up's."""
+    """A fresh phase B does not take the head phase's best figure and epoch from the shared checkpoint's
+    sidecar (the backup folder it has just created is no backup to resume): its early stopping starts from
+    -inf and its best_epoch is its own."""
     off, on = teacher_runs["off"], teacher_runs["on"]
     _same_fits(off, on, (TEACHER_HEAD, PHASE_B))
     assert off["fits"][TEACHER_HEAD]["epochs_run"] == 1
@@ -157,7 +157,7 @@ def test_a_stage_retried_after_its_outputs_were_written_does_not_train_again(
     teacher_runs, tfrecord_dir, tmp_path, monkeypatch
 ):
     """The KFP launcher stores a step's outputs after the stage returns: a pod lost in between is retried.
-    The stage once deleted its backup before returning, and the retry trained from scratch."""
+    The stage keeps its backup when it returns, and the retry loads the results instead of training."""
     from mobiletag.training.fit import Trainer
 
     def no_training(*args, **kwargs):
@@ -192,8 +192,8 @@ def test_a_stage_retried_after_its_outputs_were_written_does_not_train_again(
 def test_a_pod_lost_before_the_phase_weights_are_saved_does_not_skip_the_phase(
     gcs, tfrecord_dir, tmp_path, monkeypatch
 ):
-    """The warm-up's done marker was once saved to gs:// before its weights, in another save: a pod lost
-    between the two left a retry that skipped the warm-up and fine-tuned from the untrained head."""
+    """The head phase's done marker and its weights go to gs:// in one save: a pod lost before that save
+    leaves a retry that trains the head phase again, never one that fine-tunes from the untrained head."""
     config = _teacher_config(fine_tune_epochs=0)  # phase B only records the weights it would start from
     backup = {"backup_uri": f"gs://{BUCKET}/backups", "run_id": "run-1"}
     real_save = Backup.save

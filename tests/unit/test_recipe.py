@@ -1,5 +1,5 @@
-"""The training recipe on small, hard multi-label data (issue 17): the hard set, crops that keep
-labelled objects, configurable flips and the student's head warm-up."""
+"""The training recipe on small, hard multi-label data: the hard set, crops that keep
+labelled objects, configurable flips and the student's head phase."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
 
 
 def test_sample_images_at_phone_scale():
-    """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (issue 16's large-image set)."""
+    """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (the large-image set)."""
     from mobiletag.data.sample import _image
 
     rng = np.random.default_rng(0)

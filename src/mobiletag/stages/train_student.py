@@ -92,7 +92,7 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
         def head_only() -> None:
             trainable = train_head_only(student, True)
             log.info(
-                "student head warm-up: %d epoch(s), %d trainable layer(s), learning rate %.3g",
+                "student head phase: %d epoch(s), %d trainable layer(s), learning rate %.3g",
                 head_epochs,
                 trainable,
                 ctx.scaled(cfg.head_learning_rate),
