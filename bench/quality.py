@@ -122,8 +122,8 @@ def baselines(data_dir: Path) -> dict[str, dict[str, float]]:
 # (alpha 1) and, for the warm-up, the distilled one too
 ABLATIONS = (
     ("preset, baseline student (alpha 1)", {"student": {"alpha": 1.0}}),
-    ("no head warm-up", {"student": {"alpha": 1.0, "warmup_epochs": 0}}),
-    ("warm-up at 1e-2", {"student": {"alpha": 1.0, "warmup_learning_rate": 1.0e-2}}),
+    ("no head warm-up", {"student": {"alpha": 1.0, "head_epochs": 0}}),
+    ("warm-up at 1e-2", {"student": {"alpha": 1.0, "head_learning_rate": 1.0e-2}}),
     ("crops down to 50% of the area", {"student": {"alpha": 1.0}, "data": {"augment": {"crop_area_min": 0.5}}}),
     ("no random crop", {"student": {"alpha": 1.0}, "data": {"augment": {"random_resized_crop": False}}}),
     ("no flip", {"student": {"alpha": 1.0}, "data": {"augment": {"flip": False}}}),
@@ -132,7 +132,7 @@ ABLATIONS = (
         {"student": {"alpha": 1.0}, "data": {"augment": {"resize_methods": ["bilinear", "mediapipe", "nearest"]}}},
     ),
     ("preset, distilled student (alpha 0.7)", {}),
-    ("distilled, no head warm-up", {"student": {"warmup_epochs": 0}}),
+    ("distilled, no head warm-up", {"student": {"head_epochs": 0}}),
 )
 
 ABLATION_SCRIPT = """
@@ -141,7 +141,7 @@ from pathlib import Path
 from mobiletag.stages.common import one_inter_op_thread
 one_inter_op_thread()
 from mobiletag.config import load_config
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.tf_input import make_dataset
 from mobiletag.models.student import preprocess
 from mobiletag.stages import train_student
 from mobiletag.stages.common import dataset_facts

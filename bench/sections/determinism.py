@@ -16,7 +16,7 @@ import tf_keras as keras
 
 from mobiletag.config import load_config
 from mobiletag.data.augment import TrainAugment
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.tf_input import make_dataset
 from mobiletag.models.student import build_student, preprocess
 from mobiletag.training.fit import Trainer
 from sections import BENCH, BLOCKS, DETERMINISM_MODES, PAUSE, REPO, ROUNDS, Blocked

@@ -16,7 +16,7 @@ import tensorflow as tf
 from mobiletag.config import AugmentConfig, Config, load_config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.data.dataset import index_dataset
-from mobiletag.data.pipeline import _random_crop, list_shards, make_dataset
+from mobiletag.data.tf_input import _random_crop, list_shards, make_dataset
 from mobiletag.data.tfrecords import build_tfrecords
 from sections import BLOCKS, PAUSE, REPO, ROUNDS, Blocked, rate
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.data.augment import TrainAugment
-from mobiletag.data.pipeline import make_dataset
+from mobiletag.data.tf_input import make_dataset
 from mobiletag.models.student import build_student, preprocess
 from mobiletag.models.teacher import build_teacher
 from mobiletag.quantization.qat import quantize

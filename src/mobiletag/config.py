@@ -36,17 +36,24 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 
 PRECISION_MODES = ("auto", "float32", "bfloat16", "float16")
 
+# keys that were renamed: an old key is refused with a message naming its new one
+RENAMED_KEYS = {
+    "teacher.warmup_epochs": "teacher.head_epochs",
+    "teacher.warmup_learning_rate": "teacher.head_learning_rate",
+    "student.warmup_epochs": "student.head_epochs",
+    "student.warmup_learning_rate": "student.head_learning_rate",
+}
+
 
 @dataclass(frozen=True)
 class MultiGpuConfig:
     enabled: bool = _f(True, "train with MirroredStrategy when more than one GPU is visible")
-    mixed_precision: bool | Literal["auto", "float32", "bfloat16", "float16"] = _f(
+    mixed_precision: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto",
         "precision policy of the teacher and student steps: auto = mixed_bfloat16 on GPUs of compute capability "
         ">= 8.0 (A100, L4, H100), mixed_float16 on older GPUs, float32 without a GPU; bfloat16 / float16 force "
         "mixed_bfloat16 / mixed_float16 on any device (CPU included); float32 turns mixed precision off. "
-        "true / false are read as auto / float32. Input normalisation and outputs stay float32, and every "
-        "checkpoint handed on is float32",
+        "Input normalisation and outputs stay float32, and every checkpoint handed on is float32",
     )
     jit_compile: bool | Literal["auto"] = _f(
         "auto", "XLA-compile the training step: auto = on GPU only (XLA on CPU is much slower)"
@@ -58,11 +65,6 @@ class MultiGpuConfig:
         False,
         "stop with an error when TensorFlow sees no GPU (the pipeline's GPU steps check this by themselves)",
     )
-
-    def __post_init__(self) -> None:
-        # the old boolean form: true = choose by device, false = float32
-        if isinstance(self.mixed_precision, bool):
-            object.__setattr__(self, "mixed_precision", "auto" if self.mixed_precision else "float32")
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,11 @@ class TeacherConfig:
     batch_size: int = _f(64, "global batch size, split across replicas", min=1)
     weights: str = _f("imagenet", f"backbone weights: {WEIGHTS_HELP}")
     dropout: float = _f(0.3, "dropout before the classification head", min=0.0, max=0.9)
-    warmup_epochs: int = _f(3, "phase A: epochs training the head with the backbone frozen", min=0)
-    warmup_learning_rate: float = _f(1.0e-3, "phase A learning rate", min=0.0)
-    fine_tune_epochs: int = _f(12, "phase B: epochs fine-tuning the top of the backbone", min=0)
-    fine_tune_learning_rate: float = _f(1.0e-4, "phase B peak learning rate (cosine decay)", min=0.0)
-    fine_tune_fraction: float = _f(0.3, "share of backbone layers unfrozen in phase B", min=0.0, max=1.0)
+    head_epochs: int = _f(3, "head phase: epochs training the head with the backbone frozen", min=0)
+    head_learning_rate: float = _f(1.0e-3, "head phase learning rate", min=0.0)
+    fine_tune_epochs: int = _f(12, "fine-tuning phase: epochs fine-tuning the top of the backbone", min=0)
+    fine_tune_learning_rate: float = _f(1.0e-4, "fine-tuning peak learning rate (cosine decay)", min=0.0)
+    fine_tune_fraction: float = _f(0.3, "share of backbone layers unfrozen in the fine-tuning", min=0.0, max=1.0)
     reference_batch_size: int = _f(
         64,
         "the batch size the learning rates above are set for: the rates used are scaled by "
@@ -161,16 +163,14 @@ class StudentConfig:
         "$MOBILETAG_CACHE_DIR on first use), 'none', or a file from `mobiletag weights import` (path or gs:// URI)",
     )
     dropout: float = _f(0.2, "dropout before the classification head", min=0.0, max=0.9)
-    warmup_epochs: int = _f(
+    head_epochs: int = _f(
         2,
-        "head warm-up: epochs training only the classification head on the frozen pretrained "
+        "head phase: epochs training only the classification head on the frozen pretrained "
         "backbone before the full fine-tuning (skipped with weights: none)",
         min=0,
     )
-    warmup_learning_rate: float = _f(
-        1.0e-3, "head warm-up learning rate (constant; scaled like learning_rate)", min=0.0
-    )
-    epochs: int = _f(20, "full fine-tuning (distillation) epochs, after the head warm-up", min=0)
+    head_learning_rate: float = _f(1.0e-3, "head phase learning rate (constant; scaled like learning_rate)", min=0.0)
+    epochs: int = _f(20, "full fine-tuning (distillation) epochs, after the head phase", min=0)
     learning_rate: float = _f(1.0e-3, "peak learning rate of the full fine-tuning (cosine decay)", min=0.0)
     reference_batch_size: int = _f(
         128,
@@ -398,6 +398,11 @@ def _check_keys_and_types(cls: type, data: dict[str, Any], prefix: tuple[str, ..
     hints = _hints(cls)
     for key, value in data.items():
         path = (*prefix, str(key))
+        if key not in hints and _key(path) in RENAMED_KEYS:
+            raise ConfigError(
+                f"{name}: config key '{_key(path)}' is now '{RENAMED_KEYS[_key(path)]}' (the head-only phase; "
+                f"'lr_warmup_epochs' is the learning-rate ramp); rename it"
+            )
         if key not in hints:
             close = difflib.get_close_matches(str(key), list(hints), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

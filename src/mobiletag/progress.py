@@ -61,15 +61,7 @@ EPOCH = "epoch"
 _RECORD = re.compile(
     rf"^(?P<message>.*?) \[(?:(?P<result>{RESULT})|{EPOCH} (?P<epoch>\d+)/(?P<epochs>\d+)(?P<head> head)?)\]$"
 )
-# Fallback until stages/train_teacher.py, train_student.py and quantize.py report their result
-# through report_result: their result lines, matched by wording. Delete it, its two uses below and
-# tests/unit/test_progress.py::test_untagged_training_results_show_until_their_stages_report_them.
-_UNTAGGED_TRAINING_RESULT = re.compile(r"^(?:teacher|student|qat): validation mAP [\d.]+ \(")
-
 _LEVELS = ("WARNING", "ERROR", "CRITICAL")
-# the head phases' names, which stages/train_teacher.py and stages/train_student.py give their fits
-TEACHER_WARM_UP = "teacher phase A"
-STUDENT_WARM_UP = "student warm-up"
 # warnings of TensorFlow, Keras and absl that reach a component's log without their logger's name
 THIRD_PARTY_WARNINGS = re.compile(
     r"^(?:Compiled the loaded model, but the compiled metrics"
@@ -186,8 +178,6 @@ class ConsoleFilter:
             message = m["message"]
             if record := parse_record(message):
                 return f"    {_PIPELINE_ROOT.sub('', record.message)}" if record.shown else None
-            if _UNTAGGED_TRAINING_RESULT.match(message):
-                return f"    {message}"
             if m["level"] in ("ERROR", "CRITICAL") or (
                 m["level"] == "WARNING" and not THIRD_PARTY_WARNINGS.match(message)
             ):
@@ -207,8 +197,6 @@ class ConsoleFilter:
                 return None
             if record := parse_record(message):
                 return f"    {record.message}" if record.shown else None
-            if _UNTAGGED_TRAINING_RESULT.match(message) or message.startswith("stage times: "):
-                return f"    {message}"
             if m["level"] in _LEVELS:
                 return f"    {m['level']}: {message}"
         return None

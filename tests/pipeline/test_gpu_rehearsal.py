@@ -88,7 +88,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
     assert teacher_metrics["precision_policy"] == "mixed_bfloat16"
     assert teacher_metrics["metrics"]["replicas"] == 2
     # global batch 16 against the reference 8: twice the configured rates
-    assert teacher_metrics["learning_rates"]["phase_a"] == pytest.approx(2 * config.teacher.warmup_learning_rate)
+    assert teacher_metrics["learning_rates"]["phase_a"] == pytest.approx(2 * config.teacher.head_learning_rate)
     assert teacher_metrics["learning_rates"]["phase_b"] == pytest.approx(2 * config.teacher.fine_tune_learning_rate)
     assert _layer_dtypes(d["teacher"] / "teacher_best.h5") == {"float32"}  # handed on in float32
 

@@ -31,13 +31,6 @@ TEMPLATE_SUFFIXES = (Dataset.SHARD_SUFFIX, SourceDataset.LABELS_CSV_SUFFIX)
 
 # Files whose owners convert them to mobiletag.artifacts after this change is merged: the literals
 # found there are listed in the change's report. Empty this list then.
-ALLOWED_FOR_NOW = {
-    "src/mobiletag/stages/train_teacher.py",  # "teacher_metrics.json"
-    "src/mobiletag/stages/quantize.py",  # "qat_metrics.json"
-    "src/mobiletag/stages/train_student_baseline.py",  # "baseline_skipped.json"
-    "src/mobiletag/data/pipeline.py",  # "{split}-*-of-*.tfrecord" (Dataset.shard_glob)
-    "src/mobiletag/data/sample.py",  # "{split}_labels.csv" (SourceDataset.labels_csv)
-}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -107,16 +100,10 @@ def test_artifact_file_names_are_spelled_out_only_in_artifacts_py():
     found = []
     for path in _python_files():
         rel = path.relative_to(ROOT).as_posix()
-        if rel == "src/mobiletag/artifacts.py" or rel in ALLOWED_FOR_NOW:
+        if rel == "src/mobiletag/artifacts.py":
             continue
         found += [f"{rel}:{line}: {text!r}" for line, text in name_literals(path.read_text(encoding="utf-8"))]
     assert found == [], "use the names in mobiletag.artifacts instead:\n" + "\n".join(found)
-
-
-def test_allowlisted_files_exist_and_still_hold_a_literal():
-    """Each allowlisted file still needs its entry; remove the entry once the file is converted."""
-    for rel in ALLOWED_FOR_NOW:
-        assert name_literals((ROOT / rel).read_text(encoding="utf-8")), f"{rel} has no literal left: unlist it"
 
 
 def test_output_folder_is_the_contract_with_the_app_team():

@@ -16,16 +16,16 @@ from mobiletag import storage
 from mobiletag.artifacts import OutputFolder
 from mobiletag.config import load_config
 from mobiletag.errors import StorageError
-from mobiletag.progress import TEACHER_WARM_UP
 from mobiletag.training.backup import Backup, backup_prefix
+from mobiletag.training.phases import TEACHER_FINE_TUNE as PHASE_B
+from mobiletag.training.phases import TEACHER_HEAD
 
 from ..conftest import REPO, TINY
 from .test_gcs import BUCKET
 from .test_reproducible import _weights
 
-PHASE_B = "teacher phase B"
 # phase B long enough for early stopping (patience 1) and a best epoch of its own to matter
-TEACHER = {"teacher": {"warmup_epochs": 1, "fine_tune_epochs": 2, "early_stopping_patience": 1}}
+TEACHER = {"teacher": {"head_epochs": 1, "fine_tune_epochs": 2, "early_stopping_patience": 1}}
 
 
 class Killed(Exception):
@@ -42,9 +42,10 @@ def _run_teacher(
     """The teacher stage; ``fits`` gets, for each fit (by name), its result and the weights it started
     and ended with (also when the stage raises)."""
     from mobiletag.stages import train_teacher
+    from mobiletag.training import stage_runner
 
     fits = {} if fits is None else fits
-    real = train_teacher.fit
+    real = stage_runner.fit
 
     def recording(trainer, *args, name, **kwargs):
         start = trainer.model.get_weights()
@@ -52,11 +53,11 @@ def _run_teacher(
         fits[name] = {"result": result, "start": start, "end": trainer.model.get_weights()}
         return result
 
-    monkeypatch.setattr(train_teacher, "fit", recording)
+    monkeypatch.setattr(stage_runner, "fit", recording)
     try:
         return train_teacher.run(config, dataset_dir, out, **backup), fits
     finally:
-        monkeypatch.setattr(train_teacher, "fit", real)
+        monkeypatch.setattr(stage_runner, "fit", real)
 
 
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -67,14 +68,15 @@ _STAGE_IN_A_PROCESS = """
 import dataclasses, json, sys
 from mobiletag.config import load_config
 from mobiletag.stages import train_student, train_teacher
+from mobiletag.training import stage_runner
 stage = {"teacher": train_teacher, "student": train_student}[sys.argv[1]]
 fits = {}
-real = stage.fit
+real = stage_runner.fit
 def recording(*args, name, **kwargs):
     result = real(*args, name=name, **kwargs)
     fits[name] = dataclasses.asdict(result)
     return result
-stage.fit = recording
+stage_runner.fit = recording
 config, dataset, out = load_config(sys.argv[2]), sys.argv[3], sys.argv[4]
 backup = dict(backup_uri=sys.argv[5], run_id=sys.argv[6]) if len(sys.argv) > 5 else {}
 if stage is train_teacher:
@@ -135,12 +137,12 @@ def teacher_runs(tfrecord_dir, tmp_path_factory) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_teacher_phase_b_trains_the_same_with_backups_on_and_off(teacher_runs):
-    """A fresh phase B once took the warm-up's best figure and epoch from the shared checkpoint's sidecar
-    (the backup folder it had just created counted as a backup to resume): its early stopping started from
-    the warm-up's mAP and its best_epoch was the warm-up's."""
+    """A fresh phase B does not take the head phase's best figure and epoch from the shared checkpoint's
+    sidecar (the backup folder it has just created is no backup to resume): its early stopping starts from
+    -inf and its best_epoch is its own."""
     off, on = teacher_runs["off"], teacher_runs["on"]
-    _same_fits(off, on, (TEACHER_WARM_UP, PHASE_B))
-    assert off["fits"][TEACHER_WARM_UP]["epochs_run"] == 1
+    _same_fits(off, on, (TEACHER_HEAD, PHASE_B))
+    assert off["fits"][TEACHER_HEAD]["epochs_run"] == 1
     # phase B's first epoch improves on nothing yet (-inf) for early stopping: it never stops after it
     assert off["fits"][PHASE_B]["epochs_run"] == 2
     for key in ("val_map", "epochs_phase_a", "epochs_phase_b"):
@@ -156,7 +158,7 @@ def test_a_stage_retried_after_its_outputs_were_written_does_not_train_again(
     teacher_runs, tfrecord_dir, tmp_path, monkeypatch
 ):
     """The KFP launcher stores a step's outputs after the stage returns: a pod lost in between is retried.
-    The stage once deleted its backup before returning, and the retry trained from scratch."""
+    The stage keeps its backup when it returns, and the retry loads the results instead of training."""
     from mobiletag.training.fit import Trainer
 
     def no_training(*args, **kwargs):
@@ -191,8 +193,8 @@ def test_a_stage_retried_after_its_outputs_were_written_does_not_train_again(
 def test_a_pod_lost_before_the_phase_weights_are_saved_does_not_skip_the_phase(
     gcs, tfrecord_dir, tmp_path, monkeypatch
 ):
-    """The warm-up's done marker was once saved to gs:// before its weights, in another save: a pod lost
-    between the two left a retry that skipped the warm-up and fine-tuned from the untrained head."""
+    """The head phase's done marker and its weights go to gs:// in one save: a pod lost before that save
+    leaves a retry that trains the head phase again, never one that fine-tunes from the untrained head."""
     config = _teacher_config(fine_tune_epochs=0)  # phase B only records the weights it would start from
     backup = {"backup_uri": f"gs://{BUCKET}/backups", "run_id": "run-1"}
     real_save = Backup.save
@@ -206,14 +208,14 @@ def test_a_pod_lost_before_the_phase_weights_are_saved_does_not_skip_the_phase(
     lost: dict[str, dict] = {}
     with pytest.raises(Killed):
         _run_teacher(config, tfrecord_dir, tmp_path / "pod-1", monkeypatch, lost, **backup)
-    assert set(lost) == {TEACHER_WARM_UP}  # lost before phase B
+    assert set(lost) == {TEACHER_HEAD}  # lost before phase B
     monkeypatch.setattr(Backup, "save", real_save)
 
     _, fits = _run_teacher(config, tfrecord_dir, tmp_path / "pod-2", monkeypatch, **backup)
-    warmed, untrained = lost[TEACHER_WARM_UP]["end"], lost[TEACHER_WARM_UP]["start"]
+    warmed, untrained = lost[TEACHER_HEAD]["end"], lost[TEACHER_HEAD]["start"]
     assert not _same(warmed, untrained)
     assert _same(fits[PHASE_B]["start"], warmed)  # phase B starts from the warm-up's weights, bit for bit
-    assert fits[TEACHER_WARM_UP]["result"].best_val_map == lost[TEACHER_WARM_UP]["result"].best_val_map
+    assert fits[TEACHER_HEAD]["result"].best_val_map == lost[TEACHER_HEAD]["result"].best_val_map
     assert (tmp_path / "pod-2" / "teacher_best.h5").is_file()
 
 

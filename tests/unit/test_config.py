@@ -74,7 +74,7 @@ def test_later_sources_override_earlier_ones(tmp_path):
     assert c.teacher.image_size == 160
     assert c.teacher.batch_size == 8  # kept from a: merging is per key
     assert c.seed == 9
-    assert c.teacher.warmup_epochs == Config().teacher.warmup_epochs
+    assert c.teacher.head_epochs == Config().teacher.head_epochs
 
 
 def test_frozen():
@@ -104,8 +104,25 @@ def test_frozen():
         ("multi_gpu: {enabled: 'yes'}", r"'multi_gpu.enabled' must be true or false"),
         (
             "multi_gpu: {mixed_precision: fp16}",
-            r"'multi_gpu.mixed_precision' is 'fp16'; it must be true or false or one of 'auto', 'float32', "
-            r"'bfloat16', 'float16'$",
+            r"'multi_gpu.mixed_precision' is 'fp16'; it must be one of 'auto', 'float32', 'bfloat16', 'float16'$",
+        ),
+        (
+            "multi_gpu: {mixed_precision: true}",
+            r"'multi_gpu.mixed_precision' is True; it must be one of 'auto', 'float32', 'bfloat16', 'float16'$",
+        ),
+        (
+            "teacher: {warmup_epochs: 2}",
+            r"config key 'teacher.warmup_epochs' is now 'teacher.head_epochs' \(the head-only phase; "
+            r"'lr_warmup_epochs' is the learning-rate ramp\); rename it$",
+        ),
+        (
+            "teacher: {warmup_learning_rate: 0.01}",
+            r"'teacher.warmup_learning_rate' is now 'teacher.head_learning_rate'",
+        ),
+        ("student: {warmup_epochs: 0}", r"'student.warmup_epochs' is now 'student.head_epochs'"),
+        (
+            "student: {warmup_learning_rate: 0.01}",
+            r"'student.warmup_learning_rate' is now 'student.head_learning_rate'",
         ),
         (
             "multi_gpu: {jit_compile: xla}",
@@ -154,12 +171,22 @@ def test_override_text_and_section_json():
         c.section_json("nope")
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(True, "auto"), (False, "float32"), ("auto", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16")],
-)
-def test_mixed_precision_modes_and_the_old_boolean_form(value, expected):
-    assert load_config({"multi_gpu": {"mixed_precision": value}}).multi_gpu.mixed_precision == expected
+@pytest.mark.parametrize("value", ["auto", "float32", "bfloat16", "float16"])
+def test_mixed_precision_modes(value):
+    assert load_config({"multi_gpu": {"mixed_precision": value}}).multi_gpu.mixed_precision == value
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_mixed_precision_refuses_true_and_false(value):
+    with pytest.raises(ConfigError, match=r"<overrides>: config key 'multi_gpu.mixed_precision' is (True|False); "):
+        load_config({"multi_gpu": {"mixed_precision": value}})
+
+
+def test_a_renamed_key_is_refused_in_override_text_too():
+    with pytest.raises(
+        ConfigError, match=r"<config_overrides>: config key 'student.warmup_epochs' is now 'student.head"
+    ):
+        load_config_text("student: {warmup_epochs: 1}")
 
 
 def test_gpu_defaults():

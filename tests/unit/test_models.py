@@ -64,15 +64,15 @@ def test_teacher_phases():
     assert model.output_shape == (None, 5)
     body = backbone_layers(model)
     assert body[0].name == "stem_conv_pad" and body[-1].name == "avg_pool"  # no input normalisation, no head
-    set_phase(model, "warmup", 0.3)
+    set_phase(model, "head", 0.3)
     assert not any(layer.trainable for layer in body)
     assert model.get_layer("logits").trainable
-    set_phase(model, "finetune", 0.3, pretrained=True)
+    set_phase(model, "fine_tune", 0.3, pretrained=True)
     top = body[len(body) - round(len(body) * 0.3) :]
     bottom = body[: len(body) - round(len(body) * 0.3)]
     assert not any(layer.trainable for layer in bottom)
     assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
-    set_phase(model, "finetune", 0.3, pretrained=False)  # random backbone: train it all
+    set_phase(model, "fine_tune", 0.3, pretrained=False)  # random backbone: train it all
     assert all(layer.trainable for layer in body)
     assert not any(model.get_layer(name).trainable for name in INPUT_LAYERS)  # fixed preprocessing
 
@@ -132,14 +132,11 @@ def gpus(monkeypatch):
         ((), "bfloat16", "mixed_bfloat16"),  # forced on the CPU
         ((), "float16", "mixed_float16"),
         ((), "float32", "float32"),
-        ((), True, "float32"),  # old configs: true = auto
         (((8, 0),), "auto", "mixed_bfloat16"),  # A100
         (((9, 0), (9, 0)), "auto", "mixed_bfloat16"),  # H100s
         (((7, 5),), "auto", "mixed_float16"),  # T4
         (((8, 0), (7, 0)), "auto", "mixed_float16"),  # mixed node: the oldest GPU decides
         (((8, 0),), "float32", "float32"),
-        (((8, 0),), False, "float32"),
-        (((8, 0),), "false", "float32"),
         (((7, 5),), "bfloat16", "mixed_bfloat16"),
         (((8, 6),), " Float16 ", "mixed_float16"),
     ],
@@ -156,6 +153,9 @@ def test_set_precision_sets_the_global_policy_and_rejects_unknown_modes():
     assert keras.mixed_precision.global_policy().name == "float32"
     with pytest.raises(ConfigError, match=r"'multi_gpu.mixed_precision' is 'fp16'; choose one of auto, float32, bfl"):
         set_precision("fp16")
+    for boolean in ("true", "false"):
+        with pytest.raises(ConfigError, match=f"is '{boolean}'; choose one of auto, float32, bfloat16, float16$"):
+            set_precision(boolean)
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

@@ -130,7 +130,7 @@ def test_executor_errors_are_kept_and_third_party_warnings_dropped():
 def test_this_process_keeps_our_stage_lines_warnings_and_kfp_retries():
     console = ConsoleFilter()
     stream = """\
-03:20:00 INFO mobiletag.local_run: === stage train_student ===
+03:20:00 INFO mobiletag.runners.inprocess: === stage train_student ===
 03:20:01 INFO mobiletag.stages.train_student: student: efficientnet-lite1 at 64 px distilled from the teacher
 03:20:02 WARNING tensorflow: Compiled the loaded model, but the compiled metrics have yet to be built.
 03:20:03 WARNING absl: Found untraced functions
@@ -140,8 +140,8 @@ def test_this_process_keeps_our_stage_lines_warnings_and_kfp_retries():
 Traceback (most recent call last):
 03:20:13 INFO root: Cleaned up workspace: /tmp/kfp-workspace-6u6kcodm
 03:20:14 INFO root: Task train-student failed (attempt 1/4). Retrying in 60.0s...
-03:20:20 INFO mobiletag.local_run: === stage train_student done in 20.4 s ===
-03:20:21 INFO mobiletag.local_run: stage times: train_student 20 s
+03:20:20 INFO mobiletag.runners.inprocess: === stage train_student done in 20.4 s ===
+03:20:21 INFO mobiletag.runners.inprocess: stage times: train_student 20 s [result]
 """
     texts = [s[9:] if s[0].isdigit() else s for s in kept(stream, console)]
     assert texts == [
@@ -349,19 +349,3 @@ def test_records_read_back():
         assert parse_record(untagged) is None, untagged
     assert [parse_record(f"e [epoch {i}/3 head]").shown for i in (1, 2, 3)] == [False, False, True]  # type: ignore[union-attr]
     assert parse_record("e [epoch 1/3]").shown  # type: ignore[union-attr]
-
-
-def test_untagged_training_results_show_until_their_stages_report_them():
-    """The fallback for the training stages' result lines (delete both with the fallback)."""
-    console = ConsoleFilter()
-    assert [
-        console("    [KFP Executor 2026-11-26 03:20:41,000 INFO]: teacher: validation mAP 0.6000 (phase B, epoch 1)"),
-        console("03:20:12 INFO mobiletag.stages.train_student: student: validation mAP 0.9000 (epoch 1)"),
-        console("03:20:13 INFO mobiletag.stages.quantize: qat: validation mAP 0.8000 (float student 0.8100)"),
-        console("03:20:14 INFO mobiletag.stages.quantize: qat: validation mAP 0.7 after range calibration"),
-    ] == [
-        "    teacher: validation mAP 0.6000 (phase B, epoch 1)",
-        "    student: validation mAP 0.9000 (epoch 1)",
-        "    qat: validation mAP 0.8000 (float student 0.8100)",
-        None,
-    ]

@@ -1,5 +1,5 @@
-"""The training recipe on small, hard multi-label data (issue 17): the hard set, crops that keep
-labelled objects, configurable flips and the student's head warm-up."""
+"""The training recipe on small, hard multi-label data: the hard set, crops that keep
+labelled objects, configurable flips and the student's head phase."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_hard_set_has_the_promised_shape_and_is_seeded(tmp_path):
 def _share_keeping(aug: AugmentConfig, box: tuple[float, float], n: int = 400) -> float:
     """Share of the input pipeline's random crops of a 96-px image that contain ``box`` (lo, hi
     as shares of the side, on both axes) whole."""
-    from mobiletag.data.pipeline import crop_window
+    from mobiletag.data.tf_input import crop_window
 
     lo, hi = box
     kept = 0
@@ -67,7 +67,7 @@ def test_default_crops_keep_an_object_near_a_corner():
 
 
 def test_crop_aspect_limit_is_configurable():
-    from mobiletag.data.pipeline import crop_window
+    from mobiletag.data.tf_input import crop_window
 
     for ratio in (1.0, 2.0):
         aug = AugmentConfig(crop_area_min=0.3, crop_aspect_ratio_max=ratio)
@@ -111,7 +111,7 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
     from mobiletag.models.student import build_student
     from mobiletag.stages import train_student
 
-    student = dataclasses.replace(tiny_config.student, warmup_epochs=1, epochs=0, weights="imagenet")
+    student = dataclasses.replace(tiny_config.student, head_epochs=1, epochs=0, weights="imagenet")
     config = tiny_config.replace(student=student)
     result = train_student.run(
         config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
@@ -128,7 +128,7 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
 
 
 def test_sample_images_at_phone_scale():
-    """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (issue 16's large-image set)."""
+    """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (the large-image set)."""
     from mobiletag.data.sample import _image
 
     rng = np.random.default_rng(0)
@@ -141,7 +141,7 @@ def test_sample_images_at_phone_scale():
 def test_the_input_pipeline_resizes_each_crop_with_a_drawn_method(tmp_path):
     """The crop reaches the training size in the input pipeline: that is where the resize method
     must vary (a single-size student's step never resizes), drawn per example, seeded."""
-    from mobiletag.data.pipeline import _resize_crop, _resize_uint8
+    from mobiletag.data.tf_input import _resize_crop, _resize_uint8
 
     rng = np.random.default_rng(0)
     image = tf.constant(rng.integers(0, 256, (97, 97, 3)), tf.uint8)  # noise: every method differs

@@ -78,7 +78,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 def _batches(dataset_dir, config, count=12):
     """The first ``count`` batches of the repeated training stream (more than one epoch of it)."""
-    from mobiletag.data.pipeline import make_dataset
+    from mobiletag.data.tf_input import make_dataset
 
     ds = make_dataset(
         dataset_dir, "train", image_sizes=[32], batch_size=8, training=True, num_classes=6, config=config, repeat=True
@@ -98,7 +98,7 @@ def test_reproducible_pipeline_yields_the_same_batches_in_the_same_order(sharded
 
 
 def test_the_switch_is_the_datasets_determinism_option(sharded_dir):
-    from mobiletag.data.pipeline import make_dataset
+    from mobiletag.data.tf_input import make_dataset
 
     def options(config, training):
         ds = make_dataset(

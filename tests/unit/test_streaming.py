@@ -67,7 +67,7 @@ def full_array_pixels(
     PIL, EXIF orientation, RGB, MediaPipe's resize), as evaluation now reads them; without it,
     from the records' stored JPEGs.
     """
-    from mobiletag.data.pipeline import list_shards
+    from mobiletag.data.tf_input import list_shards
 
     features = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),

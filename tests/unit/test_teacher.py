@@ -195,9 +195,8 @@ def test_wrong_weights_file_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("source", ["file", "imagenet"])
 def test_teacher_builds_and_runs_under_bfloat16(source, b3_weights, tmp_path, monkeypatch, offline):
-    """Fails on the code before issue 13: 'imagenet' raised (Keras' float32 multiply on bfloat16
-    inputs), and a file gave Rescaling/Normalization layers computing in bfloat16 and no
-    1/sqrt(stddev) layer."""
+    """Under bfloat16 both sources build and run: the input normalisation (Rescaling, Normalization,
+    the 1/sqrt(stddev) layer) computes in float32, with no float32 multiply on bfloat16 inputs."""
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(b3_weights, cache / IMAGENET_FILE)

@@ -151,6 +151,21 @@ def test_learning_rate_scales_with_the_global_batch_after_warmup():
     assert warmup_steps(5.0, steps_per_epoch, 100) == 99  # never the whole run
 
 
+def test_a_phase_schedule_gives_the_optimizer_its_rate():
+    """The driver's phases: constant (the student's head phase, QAT), a ramp then the rate held (the
+    teacher's head phase), a ramp then cosine decay (the fine-tuning phases)."""
+    from mobiletag.training.phases import Phase
+    from mobiletag.training.stage_runner import learning_rate
+
+    assert learning_rate(Phase("p", "f", 3, 1.0e-3, "constant", 1.0), 4.0e-3, 50) == 4.0e-3
+    held = learning_rate(Phase("p", "f", 10, 1.0e-3, "hold", 1.0), 4.0e-3, 50)
+    assert [float(held(step)) for step in (0, 50, 499)] == pytest.approx([0.0, 4.0e-3, 4.0e-3], rel=1e-6)
+    decayed = learning_rate(Phase("p", "f", 10, 1.0e-3, "cosine", 1.0), 4.0e-3, 50)
+    assert float(decayed(25)) == pytest.approx(2.0e-3, rel=1e-3)
+    assert float(decayed(50)) == pytest.approx(4.0e-3, rel=1e-3)
+    assert float(decayed(500)) == pytest.approx(4.0e-5, rel=1e-3)  # 1% of the peak at the end
+
+
 def test_one_training_step_compiles_with_xla_on_cpu():
     """jit_compile=True (the GPU default): the step with its in-step augmentation (crop 40 px ->
     flip, colour jitter, resize to 32 px) compiles and runs. A compile check, not a speed test."""

@@ -1,6 +1,6 @@
 """Augmentation inside the training step: uint8 crops in, float32 views out.
 
-The input pipeline (:mod:`mobiletag.data.pipeline`) hands the step one uint8 random-resized
+The input pipeline (:mod:`mobiletag.data.tf_input`) hands the step one uint8 random-resized
 crop per image at the largest training resolution and a per-example stateless seed.
 :class:`TrainAugment` does the rest on the device that runs the step (the accelerator when
 there is one): conversion to float32, horizontal flip, colour jitter (brightness, contrast,

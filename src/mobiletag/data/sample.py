@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mobiletag.artifacts import SourceDataset
+
 CLASSES = ("circle", "cross", "ring", "square", "star", "triangle")
 # Each shape has its own hue (with jitter) on a greyish background: colour and form both tell
 # the class, so a small model trained from scratch learns the set in minutes on a CPU.
@@ -109,7 +111,7 @@ def make_sample_dataset(
             image.save(root / "images" / rel, format="JPEG", quality=90)
         rows[str(split_of[i])].append((rel, "|".join(labels)))
     for split, split_rows in rows.items():
-        with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
+        with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["filepath", "labels"])
             writer.writerows(split_rows)
@@ -193,7 +195,7 @@ def make_hard_dataset(
             (root / "images" / split).mkdir(exist_ok=True)
             _hard_image(rng, labels).save(root / "images" / rel, format="PNG")
             rows.append((rel, "|".join(labels)))
-        with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
+        with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["filepath", "labels"])
             writer.writerows(rows)

@@ -146,7 +146,7 @@ def iter_eval_batches(
     """
     import tensorflow as tf
 
-    from mobiletag.data.pipeline import list_shards
+    from mobiletag.data.tf_input import list_shards
     from mobiletag.data.tfrecords import originals_of
 
     if source not in SOURCES:

@@ -173,7 +173,7 @@ def build_student(
 def train_head_only(model: keras.Model, head_only: bool) -> int:
     """Freeze (``head_only``) or unfreeze the backbone; the dense head always trains.
 
-    Frozen BatchNormalization layers run in inference mode (tf_keras), so a head warm-up keeps
+    Frozen BatchNormalization layers run in inference mode (tf_keras), so the head phase keeps
     the pretrained statistics as they are. Returns the number of trainable layers with weights.
     """
     for layer in model.layers:

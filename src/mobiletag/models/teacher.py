@@ -19,8 +19,8 @@ One code path for every weight source: ``imagenet`` resolves to a file
 of Keras' ``efficientnetb3_notop.h5``) is loaded into the backbone. ``none`` keeps random
 weights, with the same layers (the ``1/sqrt(stddev)`` layer included), so every teacher has one
 architecture whatever its weights; with random weights the fixed per-channel factor (~2.1) is
-harmless. Phase A trains the head on a frozen backbone; phase B unfreezes the top
-``fine_tune_fraction`` of the backbone layers, keeping BatchNormalization in inference mode.
+harmless. The head phase trains the head on a frozen backbone; the fine-tuning phase unfreezes the
+top ``fine_tune_fraction`` of the backbone layers, keeping BatchNormalization in inference mode.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from tf_keras.src.utils import data_utils
 
 from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import CACHE_ENV, cache_dir
-from mobiletag.storage import fetch_file
+from mobiletag.models.weights import weights_file
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,6 @@ HEAD_LAYERS = ("head_dropout", "logits")
 
 
 # === Weights ===
-
-
-def resolve_weights(weights: str, key: str) -> str | None:
-    """'imagenet' -> 'imagenet'; 'none' -> None; a path or gs:// URI -> a local file path."""
-    value = weights.strip()
-    if value.lower() in ("none", "random", ""):
-        return None
-    if value.lower() == "imagenet":
-        return "imagenet"
-    try:
-        return str(fetch_file(value))
-    except Exception as exc:
-        raise ConfigError(
-            f"config key '{key}' is {weights!r}: {exc}; give 'imagenet', 'none', a file or gs:// URI"
-        ) from exc
 
 
 def download_imagenet_weights(directory: str | Path | None = None) -> Path:
@@ -131,16 +116,6 @@ def imagenet_weights_path() -> Path:
             f"{IMAGE_CACHE_DIR}). Elsewhere put {IMAGENET_URL} at {path} (or set {CACHE_ENV} to a directory "
             "holding it), or set teacher.weights to a local path or gs:// URI of that file, or to 'none'"
         ) from exc
-
-
-def weights_file(weights: str, key: str = "teacher.weights") -> Path | None:
-    """The local weights file for a ``teacher.weights`` value; None for random weights."""
-    source = resolve_weights(weights, key)
-    if source is None:
-        return None
-    if source == "imagenet":
-        return imagenet_weights_path()
-    return Path(source)
 
 
 # === Model ===
@@ -240,7 +215,7 @@ def build_teacher(num_classes: int, image_size: int, weights: str = "imagenet", 
     Raises:
         ConfigError: the weights cannot be found, fetched or loaded (names ``teacher.weights``).
     """
-    source = weights_file(weights)
+    source = weights_file(weights, "teacher.weights", imagenet_weights_path)
     backbone = keras.Model.from_config(backbone_config(image_size))
     if source is not None:
         try:
@@ -264,17 +239,17 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def set_phase(model: keras.Model, phase: str, fine_tune_fraction: float, pretrained: bool = True) -> int:
-    """'warmup': only the head trains. 'finetune': the top fraction of the backbone trains too,
+    """'head': only the head trains. 'fine_tune': the top fraction of the backbone trains too,
     BatchNormalization layers stay frozen (inference mode), protecting pretrained statistics.
 
-    Without pretrained weights there is nothing to protect: phase B then trains the whole
+    Without pretrained weights there is nothing to protect: the fine-tuning then trains the whole
     backbone, BatchNormalization included (a frozen random backbone cannot learn).
     Returns the number of trainable layers that have weights.
     """
     body = backbone_layers(model)
-    if phase == "warmup":
+    if phase == "head":
         unfrozen: set[int] = set()
-    elif phase == "finetune":
+    elif phase == "fine_tune":
         count = len(body) if not pretrained else int(round(len(body) * fine_tune_fraction))
         unfrozen = set(range(len(body) - count, len(body)))
     else:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mobiletag.config import Config
 from mobiletag.errors import MobiletagError
+from mobiletag.progress import report_result
 from mobiletag.stages import STAGE, STAGES, Stage
 from mobiletag.stages.common import StageResult
 from mobiletag.stages.resolve_config import config_from_json, stage_config_json
@@ -161,5 +162,5 @@ def run_pipeline(
     finally:
         if not keep_work and work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    log.info("stage times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    report_result(log, "stage times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return results

@@ -16,13 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mobiletag.artifacts import StudentModel
 from mobiletag.config import Config
 from mobiletag.stages.common import StageResult, write_json
 
 log = logging.getLogger(__name__)
 
 BASELINE_TASK = "train-student-baseline"
-SKIPPED_FILE = "baseline_skipped.json"
+SKIPPED_FILE = StudentModel.BASELINE_SKIPPED
 # what the baseline task asks for when it trains nothing: no GPU, no GPU node pool, a small CPU slice
 IDLE_RESOURCES = {"gpu_limit": "0", "node_selector": {}, "cpu": "1", "memory": "1Gi"}
 

@@ -28,11 +28,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mobiletag.errors import TrainingError
-from mobiletag.progress import STUDENT_WARM_UP, TEACHER_WARM_UP, report_epoch
+from mobiletag.progress import report_epoch
 from mobiletag.training.attempts import StopOnSigterm, sigterm_flag
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import distillation_loss
 from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.phases import HEAD_PHASES
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class EpochLog(keras.callbacks.Callback):
             seconds,
             self.images_per_epoch / max(seconds, 1e-9),
             f", about {left:.0f} s left" if epoch + 1 < self.epochs else "",
-            head=self.name in (TEACHER_WARM_UP, STUDENT_WARM_UP),
+            head=self.name in HEAD_PHASES,
         )
 
 

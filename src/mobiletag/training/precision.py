@@ -44,15 +44,14 @@ def _gpu_capabilities() -> list[tuple[int, int]]:
     return capabilities
 
 
-def choose_policy(mode: str | bool) -> str:
+def choose_policy(mode: str) -> str:
     """The Keras policy name for a ``multi_gpu.mixed_precision`` mode.
 
     Args:
         mode: ``auto`` (``mixed_bfloat16`` when every visible GPU has compute capability >= 8.0,
             ``mixed_float16`` on older GPUs, ``float32`` without a GPU), or ``float32``,
             ``bfloat16``, ``float16``, which force ``float32``, ``mixed_bfloat16``,
-            ``mixed_float16`` on any device, the CPU included. ``true`` / ``false`` (older
-            configs) mean ``auto`` / ``float32``.
+            ``mixed_float16`` on any device, the CPU included.
 
     Returns:
         ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
@@ -61,14 +60,10 @@ def choose_policy(mode: str | bool) -> str:
         ConfigError: for any other mode.
     """
     text = str(mode).strip().lower()
-    text = {"true": "auto", "false": "float32"}.get(text, text)
     if text in POLICIES:
         return POLICIES[text]
     if text != "auto":
-        raise ConfigError(
-            f"config key 'multi_gpu.mixed_precision' is {mode!r}; choose one of {', '.join(MODES)} "
-            "(true / false still mean auto / float32)"
-        )
+        raise ConfigError(f"config key 'multi_gpu.mixed_precision' is {mode!r}; choose one of {', '.join(MODES)}")
     capabilities = _gpu_capabilities()
     if not capabilities:
         return "float32"
@@ -78,7 +73,7 @@ def choose_policy(mode: str | bool) -> str:
     return policy
 
 
-def set_precision(mode: str | bool) -> str:
+def set_precision(mode: str) -> str:
     """Set the global Keras policy for ``mode`` (see :func:`choose_policy`); returns its name."""
     policy = choose_policy(mode)
     keras.mixed_precision.set_global_policy(policy)

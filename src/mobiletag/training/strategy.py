@@ -264,3 +264,12 @@ def training_devices(
         yield Devices(strategy, policy, use_jit(cfg), cfg.steps_per_execution, gpus)
     finally:
         precision.set_precision("float32")
+
+
+@contextlib.contextmanager
+def one_device(cfg: MultiGpuConfig, expected_gpus: int = 0) -> Iterator[Devices]:
+    """Check the GPUs, then one device in float32 without XLA (QAT: tfmot supports neither mixed
+    precision nor tf.distribute); ``multi_gpu.steps_per_execution`` still groups steps."""
+    gpus = prepare_gpus(expected_gpus, cfg)
+    policy = precision.set_precision("float32")
+    yield Devices(tf.distribute.get_strategy(), policy, False, cfg.steps_per_execution, gpus)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from mobiletag.data.augment import TrainAugment
-from mobiletag.data.pipeline import list_shards, make_dataset
+from mobiletag.data.tf_input import list_shards, make_dataset
 from mobiletag.data.tfrecords import read_labels
 from mobiletag.errors import DataError
 

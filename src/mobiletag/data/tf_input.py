@@ -31,6 +31,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from mobiletag.artifacts import Dataset
 from mobiletag.config import AugmentConfig, Config
 from mobiletag.data.augment import crop_size
 from mobiletag.errors import DataError
@@ -39,10 +40,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def list_shards(dataset_dir: str | Path, split: str) -> list[str]:
-    files = sorted(str(p) for p in Path(dataset_dir).glob(f"{split}-*-of-*.tfrecord"))
+    files = sorted(str(p) for p in Path(dataset_dir).glob(Dataset.shard_glob(split)))
     if not files:
         raise DataError(
-            f"{dataset_dir}: no TFRecord shards for split '{split}' ({split}-*-of-*.tfrecord); "
+            f"{dataset_dir}: no TFRecord shards for split '{split}' ({Dataset.shard_glob(split)}); "
             "build them with the prepare_dataset stage first"
         )
     return files
