@@ -29,9 +29,6 @@ NAMES = {
 # Names built from a split or a shard number end with these.
 TEMPLATE_SUFFIXES = (Dataset.SHARD_SUFFIX, SourceDataset.LABELS_CSV_SUFFIX)
 
-# Files whose owners convert them to mobiletag.artifacts after this change is merged: the literals
-# found there are listed in the change's report. Empty this list then.
-
 
 def _docstrings(tree: ast.AST) -> set[int]:
     """ids of the string constants that are docstrings (module, class, function)."""
