@@ -9,6 +9,7 @@ import yaml
 from mobiletag.config import load_config
 
 from ..conftest import REPO
+from .test_config import _flatten
 
 # the keys configs/demo.yaml sets to other values than configs/fast.yaml (or the defaults)
 DEMO_CUTS = {
@@ -19,16 +20,6 @@ DEMO_CUTS = {
     "student.epochs": 6,
     "qat.epochs": 1,
 }
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_demo_preset_is_fast_yaml_with_fewer_steps():
