@@ -155,10 +155,10 @@ print("WEIGHTS", digest.hexdigest())
 
 @pytest.mark.slow
 def test_distilled_student_is_the_same_in_two_processes(tmp_path):
-    """The demo's sizes (teacher 80 px, student 64, batch 32, 1,000 images): the student stage in two
-    processes of its own, as the pipeline runs it. Op determinism alone left the weights different
+    """fast.yaml's sizes (teacher 80 px, student 64, batch 32) on 1,000 images: the student stage in
+    two processes of its own, as the pipeline runs it. With op determinism alone the weights differ
     from the first epoch (the teacher's forward pass runs beside the student's: inter-op
-    parallelism); the stage now runs with one inter-op thread."""
+    parallelism); the stage runs with one inter-op thread."""
     import subprocess
     import sys
 

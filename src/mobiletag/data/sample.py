@@ -178,9 +178,9 @@ def _hard_image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
 def make_hard_dataset(
     out_dir: str | Path, seed: int = 0, splits: tuple[tuple[str, int], ...] = HARD_SPLITS
 ) -> dict[str, int]:
-    """A small, hard multi-label set (issue 17): 96-px images with 0-3 of ten small shapes in
-    four slots, every object a random colour; 420 / 90 / 90 images by default. Returns the
-    image count per split."""
+    """A small, hard multi-label set: 96-px images with 0-3 of ten small shapes in four slots,
+    every object a random colour; 420 / 90 / 90 images by default. Returns the image count
+    per split."""
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
