@@ -14,9 +14,9 @@ from .test_config import _flatten
 # the keys configs/demo.yaml sets to other values than configs/fast.yaml (or the defaults)
 DEMO_CUTS = {
     "teacher.image_size": 64,
-    "teacher.warmup_epochs": 0,
+    "teacher.head_epochs": 0,
     "teacher.fine_tune_epochs": 3,
-    "student.warmup_epochs": 0,
+    "student.head_epochs": 0,
     "student.epochs": 6,
     "qat.epochs": 1,
 }
