@@ -44,7 +44,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     if args.kind == "hard":
         if args.images is not None or args.scale != 1.0:
             raise ConfigError(
-                "--kind hard has a fixed size (420 / 90 / 90 images of 96 px, as the issue's held-out set): "
+                "--kind hard has a fixed size (420 / 90 / 90 images of 96 px): "
                 "drop --images and --scale, or use --kind shapes"
             )
         counts = make_hard_dataset(args.out_dir, seed=args.seed)

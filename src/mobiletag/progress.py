@@ -43,7 +43,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _KFP = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - (?P<level>[A-Z]+) - (?P<message>.*)$")
 # a component's logging (kfp's executor_main): "[KFP Executor 2026-11-26 03:22:01,123 INFO]: message"
 _EXECUTOR = re.compile(r"^\s*\[KFP Executor [^\]]*? (?P<level>[A-Z]+)\]: (?P<message>.*)$")
-# this process's logging (cli.py's format): "03:22:01 INFO mobiletag.local_run: message"
+# this process's logging (cli.py's format): "03:22:01 INFO mobiletag.runners.inprocess: message"
 _OURS = re.compile(r"^\d\d:\d\d:\d\d (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<message>.*)$")
 
 _TASK_START = re.compile(r"^Executing task '(?P<task>[^']+)'")

@@ -324,7 +324,7 @@ def test_distillation_block_against_a_direct_computation(run):
 
 
 def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(run):
-    """Issue 19 item 3. A constant score ranks nothing: its AP for a class is the class's prevalence."""
+    """A constant score ranks nothing: its AP for a class is the class's prevalence."""
     metrics = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())
     _, labels = _float_scores(run, "selected", "test")
     present = labels.sum(axis=0) > 0

@@ -82,7 +82,7 @@ def test_precision_strategy_and_global_and_fallback():
 
 
 def test_threshold_sits_in_the_middle_of_the_best_f1_plateau():
-    # the counter-example of issue 29: negatives up to 0.598, positives from 0.906. Every grid
+    # negatives up to 0.598, positives from 0.906. Every grid
     # threshold from 0.60 to 0.90 gives F1 1; 0.60 is one INT8 output level above a negative
     labels = np.array([[1], [1], [1], [0], [0], [0]])
     scores = np.array([[0.906], [0.95], [0.99], [0.598], [0.3], [0.1]])
