@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiletag.artifacts import ExportedModel, StudentModel, TeacherModel
+
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_SIZE, STUDENT_SIZE = 80, 64  # configs/fast.yaml
 SOURCE_SIZE = (500, 375)
@@ -113,26 +115,25 @@ def make_models(work: Path, num_classes: int) -> dict[str, Path]:
     export of the shipped student's QAT model (random weights), in the stages' layout."""
     import tf_keras as keras
 
-    from mobiletag.export.litert import MODEL_FILE
+    from mobiletag.artifacts import write_json
     from mobiletag.export.tflite import convert_int8
     from mobiletag.models.student import build_student
     from mobiletag.models.teacher import build_teacher
     from mobiletag.quantization.qat import quantize
     from mobiletag.stages import select_student
-    from mobiletag.stages.common import STUDENT_CHECKPOINT, STUDENT_METRICS, TEACHER_CHECKPOINT, write_json
 
     keras.utils.set_random_seed(0)
     dirs = {name: work / name for name in MODEL_DIRS}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
-    build_teacher(num_classes, TEACHER_SIZE, "none").save(dirs["teacher"] / TEACHER_CHECKPOINT)
+    build_teacher(num_classes, TEACHER_SIZE, "none").save(dirs["teacher"] / TeacherModel.CHECKPOINT)
     for name, val_map in (("baseline", 0.5), ("distilled", 0.6)):  # the distilled one ships
-        build_student(num_classes, STUDENT_SIZE).save(dirs[name] / STUDENT_CHECKPOINT)
-        write_json(dirs[name] / STUDENT_METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
+        build_student(num_classes, STUDENT_SIZE).save(dirs[name] / StudentModel.CHECKPOINT)
+        write_json(dirs[name] / StudentModel.METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
     select_student.run(dirs["distilled"], dirs["baseline"], dirs["student"])
-    student = keras.models.load_model(dirs["student"] / STUDENT_CHECKPOINT, compile=False)
+    student = keras.models.load_model(dirs["student"] / StudentModel.CHECKPOINT, compile=False)
     representative = np.random.default_rng(0).uniform(0, 255, (32, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
-    (dirs["tflite"] / MODEL_FILE).write_bytes(convert_int8(quantize(student), representative))
+    (dirs["tflite"] / ExportedModel.MODEL).write_bytes(convert_int8(quantize(student), representative))
     return dirs
 
 
@@ -193,8 +194,7 @@ def profile(paths: dict[str, str]) -> dict:
     import tf_keras as keras
 
     from mobiletag.export.inference_config import EVAL_BATCH, iter_eval_batches
-    from mobiletag.export.litert import MODEL_FILE, TFLiteModel
-    from mobiletag.stages.common import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT
+    from mobiletag.export.litert import TFLiteModel
     from mobiletag.stages.evaluate import eager_scorer, keras_scorer
 
     count = PROFILE_BATCHES * EVAL_BATCH
@@ -207,8 +207,8 @@ def profile(paths: dict[str, str]) -> dict:
         out[f"decode_{split}_image"] = round((time.perf_counter() - started) * 1000 / max(decoded, 1), 3)
     rng = np.random.default_rng(0)
     models = {
-        "teacher": (keras.models.load_model(Path(paths["teacher"]) / TEACHER_CHECKPOINT, compile=False), False),
-        "student": (keras.models.load_model(Path(paths["student"]) / STUDENT_CHECKPOINT, compile=False), True),
+        "teacher": (keras.models.load_model(Path(paths["teacher"]) / TeacherModel.CHECKPOINT, compile=False), False),
+        "student": (keras.models.load_model(Path(paths["student"]) / StudentModel.CHECKPOINT, compile=False), True),
     }
     for name, (model, normalise) in models.items():
         scorers = {"traced": keras_scorer(model, normalise), "eager": eager_scorer(model, normalise)}
@@ -223,7 +223,7 @@ def profile(paths: dict[str, str]) -> dict:
                 score(pixels[start : start + EVAL_BATCH])
                 spent[path] += time.perf_counter() - began
         out.update({f"{name}_{path}": round(seconds * 1000 / count, 3) for path, seconds in spent.items()})
-    tflite = TFLiteModel(Path(paths["tflite"]) / MODEL_FILE, num_threads=2)
+    tflite = TFLiteModel(Path(paths["tflite"]) / ExportedModel.MODEL, num_threads=2)
     pixels = rng.integers(0, 256, (count, STUDENT_SIZE, STUDENT_SIZE, 3), dtype=np.uint8)
     tflite.predict_batch(pixels[:EVAL_BATCH])
     started = time.perf_counter()

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 HEADER = ("filepath", "labels")
 IMAGES_DIR = SourceDataset.IMAGES_DIR
-DATASET_CONFIG = SourceDataset.CONFIG  # stages/resolve_config.py imports the name from here
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobiletag.data.dataset import DATASET_CONFIG, IMAGES_DIR, SPLITS, csv_name
+from mobiletag.artifacts import SourceDataset
+from mobiletag.data.dataset import IMAGES_DIR, SPLITS, csv_name
 from mobiletag.errors import StorageError
 from mobiletag.storage import is_gcs, join, split_gcs, thread_client
 
@@ -66,7 +67,7 @@ def dataset_fingerprint(data_uri: str, page_size: int = LIST_PAGE_SIZE) -> Finge
         total = (total + int.from_bytes(hashlib.sha256(record).digest(), "big")) % _MODULUS
         count += 1
         size += nbytes
-    files = {name: _file_sha256(join(data_uri, name)) for name in [*map(csv_name, SPLITS), DATASET_CONFIG]}
+    files = {name: _file_sha256(join(data_uri, name)) for name in [*map(csv_name, SPLITS), SourceDataset.CONFIG]}
     outer = hashlib.sha256(f"{VERSION}\nimages {count} {size} {total:064x}\n".encode())
     for name, digest in files.items():
         outer.update(f"{name} {digest}\n".encode())

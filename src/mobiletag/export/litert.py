@@ -11,11 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mobiletag.artifacts import ExportedModel
-
 log = logging.getLogger(__name__)
 
-MODEL_FILE = ExportedModel.MODEL  # bench/scale.py imports the name from here
 # Images per invoke when a split is scored (predict_batch); latency_ms stays one image per invoke.
 BATCH = 16
 # Ops allowed to touch float tensors in an integer model: the boundary conversions only.

@@ -9,24 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobiletag.artifacts import (  # noqa: F401 (read_json, write_json: re-exported)
-    QatModel,
-    StudentModel,
-    TeacherModel,
-    read_json,
-    write_json,
-)
 from mobiletag.config import Config
 from mobiletag.data.tfrecords import read_labels, read_stats
 from mobiletag.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# The training stages and bench/scale.py import these names from here; mobiletag.artifacts defines them.
-TEACHER_CHECKPOINT = TeacherModel.CHECKPOINT
-STUDENT_CHECKPOINT = StudentModel.CHECKPOINT
-STUDENT_METRICS = StudentModel.METRICS
-QAT_CHECKPOINT = QatModel.CHECKPOINT
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mobiletag.artifacts import QatModel
+from mobiletag.artifacts import QatModel, StudentModel, read_json
 from mobiletag.config import Config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.models.student import preprocess
 from mobiletag.quantization.qat import calibrate_ranges, load_qat_model, quantize
-from mobiletag.stages.common import QAT_CHECKPOINT, STUDENT_CHECKPOINT, StageResult, read_json
+from mobiletag.stages.common import StageResult
 from mobiletag.stages.train_student import METRICS as STUDENT_METRICS
 from mobiletag.stages.train_student import load_teacher
 from mobiletag.training.attempts import records_failures
@@ -22,7 +22,7 @@ from mobiletag.training.strategy import one_device
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = QAT_CHECKPOINT
+CHECKPOINT = QatModel.CHECKPOINT
 METRICS = QatModel.METRICS
 TASK = "quantize"
 
@@ -45,7 +45,7 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
 
     def build(ctx: Context) -> Trainer:
         augment = TrainAugment(sizes, config.data.augment)
-        student = load_float32(Path(student_dir) / STUDENT_CHECKPOINT)
+        student = load_float32(Path(student_dir) / StudentModel.CHECKPOINT)
         # the float student's figure on this val split, as its stage measured it (not measured again)
         float_map = read_json(Path(student_dir) / STUDENT_METRICS)["metrics"]["val_map"]
         qat_model = quantize(student)

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mobiletag.artifacts import SourceDataset
 from mobiletag.config import Config, load_config, load_config_text, read_yaml_mapping
-from mobiletag.data.dataset import DATASET_CONFIG
 from mobiletag.data.fingerprint import dataset_fingerprint
 from mobiletag.errors import ConfigError
 from mobiletag.stages import CONFIG_OUTPUTS, STAGE
@@ -41,7 +41,7 @@ def config_from_json(text: str) -> Config:
 
 def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
     """The dataset's config.yaml (a local file path, or the parsed gs:// object), if it has one."""
-    location = join(data_uri, DATASET_CONFIG)
+    location = join(data_uri, SourceDataset.CONFIG)
     if not is_gcs(location):
         return location if Path(location).is_file() else None
     text = read_text_if_exists(location)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import tf_keras as keras
 
+from mobiletag.artifacts import StudentModel, TeacherModel
 from mobiletag.config import Config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.errors import ConfigError
 from mobiletag.models.lite_weights import imagenet_weights, load_backbone
 from mobiletag.models.student import build_student, preprocess, train_head_only
 from mobiletag.models.weights import is_pretrained, weights_file
-from mobiletag.stages.common import STUDENT_CHECKPOINT, STUDENT_METRICS, TEACHER_CHECKPOINT, StageResult
+from mobiletag.stages.common import StageResult
 from mobiletag.training.attempts import records_failures
 from mobiletag.training.fit import Trainer, set_batch_norm_momentum
 from mobiletag.training.phases import STUDENT_FINE_TUNE, STUDENT_HEAD, Phase
@@ -30,8 +31,8 @@ from mobiletag.training.strategy import training_devices
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = STUDENT_CHECKPOINT
-METRICS = STUDENT_METRICS
+CHECKPOINT = StudentModel.CHECKPOINT
+METRICS = StudentModel.METRICS
 TASK = "train-student"
 
 
@@ -42,9 +43,9 @@ def load_teacher(teacher_dir: str | Path | None, policy: str = "float32") -> ker
             "student.alpha is below 1 (distillation) but no teacher was given: pass the train_teacher stage's "
             "folder, or set student.alpha: 1 to train on the labels alone"
         )
-    path = Path(teacher_dir) / TEACHER_CHECKPOINT
+    path = Path(teacher_dir) / TeacherModel.CHECKPOINT
     if not path.is_file():
-        raise ConfigError(f"{teacher_dir}: no {TEACHER_CHECKPOINT}; run the train_teacher stage first")
+        raise ConfigError(f"{teacher_dir}: no {TeacherModel.CHECKPOINT}; run the train_teacher stage first")
     teacher = load_float32(path)
     return teacher if policy == "float32" else cast_model(teacher, policy)
 

@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mobiletag.artifacts import StudentModel
+from mobiletag.artifacts import StudentModel, write_json
 from mobiletag.config import Config
-from mobiletag.stages.common import StageResult, write_json
+from mobiletag.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from mobiletag.config import Config
 from mobiletag.data.augment import TrainAugment
 from mobiletag.models.teacher import build_teacher, set_phase
 from mobiletag.models.weights import is_pretrained
-from mobiletag.stages.common import TEACHER_CHECKPOINT, StageResult
+from mobiletag.stages.common import StageResult
 from mobiletag.training.attempts import records_failures
 from mobiletag.training.fit import Trainer, set_batch_norm_momentum
 from mobiletag.training.phases import TEACHER_FINE_TUNE, TEACHER_HEAD, Phase
@@ -20,7 +20,7 @@ from mobiletag.training.strategy import training_devices
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = TEACHER_CHECKPOINT
+CHECKPOINT = TeacherModel.CHECKPOINT
 METRICS = TeacherModel.METRICS
 TASK = "train-teacher"
 

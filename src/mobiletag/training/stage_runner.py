@@ -29,6 +29,7 @@ from typing import Any
 
 import tf_keras as keras
 
+from mobiletag.artifacts import write_json
 from mobiletag.config import Config
 from mobiletag.data.tf_input import train_and_val
 from mobiletag.progress import report_result
@@ -38,7 +39,6 @@ from mobiletag.stages.common import (
     dataset_facts,
     reproducibility,
     steps_per_epoch,
-    write_json,
 )
 from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.fit import (
