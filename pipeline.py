@@ -223,6 +223,7 @@ def mobiletag_pipeline(
     selected = select_student(
         distilled=student.outputs["model"],
         baseline=baseline.outputs["model"],
+        config_json=_config(configs, "select_student"),
     ).set_display_name("select student (validation mAP)")
     _on_cpu(selected, cpu="1", memory="2Gi")
 

@@ -79,7 +79,7 @@ class StudentModel:
 
     CHECKPOINT = "student_best.h5"
     METRICS = "student_metrics.json"  # val_map, alpha, the history of each phase
-    SELECTION = "selection.json"  # select_student: shipped (distilled or baseline), reason, both val_map, alpha
+    SELECTION = "selection.json"  # select_student: shipped (distilled or baseline), reason, both val_map, margin, alpha
     BASELINE_SKIPPED = "baseline_skipped.json"  # train_student_baseline when the run trains no baseline
 
 

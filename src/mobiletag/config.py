@@ -185,6 +185,13 @@ class StudentConfig:
     batch_norm_momentum: float = _f(
         0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
     )
+    selection_margin: float = _f(
+        0.0,
+        "select-student: the baseline (no teacher) ships only when its validation macro mAP exceeds the "
+        "distilled student's by more than this; e.g. the seed-to-seed spread of your recipe",
+        min=0.0,
+        max=1.0,
+    )
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def test_dag_order(compiled):
     assert deps["train-teacher"] == {"prepare-dataset", "resolve-config"}
     assert "train-teacher" in deps["train-student"]
     assert deps["train-student-baseline"] == {"prepare-dataset", "resolve-config", "train-teacher"}
-    assert deps["select-student"] == {"train-student", "train-student-baseline"}
+    assert deps["select-student"] == {"resolve-config", "train-student", "train-student-baseline"}
     assert {"select-student", "train-teacher"} <= deps["quantize"] and "train-student" not in deps["quantize"]
     assert "quantize" in deps["export-tflite"]
     assert "export-tflite" in deps["optimize-thresholds"]

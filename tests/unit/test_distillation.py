@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobiletag.config import ThresholdsConfig
+from mobiletag.config import Config, StudentConfig, ThresholdsConfig
 from mobiletag.evaluation.distillation import (
     bootstrap_map_difference,
     bootstrap_weights,
@@ -198,18 +198,28 @@ def _student(folder: Path, val_map: float, alpha: float, content: bytes) -> Path
     return folder
 
 
+def _margin(margin: float = 0.0) -> Config:
+    return Config(student=StudentConfig(selection_margin=margin))
+
+
 @pytest.mark.parametrize(
-    ("distilled_map", "baseline_map", "shipped"),
-    [(0.80, 0.85, "baseline"), (0.85, 0.80, "distilled"), (0.80, 0.80, "distilled")],
-    ids=["baseline-better", "distilled-better", "tie"],
+    ("distilled_map", "baseline_map", "margin", "shipped"),
+    [
+        (0.80, 0.85, 0.0, "baseline"),
+        (0.85, 0.80, 0.0, "distilled"),
+        (0.80, 0.80, 0.0, "distilled"),
+        (0.80, 0.82, 0.03, "distilled"),
+        (0.80, 0.85, 0.03, "baseline"),
+    ],
+    ids=["baseline-better", "distilled-better", "tie", "within-margin", "beyond-margin"],
 )
-def test_select_student_ships_the_better_validation_map(tmp_path, distilled_map, baseline_map, shipped):
+def test_select_student_ships_the_better_validation_map(tmp_path, distilled_map, baseline_map, margin, shipped):
     from mobiletag.stages import select_student
 
     distilled = _student(tmp_path / "d", distilled_map, 0.7, b"distilled")
     baseline = _student(tmp_path / "b", baseline_map, 1.0, b"baseline")
     # the test split is nowhere in its inputs: a test figure cannot change the choice
-    result = select_student.run(distilled, baseline, tmp_path / "out")
+    result = select_student.run(_margin(margin), distilled, baseline, tmp_path / "out")
     assert (tmp_path / "out" / "student_best.h5").read_bytes() == shipped.encode()
     selection = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert selection["shipped"] == shipped and result.details["shipped"] == shipped
@@ -218,8 +228,11 @@ def test_select_student_ships_the_better_validation_map(tmp_path, distilled_map,
     assert json.loads((tmp_path / "out" / "student_metrics.json").read_text())["alpha"] == selection["alpha"]
     assert result.metrics["baseline_shipped"] == (1.0 if shipped == "baseline" else 0.0)
     assert f"{distilled_map:.4f}" in selection["reason"] and f"{baseline_map:.4f}" in selection["reason"]
+    assert selection["margin"] == margin
     if distilled_map == baseline_map:
         assert selection["reason"].startswith("tie")
+    if 0 < baseline_map - distilled_map <= margin:
+        assert "within the margin 0.03 (student.selection_margin)" in selection["reason"]
 
 
 def test_select_student_without_a_baseline(tmp_path):
@@ -229,7 +242,7 @@ def test_select_student_without_a_baseline(tmp_path):
     skipped = tmp_path / "b"
     result = train_student_baseline.run(None, "", skipped, enabled=False)  # type: ignore[arg-type]
     assert result.details == {"trained": False}
-    select_student.run(distilled, skipped, tmp_path / "out")
+    select_student.run(_margin(), distilled, skipped, tmp_path / "out")
     selection = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert selection["shipped"] == "distilled" and selection["val_map"]["baseline"] is None
     assert "baseline_student is false" in selection["reason"]
@@ -242,9 +255,9 @@ def test_select_student_explains_a_wrong_folder(tmp_path):
     distilled = _student(tmp_path / "d", 0.8, 0.7, b"distilled")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"neither student_best.h5 nor baseline_skipped.json"):
-        select_student.run(distilled, tmp_path / "empty", tmp_path / "out")
+        select_student.run(_margin(), distilled, tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ConfigError, match=r"student_metrics.json: missing; the distilled student's folder"):
-        select_student.run(tmp_path / "empty", None, tmp_path / "out")
+        select_student.run(_margin(), tmp_path / "empty", None, tmp_path / "out")
 
 
 def test_baseline_config_and_resources(tiny_config):

@@ -66,7 +66,7 @@ CALLS: dict[str, Call] = {
     "train_student_baseline": lambda fn, r, i, c: fn(
         c, i["dataset"], r.folder("train_student_baseline"), enabled=r.baseline_student, **r.backups
     ),
-    "select_student": lambda fn, r, i, c: fn(i["distilled"], i["baseline"], r.folder("select_student")),
+    "select_student": lambda fn, r, i, c: fn(c, i["distilled"], i["baseline"], r.folder("select_student")),
     "quantize": lambda fn, r, i, c: fn(c, i["dataset"], i["teacher"], i["student"], r.folder("quantize"), **r.backups),
     "export_tflite": lambda fn, r, i, c: fn(c, i["dataset"], i["qat_model"], r.folder("export_tflite")),
     "optimize_thresholds": lambda fn, r, i, c: fn(c, i["dataset"], i["tflite_model"], r.folder("optimize_thresholds")),

@@ -110,11 +110,13 @@ STAGES: tuple[Stage, ...] = (
         after=("train_teacher",),
         config_of="train_student",
     ),
+    # reads student.selection_margin: train_student's config
     Stage(
         "select_student",
-        (),
+        (*RUN_SECTIONS, "teacher", "student"),
         (("distilled", "train_student"), ("baseline", "train_student_baseline")),
         ("model", "metrics"),
+        config_of="train_student",
     ),
     Stage(
         "quantize",

@@ -1,7 +1,9 @@
 """Stage: the choice of the student that ships, distilled or baseline (train_student_baseline).
 
-``run`` ships the one with the better validation macro mAP (ties: the distilled one); the test
-split decides nothing. A baseline folder holding only the note of an untrained baseline
+``run`` ships the one with the better validation macro mAP, the figure each training stage
+recorded on the validation split through the training input path; the baseline ships only when
+it is better by more than ``student.selection_margin`` (ties and smaller margins: the distilled
+one). The test split decides nothing. A baseline folder holding only the note of an untrained baseline
 (:data:`mobiletag.artifacts.StudentModel.BASELINE_SKIPPED`) reads as "no baseline".
 """
 
@@ -12,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from mobiletag.artifacts import StudentModel, read_json, write_json
+from mobiletag.config import Config
 from mobiletag.errors import ConfigError
 from mobiletag.stages.common import StageResult
 
@@ -35,23 +38,30 @@ def _val_map(model_dir: Path, role: str) -> float:
         ) from exc
 
 
-def choose(distilled_val_map: float, baseline_val_map: float | None) -> tuple[str, str]:
-    """(shipped, reason): the better validation macro mAP; a tie or no baseline ships the distilled student."""
+def choose(distilled_val_map: float, baseline_val_map: float | None, margin: float = 0.0) -> tuple[str, str]:
+    """(shipped, reason): the baseline ships only when its validation macro mAP exceeds the distilled
+    student's by more than ``margin``; a tie, a smaller gain or no baseline ships the distilled student."""
     if baseline_val_map is None:
         return DISTILLED, "no baseline student in this run (pipeline parameter baseline_student is false)"
-    figures = f"validation macro mAP: distilled {distilled_val_map:.4f}, baseline {baseline_val_map:.4f}"
-    if baseline_val_map > distilled_val_map:
-        return BASELINE, f"the baseline (no teacher) has the better {figures}"
-    if baseline_val_map == distilled_val_map:
+    figures = f"validation macro mAP (training input path): distilled {distilled_val_map:.4f}, baseline {baseline_val_map:.4f}"
+    gain = baseline_val_map - distilled_val_map
+    if gain > margin:
+        return BASELINE, f"the baseline (no teacher) has the better {figures}" + (
+            f", by more than the margin {margin:g}" if margin else ""
+        )
+    if gain > 0:
+        return DISTILLED, f"the baseline's gain is within the margin {margin:g} (student.selection_margin): {figures}"
+    if gain == 0:
         return DISTILLED, f"tie on {figures}: the distilled student ships"
     return DISTILLED, f"the distilled student has the better {figures}"
 
 
-def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str | Path) -> StageResult:
+def run(config: Config, distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str | Path) -> StageResult:
     """Copy the student that ships (checkpoint and its student_metrics.json) into ``out_dir``.
 
-    Reads only the validation mAP that each training step recorded. Writes ``selection.json``:
-    ``shipped`` (distilled or baseline), ``reason``, ``val_map`` of both, ``alpha`` of the shipped one.
+    Reads only the validation mAP that each training step recorded and ``student.selection_margin``.
+    Writes ``selection.json``: ``shipped`` (distilled or baseline), ``reason``, ``val_map`` of both,
+    ``margin``, ``alpha`` of the shipped one.
     """
     distilled = Path(distilled_dir)
     baseline = Path(baseline_dir) if baseline_dir else None
@@ -63,7 +73,8 @@ def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str
         )
     distilled_map = _val_map(distilled, DISTILLED)
     baseline_map = _val_map(baseline, BASELINE) if baseline is not None and has_baseline else None
-    shipped, reason = choose(distilled_map, baseline_map)
+    margin = config.student.selection_margin
+    shipped, reason = choose(distilled_map, baseline_map, margin)
     source = baseline if shipped == BASELINE and baseline is not None else distilled
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +85,7 @@ def run(distilled_dir: str | Path, baseline_dir: str | Path | None, out_dir: str
         "shipped": shipped,
         "reason": reason,
         "val_map": {DISTILLED: distilled_map, BASELINE: baseline_map},
+        "margin": margin,
         "alpha": alpha,
     }
     write_json(out / StudentModel.SELECTION, selection)
