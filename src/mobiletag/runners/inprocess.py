@@ -83,6 +83,7 @@ CALLS: dict[str, Call] = {
         distilled_dir=i["distilled_student"],
         baseline_dir=i["baseline_student"],
         qat_dir=i["qat_model"],
+        config=c,
     ),
     "bundle": lambda fn, r, i, c: fn(
         i["teacher"],
