@@ -44,6 +44,7 @@ def evaluate(
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(
+        config_from_json(config_json),
         dataset.path,
         teacher.path,
         student.path,
@@ -53,7 +54,6 @@ def evaluate(
         distilled_dir=distilled_student.path,
         baseline_dir=baseline_student.path,
         qat_dir=qat_model.path,
-        config=config_from_json(config_json),
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

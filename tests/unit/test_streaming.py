@@ -242,8 +242,8 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     assert recommendation == {**want, "model": ExportedModel.MODEL, "split": "val"}
 
     evaluate.run(
-        tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"], exported["thresholds"],
-        exported["evaluate"],
+        fast_config, tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"],
+        exported["thresholds"], exported["evaluate"],
     )  # fmt: skip
     metrics = read_json(exported["evaluate"] / Evaluation.METRICS)
     (images, teacher_images), labels, paths = full_array_pixels(
@@ -312,8 +312,8 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
     config = dataclasses.replace(fast_config, thresholds=dataclasses.replace(fast_config.thresholds, compare_images=k))
     out = tmp_path / "evaluate"
     evaluate.run(
-        tfrecord_dir, exported["teacher"], tmp_path / "selected", exported["tflite"], exported["thresholds"], out,
-        distilled_dir=tmp_path / "distilled", baseline_dir=tmp_path / "baseline", config=config,
+        config, tfrecord_dir, exported["teacher"], tmp_path / "selected", exported["tflite"], exported["thresholds"],
+        out, distilled_dir=tmp_path / "distilled", baseline_dir=tmp_path / "baseline",
     )  # fmt: skip
     # test: every image at the INT8 size, the sample also at the teacher's; validation: the sample only
     assert decoded == {STUDENT_SIZE: num_test + k, TEACHER_SIZE: k} and len(opened) == num_test + k

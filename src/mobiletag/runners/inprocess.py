@@ -74,6 +74,7 @@ CALLS: dict[str, Call] = {
         i["dataset"], i["tflite_model"], i["thresholds"], r.folder("mediapipe_package")
     ),
     "evaluate": lambda fn, r, i, c: fn(
+        c,
         i["dataset"],
         i["teacher"],
         i["student"],
@@ -83,7 +84,6 @@ CALLS: dict[str, Call] = {
         distilled_dir=i["distilled_student"],
         baseline_dir=i["baseline_student"],
         qat_dir=i["qat_model"],
-        config=c,
     ),
     "bundle": lambda fn, r, i, c: fn(
         i["teacher"],

@@ -250,6 +250,7 @@ def build_html_report(
 
 
 def run(
+    config: Config | None,
     dataset_dir: str | Path,
     teacher_dir: str | Path,
     student_dir: str | Path,
@@ -260,7 +261,6 @@ def run(
     distilled_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
     qat_dir: str | Path | None = None,
-    config: Config | None = None,
 ) -> StageResult:
     """Test metrics of the INT8 model, the float models beside it; with ``distilled_dir`` (and
     select-student's selection.json in ``student_dir``) the "distillation" block; when
@@ -270,7 +270,7 @@ def run(
     folders' metrics files (QAT's with ``qat_dir``).
 
     The INT8 model scores every test image; the float models (teacher, students) score a seeded
-    sample of at most ``config.thresholds.compare_images`` test images, and the students as many
+    sample of at most ``config.thresholds.compare_images`` (None: the default config's) test images, and the students as many
     validation images (for their own thresholds): ``comparison_images`` in metrics.json says how
     many (every image of a smaller split)."""
     started = time.perf_counter()
