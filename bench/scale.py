@@ -409,8 +409,8 @@ def before_after(raw: dict) -> dict:
         "before": raw["before_after"]["ref"],
         "before_scores": "the teacher and both float students on every test image, both students on every "
         "validation image",
-        "after_scores": f"the float models on {', '.join(str(i) for i in sorted(images, key=str))} sampled test "
-        "images and as many validation images (thresholds.compare_images)",
+        "after_scores": f"the float models on {', '.join(f'{i:,}' if i else '?' for i in sorted(images, key=str))} "
+        "sampled test images and as many validation images (thresholds.compare_images)",
         "before_seconds": summarize([one["seconds"] for one in before], digits=1),
         "after_seconds": summarize([one["seconds"] for one in after], f"<= {GOALS['evaluate_seconds']:.0f}", digits=1),
         "before_run_seconds": summarize([one["run_seconds"] for one in before], digits=1),

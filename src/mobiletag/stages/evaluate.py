@@ -126,7 +126,9 @@ def score_test_split(
     return stream_scores(dataset_dir, "test", scorers, None if rows is None else dict.fromkeys(floats, rows))
 
 
-def sample_block(limit: int, test_rows: np.ndarray, num_test: int, val_rows: np.ndarray | None, num_val: int) -> dict:
+def sample_block(
+    limit: int, test_rows: np.ndarray, num_test: int, val_rows: np.ndarray | None, num_val: int
+) -> dict[str, Any]:
     """metrics.json["comparison_images"]: how many images the float comparisons cover."""
     sampled = len(test_rows) < num_test or (val_rows is not None and len(val_rows) < num_val)
     return {
@@ -142,7 +144,7 @@ def sample_block(limit: int, test_rows: np.ndarray, num_test: int, val_rows: np.
     }
 
 
-def sample_sentence(block: dict) -> str:
+def sample_sentence(block: dict[str, Any]) -> str:
     """One line for report.md: the images the float comparisons cover."""
     test = f"{block['test']:,} of {block['test_split']:,} test images"
     val = "" if block["val"] is None else f" and {block['val']:,} of {block['val_split']:,} validation images"
@@ -270,9 +272,9 @@ def run(
     folders' metrics files (QAT's with ``qat_dir``).
 
     The INT8 model scores every test image; the float models (teacher, students) score a seeded
-    sample of at most ``config.thresholds.compare_images`` (None: the default config's) test images, and the students as many
-    validation images (for their own thresholds): ``comparison_images`` in metrics.json says how
-    many (every image of a smaller split)."""
+    sample of at most ``config.thresholds.compare_images`` test images (``config`` None: the
+    default's), and the students as many validation images (for their own thresholds):
+    ``comparison_images`` in metrics.json says how many (every image of a smaller split)."""
     started = time.perf_counter()
     limit = (config or Config()).thresholds.compare_images
     out = Path(out_dir)
