@@ -269,6 +269,7 @@ def mobiletag_pipeline(
         qat_model=qat.outputs["model"],
         tflite_model=packaged.outputs["model"],
         thresholds=thresholds.outputs["thresholds"],
+        config_json=_config(configs, "evaluate"),
     ).set_display_name("evaluate")
     _on_cpu(evaluation, cpu="3", memory="8Gi")
 

@@ -146,6 +146,17 @@ def evaluate_lines(scale: dict) -> list[str]:
     ms = {key: figure["median"] for key, figure in scale["profile_ms_per_image"].items()}
     parts = scale["profile_seconds_at_largest"]
     goal, estimate, n, small = at["seconds"], vs["eager_at_largest_estimate"], f"{at['n']:,}", f"{vs['n']:,}"
+    k = scale.get("compare_images")
+    if k is None:  # every image through every float model
+        on = {"decode": "", "teacher": "", "students": "two students on test and validation"}
+        times = "times N"
+    else:
+        on = {
+            "decode": f": {n} test, {k:,} of them also at the teacher's size, {k:,} validation",
+            "teacher": f" on {k:,} sampled test images",
+            "students": f"two students on {k:,} sampled test and {k:,} validation images",
+        }
+        times = "times the images each part covers"
     lines = [
         "",
         "| evaluate | seconds: median (min-max, runs) |",
@@ -158,16 +169,17 @@ def evaluate_lines(scale: dict) -> list[str]:
         f"| N = {small}, eager / traced, per round | {_spread(vs['eager_over_traced'], 'x')} |",
         f"| N = {small}, eager - traced, measured | {_spread(vs['measured_gap_seconds'])} |",
         f"| N = {small}, eager - traced, from the profile | {_spread(vs['profile_gap_seconds'])} |",
-        f"| N = {n}: decoding the originals (threads, beside the models) | {_spread(parts['decode'])} |",
-        f"| N = {n}: teacher, traced | {_spread(parts['teacher_traced'])} |",
-        f"| N = {n}: two students on test and validation, traced | {_spread(parts['students_traced'])} |",
+        f"| N = {n}: decoding the originals (threads, beside the models{on['decode']}) | {_spread(parts['decode'])} |",
+        f"| N = {n}: teacher{on['teacher']}, traced | {_spread(parts['teacher_traced'])} |",
+        f"| N = {n}: {on['students']}, traced | {_spread(parts['students_traced'])} |",
         f"| N = {n}: INT8 model | {_spread(parts['int8'])} |",
         f"| N = {n}: all models, traced | {_spread(parts['traced_models'])} |",
         f"| N = {n}: all models, eager | {_spread(parts['eager_models'])} |",
+        *before_after_rows(scale),
         "",
         f"Rounds alternated (eager and traced at N = {small}, traced at N = {n}, the profile). Eager at "
         f"N = {n}: {estimate['how']}. The parts at N = {n} are the profile's median milliseconds per "
-        f"image (batches of 64) times N: decoding an original {ms['decode_test_image']:g} (test, two sizes) / "
+        f"image (batches of 64) {times}: decoding an original {ms['decode_test_image']:g} (test, two sizes) / "
         f"{ms['decode_val_image']:g} (validation); teacher {ms['teacher_traced']:g} traced / "
         f"{ms['teacher_eager']:g} eager; a student {ms['student_traced']:g} / {ms['student_eager']:g}; "
         f"INT8 {ms['int8']:g}. Largest |eager - traced| probability: "
@@ -178,7 +190,31 @@ def evaluate_lines(scale: dict) -> list[str]:
     ]
     if "load" in scale:
         lines += ["", f"Load: `{scale['load']['start']}` at the start, `{scale['load']['end']}` at the end."]
+    if "evaluate_before_after" in scale:
+        block = scale["evaluate_before_after"]
+        lines += [
+            "",
+            f"evaluate before and after, alternated at N = {block['n']:,} ({block['before_seconds']['n']} rounds): "
+            f"before (commit {block['before'][:12]}) scores {block['before_scores']}; after, "
+            f"{block['after_scores']}, and the INT8 model on every test image. Load: "
+            f"`{block['load']['start']}` at the start, `{block['load']['end']}` at the end.",
+        ]
     return lines
+
+
+def before_after_rows(scale: dict) -> list[str]:
+    """evaluate at the largest N before and after (``evaluate_before_after``), as rows of the evaluate table."""
+    if "evaluate_before_after" not in scale:
+        return []
+    block = scale["evaluate_before_after"]
+    n, after = f"{block['n']:,}", block["after_seconds"]
+    return [
+        f"| N = {n}, before: commit {block['before'][:12]} (process) | {_spread(block['before_seconds'])} |",
+        f"| N = {n}, after (process; goal {after['goal']} s: {after['status']}) | {_spread(after)} |",
+        f"| N = {n}, before, the `run` call | {_spread(block['before_run_seconds'])} |",
+        f"| N = {n}, after, the `run` call | {_spread(block['after_run_seconds'])} |",
+        f"| N = {n}, before / after, per round | {_spread(block['before_over_after'], 'x')} |",
+    ]
 
 
 def quality_lines(quality: dict) -> list[str]:

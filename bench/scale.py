@@ -1,23 +1,30 @@
 """`make bench-scale`: seconds and peak resident memory of prepare_dataset, optimize_thresholds
 and evaluate at growing dataset sizes, with the growth ratios against the goals (memory at the
 largest N at most 1.3x that at the smallest; seconds at most 1.2x linear); evaluate at the largest
-N repeated, against the goal of 2 minutes; evaluate with its float models traced
-(``keras_scorer``) and eager (``eager_scorer``), alternated, with the largest difference of their
-probabilities; where evaluate's time goes.
+N repeated, against the goal of 2 minutes, alternated with evaluate as it was at ``--before``
+(every test and validation image through every float model); evaluate with its float models
+traced (``keras_scorer``) and eager (``eager_scorer``), alternated, with the largest difference of
+their probabilities; where evaluate's time goes.
 
     python bench/scale.py [--sizes 1000,4000,16000] [--compare-size 1000] [--rounds 3] [--out bench/scale.json]
+    python bench/scale.py --evaluate-only [--sizes 16000] [--rounds 3] [--work DIR]
+
+``--evaluate-only``: evaluate before and after at the largest N only, alternated (the dataset and
+thresholds are prepared first, or reused from ``--work``); it replaces the before/after block of
+``--out`` and keeps the file's other figures.
 
 N is the number of test images. Datasets: generated 500x375 JPEGs (hard links to a pool of
 distinct ones; decoding is paid per file all the same), N test, N validation (evaluate scores
-both float students on it for the distillation block, optimize_thresholds the INT8 model) and
-N/2 training images (only prepare_dataset reads them). The models are the pipeline's at
-configs/fast.yaml's sizes, random weights: teacher EfficientNet-B3 at 80 px, distilled and baseline
-students EfficientNet-Lite1 at 64 px (different seeds) with select-student's choice, and the INT8
-export of the shipped student's (untrained) QAT model, so that evaluate scores what it scores in
-the pipeline: the teacher, both float students and the INT8 model on test, both students on
-validation. evaluate's figures include building report.html (its seconds and bytes are listed
-apart). Each stage runs in a fresh process: its peak RSS is that process's own (``os.wait4``), its
-seconds are the process's wall time (imports included) and the ``run`` call's.
+both float students on a sample of it for the distillation block, optimize_thresholds the INT8
+model on all of it) and N/2 training images (only prepare_dataset reads them). The models are the
+pipeline's at configs/fast.yaml's sizes, random weights: teacher EfficientNet-B3 at 80 px,
+distilled and baseline students EfficientNet-Lite1 at 64 px (different seeds) with select-student's
+choice, and the INT8 export of the shipped student's (untrained) QAT model, so that evaluate scores
+what it scores in the pipeline: the INT8 model on every test image; the teacher and both float
+students on K = ``thresholds.compare_images`` sampled test images (every one when N <= K), both
+students on K validation images. evaluate's figures include building report.html (its seconds and
+bytes are listed apart). Each stage runs in a fresh process: its peak RSS is that process's own
+(``os.wait4``), its seconds are the process's wall time (imports included) and the ``run`` call's.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras for QAT, before TensorFlow i
 
 import argparse
 import csv
+import inspect
 import json
 import subprocess
 import sys
@@ -46,6 +54,8 @@ POOL = 400  # distinct JPEGs; the dataset's files are hard links to them
 STAGES = ("prepare_dataset", "optimize_thresholds", "evaluate")
 GOALS = {"rss": 1.3, "seconds_per_image": 1.2, "evaluate_seconds": 120.0}
 PROFILE_BATCHES = 4  # batches of EVAL_BATCH per model and path in the profile
+# evaluate "before": the last commit whose evaluate scores every test and validation image with every float model
+BEFORE = "8f1486d3e38e2042f93cec91c965679bb1f04773"
 
 
 def load_bench_config():
@@ -161,14 +171,17 @@ def recording(make_scorer, record: dict[str, list[np.ndarray]]):
 
 
 def run_evaluate(paths: dict[str, str], eager: bool) -> dict:
-    """evaluate's run with its float models traced or eager; the float models' probabilities
+    """evaluate's run with its float models traced or eager, with the bench's config (when the
+    evaluate on the path takes one: ``--before``'s may not); the float models' probabilities
     saved beside its outputs."""
     from mobiletag.stages import evaluate
 
     record: dict[str, list[np.ndarray]] = {}
     evaluate.keras_scorer = recording(evaluate.eager_scorer if eager else evaluate.keras_scorer, record)
+    takes_config = "config" in inspect.signature(evaluate.run).parameters
     started = time.perf_counter()
     result = evaluate.run(
+        *([load_bench_config()] if takes_config else []),
         paths["dataset"],
         paths["teacher"],
         paths["student"],
@@ -181,10 +194,12 @@ def run_evaluate(paths: dict[str, str], eager: bool) -> dict:
     seconds = round(time.perf_counter() - started, 2)
     np.savez(Path(paths["evaluate"]) / FLOAT_SCORES, **{k: np.concatenate(v) for k, v in record.items()})
     html = Path(result.files["report_html"])
+    images = json.loads((Path(paths["evaluate"]) / "metrics.json").read_text()).get("comparison_images")
     return {
         "run_seconds": seconds,
         "report_seconds": result.details["report_html_seconds"],
         "report_bytes": html.stat().st_size,
+        "float_test_images": None if images is None else images["test"],
     }
 
 
@@ -260,13 +275,17 @@ def child(stage: str, paths: dict[str, str]) -> None:
     print(json.dumps({"run_seconds": round(time.perf_counter() - started, 2)}))
 
 
-def measure(stage: str, paths: dict[str, str]) -> dict:
-    """Wall seconds, the stage's own seconds and the peak RSS (MB) of one stage in a fresh process.
+def measure(stage: str, paths: dict[str, str], src: Path | None = None) -> dict:
+    """Wall seconds, the stage's own seconds and the peak RSS (MB) of one stage in a fresh process
+    (``src``: the mobiletag source it imports, first on its path; default: the installed one).
 
     Linux counts a forked child's memory high-water mark from the parent's resident size at
     the fork (kept across exec): this process must stay small (numpy and PIL only, no
     TensorFlow), so that the figure is the stage's own.
     """
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as stderr:
         # not communicate(): it reaps the child, and os.wait4 must, to read the child's own rusage
@@ -275,6 +294,7 @@ def measure(stage: str, paths: dict[str, str]) -> dict:
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
+            env=env,
         )
         assert proc.stdout is not None
         stdout = proc.stdout.read()
@@ -368,6 +388,38 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def before_src(work: Path, ref: str) -> Path:
+    """The repository's src/ at ``ref`` (``git archive``), in ``work``: evaluate as it was there."""
+    out = work / f"before-{ref[:12]}"
+    if not (out / "src" / "mobiletag").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "src"
+
+
+def before_after(raw: dict) -> dict:
+    """evaluate at the largest N before (``--before``) and after, from the alternated pairs."""
+    from stats import summarize
+
+    before, after = raw["before_after"]["before"], raw["before_after"]["after"]
+    images = {one.get("float_test_images") for one in after}
+    return {
+        "n": raw["before_after"]["n"],
+        "before": raw["before_after"]["ref"],
+        "before_scores": "the teacher and both float students on every test image, both students on every "
+        "validation image",
+        "after_scores": f"the float models on {', '.join(f'{i:,}' if i else '?' for i in sorted(images, key=str))} "
+        "sampled test images and as many validation images (thresholds.compare_images)",
+        "before_seconds": summarize([one["seconds"] for one in before], digits=1),
+        "after_seconds": summarize([one["seconds"] for one in after], f"<= {GOALS['evaluate_seconds']:.0f}", digits=1),
+        "before_run_seconds": summarize([one["run_seconds"] for one in before], digits=1),
+        "after_run_seconds": summarize([one["run_seconds"] for one in after], digits=1),
+        "before_over_after": summarize([b["seconds"] / a["seconds"] for b, a in zip(before, after)], digits=2),
+        "load": raw["before_after"]["load"],
+    }
+
+
 def summary(raw: dict) -> dict:
     """scale.json from a run's raw samples (``raw.json`` in ``--work``)."""
     from stats import summarize
@@ -380,15 +432,17 @@ def summary(raw: dict) -> dict:
     def seconds(key: str, field: str = "seconds") -> list[float]:
         return [one[field] for one in samples[key]]
 
-    # per image: the teacher on test, two students on test and on validation, the INT8 model on test
+    # the float models' images at the largest N: K sampled test images (the teacher, two students)
+    # and K validation images (two students); the INT8 model scores all N test images
+    k = min(raw.get("compare_images") or largest, largest)
     weights = {"teacher": 1, "student": 4}
     extra_ms = [sum(w * (p[f"{m}_eager"] - p[f"{m}_traced"]) for m, w in weights.items()) for p in profiles]
     largest_median = float(np.median(seconds("largest")))
     parts = [key for key in profiles[0] if key not in ("seconds", "peak_rss_mb")]  # measure's own figures
     where = {key: summarize([p[key] for p in profiles], digits=3) for key in parts}
 
-    def part_seconds(keys: dict[str, int]) -> dict:
-        return summarize([largest * sum(w * p[k] for k, w in keys.items()) / 1000 for p in profiles], digits=1)
+    def part_seconds(counts: dict[str, int]) -> dict:
+        return summarize([sum(n * p[key] for key, n in counts.items()) / 1000 for p in profiles], digits=1)
 
     report = {
         "sizes": sizes,
@@ -412,11 +466,12 @@ def summary(raw: dict) -> dict:
             "measured_gap_seconds": summarize([e - t for e, t in zip(seconds("eager"), seconds("traced"))], digits=1),
             "profile_gap_seconds": summarize([compare_size * x / 1000 for x in extra_ms], digits=1),
             "eager_at_largest_estimate": {
-                "seconds": summarize([largest_median + largest * x / 1000 for x in extra_ms], digits=0),
+                "seconds": summarize([largest_median + k * x / 1000 for x in extra_ms], digits=0),
                 "how": (
-                    f"the median traced evaluate at N={largest:,} plus N x the profile's extra eager "
-                    "milliseconds per image (teacher once, a student four times: two students, test and "
-                    "validation), per round; both paths run the same code but the float models' calls"
+                    f"the median traced evaluate at N={largest:,} plus {k:,} (the float models' images) x the "
+                    "profile's extra eager milliseconds per image (teacher once, a student four times: two "
+                    "students, test and validation), per round; both paths run the same code but the float "
+                    "models' calls"
                 ),
             },
             **raw["differences"],
@@ -424,18 +479,22 @@ def summary(raw: dict) -> dict:
             "within": bool(max(raw["differences"]["max_abs_diff"].values()) <= TRACED_TOLERANCE),
         },
         "profile_ms_per_image": where,
+        "compare_images": k,
         "profile_seconds_at_largest": {
-            "decode": part_seconds({"decode_test_image": 1, "decode_val_image": 1}),
-            "teacher_traced": part_seconds({"teacher_traced": 1}),
-            "students_traced": part_seconds({"student_traced": 4}),
-            "int8": part_seconds({"int8": 1}),
-            "traced_models": part_seconds({"teacher_traced": 1, "student_traced": 4, "int8": 1}),
-            "eager_models": part_seconds({"teacher_eager": 1, "student_eager": 4, "int8": 1}),
+            # N test images at the INT8 size, K of them also at the teacher's, K validation images
+            "decode": part_seconds({"decode_val_image": largest, "decode_test_image": k}),
+            "teacher_traced": part_seconds({"teacher_traced": k}),
+            "students_traced": part_seconds({"student_traced": 4 * k}),
+            "int8": part_seconds({"int8": largest}),
+            "traced_models": part_seconds({"teacher_traced": k, "student_traced": 4 * k, "int8": largest}),
+            "eager_models": part_seconds({"teacher_eager": k, "student_eager": 4 * k, "int8": largest}),
         },
         "load": raw["load"],
         "total_seconds": raw["total_seconds"],
         "cores": os.cpu_count(),
     }
+    if raw.get("before_after"):
+        report["evaluate_before_after"] = before_after(raw)
     return report
 
 
@@ -452,6 +511,17 @@ def main() -> None:
     )
     parser.add_argument("--models", help="use the models in this folder (a previous run's --work models/)")
     parser.add_argument("--from-raw", help="only write --out from a run's raw.json (in its --work folder)")
+    parser.add_argument(
+        "--before",
+        default=BEFORE,
+        help="the commit whose evaluate is measured as 'before' at the largest N, alternated with this tree's "
+        "(default: the last one scoring every image with every float model); empty: none",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="only evaluate before and after at the largest N, alternated --rounds times; replaces that block of --out",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -460,6 +530,9 @@ def main() -> None:
         return
     if args.from_raw:
         write(summary(json.loads(Path(args.from_raw).read_text())), Path(args.out))
+        return
+    if args.evaluate_only:
+        evaluate_only(args)
         return
     sizes = sorted(int(n) for n in args.sizes.split(","))
     if args.compare_size not in sizes:
@@ -494,18 +567,26 @@ def main() -> None:
                 results[str(n)][stage] = measure(stage, paths)
                 print(f"N={n} {stage}: {results[str(n)][stage]}", flush=True)
         # alternated rounds: eager and traced at --compare-size, traced at the largest N (its first
-        # sample is the table's)
+        # sample is the table's) and, from the second round, evaluate at --before beside it
         samples: dict[str, list[dict]] = {"eager": [], "traced": [], "largest": [results[str(largest)]["evaluate"]]}
+        pairs: dict[str, list[dict]] = {"before": [], "after": []}
+        old_src = before_src(work, args.before) if args.before else None
         profiles: list[dict] = []
         for r in range(args.rounds):
             runs = [("eager", "evaluate_eager", args.compare_size), ("traced", "evaluate", args.compare_size)]
             if r > 0:
                 runs.append(("largest", "evaluate", largest))
+                if old_src is not None:
+                    runs.insert(len(runs) - r % 2, ("before", "evaluate", largest))  # before first every other round
             for key, stage, n in runs:
                 folder = work / f"n{n}" / f"evaluate_{key}_{r}"
-                one = measure(stage, {**paths_of[n], "evaluate": str(folder)})
-                samples[key].append(one)
-                print(f"round {r} N={n} {stage}: {one}", flush=True)
+                one = measure(stage, {**paths_of[n], "evaluate": str(folder)}, old_src if key == "before" else None)
+                samples.setdefault(key, []).append(one)
+                if key in ("before", "largest") and old_src is not None and r > 0:
+                    pairs["before" if key == "before" else "after"].append(one)
+                print(
+                    f"round {r} N={n} {stage}{' at ' + args.before[:12] if key == 'before' else ''}: {one}", flush=True
+                )
             profiles.append(measure("profile", paths_of[largest]))
             print(f"round {r} profile (ms/img): {profiles[-1]}", flush=True)
         compare = work / f"n{args.compare_size}"
@@ -515,6 +596,7 @@ def main() -> None:
     raw = {
         "sizes": sizes,
         "compare_size": args.compare_size,
+        "compare_images": results[str(largest)]["evaluate"].get("float_test_images"),
         "results": results,
         "samples": samples,
         "profiles": profiles,
@@ -522,9 +604,71 @@ def main() -> None:
         "load": load,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
+    if pairs["before"]:
+        raw["before_after"] = {"n": largest, "ref": args.before, **pairs, "load": load}
     if args.work:
         (Path(args.work) / "raw.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
     write(summary(raw), Path(args.out))
+
+
+def prepared(work: Path, n: int, models_dir: str | None) -> dict[str, str]:
+    """The images, models, dataset and thresholds evaluate reads at N = ``n``, in ``work``: made
+    (prepare_dataset and optimize_thresholds run) where a previous run did not leave them."""
+    images = work / "images"
+    count = sum(split_sizes(n).values())
+    names = sorted(p.name for p in images.glob("img_*.jpg")) if images.is_dir() else []
+    if len(names) < count:
+        names = make_images(images, count)
+    model_root = Path(models_dir) if models_dir else work / "models"
+    if not (model_root / "tflite" / ExportedModel.MODEL).is_file():
+        measure("models", {"models": str(model_root)})
+    root = work / f"n{n}"
+    paths = {
+        "data": str(root / "data"),
+        "dataset": str(root / "dataset"),
+        "thresholds": str(root / "thresholds"),
+        "evaluate": str(root / "evaluate"),
+        **{name: str(model_root / name) for name in MODEL_DIRS},
+    }
+    if not (root / "data" / "test_labels.csv").is_file():
+        write_dataset(root / "data", images, names[:count], n)
+    if not (root / "dataset" / "stats.json").is_file():
+        print(f"N={n} prepare_dataset: {measure('prepare_dataset', paths)}", flush=True)
+    if not (root / "thresholds" / "threshold_recommendation.json").is_file():
+        print(f"N={n} optimize_thresholds: {measure('optimize_thresholds', paths)}", flush=True)
+    return paths
+
+
+def evaluate_only(args: argparse.Namespace) -> None:
+    """evaluate before (``--before``) and after at the largest of ``--sizes``, alternated; the block
+    replaces ``evaluate_before_after`` in ``--out`` (its other figures kept) and README.md follows."""
+    if not args.before:
+        raise SystemExit("--evaluate-only measures evaluate before and after: give --before a commit")
+    n = max(int(v) for v in args.sizes.split(","))
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="mobiletag-scale-") as tmp:
+        work = Path(args.work or tmp)
+        paths = prepared(work, n, args.models)
+        old_src = before_src(work, args.before)
+        load = {"start": uptime()}
+        pairs: dict[str, list[dict]] = {"before": [], "after": []}
+        for r in range(args.rounds):
+            for key in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                folder = work / f"n{n}" / f"evaluate_{key}_{r}"
+                one = measure("evaluate", {**paths, "evaluate": str(folder)}, old_src if key == "before" else None)
+                pairs[key].append(one)
+                print(f"round {r} N={n} evaluate {key}: {one}", flush=True)
+        load["end"] = uptime()
+    block = before_after({"before_after": {"n": n, "ref": args.before, **pairs, "load": load}})
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report["evaluate_before_after"] = block
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    results_file = out.with_name("results.json")
+    if results_file.is_file():
+        import readme
+
+        print("wrote", readme.write(results_file))
+    print(json.dumps(block))
 
 
 def write(report: dict, out: Path) -> None:

@@ -13,6 +13,7 @@ def evaluate(
     qat_model: dsl.Input[dsl.Model],
     tflite_model: dsl.Input[dsl.Model],
     thresholds: dsl.Input[dsl.Artifact],
+    config_json: str,
     evaluation: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
     roc: dsl.Output[dsl.ClassificationMetrics],
@@ -30,6 +31,7 @@ def evaluate(
         qat_model: The QAT student (quantize), for its training curve in the report.
         tflite_model: The INT8 model with MediaPipe metadata (mediapipe-package), with MediaPipe's test scores and label sets.
         thresholds: threshold_recommendation.json.
+        config_json: The thresholds config section (compare_images: how many images the float models score).
         evaluation: metrics.json, report.md and report.html (metrics.json with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier).
         metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.
         roc: Micro-averaged ROC curve of the INT8 model on the test split.
@@ -39,8 +41,10 @@ def evaluate(
     import shutil
 
     from mobiletag.stages import evaluate as stage
+    from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(
+        config_from_json(config_json),
         dataset.path,
         teacher.path,
         student.path,

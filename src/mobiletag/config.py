@@ -217,6 +217,13 @@ class ThresholdsConfig:
     grid_step: float = _f(0.01, "grid step", min=0.001, max=0.5)
     min_precision: float = _f(0.9, "with strategy 'precision': the precision each class must reach", min=0.0, max=1.0)
     fallback: float = _f(0.5, "threshold of a class with no validation positives", min=0.0, max=1.0)
+    compare_images: int = _f(
+        2000,
+        "evaluate: test images the float teacher and students are scored on, and validation images the students' "
+        "own thresholds are tuned on; a split with more gets a seeded sample of this many (0 = every image). "
+        "The INT8 model is scored on every test image",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)

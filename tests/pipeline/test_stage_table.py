@@ -255,7 +255,7 @@ def test_inprocess_runner_calls_each_stage_as_its_component_does(monkeypatch, sa
     backups = {"backup_uri": str(work / "backup"), "run_id": f"local-{work.name}"}
     assert kwargs["quantize"] == kwargs["bundle"] == backups
     assert kwargs["train_student_baseline"] == {**backups, "enabled": True}
-    assert args["evaluate"][:5] == tuple(
+    assert args["evaluate"][1:6] == tuple(
         work / s
         for s in ("prepare_dataset", "train_teacher", "select_student", "mediapipe_package", "optimize_thresholds")
     )

@@ -146,8 +146,8 @@ def test_scale_table_and_a_shape_the_renderer_does_not_know(bench):
     assert readme._optional("Scale", "scale.json", None, readme.scale_lines)[-1] == "No `bench/scale.json` yet."
 
 
-def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
-    readme, summarize = bench["readme"], bench["stats"].summarize
+def _evaluate_scale(summarize) -> dict:
+    """scale.json's evaluate figures as bench/scale.py summarises them."""
     profile = {
         "decode_test_image": [1.5, 1.7],
         "decode_val_image": [1.0, 1.2],
@@ -157,7 +157,7 @@ def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
         "student_eager": [3.2, 3.4],
         "int8": [0.6, 0.6],
     }
-    scale = {
+    return {
         "evaluate_at_largest": {
             "n": 16000,
             "seconds": summarize([150.0, 170.0, 160.0], "<= 120", digits=1),
@@ -184,6 +184,11 @@ def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
         },
         "load": {"start": "load average: 1.00", "end": "load average: 2.00"},
     }
+
+
+def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
+    readme, summarize = bench["readme"], bench["stats"].summarize
+    scale = _evaluate_scale(summarize)
     lines = readme.evaluate_lines(scale)
     assert lines[3:10] == [
         "| N = 16,000, float models traced (process; goal <= 120 s: missed) | 160 (150-170, 3 runs) |",
@@ -201,6 +206,48 @@ def test_evaluate_lines_state_the_goal_both_paths_and_the_parts(bench):
     )
     assert lines[-1] == "Load: `load average: 1.00` at the start, `load average: 2.00` at the end."
     assert readme.evaluate_lines({"sizes": [1000]}) == []
+
+
+def test_evaluate_lines_state_the_sample_and_before_after(bench):
+    """With the float models on a sample: each part names the images it covers; evaluate before and
+    after at the largest N, alternated, with its goal."""
+    readme, summarize = bench["readme"], bench["stats"].summarize
+    scale = _evaluate_scale(summarize)
+    scale["compare_images"] = 2000
+    scale["evaluate_before_after"] = {
+        "n": 16000,
+        "before": "8f1486d3e38e2042f93cec91c965679bb1f04773",
+        "before_scores": "every image",
+        "after_scores": "2000 sampled",
+        "before_seconds": summarize([400.0, 420.0], digits=1),
+        "after_seconds": summarize([100.0, 130.0], "<= 120", digits=1),
+        "before_run_seconds": summarize([390.0, 410.0], digits=1),
+        "after_run_seconds": summarize([90.0, 120.0], digits=1),
+        "before_over_after": summarize([4.0, 3.23], digits=2),
+        "load": {"start": "load average: 3.00", "end": "load average: 4.00"},
+    }
+    lines = readme.evaluate_lines(scale)
+    assert lines[11:20] == [
+        "| N = 16,000: decoding the originals (threads, beside the models: 16,000 test, 2,000 of them also at "
+        "the teacher's size, 2,000 validation) | 11 (10-12, 2 runs) |",
+        "| N = 16,000: teacher on 2,000 sampled test images, traced | 11 (10-12, 2 runs) |",
+        "| N = 16,000: two students on 2,000 sampled test and 2,000 validation images, traced | 11 (10-12, 2 runs) |",
+        "| N = 16,000: INT8 model | 11 (10-12, 2 runs) |",
+        "| N = 16,000: all models, traced | 11 (10-12, 2 runs) |",
+        "| N = 16,000: all models, eager | 11 (10-12, 2 runs) |",
+        "| N = 16,000, before: commit 8f1486d3e38e (process) | 410 (400-420, 2 runs) |",
+        "| N = 16,000, after (process; goal <= 120 s: unstable) | 115 (100-130, 2 runs) |",
+        "| N = 16,000, before, the `run` call | 400 (390-410, 2 runs) |",
+    ]
+    assert lines[20:22] == [
+        "| N = 16,000, after, the `run` call | 105 (90-120, 2 runs) |",
+        "| N = 16,000, before / after, per round | 3.62x (3.23-4, 2 runs) |",
+    ]
+    assert "times the images each part covers" in lines[-5]
+    assert lines[-1].startswith(
+        "evaluate before and after, alternated at N = 16,000 (2 rounds): before (commit "
+        "8f1486d3e38e) scores every image; after, 2000 sampled, and the INT8 model"
+    )
 
 
 def test_readme_is_written_beside_the_results_file(bench, tmp_path):

@@ -242,8 +242,8 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     assert recommendation == {**want, "model": ExportedModel.MODEL, "split": "val"}
 
     evaluate.run(
-        tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"], exported["thresholds"],
-        exported["evaluate"],
+        fast_config, tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"],
+        exported["thresholds"], exported["evaluate"],
     )  # fmt: skip
     metrics = read_json(exported["evaluate"] / Evaluation.METRICS)
     (images, teacher_images), labels, paths = full_array_pixels(
@@ -269,6 +269,96 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     np.testing.assert_array_equal(saved, scores)
     np.testing.assert_array_equal(np.load(exported["evaluate"] / Evaluation.TEST_TRUE_LABELS), labels.astype(np.uint8))
     assert read_json(exported["evaluate"] / Evaluation.TEST_PATHS) == paths
+
+
+def test_evaluate_scores_the_float_models_on_a_seeded_sample(
+    exported, tfrecord_dir, sample_dir, fast_config, tmp_path, monkeypatch
+):
+    """thresholds.compare_images below the split sizes: the INT8 model on every test image, the float
+    models on that many sampled test images and the students on that many validation images, each
+    image decoded once (a validation image outside the sample not at all); metrics.json, report.md
+    and report.html say how many images the comparison covers."""
+    import dataclasses
+
+    from mobiletag.export import inference_config
+    from mobiletag.stages import select_student
+
+    thresholds_stage.run(fast_config, tfrecord_dir, exported["tflite"], exported["thresholds"])
+    classes = read_json(tfrecord_dir / "stats.json")["classes"]
+    splits = read_json(tfrecord_dir / "stats.json")["splits"]
+    num_test, num_val = splits["test"]["num_images"], splits["val"]["num_images"]
+    k = min(num_test, num_val) - 3
+    students = {"distilled": exported["student"], "baseline": tmp_path / "baseline"}
+    students["baseline"].mkdir()
+    _tiny_model(len(classes), STUDENT_SIZE, 4).save(students["baseline"] / StudentModel.CHECKPOINT)
+    for name, val_map in (("distilled", 0.6), ("baseline", 0.5)):
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        if name == "distilled":
+            (folder / StudentModel.CHECKPOINT).write_bytes((students[name] / StudentModel.CHECKPOINT).read_bytes())
+        (folder / StudentModel.METRICS).write_text(f'{{"metrics": {{"val_map": {val_map}}}, "alpha": 0.7}}')
+    select_student.run(tmp_path / "distilled", tmp_path / "baseline", tmp_path / "selected")
+    decoded: dict[int, int] = {}  # resizes per size: one per image and size it is scored at
+    resize = inference_config.mediapipe_resize
+
+    def counting(rgb, width, height):
+        decoded[width] = decoded.get(width, 0) + 1
+        return resize(rgb, width, height)
+
+    opened = []
+    app_image = inference_config.app_image
+    monkeypatch.setattr(inference_config, "mediapipe_resize", counting)
+    monkeypatch.setattr(inference_config, "app_image", lambda data: opened.append(1) or app_image(data))
+    config = dataclasses.replace(fast_config, thresholds=dataclasses.replace(fast_config.thresholds, compare_images=k))
+    out = tmp_path / "evaluate"
+    evaluate.run(
+        config, tfrecord_dir, exported["teacher"], tmp_path / "selected", exported["tflite"], exported["thresholds"],
+        out, distilled_dir=tmp_path / "distilled", baseline_dir=tmp_path / "baseline",
+    )  # fmt: skip
+    # test: every image at the INT8 size, the sample also at the teacher's; validation: the sample only
+    assert decoded == {STUDENT_SIZE: num_test + k, TEACHER_SIZE: k} and len(opened) == num_test + k
+    rows = evaluate.comparison_rows(num_test, k)
+    assert len(rows) == len(set(rows)) == k and list(rows) == sorted(rows) and rows[-1] < num_test
+    np.testing.assert_array_equal(rows, evaluate.comparison_rows(num_test, k))  # seeded: the same images
+    assert list(evaluate.comparison_rows(num_test, 0)) == list(evaluate.comparison_rows(num_test, num_test + 1))
+    assert list(evaluate.comparison_rows(num_test, 0)) == list(range(num_test))
+
+    metrics = read_json(out / Evaluation.METRICS)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
+    (images, teacher_images), labels, _ = full_array_pixels(
+        tfrecord_dir, "test", [STUDENT_SIZE, TEACHER_SIZE], sample_dir / "images"
+    )
+    scores = model.predict(images)
+    recommendation = read_json(exported["thresholds"] / Thresholds.RECOMMENDATION)
+    thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
+    _assert_close(metrics["test"], classification_metrics(labels, scores, classes, thresholds), "test")
+    assert metrics["test"]["num_images"] == num_test
+    np.testing.assert_array_equal(np.load(out / Evaluation.TEST_SCORES), scores)
+    teacher = keras.models.load_model(exported["teacher"] / TeacherModel.CHECKPOINT, compile=False)
+    student = keras.models.load_model(exported["student"] / StudentModel.CHECKPOINT, compile=False)
+    want_scores = {
+        "teacher": full_array_keras_scores(teacher, teacher_images[rows], normalise=False),
+        "student": full_array_keras_scores(student, images[rows], normalise=True),
+        "student_int8": scores[rows],
+    }
+    _assert_close(metrics["compare"], {k: ranking_metrics(labels[rows], v) for k, v in want_scores.items()}, "compare")
+    block = metrics["distillation"]
+    for name in ("distilled", "baseline"):
+        assert block["students"][name]["test"]["num_images"] == block["students"][name]["val"]["num_images"] == k
+    assert metrics["comparison_images"] == {
+        "test": k,
+        "test_split": num_test,
+        "val": k,
+        "val_split": num_val,
+        "limit": k,
+        "key": "thresholds.compare_images",
+        "sample": f"seeded sample without replacement (seed {evaluate.SAMPLE_SEED})",
+        "covers": metrics["comparison_images"]["covers"],
+    }
+    stated = f"{k:,} of {num_test:,} test images and {k:,} of {num_val:,} validation images"
+    assert stated in (out / Evaluation.REPORT_MD).read_text()
+    page = (out / Evaluation.REPORT_HTML).read_text()
+    assert f'<span id="comparison-images">{k:,} of {num_test:,} test images, {k:,} of {num_val:,} validation' in page
 
 
 def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp_path):

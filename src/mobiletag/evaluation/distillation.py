@@ -209,8 +209,8 @@ def distillation_block(
             "value": round(boot["value"], 4),
             "ci": [round(low, 4), round(high, 4)],
             "confidence": confidence,
-            "method": f"percentile bootstrap over test images, {resamples} resamples with replacement, seed {seed}, "
-            "paired (both students on the same resamples)",
+            "method": f"percentile bootstrap over the {len(test_labels)} test images scored, {resamples} resamples "
+            f"with replacement, seed {seed}, paired (both students on the same resamples)",
             "resamples_used": boot["resamples_used"],
             "covers": INTERVAL_COVERS,
             "verdict": _verdict(low, high),

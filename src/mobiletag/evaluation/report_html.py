@@ -438,6 +438,19 @@ def _training(data: ReportData) -> str:
 # === 5. Comparison ===
 
 
+def _sample_note(m: dict[str, Any]) -> str:
+    """How many images the comparison and the distillation block cover (metrics.json's comparison_images)."""
+    images = m.get("comparison_images")
+    if not images:
+        return ""
+    val = "" if images.get("val") is None else f", {images['val']:,} of {images['val_split']:,} validation images"
+    how = "every image" if images.get("sample") == "every image" else f"a {images.get('sample')}"
+    return (
+        f': <span id="comparison-images">{images["test"]:,} of {images["test_split"]:,} test images{val}</span> '
+        f"({_e(how)}; {_e(images.get('key'))}); the headline's INT8 figures cover every test image"
+    )
+
+
 def _comparison(data: ReportData) -> str:
     m = data.metrics
     compare = m.get("compare", {})
@@ -449,7 +462,7 @@ def _comparison(data: ReportData) -> str:
     )
     parts = [
         "<h2>Comparison</h2>",
-        "<p>The same test images through each model (macro and micro mAP).</p>",
+        f"<p>The same test images through each model (macro and micro mAP){_sample_note(m)}.</p>",
         f'<table id="compare"><tr><th>model</th><th>macro mAP</th><th>micro mAP</th></tr>{rows}</table>'
         if rows
         else _note("No comparison in metrics.json."),

@@ -91,14 +91,15 @@ class EvalBatch:
     paths: list[str]
 
 
-Decoded = tuple[list[np.ndarray], list[float], str]
+Decoded = tuple[dict[int, np.ndarray], list[float], str]  # app pixels by size, labels, path
 
 
 def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) -> Decoded:
     """One serialized tf.train.Example -> app pixels at every size (decoded once), labels, path.
 
     The pixels come from ``original`` (the source file, read where it lives and checked against
-    the dataset's manifest) when given, else from the record's stored JPEG.
+    the dataset's manifest) when given, else from the record's stored JPEG. With no ``sizes``
+    the image is neither read nor decoded (labels and path only).
     """
     from tensorflow.core.example.example_pb2 import Example
 
@@ -109,14 +110,69 @@ def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) 
             f"the {original.split} records and the dataset's {Dataset.ORIGINALS} disagree ({path} in the records, "
             f"{original.filepath} in the manifest): the dataset is inconsistent; re-run prepare_dataset"
         )
+    labels = list(feature["image/labels"].float_list.value)
+    if not sizes:
+        return {}, labels, path
     data = read_original(original) if original is not None else feature["image/encoded"].bytes_list.value[0]
     try:
         rgb = app_image(data)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         where = original.describe() if original is not None else f"the stored image of {path}"
         raise DataError(f"{where} cannot be decoded: {exc}; re-run prepare_dataset") from exc
-    pixels = [mediapipe_resize(rgb, size, size) for size in sizes]
-    return pixels, list(feature["image/labels"].float_list.value), path
+    return {size: mediapipe_resize(rgb, size, size) for size in sizes}, labels, path
+
+
+def _decoded_records(
+    dataset_dir: str | Path,
+    split: str,
+    sizes_of: Callable[[int], Sequence[int]],
+    *,
+    window: int,
+    limit: int | None = None,
+    workers: int | None = None,
+    source: Source = "originals",
+) -> Iterator[tuple[int, Decoded]]:
+    """(record index, decoded record) of a split in record order; record ``i`` decoded at
+    ``sizes_of(i)`` (none: not read). Decoding runs on ``workers`` threads with at most
+    ``window`` records in flight."""
+    import tensorflow as tf
+
+    from mobiletag.data.tf_input import list_shards
+    from mobiletag.data.tfrecords import originals_of
+
+    if source not in SOURCES:
+        raise ValueError(f"iter_eval_batches: source {source!r} is not one of {', '.join(SOURCES)}")
+    files: list[Original] | None = None
+    if source == "originals":
+        files = list(originals_of(dataset_dir, split))
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    window = max(window, workers * 4)
+    records: Iterator[tuple[int, bytes]] = enumerate(
+        raw.numpy() for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split))
+    )
+    if limit is not None:
+        records = itertools.islice(records, limit)
+
+    def submit(pool: ThreadPoolExecutor, i: int, raw: bytes) -> tuple[int, Future[Decoded]]:
+        if files is not None and i >= len(files):
+            raise DataError(
+                f"{dataset_dir}: the {split} split has more records than original images "
+                f"({len(files)}); the dataset is inconsistent: re-run prepare_dataset"
+            )
+        return i, pool.submit(_decode_record, raw, sizes_of(i), None if files is None else files[i])
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
+        pending = deque(submit(pool, i, raw) for i, raw in itertools.islice(records, window))
+        try:
+            while pending:
+                i, future = pending.popleft()
+                decoded = future.result()
+                for j, raw in itertools.islice(records, 1):
+                    pending.append(submit(pool, j, raw))
+                yield i, decoded
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def iter_eval_batches(
@@ -144,78 +200,82 @@ def iter_eval_batches(
     releases the GIL) with a bounded window of records in flight, so memory is O(batch), not
     O(split): the caller keeps only what it computes from each batch (scores).
     """
-    import tensorflow as tf
-
-    from mobiletag.data.tf_input import list_shards
-    from mobiletag.data.tfrecords import originals_of
-
-    if source not in SOURCES:
-        raise ValueError(f"iter_eval_batches: source {source!r} is not one of {', '.join(SOURCES)}")
-    files: list[Original] | None = None
-    if source == "originals":
-        files = list(originals_of(dataset_dir, split))
     sizes = [int(s) for s in sizes]
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
-    window = max(batch_size, workers * 4)
-    records: Iterator[tuple[int, bytes]] = enumerate(
-        raw.numpy() for raw in tf.data.TFRecordDataset(list_shards(dataset_dir, split))
-    )
-    if limit is not None:
-        records = itertools.islice(records, limit)
-
-    def submit(pool: ThreadPoolExecutor, i: int, raw: bytes) -> Future[Decoded]:
-        if files is not None and i >= len(files):
-            raise DataError(
-                f"{dataset_dir}: the {split} split has more records than original images "
-                f"({len(files)}); the dataset is inconsistent: re-run prepare_dataset"
-            )
-        return pool.submit(_decode_record, raw, sizes, None if files is None else files[i])
 
     def emit(done: list[Decoded]) -> EvalBatch:
         return EvalBatch(
-            pixels=[np.stack([d[0][k] for d in done]) for k in range(len(sizes))],
+            pixels=[np.stack([d[0][size] for d in done]) for size in sizes],
             labels=np.asarray([d[1] for d in done], dtype=np.float32),
             paths=[d[2] for d in done],
         )
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
-        pending: deque[Future[Decoded]] = deque(submit(pool, i, raw) for i, raw in itertools.islice(records, window))
-        done: list[Decoded] = []
-        try:
-            while pending:
-                done.append(pending.popleft().result())
-                for i, raw in itertools.islice(records, 1):
-                    pending.append(submit(pool, i, raw))
-                if len(done) == batch_size:
-                    yield emit(done)
-                    done = []
-            if done:
-                yield emit(done)
-        finally:
-            for future in pending:
-                future.cancel()
+    done: list[Decoded] = []
+    records = _decoded_records(
+        dataset_dir, split, lambda _: sizes, window=batch_size, limit=limit, workers=workers, source=source
+    )
+    for _, decoded in records:
+        done.append(decoded)
+        if len(done) == batch_size:
+            yield emit(done)
+            done = []
+    if done:
+        yield emit(done)
 
 
 def stream_scores(
-    dataset_dir: str | Path, split: str, scorers: dict[str, tuple[int, Scorer]]
+    dataset_dir: str | Path,
+    split: str,
+    scorers: dict[str, tuple[int, Scorer]],
+    rows: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """Stream a split once through every model: ``scorers`` maps a name to (input size, scorer).
 
-    Each image is decoded once (at every size the models need) and its pixels are dropped
-    after its batch: memory holds the scores [N, C] per model, the labels and the paths.
+    ``rows`` maps a scorer's name to the record indices it scores (ascending); a scorer not named
+    there scores every image. Each image is decoded once, at the sizes of the scorers that score
+    it (an image none scores is not read), and its pixels are dropped once those scorers have
+    seen them: memory holds the scores per model ([len(rows[name]) or N, C], in record order),
+    the labels [N, C] and the N paths of every record.
     """
-    sizes = sorted({size for size, _ in scorers.values()})
+    rows = rows or {}
+    unknown = sorted(set(rows) - set(scorers))
+    if unknown:
+        raise ValueError(f"stream_scores: rows name no scorer: {', '.join(unknown)}")
+    chosen = {name: frozenset(int(i) for i in rows[name]) for name in rows}
+
+    def scores_row(name: str, i: int) -> bool:
+        return name not in chosen or i in chosen[name]
+
+    def sizes_of(i: int) -> list[int]:
+        return sorted({size for name, (size, _) in scorers.items() if scores_row(name, i)})
+
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
-    labels: list[np.ndarray] = []
+    waiting: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
+    labels: list[list[float]] = []
     paths: list[str] = []
-    for batch in iter_eval_batches(dataset_dir, split, sizes, batch_size=EVAL_BATCH):
-        for name, (size, scorer) in scorers.items():
-            scores[name].append(scorer(batch.pixels[sizes.index(size)]))
-        labels.append(batch.labels)
-        paths.extend(batch.paths)
+
+    def flush(name: str) -> None:
+        if waiting[name]:
+            scores[name].append(scorers[name][1](np.stack(waiting[name])))
+            waiting[name] = []
+
+    for i, (pixels, row_labels, path) in _decoded_records(dataset_dir, split, sizes_of, window=EVAL_BATCH):
+        for name, (size, _) in scorers.items():
+            if scores_row(name, i):
+                waiting[name].append(pixels[size])
+                if len(waiting[name]) == EVAL_BATCH:
+                    flush(name)
+        labels.append(row_labels)
+        paths.append(path)
     if not labels:
         raise DataError(f"{dataset_dir}: the {split} split has no images; scoring it needs at least one")
-    return {name: np.concatenate(v) for name, v in scores.items()}, np.concatenate(labels), paths
+    beyond = {name: max(chosen[name]) for name in chosen if chosen[name] and max(chosen[name]) >= len(labels)}
+    if beyond:
+        raise ValueError(f"stream_scores: rows beyond the {split} split's {len(labels)} images: {beyond}")
+    num_classes = len(labels[0])
+    for name in scorers:
+        flush(name)
+    out = {name: np.concatenate(v) if v else np.zeros((0, num_classes), np.float32) for name, v in scores.items()}
+    return out, np.asarray(labels, dtype=np.float32), paths
 
 
 def eval_pixels(

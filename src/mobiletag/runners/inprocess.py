@@ -74,6 +74,7 @@ CALLS: dict[str, Call] = {
         i["dataset"], i["tflite_model"], i["thresholds"], r.folder("mediapipe_package")
     ),
     "evaluate": lambda fn, r, i, c: fn(
+        c,
         i["dataset"],
         i["teacher"],
         i["student"],

@@ -138,9 +138,10 @@ STAGES: tuple[Stage, ...] = (
         (_DATASET, ("tflite_model", "export_tflite"), ("thresholds", "optimize_thresholds")),
         ("model", "metrics"),
     ),
+    # evaluate reads the thresholds section (compare_images) with optimize_thresholds' JSON
     Stage(
         "evaluate",
-        (),
+        ("thresholds",),
         (
             _DATASET,
             ("teacher", "train_teacher"),
@@ -152,6 +153,7 @@ STAGES: tuple[Stage, ...] = (
             ("thresholds", "optimize_thresholds"),
         ),
         ("evaluation", "metrics", "roc", "report", "report_html"),
+        config_of="optimize_thresholds",
     ),
     Stage(
         "bundle",

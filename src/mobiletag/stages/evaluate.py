@@ -1,6 +1,7 @@
-"""Stage: the shipped INT8 model on the test split, with the validation thresholds; the float
-teacher and student on the same images, so metrics.json shows what distillation and
-quantization cost; model size and CPU latency."""
+"""Stage: the shipped INT8 model on every test image, with the validation thresholds; the float
+teacher and students on the same images (a seeded sample of at most ``thresholds.compare_images``
+of them on a large split), so metrics.json shows what distillation and quantization cost; model
+size and CPU latency."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from mobiletag.artifacts import (
     read_json,
     write_json,
 )
-from mobiletag.config import ThresholdsConfig
+from mobiletag.config import Config, ThresholdsConfig
 from mobiletag.data.originals import read_original as read_checked_original
 from mobiletag.data.tfrecords import originals_of
 from mobiletag.errors import DataError
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 # random-weight EfficientNet-Lite1 students at 64 px differ by up to 2.2e-5 over 12,000 scores; 1e-4 is 39x
 # below the INT8 output's step (1/256) that thresholds are tuned on
 TRACED_TOLERANCE = 1e-4
+# the comparison sample's seed: a split of the same size gets the same images in every run
+SAMPLE_SEED = 0
+COMPARE_KEY = "thresholds.compare_images"
 
 
 def eager_scorer(model: keras.Model, normalise: bool) -> tuple[int, Scorer]:
@@ -93,24 +97,62 @@ def keras_scorer(model: keras.Model, normalise: bool, batch_size: int = EVAL_BAT
     return size, scores
 
 
+def comparison_rows(num_images: int, limit: int, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """The record indices (ascending) the float models score in a split of ``num_images``: all of
+    them when ``limit`` is 0 or at least ``num_images``, else ``limit`` drawn without replacement
+    by ``np.random.default_rng(seed)``."""
+    if limit == 0 or limit >= num_images:
+        return np.arange(num_images)
+    return np.sort(np.random.default_rng(seed).choice(num_images, size=limit, replace=False))
+
+
 def score_test_split(
     dataset_dir: str | Path,
     tflite: TFLiteModel,
     teacher: keras.Model,
     students: dict[str, keras.Model],
     student_scorers: dict[str, tuple[int, Scorer]] | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """The test split's scores per model ("student_int8", "teacher" and each named float student),
-    labels, paths: one pass over the split. ``student_scorers``: the students' scorers when the
-    caller has them already (each traces its model once; validation reuses them)."""
+    labels, paths: one pass over the split. The INT8 model scores every image; the float models
+    the record indices ``rows`` (every image when None), their scores in that order.
+    ``student_scorers``: the students' scorers when the caller has them already (each traces its
+    model once; validation reuses them)."""
     if student_scorers is None:
         student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
-    scorers = {
-        "student_int8": (tflite.image_size, tflite.predict_batch),
-        "teacher": keras_scorer(teacher, normalise=False),
-        **student_scorers,
+    floats = {"teacher": keras_scorer(teacher, normalise=False), **student_scorers}
+    scorers = {"student_int8": (tflite.image_size, tflite.predict_batch), **floats}
+    return stream_scores(dataset_dir, "test", scorers, None if rows is None else dict.fromkeys(floats, rows))
+
+
+def sample_block(
+    limit: int, test_rows: np.ndarray, num_test: int, val_rows: np.ndarray | None, num_val: int
+) -> dict[str, Any]:
+    """metrics.json["comparison_images"]: how many images the float comparisons cover."""
+    sampled = len(test_rows) < num_test or (val_rows is not None and len(val_rows) < num_val)
+    return {
+        "test": int(len(test_rows)),
+        "test_split": int(num_test),
+        "val": None if val_rows is None else int(len(val_rows)),
+        "val_split": int(num_val),
+        "limit": int(limit),
+        "key": COMPARE_KEY,
+        "sample": f"seeded sample without replacement (seed {SAMPLE_SEED})" if sampled else "every image",
+        "covers": "compare (teacher, float student and INT8 model on the same images) and the distillation block; "
+        "test (the INT8 model at its thresholds) covers every test image",
     }
-    return stream_scores(dataset_dir, "test", scorers)
+
+
+def sample_sentence(block: dict[str, Any]) -> str:
+    """One line for report.md: the images the float comparisons cover."""
+    test = f"{block['test']:,} of {block['test_split']:,} test images"
+    val = "" if block["val"] is None else f" and {block['val']:,} of {block['val_split']:,} validation images"
+    how = "all of them" if block["sample"] == "every image" else f"a {block['sample']}"
+    return (
+        f"The comparison of models and the distillation block cover {test}{val} ({how}; config key "
+        f"{block['key']}: {block['limit']}); the INT8 model's test figures cover every test image.\n"
+    )
 
 
 def _load_student(folder: str | Path) -> keras.Model:
@@ -210,6 +252,7 @@ def build_html_report(
 
 
 def run(
+    config: Config | None,
     dataset_dir: str | Path,
     teacher_dir: str | Path,
     student_dir: str | Path,
@@ -226,8 +269,14 @@ def run(
     ``tflite_dir`` is mediapipe-package's folder (the model with metadata and MediaPipe's test
     results beside it) the "mediapipe" block: the same figures through MediaPipe Tasks'
     ImageClassifier. report.html shows it all with plots; training curves come from the model
-    folders' metrics files (QAT's with ``qat_dir``)."""
+    folders' metrics files (QAT's with ``qat_dir``).
+
+    The INT8 model scores every test image; the float models (teacher, students) score a seeded
+    sample of at most ``config.thresholds.compare_images`` test images (``config`` None: the
+    default's), and the students as many validation images (for their own thresholds):
+    ``comparison_images`` in metrics.json says how many (every image of a smaller split)."""
     started = time.perf_counter()
+    limit = (config or Config()).thresholds.compare_images
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
@@ -239,14 +288,18 @@ def run(
     teacher = keras.models.load_model(Path(teacher_dir) / TeacherModel.CHECKPOINT, compile=False)
     students, selection = float_students(student_dir, distilled_dir, baseline_dir)
     student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
-    all_scores, labels, paths = score_test_split(dataset_dir, tflite, teacher, students, student_scorers)
+    test_rows = comparison_rows(facts.num_test, limit)
+    all_scores, labels, paths = score_test_split(
+        dataset_dir, tflite, teacher, students, student_scorers, rows=test_rows
+    )
     scores = all_scores["student_int8"]
     test = classification_metrics(labels, scores, facts.classes, thresholds)
     shipped = "student" if selection is None else selection["shipped"]
+    compared = labels[test_rows]
     compare = {
-        "teacher": ranking_metrics(labels, all_scores["teacher"]),
-        "student": ranking_metrics(labels, all_scores[shipped]),
-        "student_int8": ranking_metrics(labels, scores),
+        "teacher": ranking_metrics(compared, all_scores["teacher"]),
+        "student": ranking_metrics(compared, all_scores[shipped]),
+        "student_int8": ranking_metrics(compared, scores[test_rows]),
     }
     latency = {f"threads_{n}": round(TFLiteModel(model_path, num_threads=n).latency_ms(), 3) for n in (1, 2)}
     metrics: dict[str, Any] = {
@@ -258,15 +311,19 @@ def run(
         "thresholds_strategy": recommendation["strategy"],
         "classes": facts.classes,
     }
-    report = markdown_report(metrics)
-    if selection is not None:
+    val_rows = None if selection is None else comparison_rows(facts.num_val, limit)
+    metrics["comparison_images"] = sample_block(limit, test_rows, facts.num_test, val_rows, facts.num_val)
+    report = markdown_report(metrics) + "\n" + sample_sentence(metrics["comparison_images"])
+    if selection is not None and val_rows is not None:
         # both float students on validation too (the block's figures at each one's own thresholds)
-        val, val_labels, _ = stream_scores(dataset_dir, "val", student_scorers)
+        val, val_labels, _ = stream_scores(
+            dataset_dir, "val", student_scorers, rows=dict.fromkeys(student_scorers, val_rows)
+        )
         lo, hi, step = recommendation["grid"]
         block = distillation_block(
             classes=facts.classes,
-            val_labels=val_labels,
-            test_labels=labels,
+            val_labels=val_labels[val_rows],
+            test_labels=compared,
             distilled=(val[DISTILLED], all_scores[DISTILLED]),
             baseline=(val[BASELINE], all_scores[BASELINE]) if BASELINE in val else None,
             selection=selection,
