@@ -17,7 +17,6 @@ image count per split; each takes seconds.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mobiletag.artifacts import SourceDataset
-from mobiletag.data.sample import HARD_CLASSES, HARD_SPLITS, _draw_hard, make_hard_dataset
+from mobiletag.data.sample import HARD_CLASSES, HARD_SPLITS, _draw_hard, make_hard_dataset, write_labels_csv
 
 SPLITS = HARD_SPLITS  # 420 / 90 / 90 images
 SIZE = 96
@@ -68,10 +67,7 @@ def _write_set(
             else:
                 save(image, root / "images" / rel, rng)
             rows.append((rel, "|".join(labels)))
-        with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["filepath", "labels"])
-            writer.writerows(rows)
+        write_labels_csv(root, split, rows)
     return {split: count for split, count in splits}
 
 
