@@ -323,7 +323,12 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, results: dict) -> None:
-    """Write the results file and, when bench/results.json sits beside it, bench/README.md."""
+    """Write the results file (sets in the suite's order) and, when bench/results.json sits beside it,
+    bench/README.md."""
+    from mobiletag.data.suite import SUITE
+
+    order = {name: i for i, name in enumerate(SUITE)}
+    results["sets"] = dict(sorted(results["sets"].items(), key=lambda item: order.get(item[0], len(order))))
     results["goal"] = (
         f"per set: mean INT8 test macro mAP >= best regression + {GOAL_MARGIN} and spread (max - min) "
         f"<= {GOAL_SPREAD} over >= {MIN_SEEDS} training seeds"
