@@ -249,8 +249,8 @@ def data_digest(data_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def run_record(metrics: dict, seed: int, preset: str, seconds: float) -> dict:
-    """The figures bench-quality keeps of one training's metrics.json."""
+def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: str) -> dict:
+    """The figures bench-quality keeps of one training's metrics.json (``commit``: the code it ran)."""
     distillation = metrics.get("distillation") or {}
     students = distillation.get("students") or {}
     return {
@@ -264,7 +264,7 @@ def run_record(metrics: dict, seed: int, preset: str, seconds: float) -> dict:
             name: figures["test"]["map_macro"] for name, figures in students.items() if figures is not None
         },
         "seconds": round(seconds),
-        "commit": _commit(),
+        "commit": commit,
         "date": datetime.date.today().isoformat(),
     }
 
@@ -421,10 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} seed {seed}: in {out} already (--rerun trains it again)", flush=True)
                 continue
             run_dir = work / name / f"seed{seed}"
-            started = time.perf_counter()
+            started, commit = time.perf_counter(), _commit()
             config = seeded_config(preset, seed, run_dir / "config.yaml")
             metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
-            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started)
+            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
             entry["summary"] = set_summary(entry)
             save_results(out, results)
             print(
@@ -437,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = work / name / f"seed{seed}"
         config = seeded_config(preset, seed, run_dir / "config.yaml")
         if not (run_dir / "stages" / "teacher").is_dir():  # the ablations need this run's teacher and dataset
-            started = time.perf_counter()
+            started, commit = time.perf_counter(), _commit()
             metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
-            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started)
+            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
             entry["summary"] = set_summary(entry)
         results["ablations"] = {
             "set": name,
