@@ -30,6 +30,14 @@ COLOURS = {
 SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 
 
+def write_labels_csv(root: Path, split: str, rows: list[tuple[str, str]]) -> None:
+    """``<split>_labels.csv`` in ``root``: the header and one (path under images/, labels joined by |) row each."""
+    with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filepath", "labels"])
+        writer.writerows(rows)
+
+
 def _polygon_star(cx: float, cy: float, r: float, points: int = 5) -> list[tuple[float, float]]:
     out = []
     for k in range(points * 2):
@@ -111,10 +119,7 @@ def make_sample_dataset(
             image.save(root / "images" / rel, format="JPEG", quality=90)
         rows[str(split_of[i])].append((rel, "|".join(labels)))
     for split, split_rows in rows.items():
-        with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["filepath", "labels"])
-            writer.writerows(split_rows)
+        write_labels_csv(root, split, split_rows)
     return {split: len(r) for split, r in rows.items()}
 
 
@@ -195,8 +200,5 @@ def make_hard_dataset(
             (root / "images" / split).mkdir(exist_ok=True)
             _hard_image(rng, labels).save(root / "images" / rel, format="PNG")
             rows.append((rel, "|".join(labels)))
-        with open(root / SourceDataset.labels_csv(split), "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["filepath", "labels"])
-            writer.writerows(rows)
+        write_labels_csv(root, split, rows)
     return {split: count for split, count in splits}

@@ -1,0 +1,227 @@
+"""The development suite (mobiletag.data.suite) and `make bench-quality`'s bookkeeping (bench/quality.py):
+generators write what they declare, the same seed the same files; per-set mean, spread and goal;
+resumable runs. No training: bench/quality.py's train and baselines are replaced by stand-ins."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import functools
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from mobiletag.config import load_config
+from mobiletag.data import suite
+
+REPO = Path(__file__).parents[2]
+BENCH = REPO / "bench"
+SMALL = (("train", 20), ("val", 20), ("test", 20))  # 10 classes x 2 forced positives per split
+PHOTO_SMALL = (("train", 3), ("val", 2), ("test", 2))
+TINY = (("train", 2), ("val", 1), ("test", 1))
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    """bench/quality.py, imported as the bench scripts import each other (bench/ on sys.path)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("quality")
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("quality", None)
+
+
+def _rows(root: Path, split: str) -> list[dict[str, str]]:
+    with open(root / f"{split}_labels.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["small-objects", "glyphs", "imbalance", "textures"])
+def test_each_96px_set_writes_its_declared_classes_in_every_split(name, tmp_path):
+    counts = suite.SUITE[name](tmp_path, seed=3, splits=SMALL)
+    assert counts == dict(SMALL)
+    declared = set(suite.SUITE_CLASSES[name])
+    for split, count in SMALL:
+        rows = _rows(tmp_path, split)
+        assert len(rows) == count
+        labels = [[label for label in row["labels"].split("|") if label] for row in rows]
+        assert set().union(*map(set, labels)) <= declared
+        assert all(len(set(one)) == len(one) <= 4 for one in labels)
+        if name != "small-objects":  # the suite's own sets: every class in every split
+            seen = collections.Counter(label for one in labels for label in one)
+            assert {c: seen[c] >= 2 for c in declared} == dict.fromkeys(declared, True)
+        for row in rows[:3]:
+            with Image.open(tmp_path / "images" / row["filepath"]) as image:
+                assert (image.size, image.mode) == ((96, 96), "RGB")
+
+
+@pytest.mark.parametrize("name", ["glyphs", "imbalance", "textures", "photos"])
+def test_the_same_seed_writes_the_same_files_and_another_seed_others(name, tmp_path):
+    for folder, seed in (("a", 5), ("b", 5), ("c", 6)):
+        suite.SUITE[name](tmp_path / folder, seed=seed, splits=TINY)
+    a, b, c = (_files(tmp_path / folder) for folder in "abc")
+    assert a == b
+    assert a.keys() == c.keys()
+    assert [k for k in a if k.startswith("images/") and a[k] != c[k]] == [k for k in a if k.startswith("images/")]
+
+
+def test_glyph_set_turns_flips_off_through_its_config_yaml_under_the_presets(tmp_path):
+    suite.make_glyph_dataset(tmp_path, seed=0, splits=SMALL)
+    dataset_config = tmp_path / "config.yaml"
+    # the override order of `mobiletag train`: defaults, the dataset's config.yaml, the user's preset
+    for preset in ("fast.yaml", "demo.yaml"):
+        assert load_config(dataset_config, REPO / "configs" / preset).data.augment.flip is False
+        assert load_config(REPO / "configs" / preset).data.augment.flip is True
+
+
+def test_a_mirrored_2_is_a_5_in_the_glyph_strokes():
+    mirror = {"a": "a", "b": "f", "c": "e", "d": "d", "e": "c", "f": "b", "g": "g"}
+    segments = suite.DIGIT_SEGMENTS
+    assert sorted(mirror[s] for s in segments[2]) == sorted(segments[5])
+
+
+def test_imbalance_set_has_common_and_rare_classes_and_pairs_that_co_occur():
+    rng = np.random.default_rng(0)
+    draws = [suite._imbalance_labels(rng) for _ in range(4000)]
+    count = collections.Counter(label for labels in draws for label in labels)
+    order = sorted(suite.IMBALANCE_PREVALENCE, key=suite.IMBALANCE_PREVALENCE.get, reverse=True)
+    common, rare = order[:2], order[-4:]
+    assert min(count[c] for c in common) > 10 * max(count[c] for c in rare)
+    for cls, partner, _ in suite.IMBALANCE_PAIRS:
+        with_cls = [labels for labels in draws if cls in labels]
+        together = sum(partner in labels for labels in with_cls) / len(with_cls)
+        assert together > count[partner] / len(draws)  # more often together than the partner alone
+
+
+def test_photos_are_phone_sized_jpegs_upright_through_their_exif_orientation(tmp_path):
+    counts = suite.make_photo_dataset(tmp_path, seed=0, splits=PHOTO_SMALL)
+    assert counts == dict(PHOTO_SMALL)
+    orientations = []
+    for split, _ in PHOTO_SMALL:
+        for row in _rows(tmp_path, split):
+            assert set(filter(None, row["labels"].split("|"))) <= set(suite.PHOTO_CLASSES)
+            with Image.open(tmp_path / "images" / row["filepath"]) as image:
+                assert image.format == "JPEG"
+                orientation = image.getexif().get(suite.EXIF_ORIENTATION)
+                stored = image.size
+                upright = ImageOps.exif_transpose(image)
+            orientations.append(orientation)
+            assert upright.size == suite.PHOTO_SIZE
+            assert stored == (suite.PHOTO_SIZE[::-1] if orientation in (6, 8) else suite.PHOTO_SIZE)
+    assert sorted(set(orientations)) == [1, 3, 6]  # upright, turned 180 and 90 degrees (seed 0)
+
+
+def test_a_photo_stored_turned_comes_back_as_drawn(tmp_path):
+    drawn = suite._photo_image(np.random.default_rng(0), ["hbar", "triangle"])
+    for orientation in (6, 8, 3):
+        path = tmp_path / f"{orientation}.jpg"
+        suite._save_photo(drawn, path, _FixedChoice(orientation))
+        with Image.open(path) as image:
+            upright = np.asarray(ImageOps.exif_transpose(image), np.float32)
+        assert np.abs(upright - np.asarray(drawn, np.float32)).mean() < 8  # JPEG noise, not a turn (~40)
+
+
+class _FixedChoice:
+    """An rng whose choice() returns one value: the orientation _save_photo draws."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def choice(self, options):
+        return self.value
+
+
+# ------------------------------------------------------------------------------------------
+# bench/quality.py: aggregation and resumable runs
+# ------------------------------------------------------------------------------------------
+
+
+def test_summary_of_three_seeds_that_meet_the_goal(quality):
+    summary = quality.summarize({2: 0.79, 0: 0.80, 1: 0.81}, best_regression=0.70)
+    assert summary == {
+        "seeds": [0, 1, 2],
+        "int8_test_map": [0.80, 0.81, 0.79],
+        "mean": 0.80,
+        "spread": 0.02,
+        "std": 0.01,
+        "margin_over_regression": 0.10,
+        "checks": {"margin": True, "spread": True},
+        "status": "met",
+    }
+
+
+def test_summary_misses_on_spread_or_margin_and_waits_for_three_seeds(quality):
+    wide = quality.summarize({0: 0.70, 1: 0.76, 2: 0.73}, best_regression=0.50)
+    assert (wide["mean"], wide["spread"], wide["std"], wide["margin_over_regression"]) == (0.73, 0.06, 0.03, 0.23)
+    assert (wide["checks"], wide["status"]) == ({"margin": True, "spread": False}, "missed")
+    close = quality.summarize({0: 0.60, 1: 0.60, 2: 0.61}, best_regression=0.55)
+    assert (close["margin_over_regression"], close["checks"], close["status"]) == (
+        0.0533,
+        {"margin": False, "spread": True},
+        "missed",
+    )
+    two = quality.summarize({0: 0.9, 1: 0.9}, best_regression=0.5)
+    assert (two["std"], two["status"]) == (0.0, "incomplete")
+    assert quality.summarize({4: 0.9}, best_regression=0.5)["std"] is None
+    assert quality.summarize({}, best_regression=0.5) == {"seeds": [], "status": "incomplete"}
+
+
+def _fake_metrics(seed: int) -> dict:
+    return {
+        "test": {"map_macro": round(0.8 + seed / 100, 4)},
+        "compare": {"student": {"map_macro": round(0.81 + seed / 100, 4)}, "teacher": {"map_macro": 0.5}},
+        "distillation": {
+            "shipped": "baseline",
+            "students": {"distilled": {"test": {"map_macro": 0.7}}, "baseline": {"test": {"map_macro": 0.8}}},
+        },
+    }
+
+
+def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path, monkeypatch):
+    trained: list[tuple[str, int]] = []
+
+    def fake_train(data_dir, config, out_dir, work_dir):
+        import yaml
+
+        seed = yaml.safe_load(Path(config).read_text())["seed"]
+        trained.append((Path(config).parent.parent.name, seed))
+        return _fake_metrics(seed)
+
+    base = {
+        "constant": {"test_map": 0.2},
+        "logistic_regression_24px": {"test_map": 0.6, "C": 1.0, "seconds": 0.1},
+        "logistic_regression_48px": {"test_map": 0.65, "C": 0.1, "seconds": 0.1},
+    }
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: base)
+    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    out, keep = tmp_path / "quality.json", tmp_path / "work"
+    common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep)]
+
+    quality.main([*common, "--seeds", "0,1"])
+    quality.main([*common, "--seeds", "0,1,2"])
+    assert trained == [("glyphs", 0), ("glyphs", 1), ("glyphs", 2)]
+
+    results = quality.load_results(out)
+    entry = results["sets"]["glyphs"]
+    assert entry["best_regression_test_map"] == 0.65
+    assert entry["runs"]["2"]["students_test_map"] == {"distilled": 0.7, "baseline": 0.8}
+    assert entry["summary"]["int8_test_map"] == [0.8, 0.81, 0.82]
+    assert (entry["summary"]["mean"], entry["summary"]["spread"], entry["summary"]["status"]) == (0.81, 0.02, "met")
+    assert entry["summary"]["float_student_mean"] == 0.82
+
+    quality.main([*common, "--seeds", "1", "--rerun"])
+    quality.main([*common, "--seeds", "0", "--config", str(REPO / "configs" / "demo.yaml")])
+    assert trained[3:] == [("glyphs", 1), ("glyphs", 0)]
+    runs = quality.load_results(out)["sets"]["glyphs"]["runs"]
+    assert {s: r["config"] for s, r in runs.items()} == {"0": "configs/demo.yaml"}  # presets never mixed
