@@ -122,13 +122,6 @@ def test_labels_and_metrics(output, sample_dir):
     assert metrics["latency_ms"]["threads_1"] > 0 and metrics["latency_ms"]["threads_2"] > 0
 
 
-@pytest.mark.xfail(
-    run=False,  # not run: a whole in-process pipeline (~4 min) to show a known difference
-    reason="open: the INT8 figures differ (test macro mAP 0.4235 kfp.local, 0.3643 inprocess) while the teacher, "
-    "the float students and the distillation block are equal; the QAT epoch's loss is 1.4513 vs 1.5683. The teacher "
-    "and both students are bit-identical when trained in one process, and QAT on them after a training stage in one "
-    "process gives 1.4513: what else the runner's process changes before QAT is not found yet",
-)
 def test_inprocess_runner_gives_the_same_metrics(run, inprocess_out):
     """`--runner inprocess` runs the program the cluster runs: the same entry points with the same
     per-stage config, so with ``reproducible: true`` it gives kfp.local's metrics.json, every figure
