@@ -370,10 +370,10 @@ def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(
     constant_map = float(labels.mean(axis=0)[present].mean())
     int8 = metrics["compare"]["student_int8"]["map_macro"]
     assert int8 == metrics["test"]["map_macro"]
-    # tiny data (15 test images, 32 px, one QAT epoch): INT8 0.42 against a constant predictor's 0.26
-    assert int8 >= constant_map + 0.15, (int8, constant_map)
     # INT8 against the float student it was quantized from: 0.4235 against 0.4298 in this run (0.0063 apart)
     assert abs(int8 - metrics["compare"]["student"]["map_macro"]) <= 0.02, (int8, metrics["compare"]["student"])
+    # tiny data (15 test images, 32 px, one QAT epoch): INT8 0.42 against a constant predictor's 0.26
+    assert int8 >= constant_map + 0.15, (int8, constant_map)
 
 
 def _training_call(component, run, root: Path, **given):
