@@ -219,8 +219,8 @@ class ExportConfig:
     output_dtype: Literal["uint8", "int8", "float32"] = _f("uint8", "TFLite output type")
     parity_max_mean_abs_diff: float = _f(
         0.015,
-        "export check: mean |p_tflite - p_qat| allowed on 64 validation images (demo runs: 0.0017-0.0038; "
-        "4x 0.0038 trips it)",
+        "export check: mean |p_tflite - p_qat| allowed on 64 validation images (demo runs: 0.0017-0.0100, "
+        "median 0.0038; 4x the median trips it)",
         min=0.0,
         max=1.0,
     )
