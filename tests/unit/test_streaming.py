@@ -311,3 +311,27 @@ def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp
     want = model.predict(first)[0]
     assert list(result["scores"].values()) == [round(float(s), 6) for s in want]
     assert set(result["labels"]) == {name for name, s in zip(labels, want) if s >= 0.5}
+
+
+def test_export_parity_gates_trip_just_past_the_measured_figures(exported, tfrecord_dir):
+    """verify_export's mean |diff| gate and the decision check at the thresholds each raise an
+    ExportError naming their config key as soon as the figure passes the allowed value."""
+    from mobiletag.errors import ExportError
+    from mobiletag.export.tflite import check_decision_agreement
+
+    student = keras.models.load_model(exported["student"] / StudentModel.CHECKPOINT, compile=False)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
+    (images,), _, _ = eval_pixels(tfrecord_dir, "val", [STUDENT_SIZE], PARITY_IMAGES)
+    checks = {"input_dtype": "uint8", "output_dtype": "uint8"}
+    report = verify_export(model, student, images, **checks, max_mean_abs_diff=1.0)
+    assert report.mean_abs_diff > 0
+    assert verify_export(model, student, images, **checks, max_mean_abs_diff=report.mean_abs_diff) == report
+    with pytest.raises(ExportError, match=r"export\.parity_max_mean_abs_diff = "):
+        verify_export(model, student, images, **checks, max_mean_abs_diff=report.mean_abs_diff * 0.99)
+
+    got, qat = model.predict(images), report.qat_probabilities
+    thresholds = np.quantile(got, 0.5, axis=0)  # on output levels, where INT8 and float decisions can part
+    agreement = float(np.mean((got >= thresholds) == (qat >= thresholds)))
+    assert check_decision_agreement(got, qat, thresholds, agreement) == agreement
+    with pytest.raises(ExportError, match=r"export\.parity_min_agreement = "):
+        check_decision_agreement(got, qat, thresholds, agreement + 1e-9)

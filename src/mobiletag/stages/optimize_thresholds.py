@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from mobiletag.artifacts import ExportedModel, Thresholds, read_json, write_json
-from mobiletag.errors import ExportError
 from mobiletag.config import Config
+from mobiletag.errors import ExportError
 from mobiletag.evaluation.thresholds import optimize_thresholds
 from mobiletag.export.inference_config import stream_scores
 from mobiletag.export.litert import TFLiteModel
