@@ -417,10 +417,10 @@ def test_training_components_pass_gpus_and_run_id_to_the_stage(run, component, t
         _training_call(component, run, tmp_path, backup_uri=str(tmp_path / "backup"), gpus=0)
 
 
-def test_export_component(run):
-    """The parity figures are the QAT and TFLite models' on the first validation images, recomputed
-    here; the decisions at the shipped thresholds are checked by optimize_thresholds from the QAT
-    probabilities export keeps."""
+@pytest.fixture(scope="module")
+def parity(run) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Export's parity images (the first validation images): their paths, the TFLite model's and the
+    QAT model's probabilities, computed here."""
     import tensorflow as tf
 
     from mobiletag.export.inference_config import eval_pixels
@@ -428,20 +428,31 @@ def test_export_component(run):
     from mobiletag.quantization.qat import load_qat_model
     from mobiletag.stages.export_tflite import PARITY_IMAGES
 
+    (images,), _, paths = eval_pixels(run["dataset"].path, "val", [32], PARITY_IMAGES)
+    qat = probabilities_model(load_qat_model(Path(run["qat"].path) / "student_qat.h5"))
+    want = np.concatenate([qat(tf.constant(image[None], tf.float32)).numpy() for image in images])
+    got = TFLiteModel(Path(run["tflite"].path) / "model_qat_int8.tflite").predict(images)
+    return paths, got, want
+
+
+def test_export_component(run, parity):
+    """The parity figures are the QAT and TFLite models' on the first validation images, recomputed here."""
+    paths, got, want = parity
     meta = run["tflite"].metadata
     exported = Path(run["tflite"].path)
     assert meta["input_dtype"] == "uint8" and meta["output_dtype"] == "uint8"
     assert meta["size_bytes"] == (exported / "model_qat_int8.tflite").stat().st_size
-    (images,), _, paths = eval_pixels(run["dataset"].path, "val", [32], PARITY_IMAGES)
-    qat = probabilities_model(load_qat_model(Path(run["qat"].path) / "student_qat.h5"))
-    want = np.concatenate([qat(tf.constant(image[None], tf.float32)).numpy() for image in images])
-    got = TFLiteModel(exported / "model_qat_int8.tflite").predict(images)
-    parity = json.loads((exported / "export_report.json").read_text())["parity"]
-    assert parity["paths"] == paths and parity["num_images"] == len(images) == 21
+    report = json.loads((exported / "export_report.json").read_text())["parity"]
+    assert report["paths"] == paths and report["num_images"] == len(paths) == 21
     assert np.allclose(np.load(exported / "parity_qat_probabilities.npy"), want, atol=1e-6)
-    assert parity["mean_abs_diff"] == pytest.approx(float(np.abs(got - want).mean()), abs=1e-6)
-    assert run["export_metrics"].metadata["parity_mean_abs_diff"] == round(parity["mean_abs_diff"], 5)
-    # optimize_thresholds: decisions at the thresholds it ships, on the same images
+    assert report["mean_abs_diff"] == pytest.approx(float(np.abs(got - want).mean()), abs=1e-6)
+    assert run["export_metrics"].metadata["parity_mean_abs_diff"] == round(report["mean_abs_diff"], 5)
+
+
+def test_thresholds_component_checks_decisions_at_the_thresholds_it_ships(run, parity):
+    """optimize_thresholds compares the exported model's decisions with the QAT model's at its own
+    thresholds (0.984 here; 0.944 at 0.5), on export's parity images."""
+    _, got, want = parity
     recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
     t = np.array([recommendation["classes"][c]["threshold"] for c in run["dataset"].metadata["classes"]])
     agreement = float(np.mean((got >= t) == (want >= t)))
