@@ -65,7 +65,9 @@ TINY = {
     "teacher": {"image_size": 32, "batch_size": 16, "head_epochs": 1, "fine_tune_epochs": 1},
     "student": {"image_size": 32, "batch_size": 16, "head_epochs": 1, "epochs": 1},
     "qat": {"epochs": 1, "batch_size": 16},
-    "export": {"representative_samples": 16, "parity_max_mean_abs_diff": 0.1, "parity_min_agreement": 0.8},
+    # parity on these 21 validation images: mean |diff| 0.0208 (0.06 trips at 3x); at the shipped thresholds
+    # 0.984 of the 126 decisions agree, but a model from other epochs gave 0.929 (at 0.5): 0.9 leaves room for recipe changes
+    "export": {"representative_samples": 16, "parity_max_mean_abs_diff": 0.06, "parity_min_agreement": 0.9},
 }
 
 

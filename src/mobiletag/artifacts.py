@@ -97,6 +97,7 @@ class ExportedModel:
     MODEL = "model_qat_int8.tflite"
     LABELS = _LABELS
     EXPORT_REPORT = "export_report.json"  # export_tflite: size, ops, input/output, parity with the QAT model
+    PARITY_QAT_PROBABILITIES = "parity_qat_probabilities.npy"  # [n, C] float32, QAT model on the first n val images
     MEDIAPIPE_SUMMARY = "mediapipe.json"  # metadata, calibration thresholds, checks, timings
     MEDIAPIPE_TEST_SCORES = "mediapipe_test_scores.npy"  # [N, C] float32, calibrated scores
     MEDIAPIPE_TEST_LABEL_SETS = "mediapipe_test_label_sets.json"  # per image, the label indices returned

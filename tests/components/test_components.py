@@ -177,7 +177,7 @@ def test_resolve_config(run, sample_dir):
 
     configs = run["configs"]
     assert json.loads(configs.train_teacher)["teacher"]["image_size"] == 32
-    assert set(json.loads(configs.optimize_thresholds)) == {"thresholds"}
+    assert set(json.loads(configs.optimize_thresholds)) == {"thresholds", "export"}
     assert configs.gpu_node_selector == {
         "cloud.google.com/gke-nodepool": "pool",
         "cloud.google.com/gke-accelerator": "nvidia-l4",
@@ -253,7 +253,11 @@ def test_training_components(run):
         assert model.metadata["architecture"] == arch and model.metadata["image_size"] == 32
         assert model.metadata["size_bytes"] == (Path(model.path) / checkpoint).stat().st_size
         metrics = run[f"{name}_metrics"].metadata
-        assert 0 < metrics["val_map"] <= 1 and metrics["train_images_per_second"] > 0
+        # a constant score ranks nothing: its validation mAP is the mean prevalence (0.31 here; this
+        # run: teacher 0.52, students 0.47-0.49). A per-class logistic regression on the raw 32-px
+        # pixels scores 0.82 on this tiny split, above every model here: `make bench-quality` holds that bar.
+        assert metrics["val_map"] >= _constant_map(run, "val") + 0.1, (name, metrics["val_map"])
+        assert metrics["train_images_per_second"] > 0
     assert (Path(run["qat"].path) / "student_qat.h5").is_file()
     # the baseline is the same student trained without the teacher
     alphas = {
@@ -262,6 +266,15 @@ def test_training_components(run):
     }
     assert alphas == {"student": 0.7, "baseline": 1.0}
     assert run["baseline"].metadata["trained"] is True
+
+
+def _constant_map(run, split: str) -> float:
+    """Macro mAP of a constant score on a split: each class's AP is its prevalence."""
+    from mobiletag.export.inference_config import iter_eval_batches
+
+    labels = np.concatenate([b.labels for b in iter_eval_batches(run["dataset"].path, split, [8])])
+    present = labels.sum(axis=0) > 0
+    return float(labels.mean(axis=0)[present].mean())
 
 
 def _val_map(run, name: str) -> float:
@@ -297,6 +310,25 @@ def _float_scores(run, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(labels)
 
 
+def _f1_at_own_thresholds(run, val: tuple, test: tuple) -> tuple[float, float]:
+    """Macro (classes with test positives) and micro F1 by scikit-learn on test, at thresholds
+    tuned on validation as the optimize_thresholds stage tunes them."""
+    from sklearn.metrics import f1_score
+
+    from mobiletag.evaluation.thresholds import optimize_thresholds
+    from mobiletag.stages.resolve_config import config_from_json
+
+    classes = run["dataset"].metadata["classes"]
+    config = config_from_json(run["configs"].optimize_thresholds)
+    tuned = optimize_thresholds(val[1], val[0], classes, config.thresholds)
+    t = np.array([tuned["classes"][c]["threshold"] for c in classes])
+    scores, labels = test
+    predicted = (scores >= t[None, :]).astype(int)
+    present = labels.sum(axis=0) > 0
+    per_class = f1_score(labels.astype(int), predicted, average=None, zero_division=0)
+    return float(per_class[present].mean()), float(f1_score(labels.astype(int), predicted, average="micro"))
+
+
 def test_distillation_block_against_a_direct_computation(run):
     from mobiletag.training.metrics import mean_average_precision, micro_average_precision
 
@@ -305,14 +337,21 @@ def test_distillation_block_against_a_direct_computation(run):
     assert block["shipped"] == selection["shipped"] and block["reason"] == selection["reason"]
     test = {}
     for role, name in (("distilled", "student"), ("baseline", "baseline")):
+        split_scores = {}
         for split in ("val", "test"):
             scores, labels = _float_scores(run, name, split)
             got = block["students"][role][split]
             assert got["map_macro"] == pytest.approx(mean_average_precision(labels, scores), abs=2e-4), (role, split)
             assert got["map_micro"] == pytest.approx(micro_average_precision(labels, scores), abs=2e-4), (role, split)
-            assert 0 <= got["f1_macro"] <= 1 and 0 <= got["f1_micro"] <= 1
             assert got["num_images"] == len(labels)
-            test[role] = (scores, labels)
+            split_scores[split] = (scores, labels)
+        f1_macro, f1_micro = _f1_at_own_thresholds(run, split_scores["val"], split_scores["test"])
+        got = block["students"][role]["test"]
+        assert (got["f1_macro"], got["f1_micro"]) == (
+            pytest.approx(f1_macro, abs=2e-4),
+            pytest.approx(f1_micro, abs=2e-4),
+        )
+        test[role] = split_scores["test"]
     labels = test["distilled"][1]
     expected = mean_average_precision(labels, test["distilled"][0]) - mean_average_precision(
         labels, test["baseline"][0]
@@ -331,13 +370,13 @@ def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(
     constant_map = float(labels.mean(axis=0)[present].mean())
     int8 = metrics["compare"]["student_int8"]["map_macro"]
     assert int8 == metrics["test"]["map_macro"]
-    # tiny data (15 test images, 32 px, one QAT epoch): INT8 0.49 against a constant predictor's 0.26
+    # INT8 against the float student it was quantized from, at most 0.02 below it: 0.4235 against 0.4298 with
+    # the baseline student shipped; with the distilled one shipped INT8 scored 0.5462 against 0.4920, 0.054 above:
+    # on 15 test images the two differ by chance in either direction, so only the loss is bounded
+    float_map = metrics["compare"]["student"]["map_macro"]
+    assert float_map - int8 <= 0.02, (int8, float_map)
+    # tiny data (15 test images, 32 px, one QAT epoch): INT8 0.42 against a constant predictor's 0.26
     assert int8 >= constant_map + 0.15, (int8, constant_map)
-    # INT8 against the float student it was quantized from: here one swapped pair of a class with
-    # two positives moves that class's AP by up to ~0.25 (macro mAP by ~0.04), and this run gives
-    # 0.488 against 0.556; the 2-point goal is checked where the test split is large enough to
-    # measure it: `make bench`'s whole run (152 test images), row "demo test macro mAP: abs(INT8 - float student)".
-    assert abs(int8 - metrics["compare"]["student"]["map_macro"]) <= 0.1, (int8, metrics["compare"]["student"])
 
 
 def _training_call(component, run, root: Path, **given):
@@ -381,18 +420,66 @@ def test_training_components_pass_gpus_and_run_id_to_the_stage(run, component, t
         _training_call(component, run, tmp_path, backup_uri=str(tmp_path / "backup"), gpus=0)
 
 
-def test_export_component(run):
+@pytest.fixture(scope="module")
+def parity(run) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Export's parity images (the first validation images): their paths, the TFLite model's and the
+    QAT model's probabilities, computed here."""
+    import tensorflow as tf
+
+    from mobiletag.export.inference_config import eval_pixels
+    from mobiletag.export.tflite import TFLiteModel, probabilities_model
+    from mobiletag.quantization.qat import load_qat_model
+    from mobiletag.stages.export_tflite import PARITY_IMAGES
+
+    (images,), _, paths = eval_pixels(run["dataset"].path, "val", [32], PARITY_IMAGES)
+    qat = probabilities_model(load_qat_model(Path(run["qat"].path) / "student_qat.h5"))
+    want = np.concatenate([qat(tf.constant(image[None], tf.float32)).numpy() for image in images])
+    got = TFLiteModel(Path(run["tflite"].path) / "model_qat_int8.tflite").predict(images)
+    return paths, got, want
+
+
+def test_export_component(run, parity):
+    """The parity figures are the QAT and TFLite models' on the first validation images, recomputed here."""
+    paths, got, want = parity
     meta = run["tflite"].metadata
+    exported = Path(run["tflite"].path)
     assert meta["input_dtype"] == "uint8" and meta["output_dtype"] == "uint8"
-    assert meta["size_bytes"] == (Path(run["tflite"].path) / "model_qat_int8.tflite").stat().st_size
-    assert run["export_metrics"].metadata["parity_agreement"] >= 0.8
+    assert meta["size_bytes"] == (exported / "model_qat_int8.tflite").stat().st_size
+    report = json.loads((exported / "export_report.json").read_text())["parity"]
+    assert report["paths"] == paths and report["num_images"] == len(paths) == 21
+    assert np.allclose(np.load(exported / "parity_qat_probabilities.npy"), want, atol=1e-6)
+    assert report["mean_abs_diff"] == pytest.approx(float(np.abs(got - want).mean()), abs=1e-6)
+    assert run["export_metrics"].metadata["parity_mean_abs_diff"] == round(report["mean_abs_diff"], 5)
+
+
+def test_thresholds_component_checks_decisions_at_the_thresholds_it_ships(run, parity):
+    """optimize_thresholds compares the exported model's decisions with the QAT model's at its own
+    thresholds (0.984 here; 0.944 at 0.5), on export's parity images."""
+    _, got, want = parity
+    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
+    t = np.array([recommendation["classes"][c]["threshold"] for c in run["dataset"].metadata["classes"]])
+    agreement = float(np.mean((got >= t) == (want >= t)))
+    assert recommendation["parity_agreement_at_thresholds"] == agreement
+    assert run["threshold_metrics"].metadata["parity_agreement_at_thresholds"] == round(agreement, 4)
 
 
 def test_evaluate_component(run):
+    from sklearn.metrics import roc_curve
+
+    from mobiletag.training.metrics import mean_average_precision
+
     metrics = run["eval_metrics"].metadata
-    assert 0 <= metrics["test_map_macro"] <= 1 and metrics["latency_ms_1_thread"] > 0
+    evaluation = Path(run["evaluation"].path)
+    scores, labels = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
+    assert metrics["test_map_macro"] == round(mean_average_precision(labels, scores), 4)
+    assert metrics["test_map_macro"] >= _constant_map(run, "test") + 0.15
+    assert metrics["latency_ms_1_thread"] > 0
+    # the ROC curve (all classes pooled) is scikit-learn's on the same scores, sampled
+    fpr, tpr, _ = roc_curve(labels.ravel(), scores.ravel())
     roc = run["roc"].metadata["confidenceMetrics"]
-    assert len(roc) > 2 and all(0 <= p["falsePositiveRate"] <= 1 for p in roc)
+    points = set(zip(fpr.round(6).tolist(), tpr.round(6).tolist()))
+    assert len(roc) > 2 and (roc[0]["falsePositiveRate"], roc[-1]["falsePositiveRate"]) == (0.0, 1.0)
+    assert all((round(p["falsePositiveRate"], 6), round(p["recall"], 6)) in points for p in roc)
     report = Path(run["report.md"].path).read_text()
     assert "| class | AP | precision | recall | F1 | threshold | support |" in report and "| circle |" in report
 
@@ -420,10 +507,25 @@ def test_mediapipe_package_component(run):
     test = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["test"]
     assert block["num_images"] == test["num_images"] == test_images
     assert block["map_macro_difference"] == round(abs(block["map_macro"] - test["map_macro"]), 4)
-    # the bar: evaluate reads the originals through MediaPipe's own resize, so even this 32-px model,
-    # trained for one epoch with probabilities near their thresholds, agrees (through another resize:
-    # 0.6 of the label sets, mAP 0.03 apart)
-    assert block["map_macro_difference"] <= 0.01 and block["label_set_agreement"] >= 0.99
+    # evaluate reads the originals through MediaPipe's own resize and the calibration is
+    # sigmoid(logit(p) - logit(t_c)), monotone per class: MediaPipe ranks every class as our scores
+    # do (per-class AP equal) and returns exactly the labels at our thresholds on every image
+    from sklearn.metrics import average_precision_score
+
+    evaluation = Path(run["evaluation"].path)
+    ours, truth = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
+    theirs = np.load(packaged / "mediapipe_test_scores.npy")
+    assert json.loads((packaged / "mediapipe_test_paths.json").read_text()) == json.loads(
+        (evaluation / "test_paths.json").read_text()
+    )
+    for c in np.flatnonzero(truth.sum(axis=0) > 0):
+        want = average_precision_score(truth[:, c], ours[:, c])
+        assert average_precision_score(truth[:, c], theirs[:, c]) == pytest.approx(want, abs=1e-6), labels[c]
+    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
+    t = np.array([recommendation["classes"][name]["threshold"] for name in labels])
+    label_sets = json.loads((packaged / "mediapipe_test_label_sets.json").read_text())
+    assert [sorted(s) for s in label_sets] == [np.flatnonzero(row >= t).tolist() for row in ours]
+    assert (block["label_set_agreement"], block["map_macro_difference"]) == (1.0, 0.0)
     assert run["eval_metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
     assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["report.md"].path).read_text()
 

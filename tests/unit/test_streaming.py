@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 from PIL import Image, ImageOps
 
-from mobiletag.artifacts import Evaluation, ExportedModel, StudentModel, TeacherModel, Thresholds, read_json
+from mobiletag.artifacts import Evaluation, ExportedModel, StudentModel, TeacherModel, Thresholds, read_json, write_json
 from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation import thresholds as thresholds_module
 from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
@@ -21,10 +21,11 @@ from mobiletag.evaluation.thresholds import SortedScores, grid, optimize_thresho
 from mobiletag.export.app_input import mediapipe_resize
 from mobiletag.export.inference_config import eval_pixels, iter_eval_batches
 from mobiletag.export.litert import BATCH, TFLiteModel
-from mobiletag.export.tflite import convert_int8
+from mobiletag.export.tflite import convert_int8, verify_export
 from mobiletag.models.student import preprocess
 from mobiletag.stages import evaluate
 from mobiletag.stages import optimize_thresholds as thresholds_stage
+from mobiletag.stages.export_tflite import PARITY_IMAGES
 
 STUDENT_SIZE, TEACHER_SIZE = 32, 40
 
@@ -179,7 +180,15 @@ def exported(tfrecord_dir, tmp_path_factory) -> dict[str, Path]:
     student = _tiny_model(num_classes, STUDENT_SIZE, 2)
     student.save(dirs["student"] / StudentModel.CHECKPOINT)
     representative = np.random.default_rng(0).uniform(0, 255, (16, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
-    (dirs["tflite"] / ExportedModel.MODEL).write_bytes(convert_int8(student, representative))
+    flatbuffer = convert_int8(student, representative)
+    (dirs["tflite"] / ExportedModel.MODEL).write_bytes(flatbuffer)
+    # export's parity record: the float student stands for the QAT model
+    (images,), _, paths = eval_pixels(tfrecord_dir, "val", [STUDENT_SIZE], PARITY_IMAGES)
+    parity = verify_export(
+        TFLiteModel(flatbuffer), student, images, input_dtype="uint8", output_dtype="uint8", max_mean_abs_diff=1.0
+    )
+    np.save(dirs["tflite"] / ExportedModel.PARITY_QAT_PROBABILITIES, parity.qat_probabilities)
+    write_json(dirs["tflite"] / ExportedModel.EXPORT_REPORT, {"parity": {**parity.summary(), "paths": paths}})
     return dirs
 
 
@@ -239,7 +248,16 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     recommendation = read_json(exported["thresholds"] / Thresholds.RECOMMENDATION)
     (val_images,), val_labels, _ = full_array_pixels(tfrecord_dir, "val", [STUDENT_SIZE], sample_dir / "images")
     want = brute_optimize(val_labels, model.predict(val_images), classes, fast_config.thresholds, monkeypatch)
-    assert recommendation == {**want, "model": ExportedModel.MODEL, "split": "val"}
+    parity_qat = np.load(exported["tflite"] / ExportedModel.PARITY_QAT_PROBABILITIES)
+    t = np.array([want["classes"][c]["threshold"] for c in classes])
+    parity_int8 = model.predict(val_images[: len(parity_qat)])
+    agreement = float(np.mean((parity_int8 >= t) == (parity_qat >= t)))
+    assert recommendation == {
+        **want,
+        "model": ExportedModel.MODEL,
+        "split": "val",
+        "parity_agreement_at_thresholds": agreement,
+    }
 
     evaluate.run(
         fast_config, tfrecord_dir, exported["teacher"], exported["student"], exported["tflite"],
@@ -383,3 +401,27 @@ def test_predict_uses_the_app_input_path(exported, tfrecord_dir, sample_dir, tmp
     want = model.predict(first)[0]
     assert list(result["scores"].values()) == [round(float(s), 6) for s in want]
     assert set(result["labels"]) == {name for name, s in zip(labels, want) if s >= 0.5}
+
+
+def test_export_parity_gates_trip_just_past_the_measured_figures(exported, tfrecord_dir):
+    """verify_export's mean |diff| gate and the decision check at the thresholds each raise an
+    ExportError naming their config key as soon as the figure passes the allowed value."""
+    from mobiletag.errors import ExportError
+    from mobiletag.export.tflite import check_decision_agreement
+
+    student = keras.models.load_model(exported["student"] / StudentModel.CHECKPOINT, compile=False)
+    model = TFLiteModel(exported["tflite"] / ExportedModel.MODEL)
+    (images,), _, _ = eval_pixels(tfrecord_dir, "val", [STUDENT_SIZE], PARITY_IMAGES)
+    checks = {"input_dtype": "uint8", "output_dtype": "uint8"}
+    report = verify_export(model, student, images, **checks, max_mean_abs_diff=1.0)
+    assert report.mean_abs_diff > 0
+    assert verify_export(model, student, images, **checks, max_mean_abs_diff=report.mean_abs_diff) == report
+    with pytest.raises(ExportError, match=r"export\.parity_max_mean_abs_diff = "):
+        verify_export(model, student, images, **checks, max_mean_abs_diff=report.mean_abs_diff * 0.99)
+
+    got, qat = model.predict(images), report.qat_probabilities
+    thresholds = np.quantile(got, 0.5, axis=0)  # on output levels, where INT8 and float decisions can part
+    agreement = float(np.mean((got >= thresholds) == (qat >= thresholds)))
+    assert check_decision_agreement(got, qat, thresholds, agreement) == agreement
+    with pytest.raises(ExportError, match=r"export\.parity_min_agreement = "):
+        check_decision_agreement(got, qat, thresholds, agreement + 1e-9)

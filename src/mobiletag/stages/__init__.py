@@ -128,7 +128,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("export_tflite", ("student", "export"), (_DATASET, ("qat_model", "quantize")), ("model", "metrics")),
     Stage(
         "optimize_thresholds",
-        ("thresholds",),
+        ("thresholds", "export"),  # export.parity_min_agreement: checked at the thresholds it chooses
         (_DATASET, ("tflite_model", "export_tflite")),
         ("thresholds", "metrics"),
     ),

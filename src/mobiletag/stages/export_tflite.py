@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mobiletag.artifacts import ExportedModel, QatModel, write_json
 from mobiletag.config import Config
 from mobiletag.export.inference_config import build_inference_config, eval_pixels
@@ -32,7 +34,7 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
     )
     flatbuffer = convert_int8(qat_model, representative, config.export.input_dtype, config.export.output_dtype)
     tflite = TFLiteModel(flatbuffer)
-    (check_images,), _, _ = eval_pixels(dataset_dir, "val", [size], PARITY_IMAGES)
+    (check_images,), _, check_paths = eval_pixels(dataset_dir, "val", [size], PARITY_IMAGES)
     parity = verify_export(
         tflite,
         qat_model,
@@ -40,12 +42,13 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         input_dtype=config.export.input_dtype,
         output_dtype=config.export.output_dtype,
         max_mean_abs_diff=config.export.parity_max_mean_abs_diff,
-        min_agreement=config.export.parity_min_agreement,
     )
     path = out / ExportedModel.MODEL
     tmp = path.with_suffix(".partial")
     tmp.write_bytes(flatbuffer)
     tmp.replace(path)
+    # optimize_thresholds compares decisions at its thresholds with these (the first val images, in order)
+    np.save(out / ExportedModel.PARITY_QAT_PROBABILITIES, parity.qat_probabilities)
     (out / ExportedModel.LABELS).write_text("".join(f"{c}\n" for c in facts.classes), encoding="utf-8")
     inference = build_inference_config(tflite, facts.classes)
     report = {
@@ -53,7 +56,7 @@ def run(config: Config, dataset_dir: str | Path, qat_dir: str | Path, model_dir:
         "ops": sorted(set(tflite.op_names())),
         "input": inference["input"],
         "output": inference["output"],
-        "parity": parity.__dict__,
+        "parity": {**parity.summary(), "paths": check_paths},
         "representative_samples": int(len(representative)),
         "seconds": round(time.perf_counter() - started, 1),
     }
