@@ -15,9 +15,9 @@ from .test_config import _flatten
 DEMO_CUTS = {
     "teacher.image_size": 64,
     "teacher.head_epochs": 0,
-    "teacher.fine_tune_epochs": 3,
+    "teacher.fine_tune_epochs": 2,
     "student.head_epochs": 0,
-    "student.epochs": 6,
+    "student.epochs": 4,
     "qat.epochs": 1,
 }
 
