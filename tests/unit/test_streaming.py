@@ -315,7 +315,7 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
         if name == "distilled":
             (folder / StudentModel.CHECKPOINT).write_bytes((students[name] / StudentModel.CHECKPOINT).read_bytes())
         (folder / StudentModel.METRICS).write_text(f'{{"metrics": {{"val_map": {val_map}}}, "alpha": 0.7}}')
-    select_student.run(tmp_path / "distilled", tmp_path / "baseline", tmp_path / "selected")
+    select_student.run(fast_config, tmp_path / "distilled", tmp_path / "baseline", tmp_path / "selected")
     decoded: dict[int, int] = {}  # resizes per size: one per image and size it is scored at
     resize = inference_config.mediapipe_resize
 

@@ -138,10 +138,10 @@ STAGES: tuple[Stage, ...] = (
         (_DATASET, ("tflite_model", "export_tflite"), ("thresholds", "optimize_thresholds")),
         ("model", "metrics"),
     ),
-    # evaluate reads the thresholds section (compare_images) with optimize_thresholds' JSON
+    # evaluate reads thresholds.compare_images from optimize_thresholds' JSON
     Stage(
         "evaluate",
-        ("thresholds",),
+        ("thresholds", "export"),
         (
             _DATASET,
             ("teacher", "train_teacher"),
