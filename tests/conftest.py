@@ -16,6 +16,7 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tensorflow as tf
@@ -32,6 +33,30 @@ tf.config.set_logical_device_configuration(
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve_configs(data_uri: str | Path, config: Path | Any, **parameters):
+    """resolve_config's component body (python_func) with the pipeline's defaults for one machine:
+    its NamedTuple of per-stage config JSON. ``config``: the output artifact for the merged
+    config.yaml, or a path for it. ``parameters`` override the pipeline parameters
+    (teacher_gpus=4, baseline_student=False, ...)."""
+    from components.resolve_config import resolve_config
+    from kfp import dsl
+
+    if isinstance(config, Path):
+        path, config = config, dsl.Artifact(name=config.name, uri=str(config), metadata={})
+        config.path = str(path)
+    defaults = {
+        "config_overrides": "",
+        "gpu_node_pool": "",
+        "gpu_accelerator": "",
+        "teacher_gpus": 0,
+        "student_gpus": 0,
+        "baseline_student": True,
+        "student_cpu": "1",
+        "student_memory": "1Gi",
+    }
+    return resolve_config.python_func(data_uri=str(data_uri), config=config, **{**defaults, **parameters})
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from kfp import dsl
 
 from mobiletag.artifacts import OutputFolder
 
-from ..conftest import REPO
+from ..conftest import REPO, resolve_configs
 from ..report_checks import CHROMIUM, NO_CHROMIUM
 
 sys.path.insert(0, str(REPO))
@@ -112,17 +112,14 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         a[name] = artifact(kind, root / name)
         return a[name]
 
-    configs = resolve_config.python_func(
-        data_uri=str(sample_dir),
+    configs = resolve_configs(
+        sample_dir,
+        out(dsl.Artifact, "config.yaml"),
         config_overrides=tiny_overrides_text,
         gpu_node_pool="pool",
         gpu_accelerator="nvidia-l4",
-        teacher_gpus=0,
-        student_gpus=0,
-        baseline_student=True,
         student_cpu="14",
         student_memory="48Gi",
-        config=out(dsl.Artifact, "config.yaml"),
     )
     a["configs"] = configs
     backup = {"backup_uri": str(root / "backup")}
@@ -197,9 +194,9 @@ def test_resolve_config(run, sample_dir):
 
 
 def test_resolve_config_gives_an_idle_baseline_step_no_gpu(sample_dir, tmp_path):
-    configs = resolve_config.python_func(
-        data_uri=str(sample_dir),
-        config_overrides="",
+    configs = resolve_configs(
+        sample_dir,
+        tmp_path / "config.yaml",
         gpu_node_pool="pool",
         gpu_accelerator="nvidia-l4",
         teacher_gpus=4,
@@ -207,7 +204,6 @@ def test_resolve_config_gives_an_idle_baseline_step_no_gpu(sample_dir, tmp_path)
         baseline_student=False,
         student_cpu="14",
         student_memory="48Gi",
-        config=artifact(dsl.Artifact, tmp_path / "config.yaml"),
     )
     assert configs.student_gpu_limit == "4" and configs.gpu_node_selector != {}
     assert (configs.baseline_gpu_limit, configs.baseline_node_selector) == ("0", {})

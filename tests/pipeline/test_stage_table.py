@@ -14,7 +14,7 @@ import yaml
 
 from mobiletag.stages import CONFIG_OUTPUTS, CONFIG_STAGE, STAGE, STAGES, Stage
 
-from ..conftest import REPO
+from ..conftest import REPO, resolve_configs
 
 CONFIG_TASK = CONFIG_STAGE.replace("_", "-")
 
@@ -180,26 +180,12 @@ def test_resolve_config_body_returns_the_annotation(sample_dir: Path, tmp_path: 
     """The body builds its NamedTuple from CONFIG_OUTPUTS: the same fields as the literal annotation,
     each the stage's JSON."""
     from components.resolve_config import resolve_config
-    from kfp import dsl
 
     from mobiletag.config import load_config
     from mobiletag.stages.resolve_config import stage_config_json
 
     fields = typing.get_type_hints(resolve_config.python_func)["return"]._fields
-    artifact = dsl.Artifact(uri=str(tmp_path / "config.yaml"))
-    artifact.path = str(tmp_path / "config.yaml")  # type: ignore[misc]
-    result = resolve_config.python_func(
-        data_uri=str(sample_dir),
-        config_overrides="",
-        gpu_node_pool="",
-        gpu_accelerator="",
-        teacher_gpus=0,
-        student_gpus=0,
-        baseline_student=True,
-        student_cpu="1",
-        student_memory="1Gi",
-        config=artifact,
-    )
+    result = resolve_configs(sample_dir, tmp_path / "config.yaml")
     assert result._fields == fields
     config = load_config(str(tmp_path / "config.yaml"))
     for name in CONFIG_OUTPUTS:
