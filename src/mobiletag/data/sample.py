@@ -143,7 +143,10 @@ JITTER = 0.05
 HARD_SPLITS = (("train", 420), ("val", 90), ("test", 90))
 
 
-def _draw_hard(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour: tuple[int, ...]) -> None:
+def draw_hard_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour: tuple[int, ...]
+) -> None:
+    """One of the hard set's shapes (HARD_CLASSES or "bar") centred at (cx, cy) with radius r; the suite's sets draw with it too."""
     w = max(1.5, r * 0.3)
     if shape == "bar":
         draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
@@ -176,7 +179,7 @@ def _hard_image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
         cx = (slot % 2 + 0.5) * size / 2 + rng.uniform(-JITTER, JITTER) * size
         cy = (slot // 2 + 0.5) * size / 2 + rng.uniform(-JITTER, JITTER) * size
         colour = rng.integers(0, 110, size=3)  # dark, any hue, on a light background
-        _draw_hard(draw, shape, cx, cy, r, tuple(int(v) for v in colour))
+        draw_hard_shape(draw, shape, cx, cy, r, tuple(int(v) for v in colour))
     return image
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mobiletag.artifacts import SourceDataset
-from mobiletag.data.sample import HARD_CLASSES, HARD_SPLITS, _draw_hard, make_hard_dataset, write_labels_csv
+from mobiletag.data.sample import HARD_CLASSES, HARD_SPLITS, draw_hard_shape, make_hard_dataset, write_labels_csv
 
 SPLITS = HARD_SPLITS  # 420 / 90 / 90 images
 SIZE = 96
@@ -192,7 +192,7 @@ def _shapes_image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
         r = float(rng.uniform(0.11, 0.16)) * SIZE
         cx = (slot % 2 + 0.5) * SIZE / 2 + rng.uniform(-0.04, 0.04) * SIZE
         cy = (slot // 2 + 0.5) * SIZE / 2 + rng.uniform(-0.04, 0.04) * SIZE
-        _draw_hard(draw, shape, cx, cy, r, tuple(int(v) for v in rng.integers(0, 110, size=3)))
+        draw_hard_shape(draw, shape, cx, cy, r, tuple(int(v) for v in rng.integers(0, 110, size=3)))
     return image
 
 
@@ -294,12 +294,12 @@ def _photo_image(rng: np.random.Generator, labels: list[str]) -> Image.Image:
         cy = (slot // 2 + 0.5) * height / 2 + rng.uniform(-0.05, 0.05) * height
         colour = tuple(int(v) for v in rng.integers(0, 110, size=3))
         if shape == "hbar":
-            _draw_hard(draw, "bar", cx, cy, r, colour)
+            draw_hard_shape(draw, "bar", cx, cy, r, colour)
         elif shape == "vbar":
             w = r * 0.3
             draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
         else:
-            _draw_hard(draw, shape, cx, cy, r, colour)
+            draw_hard_shape(draw, shape, cx, cy, r, colour)
     return image
 
 
