@@ -19,7 +19,9 @@ both float students on a sample of it for the distillation block, optimize_thres
 model on all of it) and N/2 training images (only prepare_dataset reads them). The models are the
 pipeline's at configs/fast.yaml's sizes, random weights: teacher EfficientNet-B3 at 80 px,
 distilled and baseline students EfficientNet-Lite1 at 64 px (different seeds) with select-student's
-choice, and the INT8 export of the shipped student's (untrained) QAT model, so that evaluate scores
+choice, and the INT8 export of the shipped student's (untrained) QAT model, made by export_tflite
+for each dataset (its parity images are the dataset's; not timed; the parity gates off: the
+models are untrained), so that evaluate scores
 what it scores in the pipeline: the INT8 model on every test image; the teacher and both float
 students on K = ``thresholds.compare_images`` sampled test images (every one when N <= K), both
 students on K validation images. evaluate's figures include building report.html (its seconds and
@@ -34,7 +36,6 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras for QAT, before TensorFlow is imported
 
 import argparse
-import csv
 import inspect
 import json
 import subprocess
@@ -44,107 +45,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scale_data import (
+    MODEL_DIRS,
+    REPO,
+    STUDENT_SIZE,
+    TEACHER_SIZE,
+    load_bench_config,
+    make_images,
+    make_models,
+    split_sizes,
+    write_dataset,
+)
+from scale_summary import STAGES, before_after, summary, table
 
-from mobiletag.artifacts import ExportedModel, StudentModel, TeacherModel
+from mobiletag.artifacts import ExportedModel, QatModel, StudentModel, TeacherModel
 
-REPO = Path(__file__).resolve().parents[1]
-TEACHER_SIZE, STUDENT_SIZE = 80, 64  # configs/fast.yaml
-SOURCE_SIZE = (500, 375)
-POOL = 400  # distinct JPEGs; the dataset's files are hard links to them
-STAGES = ("prepare_dataset", "optimize_thresholds", "evaluate")
-GOALS = {"rss": 1.3, "seconds_per_image": 1.2, "evaluate_seconds": 120.0}
 PROFILE_BATCHES = 4  # batches of EVAL_BATCH per model and path in the profile
 # evaluate "before": the last commit whose evaluate scores every test and validation image with every float model
 BEFORE = "8f1486d3e38e2042f93cec91c965679bb1f04773"
-
-
-def load_bench_config():
-    from mobiletag.config import load_config
-
-    return load_config(REPO / "configs" / "default.yaml", REPO / "configs" / "fast.yaml")
-
-
-# === Data and models ===
-
-
-def split_sizes(n: int) -> dict[str, int]:
-    """Images per split for N test images."""
-    return {"train": n // 2, "val": n, "test": n}
-
-
-def make_images(images_dir: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` JPEG names in ``images_dir``: POOL distinct images (a smooth colour field with
-    noise), the rest hard links to them."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    width, height = SOURCE_SIZE
-    names = []
-    for i in range(count):
-        name = f"img_{i:05d}.jpg"
-        if i < POOL:
-            coarse = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), "RGB")
-            field = np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR), dtype=np.int16)
-            noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
-            image = Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB")
-            image.save(images_dir / name, quality=85)
-        else:
-            os.link(images_dir / names[i % POOL], images_dir / name)
-        names.append(name)
-    return names
-
-
-def write_dataset(root: Path, images_dir: Path, names: list[str], n: int, seed: int = 1) -> None:
-    """A dataset folder of ``split_sizes(n)`` over the first shared images (images/ is a link to them)."""
-    from mobiletag.data.sample import CLASSES
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "images").symlink_to(images_dir, target_is_directory=True)
-    rng = np.random.default_rng(seed)
-    start = 0
-    for split, count in split_sizes(n).items():
-        rows = []
-        for i, name in enumerate(names[start : start + count]):
-            picked = {CLASSES[int(c)] for c in rng.choice(len(CLASSES), size=int(rng.integers(0, 3)), replace=False)}
-            if split == "train":
-                picked.add(CLASSES[i % len(CLASSES)])  # every class has training positives
-            rows.append((name, "|".join(sorted(picked))))
-        start += count
-        with open(root / f"{split}_labels.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["filepath", "labels"])
-            writer.writerows(rows)
-
-
-MODEL_DIRS = ("teacher", "distilled", "baseline", "student", "tflite")
-
-
-def make_models(work: Path, num_classes: int) -> dict[str, Path]:
-    """Teacher, distilled and baseline student checkpoints, select-student's folder and the INT8
-    export of the shipped student's QAT model (random weights), in the stages' layout."""
-    import tf_keras as keras
-
-    from mobiletag.artifacts import write_json
-    from mobiletag.export.tflite import convert_int8
-    from mobiletag.models.student import build_student
-    from mobiletag.models.teacher import build_teacher
-    from mobiletag.quantization.qat import quantize
-    from mobiletag.stages import select_student
-
-    keras.utils.set_random_seed(0)
-    dirs = {name: work / name for name in MODEL_DIRS}
-    for folder in dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    build_teacher(num_classes, TEACHER_SIZE, "none").save(dirs["teacher"] / TeacherModel.CHECKPOINT)
-    for name, val_map in (("baseline", 0.5), ("distilled", 0.6)):  # the distilled one ships
-        build_student(num_classes, STUDENT_SIZE).save(dirs[name] / StudentModel.CHECKPOINT)
-        write_json(dirs[name] / StudentModel.METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
-    select_student.run(dirs["distilled"], dirs["baseline"], dirs["student"])
-    student = keras.models.load_model(dirs["student"] / StudentModel.CHECKPOINT, compile=False)
-    representative = np.random.default_rng(0).uniform(0, 255, (32, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
-    (dirs["tflite"] / ExportedModel.MODEL).write_bytes(convert_int8(quantize(student), representative))
-    return dirs
 
 
 # === One stage in a child process ===
@@ -268,6 +186,10 @@ def child(stage: str, paths: dict[str, str]) -> None:
         from mobiletag.stages import prepare_dataset
 
         prepare_dataset.run(config, paths["data"], paths["dataset"])
+    elif stage == "export_tflite":
+        from mobiletag.stages import export_tflite
+
+        export_tflite.run(config, paths["dataset"], paths["qat"], paths["tflite"])
     else:
         from mobiletag.stages import optimize_thresholds
 
@@ -317,50 +239,6 @@ def measure(stage: str, paths: dict[str, str], src: Path | None = None) -> dict:
 # === Report ===
 
 
-def growth(results: dict[str, dict[str, dict]], sizes: list[int]) -> dict[str, dict]:
-    """Largest-N / smallest-N ratios per stage, with the goals and whether they are met."""
-    small, large = str(sizes[0]), str(sizes[-1])
-    scale = sizes[-1] / sizes[0]
-    out = {}
-    for stage in STAGES:
-        a, b = results[small][stage], results[large][stage]
-        rss = b["peak_rss_mb"] / a["peak_rss_mb"]
-        wall, run = b["seconds"] / a["seconds"], b["run_seconds"] / max(a["run_seconds"], 1e-9)
-        out[stage] = {
-            "rss_ratio": round(rss, 3),
-            "rss_goal": GOALS["rss"],
-            "seconds_ratio": round(wall, 2),
-            "run_seconds_ratio": round(run, 2),
-            "seconds_goal": round(scale * GOALS["seconds_per_image"], 2),
-            "met": bool(rss <= GOALS["rss"] and wall <= scale * GOALS["seconds_per_image"]),
-        }
-    return out
-
-
-def table(results: dict[str, dict[str, dict]], ratios: dict[str, dict], sizes: list[int]) -> str:
-    """Seconds (process wall, the run call's in brackets) and peak RSS per stage and N, then the ratios."""
-    lines = [
-        f"{'stage':<20}" + "".join(f"{f'N={n} s (run) / MB':>26}" for n in sizes) + "   RSS x   s x (run x)   goal"
-    ]
-    for stage in STAGES:
-        cells = ""
-        for n in sizes:
-            r = results[str(n)][stage]
-            cell = f"{r['seconds']:.1f} ({r['run_seconds']:.1f}) / {r['peak_rss_mb']:.0f}"
-            cells += f"{cell:>26}"
-        g = ratios[stage]
-        verdict = f"{'met' if g['met'] else 'MISSED'} (RSS x <= {g['rss_goal']}, s x <= {g['seconds_goal']})"
-        ratio_text = f"{g['seconds_ratio']:.2f} ({g['run_seconds_ratio']:.2f})"
-        lines.append(f"{stage:<20}{cells}{g['rss_ratio']:>8.2f}{ratio_text:>14}   {verdict}")
-    built = [(n, results[str(n)]["evaluate"]) for n in sizes if "report_seconds" in results[str(n)]["evaluate"]]
-    if built:
-        lines.append(
-            "evaluate's report.html (in its run seconds): "
-            + ", ".join(f"N={n} {r['report_seconds']:.1f} s, {r['report_bytes'] / 1e3:.0f} kB" for n, r in built)
-        )
-    return "\n".join(lines)
-
-
 def score_differences(eager_dir: Path, traced_dir: Path) -> dict:
     """Largest |eager - traced| of each float model's probabilities (test, then validation for the
     students) and whether the INT8 model's test scores are identical, from two evaluate folders.
@@ -396,106 +274,6 @@ def before_src(work: Path, ref: str) -> Path:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
     return out / "src"
-
-
-def before_after(raw: dict) -> dict:
-    """evaluate at the largest N before (``--before``) and after, from the alternated pairs."""
-    from stats import summarize
-
-    before, after = raw["before_after"]["before"], raw["before_after"]["after"]
-    images = {one.get("float_test_images") for one in after}
-    return {
-        "n": raw["before_after"]["n"],
-        "before": raw["before_after"]["ref"],
-        "before_scores": "the teacher and both float students on every test image, both students on every "
-        "validation image",
-        "after_scores": f"the float models on {', '.join(f'{i:,}' if i else '?' for i in sorted(images, key=str))} "
-        "sampled test images and as many validation images (thresholds.compare_images)",
-        "before_seconds": summarize([one["seconds"] for one in before], digits=1),
-        "after_seconds": summarize([one["seconds"] for one in after], f"<= {GOALS['evaluate_seconds']:.0f}", digits=1),
-        "before_run_seconds": summarize([one["run_seconds"] for one in before], digits=1),
-        "after_run_seconds": summarize([one["run_seconds"] for one in after], digits=1),
-        "before_over_after": summarize([b["seconds"] / a["seconds"] for b, a in zip(before, after)], digits=2),
-        "load": raw["before_after"]["load"],
-    }
-
-
-def summary(raw: dict) -> dict:
-    """scale.json from a run's raw samples (``raw.json`` in ``--work``)."""
-    from stats import summarize
-
-    from mobiletag.stages.evaluate import TRACED_TOLERANCE  # TensorFlow: after the last measurement
-
-    sizes, results, samples, profiles = raw["sizes"], raw["results"], raw["samples"], raw["profiles"]
-    largest, compare_size = sizes[-1], raw["compare_size"]
-
-    def seconds(key: str, field: str = "seconds") -> list[float]:
-        return [one[field] for one in samples[key]]
-
-    # the float models' images at the largest N: K sampled test images (the teacher, two students)
-    # and K validation images (two students); the INT8 model scores all N test images
-    k = min(raw.get("compare_images") or largest, largest)
-    weights = {"teacher": 1, "student": 4}
-    extra_ms = [sum(w * (p[f"{m}_eager"] - p[f"{m}_traced"]) for m, w in weights.items()) for p in profiles]
-    largest_median = float(np.median(seconds("largest")))
-    parts = [key for key in profiles[0] if key not in ("seconds", "peak_rss_mb")]  # measure's own figures
-    where = {key: summarize([p[key] for p in profiles], digits=3) for key in parts}
-
-    def part_seconds(counts: dict[str, int]) -> dict:
-        return summarize([sum(n * p[key] for key, n in counts.items()) / 1000 for p in profiles], digits=1)
-
-    report = {
-        "sizes": sizes,
-        "splits": "N test, N validation, N/2 training images",
-        "image": (
-            f"{SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} JPEG; teacher EfficientNet-B3 {TEACHER_SIZE} px, "
-            f"students EfficientNet-Lite1 and INT8 (QAT export) {STUDENT_SIZE} px, random weights"
-        ),
-        "results": results,
-        "growth": growth(results, sizes),
-        "evaluate_at_largest": {
-            "n": largest,
-            "seconds": summarize(seconds("largest"), f"<= {GOALS['evaluate_seconds']:.0f}", digits=1),
-            "run_seconds": summarize(seconds("largest", "run_seconds"), digits=1),
-        },
-        "eager_vs_traced": {
-            "n": compare_size,
-            "eager_seconds": summarize(seconds("eager"), digits=1),
-            "traced_seconds": summarize(seconds("traced"), digits=1),
-            "eager_over_traced": summarize([e / t for e, t in zip(seconds("eager"), seconds("traced"))], digits=2),
-            "measured_gap_seconds": summarize([e - t for e, t in zip(seconds("eager"), seconds("traced"))], digits=1),
-            "profile_gap_seconds": summarize([compare_size * x / 1000 for x in extra_ms], digits=1),
-            "eager_at_largest_estimate": {
-                "seconds": summarize([largest_median + k * x / 1000 for x in extra_ms], digits=0),
-                "how": (
-                    f"the median traced evaluate at N={largest:,} plus {k:,} (the float models' images) x the "
-                    "profile's extra eager milliseconds per image (teacher once, a student four times: two "
-                    "students, test and validation), per round; both paths run the same code but the float "
-                    "models' calls"
-                ),
-            },
-            **raw["differences"],
-            "tolerance": TRACED_TOLERANCE,
-            "within": bool(max(raw["differences"]["max_abs_diff"].values()) <= TRACED_TOLERANCE),
-        },
-        "profile_ms_per_image": where,
-        "compare_images": k,
-        "profile_seconds_at_largest": {
-            # N test images at the INT8 size, K of them also at the teacher's, K validation images
-            "decode": part_seconds({"decode_val_image": largest, "decode_test_image": k}),
-            "teacher_traced": part_seconds({"teacher_traced": k}),
-            "students_traced": part_seconds({"student_traced": 4 * k}),
-            "int8": part_seconds({"int8": largest}),
-            "traced_models": part_seconds({"teacher_traced": k, "student_traced": 4 * k, "int8": largest}),
-            "eager_models": part_seconds({"teacher_eager": k, "student_eager": 4 * k, "int8": largest}),
-        },
-        "load": raw["load"],
-        "total_seconds": raw["total_seconds"],
-        "cores": os.cpu_count(),
-    }
-    if raw.get("before_after"):
-        report["evaluate_before_after"] = before_after(raw)
-    return report
 
 
 def main() -> None:
@@ -560,12 +338,15 @@ def main() -> None:
                 "dataset": str(root / "dataset"),
                 "thresholds": str(root / "thresholds"),
                 "evaluate": str(root / "evaluate"),
+                "tflite": str(root / "tflite"),
                 **{name: str(folder) for name, folder in models.items()},
             }
             results[str(n)] = {}
             for stage in STAGES:
                 results[str(n)][stage] = measure(stage, paths)
                 print(f"N={n} {stage}: {results[str(n)][stage]}", flush=True)
+                if stage == "prepare_dataset":  # the INT8 export of the dataset (its parity images), not timed
+                    print(f"N={n} export_tflite: {measure('export_tflite', paths)}", flush=True)
         # alternated rounds: eager and traced at --compare-size, traced at the largest N (its first
         # sample is the table's) and, from the second round, evaluate at --before beside it
         samples: dict[str, list[dict]] = {"eager": [], "traced": [], "largest": [results[str(largest)]["evaluate"]]}
@@ -612,15 +393,16 @@ def main() -> None:
 
 
 def prepared(work: Path, n: int, models_dir: str | None) -> dict[str, str]:
-    """The images, models, dataset and thresholds evaluate reads at N = ``n``, in ``work``: made
-    (prepare_dataset and optimize_thresholds run) where a previous run did not leave them."""
+    """The images, models, dataset, INT8 export and thresholds evaluate reads at N = ``n``, in
+    ``work``: made (prepare_dataset, export_tflite and optimize_thresholds run) where a previous
+    run did not leave them."""
     images = work / "images"
     count = sum(split_sizes(n).values())
     names = sorted(p.name for p in images.glob("img_*.jpg")) if images.is_dir() else []
     if len(names) < count:
         names = make_images(images, count)
     model_root = Path(models_dir) if models_dir else work / "models"
-    if not (model_root / "tflite" / ExportedModel.MODEL).is_file():
+    if not (model_root / "qat" / QatModel.CHECKPOINT).is_file():
         measure("models", {"models": str(model_root)})
     root = work / f"n{n}"
     paths = {
@@ -628,12 +410,15 @@ def prepared(work: Path, n: int, models_dir: str | None) -> dict[str, str]:
         "dataset": str(root / "dataset"),
         "thresholds": str(root / "thresholds"),
         "evaluate": str(root / "evaluate"),
+        "tflite": str(root / "tflite"),
         **{name: str(model_root / name) for name in MODEL_DIRS},
     }
     if not (root / "data" / "test_labels.csv").is_file():
         write_dataset(root / "data", images, names[:count], n)
     if not (root / "dataset" / "stats.json").is_file():
         print(f"N={n} prepare_dataset: {measure('prepare_dataset', paths)}", flush=True)
+    if not (root / "tflite" / ExportedModel.MODEL).is_file():
+        print(f"N={n} export_tflite: {measure('export_tflite', paths)}", flush=True)
     if not (root / "thresholds" / "threshold_recommendation.json").is_file():
         print(f"N={n} optimize_thresholds: {measure('optimize_thresholds', paths)}", flush=True)
     return paths
