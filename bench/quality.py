@@ -303,11 +303,26 @@ def summarize(int8_by_seed: dict[int, float], best_regression: float, min_seeds:
 
 
 def set_summary(entry: dict) -> dict:
-    """:func:`summarize` of a set's stored runs, with the float students' mean."""
+    """:func:`summarize` of a set's stored runs, with the float student's mean and spread and the
+    distilled - baseline test mAP gap over the seeds (mean, spread): the seed-to-seed spread beside
+    the gap that one run's distillation block reports."""
     runs = entry.get("runs", {})
     summary = summarize({int(s): r["int8_test_map"] for s, r in runs.items()}, entry["best_regression_test_map"])
     if runs:
-        summary["float_student_mean"] = round(statistics.fmean(r["float_student_test_map"] for r in runs.values()), 4)
+        floats = [r["float_student_test_map"] for r in runs.values()]
+        summary["float_student_mean"] = round(statistics.fmean(floats), 4)
+        summary["float_student_spread"] = round(max(floats) - min(floats), 4)
+        gaps = [
+            r["students_test_map"]["distilled"] - r["students_test_map"]["baseline"]
+            for r in runs.values()
+            if {"distilled", "baseline"} <= set(r.get("students_test_map", {}))
+        ]
+        if gaps:  # the distillation verdict of one run beside the seed-to-seed spread it has to beat
+            summary["distillation_gap"] = {
+                "mean": round(statistics.fmean(gaps), 4),
+                "spread": round(max(gaps) - min(gaps), 4),
+                "runs": len(gaps),
+            }
         summary["shipped"] = sorted({str(r["shipped_student"]) for r in runs.values()})
         summary["config"] = next(iter(runs.values()))["config"]
     return summary

@@ -234,6 +234,16 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _pair(mean: float | None, spread: float | None) -> str:
+    return "-" if mean is None else f"{mean} ({spread})" if spread is not None else str(mean)
+
+
+def _gap(gap: dict | None) -> str:
+    if not gap:
+        return "-"
+    return f"{gap['mean']:+.4f} ({gap['spread']}, {gap['runs']} seed{'s' if gap['runs'] != 1 else ''})"
+
+
 def quality_lines(quality: dict) -> list[str]:
     """bench/quality.json: per set of the suite, the INT8 model over its training seeds against the
     baselines and the goal; then each recipe choice undone on one set."""
@@ -244,9 +254,9 @@ def quality_lines(quality: dict) -> list[str]:
         "",
         *(f"* `{name}`: {SET_TEXT.get(name, '')}" for name in quality["sets"]),
         "",
-        "| set | images | preset | INT8 test mAP per seed | mean | spread | std | float student (mean) "
-        "| shipped | regression 24 px / 48 px | constant | margin | goal |",
-        "|---" * 13 + "|",
+        "| set | images | preset | INT8 test mAP per seed | mean | spread | std | float student (mean, spread) "
+        "| distilled - baseline (mean, spread) | shipped | regression 24 px / 48 px | constant | margin | goal |",
+        "|---" * 14 + "|",
     ]
     for name, entry in quality["sets"].items():
         data, base, summary = entry["dataset"], entry["baselines"], entry["summary"]
@@ -263,7 +273,8 @@ def quality_lines(quality: dict) -> list[str]:
             _cell(summary.get("mean")),
             _cell(summary.get("spread")),
             _cell(summary.get("std")),
-            _cell(summary.get("float_student_mean")),
+            _pair(summary.get("float_student_mean"), summary.get("float_student_spread")),
+            _gap(summary.get("distillation_gap")),
             ", ".join(summary.get("shipped", [])) or "-",
             regression,
             str(base["constant"]["test_map"]),

@@ -182,7 +182,10 @@ def _fake_metrics(seed: int) -> dict:
         "compare": {"student": {"map_macro": round(0.81 + seed / 100, 4)}, "teacher": {"map_macro": 0.5}},
         "distillation": {
             "shipped": "baseline",
-            "students": {"distilled": {"test": {"map_macro": 0.7}}, "baseline": {"test": {"map_macro": 0.8}}},
+            "students": {
+                "distilled": {"test": {"map_macro": round(0.7 + seed / 50, 4)}},
+                "baseline": {"test": {"map_macro": 0.8}},
+            },
         },
     }
 
@@ -215,10 +218,13 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     results = quality.load_results(out)
     entry = results["sets"]["glyphs"]
     assert entry["best_regression_test_map"] == 0.65
-    assert entry["runs"]["2"]["students_test_map"] == {"distilled": 0.7, "baseline": 0.8}
+    assert entry["runs"]["2"]["students_test_map"] == {"distilled": 0.74, "baseline": 0.8}
     assert entry["summary"]["int8_test_map"] == [0.8, 0.81, 0.82]
     assert (entry["summary"]["mean"], entry["summary"]["spread"], entry["summary"]["status"]) == (0.81, 0.02, "met")
     assert entry["summary"]["float_student_mean"] == 0.82
+    assert entry["summary"]["float_student_spread"] == 0.02
+    # distilled - baseline per seed: -0.1, -0.08, -0.06
+    assert entry["summary"]["distillation_gap"] == {"mean": -0.08, "spread": 0.04, "runs": 3}
 
     quality.main([*common, "--seeds", "1", "--rerun"])
     quality.main([*common, "--seeds", "0", "--config", str(REPO / "configs" / "demo.yaml")])
