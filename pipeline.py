@@ -1,7 +1,9 @@
 """The mobiletag Kubeflow pipeline: wiring only (GPU pools, resources, timeouts, caching, retries).
 
-The stages, their config JSON and their order come from the stage table (mobiletag.stages.STAGES);
-tests/pipeline/test_stage_table.py checks that the DAG below matches it.
+Each task's inputs, config JSON and `after` come from the stage table (mobiletag.stages.STAGES) through
+``_stage``; this file adds what the table does not say: the pipeline's parameters, display names and
+resources. tests/pipeline/test_stage_table.py checks the compiled DAG against the table (order, tasks,
+resources).
 
 Compile: ``make compile`` (or ``kfp dsl compile --py pipeline.py --output pipeline.yaml``).
 """
@@ -23,7 +25,7 @@ from components.train_student_baseline import train_student_baseline
 from components.train_teacher import train_teacher
 from kfp import compiler, dsl, kubernetes
 
-from mobiletag.stages import STAGE
+from mobiletag.stages import CONFIG_STAGE, STAGE
 
 PIPELINE_NAME = "mobiletag"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -97,9 +99,17 @@ def _run_id_from_label(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']")
 
 
-def _config(configs: dsl.PipelineTask, stage: str):
-    """The stage's config JSON: resolve_config's output named in the stage table."""
-    return configs.outputs[STAGE[stage].config_key]
+def _stage(tasks: dict[str, dsl.PipelineTask], component, display_name: str, **parameters) -> dsl.PipelineTask:
+    """The stage's task, wired as the stage table says: each input from its upstream stage's task in
+    ``tasks``, its config JSON from resolve_config's output, after the stages it waits for;
+    ``parameters``: the pipeline's values it takes besides. The task joins ``tasks`` under the stage's name."""
+    stage = STAGE[component.name.replace("-", "_")]
+    inputs = {name: tasks[upstream].outputs[output] for name, (upstream, output) in stage.upstream.items()}
+    if stage.config_key:
+        inputs["config_json"] = tasks[CONFIG_STAGE].outputs[stage.config_key]
+    task = component(**inputs, **parameters).set_display_name(display_name)
+    tasks[stage.name] = task.after(*(tasks[name] for name in stage.after))
+    return task
 
 
 def _on_cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8Gi") -> dsl.PipelineTask:
@@ -168,30 +178,22 @@ def mobiletag_pipeline(
     ).set_display_name("resolve config")
     _on_cpu(configs, cpu="1", memory="1Gi")
     configs.set_caching_options(False)  # re-read config.yaml and fingerprint the dataset on every run
+    tasks = {CONFIG_STAGE: configs}  # each stage's task, by stage name, for the stages after it
 
-    data = prepare_dataset(
+    data = _stage(
+        tasks,
+        prepare_dataset,
+        "prepare dataset",
         data_uri=data_uri,
         data_fingerprint=configs.outputs["data_fingerprint"],  # new data under data_uri: a cache miss
-        config_json=_config(configs, "prepare_dataset"),
     )
-    _on_cpu(data.set_display_name("prepare dataset"), cpu="6", memory="16Gi")
+    _on_cpu(data, cpu="6", memory="16Gi")
 
     node_selector = configs.outputs["gpu_node_selector"]
-    teacher = train_teacher(
-        dataset=data.outputs["dataset"],
-        config_json=_config(configs, "train_teacher"),
-        backup_uri=backup_uri,
-        gpus=teacher_gpus,
-    ).set_display_name("train teacher")
+    teacher = _stage(tasks, train_teacher, "train teacher", backup_uri=backup_uri, gpus=teacher_gpus)
     _on_gpu_pool(teacher, configs.outputs["teacher_gpu_limit"], node_selector, teacher_cpu, teacher_memory)
 
-    student = train_student(
-        dataset=data.outputs["dataset"],
-        teacher=teacher.outputs["model"],
-        config_json=_config(configs, "train_student"),
-        backup_uri=backup_uri,
-        gpus=student_gpus,
-    ).set_display_name("train student")
+    student = _stage(tasks, train_student, "train student", backup_uri=backup_uri, gpus=student_gpus)
     _on_gpu_pool(student, configs.outputs["student_gpu_limit"], node_selector, student_cpu, student_memory)
 
     # Does the teacher pay for itself? The same student without it (alpha = 1), beside the distilled one.
@@ -199,18 +201,15 @@ def mobiletag_pipeline(
     # its artifact to select-student on our minimum backend (2.5.0): dsl.OneOf of artifacts needs
     # 2.17.0 (earlier drivers resolve it to the last branch's task, run or not). When off, resolve-config
     # gives this step no GPU, no node selector and a small CPU request (train_student_baseline.baseline_resources).
-    # It reads no teacher: it waits for the teacher's step (so it runs beside the distilled student)
-    # without its launcher downloading the teacher's checkpoint.
-    baseline = (
-        train_student_baseline(
-            dataset=data.outputs["dataset"],
-            config_json=_config(configs, "train_student_baseline"),
-            enabled=baseline_student,
-            backup_uri=backup_uri,
-            gpus=student_gpus,
-        )
-        .set_display_name("train student baseline (no teacher)")
-        .after(teacher)
+    # It reads no teacher: it waits for the teacher's step (the stage table's `after`, so it runs beside
+    # the distilled student) without its launcher downloading the teacher's checkpoint.
+    baseline = _stage(
+        tasks,
+        train_student_baseline,
+        "train student baseline (no teacher)",
+        enabled=baseline_student,
+        backup_uri=backup_uri,
+        gpus=student_gpus,
     )
     _on_gpu_pool(
         baseline,
@@ -220,86 +219,40 @@ def mobiletag_pipeline(
         configs.outputs["baseline_memory"],
     )
 
-    selected = select_student(
-        distilled=student.outputs["model"],
-        baseline=baseline.outputs["model"],
-        config_json=_config(configs, "select_student"),
-    ).set_display_name("select student (validation mAP)")
+    selected = _stage(tasks, select_student, "select student (validation mAP)")
     _on_cpu(selected, cpu="1", memory="2Gi")
 
-    qat = quantize(
-        dataset=data.outputs["dataset"],
-        teacher=teacher.outputs["model"],
-        student=selected.outputs["model"],
-        config_json=_config(configs, "quantize"),
-        backup_uri=backup_uri,
-        gpus=configs.outputs["qat_gpus"],
-    ).set_display_name("quantization-aware training")
+    qat = _stage(
+        tasks, quantize, "quantization-aware training", backup_uri=backup_uri, gpus=configs.outputs["qat_gpus"]
+    )
     _on_gpu_pool(qat, configs.outputs["qat_gpu_limit"], node_selector, qat_cpu, qat_memory)  # QAT: one device
 
-    exported = export_tflite(
-        dataset=data.outputs["dataset"],
-        qat_model=qat.outputs["model"],
-        config_json=_config(configs, "export_tflite"),
-    ).set_display_name("export INT8 TFLite")
+    exported = _stage(tasks, export_tflite, "export INT8 TFLite")
     _on_cpu(exported, cpu="3", memory="8Gi")
 
-    thresholds = optimize_thresholds(
-        dataset=data.outputs["dataset"],
-        tflite_model=exported.outputs["model"],
-        config_json=_config(configs, "optimize_thresholds"),
-    ).set_display_name("optimize thresholds")
+    thresholds = _stage(tasks, optimize_thresholds, "optimize thresholds")
     _on_cpu(thresholds)
 
     # The shipped model gets TFLite metadata for MediaPipe Tasks (its calibration needs the thresholds);
     # MediaPipe's ImageClassifier runs on the test images in its own image (mediapipe needs protobuf < 5).
-    packaged = mediapipe_package(
-        dataset=data.outputs["dataset"],
-        tflite_model=exported.outputs["model"],
-        thresholds=thresholds.outputs["thresholds"],
-    ).set_display_name("MediaPipe metadata + ImageClassifier")
+    packaged = _stage(tasks, mediapipe_package, "MediaPipe metadata + ImageClassifier")
     _on_cpu(packaged, cpu="2", memory="4Gi")
 
-    evaluation = evaluate(
-        dataset=data.outputs["dataset"],
-        teacher=teacher.outputs["model"],
-        student=selected.outputs["model"],
-        distilled_student=student.outputs["model"],
-        baseline_student=baseline.outputs["model"],
-        qat_model=qat.outputs["model"],
-        tflite_model=packaged.outputs["model"],
-        thresholds=thresholds.outputs["thresholds"],
-        config_json=_config(configs, "evaluate"),
-    ).set_display_name("evaluate")
+    evaluation = _stage(tasks, evaluate, "evaluate")
     _on_cpu(evaluation, cpu="3", memory="8Gi")
 
-    output = bundle(
-        teacher=teacher.outputs["model"],
-        student=selected.outputs["model"],
-        qat_model=qat.outputs["model"],
-        tflite_model=packaged.outputs["model"],
-        thresholds=thresholds.outputs["thresholds"],
-        evaluation=evaluation.outputs["evaluation"],
-        backup_uri=backup_uri,
-    ).set_display_name("bundle")
+    output = _stage(tasks, bundle, "bundle", backup_uri=backup_uri)
     _on_cpu(output, cpu="1", memory="2Gi")
     _run_id_from_label(output)  # deletes <backup_uri>/<run id>/ once the output folder is written
 
     with dsl.If(output_uri != "", name="publish-requested"):
-        published = publish(
-            output=output.outputs["output"],
-            output_uri=output_uri,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # names the version; publish is never cached
-            config_json=_config(configs, "publish"),
-        ).set_display_name("publish + quality gate")
+        # the run's id names the version; publish is never cached
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        published = _stage(tasks, publish, "publish + quality gate", output_uri=output_uri, run_id=run_id)
         _on_cpu(published, cpu="1", memory="2Gi")
         published.set_caching_options(False)  # LATEST may have moved since a cached run
         with dsl.If(published.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712
-            promoted = promote(
-                output_uri=output_uri,
-                version=published.outputs["version"],
-                previous_version=published.outputs["previous_version"],
-            ).set_display_name("promote: move LATEST")
+            promoted = _stage(tasks, promote, "promote: move LATEST", output_uri=output_uri)
             _on_cpu(promoted, cpu="1", memory="1Gi")
             promoted.set_caching_options(False)
     return output.outputs["output"]

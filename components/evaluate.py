@@ -41,6 +41,7 @@ def evaluate(
     import shutil
 
     from mobiletag.stages import evaluate as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(
@@ -55,8 +56,7 @@ def evaluate(
         baseline_dir=baseline_student.path,
         qat_dir=qat_model.path,
     )
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, metrics=metrics)
     curve = result.details["roc"]
     roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
     with open(report.path, "w", encoding="utf-8") as fh:

@@ -21,9 +21,8 @@ def export_tflite(
         metrics: Size in bytes and the parity with the QAT model.
     """
     from mobiletag.stages import export_tflite as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(config_from_json(config_json), dataset.path, qat_model.path, model.path)
-    model.metadata.update(result.details)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, model, metrics)

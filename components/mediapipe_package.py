@@ -21,8 +21,7 @@ def mediapipe_package(
         metrics: Model size, test images classified, MediaPipe's milliseconds per image.
     """
     from mobiletag.stages import mediapipe_package as stage
+    from mobiletag.stages.component_io import record
 
     result = stage.run(dataset.path, tflite_model.path, thresholds.path, model.path)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
-    model.metadata.update(result.details)
+    record(result, model, metrics)

@@ -21,9 +21,9 @@ def optimize_thresholds(
         metrics: Validation macro F1 at the chosen thresholds.
     """
     from mobiletag.stages import optimize_thresholds as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(config_from_json(config_json), dataset.path, tflite_model.path, thresholds.path)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, metrics=metrics)
     thresholds.metadata.update({"strategy": result.details["strategy"], "seconds": result.details["seconds"]})

@@ -21,9 +21,8 @@ def prepare_dataset(
         metrics: Images per split and number of classes.
     """
     from mobiletag.stages import prepare_dataset as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(config_from_json(config_json), data_uri, dataset.path, data_fingerprint=data_fingerprint)
-    dataset.metadata.update(result.details)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, dataset, metrics)

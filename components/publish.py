@@ -28,10 +28,10 @@ def publish(
     from collections import namedtuple
 
     from mobiletag.stages import publish as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(config_from_json(config_json), output.path, output_uri, run_id, promote=False)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, metrics=metrics)
     published = namedtuple("Published", ["version", "previous_version", "gate_passed"])
     return published(result.details["version"], result.details["previous_version"], result.details["gate_passed"])

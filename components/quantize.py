@@ -29,18 +29,16 @@ def quantize(
     import os
 
     from mobiletag.stages import quantize as stage
-    from mobiletag.stages.resolve_config import config_from_json
+    from mobiletag.stages.component_io import run_training
 
-    result = stage.run(
-        config_from_json(config_json),
-        dataset.path,
-        teacher.path,
-        student.path,
-        model.path,
-        backup_uri=backup_uri or None,
-        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
-        expected_gpus=gpus,
+    run_id = os.environ.get("MOBILETAG_RUN_ID", "")  # the pod's pipeline/runid label (pipeline.py)
+    run_training(
+        stage.run,
+        config_json,
+        [dataset, teacher, student],
+        model,
+        metrics,
+        backup_uri=backup_uri,
+        gpus=gpus,
+        run_id=run_id,
     )
-    model.metadata.update(result.details)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)

@@ -21,9 +21,8 @@ def select_student(
         metrics: Validation mAP of both students and whether the baseline ships.
     """
     from mobiletag.stages import select_student as stage
+    from mobiletag.stages.component_io import record
     from mobiletag.stages.resolve_config import config_from_json
 
     result = stage.run(config_from_json(config_json), distilled.path, baseline.path, model.path)
-    model.metadata.update(result.details)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    record(result, model, metrics)

@@ -25,16 +25,7 @@ def train_teacher(
     import os
 
     from mobiletag.stages import train_teacher as stage
-    from mobiletag.stages.resolve_config import config_from_json
+    from mobiletag.stages.component_io import run_training
 
-    result = stage.run(
-        config_from_json(config_json),
-        dataset.path,
-        model.path,
-        backup_uri=backup_uri or None,
-        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
-        expected_gpus=gpus,
-    )
-    model.metadata.update(result.details)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    run_id = os.environ.get("MOBILETAG_RUN_ID", "")  # the pod's pipeline/runid label (pipeline.py)
+    run_training(stage.run, config_json, [dataset], model, metrics, backup_uri=backup_uri, gpus=gpus, run_id=run_id)

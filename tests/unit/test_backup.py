@@ -484,40 +484,17 @@ def test_a_pod_retried_after_fit_returned_does_not_train_again(gcs, tmp_path):
     """BackupAndRestore deletes its epoch backup when training ends; fit leaves a marker with its
     result and mirrors both to gs:// at once, so a pod preempted between fit and the end of the
     stage neither resumes a finished fit nor trains it again from scratch."""
-    import numpy as np
-    import tensorflow as tf
     import tf_keras as keras
 
-    from mobiletag.training.fit import Trainer, fit
+    from .tiny_training import tiny_fit, tiny_model
 
     prefix = backup_prefix(ROOT, "run-1", "train-student")
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
-    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
 
     def pod(name: str):
         backup = Backup(prefix, local_root=tmp_path / name)
         backup.restore()
-        inputs = keras.Input((4, 4, 3))
-        model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs)))
-        trainer = Trainer(model)
-        trainer.compile(optimizer=keras.optimizers.SGD(0.01))
-        best_dir, fit_dir = backup.folder("best"), backup.folder("fit")
-        assert best_dir is not None and fit_dir is not None
-        result = fit(
-            trainer,
-            tf.data.Dataset.from_tensors((images, labels)).repeat(),
-            tf.data.Dataset.from_tensors((images, labels)),
-            name="student",
-            epochs=3,
-            steps_per_epoch=2,
-            batch_size=4,
-            checkpoint=best_dir / "best.h5",
-            backup_dir=fit_dir,
-            patience=0,
-            backup=backup,
-        )
-        return backup, result
+        optimizer = keras.optimizers.SGD(0.01)
+        return backup, tiny_fit(tiny_model(), optimizer, backup, name="student", epochs=3, steps_per_epoch=2)
 
     _, first = pod("pod-1")
     assert first.epochs_run == 3

@@ -120,16 +120,19 @@ def test_block_figures_against_a_direct_computation():
     test_labels, test_d = _data(9, 70, 0.5)
     _, test_b = _data(10, 70, 0.3)
     selection = {"shipped": "distilled", "reason": "better", "val_map": {"distilled": 0.9, "baseline": 0.8}}
-    block = distillation_block(
-        classes=CLASSES,
-        val_labels=val_labels,
-        test_labels=test_labels,
-        distilled=(val_d, test_d),
-        baseline=(val_b, test_b),
-        selection=selection,
-        resamples=200,
-        seed=1,
-    )
+
+    def block_of(distilled, baseline, **options):
+        return distillation_block(
+            classes=CLASSES,
+            val_labels=val_labels,
+            test_labels=test_labels,
+            distilled=distilled,
+            baseline=baseline,
+            selection=selection,
+            **options,
+        )
+
+    block = block_of((val_d, test_d), (val_b, test_b), resamples=200, seed=1)
     assert block["shipped"] == "distilled" and block["reason"] == "better"
     assert block["selection_val_map"] == {"distilled": 0.9, "baseline": 0.8}
     for name, (val, test) in {"distilled": (val_d, test_d), "baseline": (val_b, test_b)}.items():
@@ -146,26 +149,9 @@ def test_block_figures_against_a_direct_computation():
     assert diff["definition"].startswith("distilled - baseline")
     assert diff["ci"][0] > 0 and diff["verdict"] == "distilled better on test"  # a clear gap: 0.5 vs 0.3 signal
     assert diff["covers"].startswith("the sampling of test images") and "bench-quality" in diff["covers"]
-    swapped = distillation_block(
-        classes=CLASSES,
-        val_labels=val_labels,
-        test_labels=test_labels,
-        distilled=(val_b, test_b),
-        baseline=(val_d, test_d),
-        selection=selection,
-        resamples=200,
-        seed=1,
-    )["test_difference"]
+    swapped = block_of((val_b, test_b), (val_d, test_d), resamples=200, seed=1)["test_difference"]
     assert swapped["value"] == -diff["value"] and swapped["verdict"] == "baseline better on test"
-    same = distillation_block(
-        classes=CLASSES,
-        val_labels=val_labels,
-        test_labels=test_labels,
-        distilled=(val_d, test_d),
-        baseline=(val_d, test_d),
-        selection=selection,
-        resamples=50,
-    )["test_difference"]
+    same = block_of((val_d, test_d), (val_d, test_d), resamples=50)["test_difference"]
     assert same["value"] == 0 and same["ci"] == [0, 0] and same["verdict"].startswith("no clear difference")
     json.dumps(block)  # metrics.json
     section = markdown_section(block)

@@ -22,10 +22,10 @@ from mobiletag.errors import ConfigError, DataError, Preempted, StorageError, Tr
 from mobiletag.training import strategy
 from mobiletag.training.attempts import MARKER_SUFFIX, records_failures
 from mobiletag.training.backup import Backup, backup_prefix
-from mobiletag.training.fit import Trainer, fit
 
 from ..conftest import REPO
 from .test_gcs import BUCKET
+from .tiny_training import tiny_fit, tiny_model
 
 
 class SigtermReachedDefault(Exception):
@@ -66,30 +66,10 @@ class SendSigterm(keras.callbacks.Callback):
 
 
 def _tiny_fit(backup: Backup, initial: list[np.ndarray], sender: SendSigterm):
-    """fit() of a 4x4x3 -> 3 dense model, Adam, the same batch every step: 2 epochs of 4 steps."""
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
-    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(inputs / 255.0)))
-    model.set_weights(initial)
-    trainer = Trainer(model)
-    trainer.compile(optimizer=keras.optimizers.Adam(0.01))
-    result = fit(
-        trainer,
-        tf.data.Dataset.from_tensors((images, labels)).repeat(),
-        tf.data.Dataset.from_tensors((images, labels)),
-        name="tiny",
-        epochs=2,
-        steps_per_epoch=4,
-        batch_size=4,
-        checkpoint=backup.folder("best") / "best.h5",
-        backup_dir=backup.folder("fit"),
-        patience=0,
-        backup=backup,
-        extra_callbacks=[sender],
-    )
-    return model, result
+    """fit() of the tiny model from the weights ``initial``, Adam: 2 epochs of 4 steps."""
+    model = tiny_model(initial)
+    optimizer = keras.optimizers.Adam(0.01)
+    return model, tiny_fit(model, optimizer, backup, name="tiny", epochs=2, steps_per_epoch=4, extra_callbacks=[sender])
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
@@ -100,8 +80,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_the_retry_ends_where_an_uninterru
     retry restores it into a new pod's folder); the next attempt runs only steps 3-4 of epoch 2 and
     ends with the weights of a run never interrupted."""
     root = f"gs://{BUCKET}/backups" if where == "gcs" and request.getfixturevalue("gcs") else str(tmp_path / "backups")
-    inputs = keras.Input((4, 4, 3))
-    initial = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).get_weights()
+    initial = tiny_model().get_weights()
     reference, _ = _tiny_fit(Backup(str(tmp_path / "ref")), initial, SendSigterm())
 
     backup = Backup(backup_prefix(root, "run-1", "train-student"), local_root=tmp_path / "pod-1")

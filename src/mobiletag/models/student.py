@@ -102,6 +102,11 @@ def _conv_bn(x: tf.Tensor, filters: int, kernel: int, stride: int, name: str, re
         kernel_initializer=_conv_init(),
         name=f"{name}_conv",
     )(x)
+    return _bn_relu6(x, name, relu)
+
+
+def _bn_relu6(x: tf.Tensor, name: str, relu: bool = True) -> tf.Tensor:
+    """BatchNormalization (``<name>_bn``), then ReLU6 (``<name>_relu6``) unless ``relu`` is false."""
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(6.0, name=f"{name}_relu6")(x)
@@ -122,8 +127,7 @@ def _mbconv(x: tf.Tensor, args: BlockArgs, filters_in: int, filters_out: int, st
         depthwise_initializer=_conv_init(),
         name=f"{name}_dwconv",
     )(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
-    x = layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
+    x = _bn_relu6(x, f"{name}_dw")
     x = _conv_bn(x, filters_out, 1, 1, f"{name}_project", relu=False)
     if stride == 1 and filters_in == filters_out:
         x = layers.Add(name=f"{name}_add")([x, inputs])
