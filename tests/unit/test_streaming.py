@@ -368,7 +368,7 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
     )  # fmt: skip
     # test: every image at the INT8 size, the sample also at the teacher's; validation: the sample only
     assert decoded == {STUDENT_SIZE: num_test + k, TEACHER_SIZE: k} and len(opened) == num_test + k
-    assert smoothed == [STUDENT_SIZE] * num_test  # the INT8 model's antialiased view of every test image, same decode
+    assert smoothed == [STUDENT_SIZE] * k  # the INT8 model's antialiased view of the sample, from the same decode
     rows = evaluate.comparison_rows(num_test, k)
     assert len(rows) == len(set(rows)) == k and list(rows) == sorted(rows) and rows[-1] < num_test
     np.testing.assert_array_equal(rows, evaluate.comparison_rows(num_test, k))  # seeded: the same images
@@ -401,6 +401,8 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
     for name in ("teacher", "student"):
         np.testing.assert_allclose(traced[name], want_scores[name], rtol=0, atol=1e-5)
     _assert_close(metrics["compare"], {k: ranking_metrics(labels[rows], v) for k, v in traced.items()}, "compare")
+    app_path = metrics["app_path"]  # on the sample: the documented path's figure is the INT8 model's in compare
+    assert (app_path["documented"], app_path["num_images"]) == (metrics["compare"]["student_int8"]["map_macro"], k)
     block = metrics["distillation"]
     for name in ("distilled", "baseline"):
         assert block["students"][name]["test"]["num_images"] == block["students"][name]["val"]["num_images"] == k

@@ -27,9 +27,10 @@ APP_PATH_GOAL = 0.01
 
 def app_path_block(labels: np.ndarray, documented: np.ndarray, antialiased: np.ndarray, size: int) -> dict[str, Any]:
     """metrics.json's "app_path": the INT8 model's test macro mAP through the app's documented
-    input path (``documented``: its scores, the "test" figures) and fed by an antialiased resize
-    of the same decoded images straight to its ``size`` x ``size`` input (``antialiased``), and
-    the gap, antialiased minus documented: what the app path costs (negative: it gains)."""
+    input path (``documented``: its scores, as in "test") and fed by an antialiased resize of the
+    same decoded images straight to its ``size`` x ``size`` input (``antialiased``), on the same
+    images (evaluate's comparison images), and the gap, antialiased minus documented: what the
+    app path costs (negative: it gains)."""
     ours, reference = ranking_metrics(labels, documented), ranking_metrics(labels, antialiased)
     gap = (
         None

@@ -159,8 +159,9 @@ def _headline(data: ReportData) -> str:
     app = m.get("app_path")
     if app:
         parts.append(
-            f'<p id="app-path">App input path: macro mAP <b data-key="app_path.documented">{_e(app.get("documented"))}'
-            "</b> through the documented path (the app's pre-scale, then MediaPipe's resize), "
+            f'<p id="app-path">App input path ({_e(app.get("num_images"))} test images): macro mAP '
+            f'<b data-key="app_path.documented">{_e(app.get("documented"))}</b> through the documented path (the '
+            "app's pre-scale, then MediaPipe's resize), "
             f'<span data-key="app_path.antialiased">{_e(app.get("antialiased"))}</span> fed by an antialiased resize '
             f'straight to the input size: gap <b data-key="app_path.gap">{_e(app.get("gap"))}</b> '
             f"({_e(app.get('goal'))}).</p>"

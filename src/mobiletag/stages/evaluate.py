@@ -1,8 +1,8 @@
 """Stage: the shipped INT8 model on every test image, with the validation thresholds, through the
-app's documented input path and, beside it, through an antialiased resize straight to its input
-size (metrics.json's "app_path": what the app path costs); the float teacher and students on the
-same images (a seeded sample of at most ``thresholds.compare_images`` of them on a large split),
-so metrics.json shows what distillation and quantization cost; model size and CPU latency."""
+app's documented input path; the float teacher and students, and the INT8 model fed by an
+antialiased resize straight to its input size, on the same images (a seeded sample of at most
+``thresholds.compare_images`` of them on a large split), so metrics.json shows what
+distillation, quantization and the app's input path cost; model size and CPU latency."""
 
 from __future__ import annotations
 
@@ -124,20 +124,21 @@ def score_test_split(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """The test split's scores per model ("student_int8", "teacher" and each named float student)
     and of the INT8 model fed by the antialiased resize (``INT8_ANTIALIASED``), labels, paths: one
-    pass over the split, each image decoded once. The INT8 model scores every image through both
-    resizes; the float models the record indices ``rows`` (every image when None), their scores
-    in that order. ``student_scorers``: the students' scorers when the caller has them already
-    (each traces its model once; validation reuses them)."""
+    pass over the split, each image decoded once. The INT8 model scores every image through the
+    app's path; the float models and ``INT8_ANTIALIASED`` the record indices ``rows`` (every image
+    when None), their scores in that order. ``student_scorers``: the students' scorers when the
+    caller has them already (each traces its model once; validation reuses them)."""
     if student_scorers is None:
         student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
     floats = {"teacher": keras_scorer(teacher, normalise=False), **student_scorers}
     int8 = (tflite.image_size, tflite.predict_batch)
     scorers = {"student_int8": int8, INT8_ANTIALIASED: int8, **floats}
+    sampled = [*floats, INT8_ANTIALIASED]
     return stream_scores(
         dataset_dir,
         "test",
         scorers,
-        None if rows is None else dict.fromkeys(floats, rows),
+        None if rows is None else dict.fromkeys(sampled, rows),
         resizes={INT8_ANTIALIASED: ANTIALIASED},
     )
 
@@ -155,8 +156,8 @@ def sample_block(
         "limit": int(limit),
         "key": COMPARE_KEY,
         "sample": f"seeded sample without replacement (seed {SAMPLE_SEED})" if sampled else "every image",
-        "covers": "compare (teacher, float student and INT8 model on the same images) and the distillation block; "
-        "test (the INT8 model at its thresholds) covers every test image",
+        "covers": "compare (teacher, float student and INT8 model on the same images), app_path and the "
+        "distillation block; test (the INT8 model at its thresholds) covers every test image",
     }
 
 
@@ -166,7 +167,7 @@ def sample_sentence(block: dict[str, Any]) -> str:
     val = "" if block["val"] is None else f" and {block['val']:,} of {block['val_split']:,} validation images"
     how = "all of them" if block["sample"] == "every image" else f"a {block['sample']}"
     return (
-        f"The comparison of models and the distillation block cover {test}{val} ({how}; config key "
+        f"The comparison of models, the app path's figures and the distillation block cover {test}{val} ({how}; config key "
         f"{block['key']}: {block['limit']}); the INT8 model's test figures cover every test image.\n"
     )
 
@@ -287,11 +288,12 @@ def run(
     ImageClassifier. report.html shows it all with plots; training curves come from the model
     folders' metrics files (QAT's with ``qat_dir``).
 
-    The INT8 model scores every test image, through the app's documented input path ("test")
-    and through an antialiased resize of the same decoded image ("app_path"); the float models
-    (teacher, students) score a seeded sample of at most ``config.thresholds.compare_images``
-    test images, and the students as many validation images (for their own thresholds):
-    ``comparison_images`` in metrics.json says how many (every image of a smaller split)."""
+    The INT8 model scores every test image through the app's documented input path ("test");
+    the float models (teacher, students) and the INT8 model fed by an antialiased resize of the
+    same decoded images ("app_path", beside the documented path's figure on those images) score
+    a seeded sample of at most ``config.thresholds.compare_images`` test images, and the students
+    as many validation images (for their own thresholds): ``comparison_images`` in metrics.json
+    says how many (every image of a smaller split)."""
     started = time.perf_counter()
     limit = config.thresholds.compare_images
     out = Path(out_dir)
@@ -327,7 +329,7 @@ def run(
         "latency_ms": latency,
         "thresholds_strategy": recommendation["strategy"],
         "classes": facts.classes,
-        "app_path": app_path_block(labels, scores, all_scores[INT8_ANTIALIASED], tflite.image_size),
+        "app_path": app_path_block(compared, scores[test_rows], all_scores[INT8_ANTIALIASED], tflite.image_size),
     }
     val_rows = comparison_rows(facts.num_val, limit)  # scored with a selection (both students) only
     metrics["comparison_images"] = sample_block(
