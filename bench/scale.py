@@ -140,7 +140,7 @@ def make_models(work: Path, num_classes: int) -> dict[str, Path]:
     for name, val_map in (("baseline", 0.5), ("distilled", 0.6)):  # the distilled one ships
         build_student(num_classes, STUDENT_SIZE).save(dirs[name] / StudentModel.CHECKPOINT)
         write_json(dirs[name] / StudentModel.METRICS, {"metrics": {"val_map": val_map}, "alpha": 0.5, "history": {}})
-    select_student.run(load_bench_config(), dirs["distilled"], dirs["baseline"], dirs["student"])
+    select_student.run(dirs["distilled"], dirs["baseline"], dirs["student"])
     student = keras.models.load_model(dirs["student"] / StudentModel.CHECKPOINT, compile=False)
     representative = np.random.default_rng(0).uniform(0, 255, (32, STUDENT_SIZE, STUDENT_SIZE, 3)).astype(np.float32)
     (dirs["tflite"] / ExportedModel.MODEL).write_bytes(convert_int8(quantize(student), representative))
