@@ -1,12 +1,14 @@
 """The app's input path: MediaPipe's resize (against MediaPipe's own tensors and a plain reference),
-decoding (EXIF orientation, modes to RGB), the originals' manifest written by prepare_dataset, and
-evaluation reading the originals where they live."""
+the app's pre-scale (against a plain reference and docs/app.md's snippet), decoding (EXIF
+orientation, modes to RGB), the originals' manifest written by prepare_dataset, and evaluation
+reading the originals where they live."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +21,18 @@ from mobiletag.artifacts import Dataset
 from mobiletag.data.dataset import index_dataset
 from mobiletag.data.tfrecords import build_tfrecords, originals_of, read_stats
 from mobiletag.errors import DataError
-from mobiletag.export.app_input import app_image, app_pixels, mediapipe_resize
-from mobiletag.export.inference_config import RESIZE, build_inference_config, eval_pixels, iter_eval_batches
+from mobiletag.export.app_input import app_image, app_pixels, app_resize, mediapipe_resize, prescale
+from mobiletag.export.inference_config import (
+    PRESCALE,
+    RESIZE,
+    build_inference_config,
+    eval_pixels,
+    iter_eval_batches,
+)
 from mobiletag.storage import bytes_crc32c
 
 GOLDEN = Path(__file__).parent / "data" / "mediapipe_resize_golden.npz"  # see make_mediapipe_golden.py there
+APP_DOC = Path(__file__).parents[2] / "docs" / "app.md"
 
 
 def plain_bilinear(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
@@ -45,6 +54,22 @@ def plain_bilinear(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
             )
             out[y, x] = (acc * 32 + (1 << 14)) >> 15
     return out
+
+
+def plain_prescale(image: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """The pre-scale as a person would write it from inference_config.json's words: blocks of
+    kx = W // out_w by ky = H // out_h pixels (at least 1), the leftovers a last smaller block,
+    each channel's mean rounded half up in integers."""
+    h, w = image.shape[:2]
+    kx, ky = max(1, w // out_w), max(1, h // out_h)
+    pixels = image.reshape(h, w, -1).astype(np.int64)
+    out = np.zeros((-(-h // ky), -(-w // kx), pixels.shape[2]), np.uint8)
+    for by in range(out.shape[0]):
+        for bx in range(out.shape[1]):
+            block = pixels[by * ky : (by + 1) * ky, bx * kx : (bx + 1) * kx]
+            n = block.shape[0] * block.shape[1]
+            out[by, bx] = (block.sum(axis=(0, 1)) + n // 2) // n
+    return out.reshape(out.shape[0], out.shape[1], *image.shape[2:])
 
 
 def png(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
@@ -95,7 +120,67 @@ def test_resize_facts():
         mediapipe_resize(rgb, 0, 15)
 
 
-# === Decoding ===
+# === The app's pre-scale ===
+
+
+@pytest.mark.parametrize(
+    ("source", "out"),
+    [
+        ((900, 1200), (64, 64)),  # a generated phone photo for fast.yaml's student: 18 x 14 blocks, leftovers
+        ((480, 640), (40, 40)),  # exact blocks: 16 x 12
+        ((50, 300), (32, 32)),  # one axis reduced (kx 9), the other kept (50 < 2 * 32)
+        ((7, 5), (40, 40)),  # smaller than the input: the image as it is
+        ((97, 131), (3, 2)),
+    ],
+)
+def test_prescale_equals_a_plain_reference(source, out):
+    rgb = np.random.default_rng(sum(source)).integers(0, 256, (*source, 3), dtype=np.uint8)
+    got = prescale(rgb, *out)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, plain_prescale(rgb, *out))
+    np.testing.assert_array_equal(prescale(rgb[..., 0], *out), plain_prescale(rgb[..., 0], *out))  # grey
+    rgba = np.concatenate([rgb, rgb[..., :1]], axis=2)
+    np.testing.assert_array_equal(prescale(rgba, *out), plain_prescale(rgba, *out))
+
+
+def test_prescale_facts():
+    rgb = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    assert prescale(rgb, 40, 30) is rgb  # less than twice the input on both axes: untouched
+    reduced = prescale(rgb, 35, 15)  # kx 2, ky 3
+    assert reduced.shape == (15, 35, 3)
+    np.testing.assert_array_equal(reduced[4, 7], (rgb[12:15, 14:16].sum(axis=(0, 1)) + 3) // 6)
+    halves = np.array([[[0], [1]], [[0], [0]], [[1], [2]]], np.uint8)  # 3 x 2, one channel
+    np.testing.assert_array_equal(prescale(halves, 1, 1), [[[1]]])  # 4 / 6 rounds to 1
+    np.testing.assert_array_equal(prescale(halves[:2], 1, 1), [[[0]]])  # 1 / 4 rounds to 0
+    np.testing.assert_array_equal(prescale(np.array([[0, 1]], np.uint8), 1, 1), [[1]])  # 1 / 2: half up
+    small = np.arange(35, dtype=np.uint8).reshape(5, 7)
+    leftovers = prescale(small, 3, 2)  # kx 2, ky 2: the last column and row of blocks are one pixel wide
+    assert leftovers.shape == (3, 4) and leftovers[2, 3] == small[4, 6]
+    photo = np.zeros((900, 1200, 3), np.uint8)
+    for size in (64, 96, 240):
+        height, width = prescale(photo, size, size).shape[:2]  # MediaPipe then resizes by a factor in [1, 2)
+        assert size <= height < 2 * size and size <= width < 2 * size
+    with pytest.raises(ValueError, match="0x15"):
+        prescale(rgb, 0, 15)
+
+
+def test_app_resize_is_the_prescale_then_mediapipe_resize():
+    rgb = np.random.default_rng(3).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(app_resize(rgb, 32, 24), mediapipe_resize(plain_prescale(rgb, 32, 24), 32, 24))
+    small = rgb[:40, :50]
+    np.testing.assert_array_equal(app_resize(small, 32, 24), mediapipe_resize(small, 32, 24))
+
+
+def test_the_python_snippet_in_docs_is_the_prescale():
+    """docs/app.md's Python pre-scale, run as it is written there, gives prescale's bytes."""
+    blocks = re.findall(r"```python\n(.*?)```", APP_DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+    code = next(b for b in blocks if "def prescale(" in b)
+    namespace: dict = {}
+    exec(code[code.index("def prescale(") :].split("\n\n\n")[0], {"np": np}, namespace)
+    rng = np.random.default_rng(5)
+    for source, out in (((900, 1200), (64, 64)), ((131, 97), (32, 32)), ((20, 30), (32, 32))):
+        rgb = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(namespace["prescale"](rgb, *out), prescale(rgb, *out))
 
 
 def test_exif_orientation_is_applied():
@@ -112,7 +197,7 @@ def test_exif_orientation_is_applied():
     np.testing.assert_array_equal(upright, np.rot90(app_image(plain.getvalue()), k=-1))
     assert upright[2:8, -4:, 0].min() > 200 and upright[-8:, :8, 0].max() < 30  # the red corner is now top right
     config = {"input": {"shape": [1, 8, 4, 3]}}
-    np.testing.assert_array_equal(app_pixels(turned.getvalue(), config), mediapipe_resize(upright, 4, 8))
+    np.testing.assert_array_equal(app_pixels(turned.getvalue(), config), app_resize(upright, 4, 8))
 
 
 def test_modes_become_rgb():
@@ -141,6 +226,8 @@ def test_inference_config_documents_the_input_path():
     section = config["input"]
     assert section["resize"] == RESIZE
     assert RESIZE == "bilinear as MediaPipe Tasks (OpenCV warpPerspective, no antialiasing, no crop or padding)"
+    assert section["prescale"] == PRESCALE and "kx = W // width, ky = H // height" in PRESCALE
+    assert "(sum + n // 2) // n" in PRESCALE and "kx = W // 32, ky = H // 24" in section["how_to"]
     assert section["exif_orientation"].startswith("applied")
     assert "alpha dropped" in section["decode"] and "top-left aligned" in section["resize_sampling"]
     assert "32x24" in section["how_to"] and "feed the pixels as they are" in section["how_to"]
@@ -199,15 +286,18 @@ def test_manifest_lists_the_originals_where_they_live_in_record_order(tfrecord_d
 
 
 def test_evaluation_reads_the_originals(large_dataset):
+    """At 40 px the app's pre-scale averages 16 x 12 blocks of the 640x480 originals; at 400 px
+    (no pre-scale) the 1-px checkerboard reaches the pixels, which the records' copies lost."""
     root, dataset = large_dataset
-    (pixels,), labels, paths = eval_pixels(dataset, "test", [40])
-    config = {"input": {"shape": [1, 40, 40, 3]}}
-    want = np.stack([app_pixels((root / "images" / p).read_bytes(), config) for p in paths])
-    np.testing.assert_array_equal(pixels.astype(np.uint8), want)
-    (stored,), stored_labels, stored_paths = eval_pixels(dataset, "test", [40], source="records")
+    (pixels, large), labels, paths = eval_pixels(dataset, "test", [40, 400])
+    for size, got in ((40, pixels), (400, large)):
+        config = {"input": {"shape": [1, size, size, 3]}}
+        want = np.stack([app_pixels((root / "images" / p).read_bytes(), config) for p in paths])
+        np.testing.assert_array_equal(got.astype(np.uint8), want)
+    (stored,), stored_labels, stored_paths = eval_pixels(dataset, "test", [400], source="records")
     assert stored_paths == paths
     np.testing.assert_array_equal(stored_labels, labels)
-    assert np.abs(stored - pixels).mean() > 10  # the records' 37-px copies lost the detail
+    assert np.abs(stored - large).mean() > 10  # the records' 37-px copies lost the detail
     rotated = app_image((root / "images" / paths[1]).read_bytes())
     assert rotated.shape == (640, 480, 3)  # turned upright before the resize
 

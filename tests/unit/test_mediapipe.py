@@ -166,6 +166,46 @@ def test_image_classifier_gives_the_threshold_rule_and_our_map(tiny_model, tmp_p
 
 
 @pytest.mark.slow
+def test_image_classifier_with_the_prescale_gets_the_app_path(tiny_model, tmp_path):
+    """Images 12x the input through the documented app path: the tool pre-scales each decoded image
+    for the 32-px input (app_input.prescale) and MediaPipe resizes the result: our label set on
+    every image and our per-class AP, from the INT8 model on app_pixels. Without the pre-scale,
+    MediaPipe's resize of the whole image gives the INT8 model on mediapipe_resize's pixels."""
+    from PIL import Image
+
+    from mobiletag.export.app_input import app_image, app_pixels, mediapipe_resize
+    from mobiletag.export.litert import TFLiteModel
+    from mobiletag.training.metrics import per_class_ap
+
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(40):
+        smooth = Image.fromarray(rng.uniform(0, 255, size=(6, 8, 3)).astype(np.uint8)).resize((384, 288))
+        grain = rng.integers(-60, 61, size=(288, 384, 3))  # what MediaPipe's resize alone aliases
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(np.clip(np.asarray(smooth, np.int16) + grain, 0, 255).astype(np.uint8)).save(paths[-1])
+    model = tiny_model / "model_qat_int8.tflite"
+    int8 = TFLiteModel(model)
+    config = {"input": {"shape": [1, 32, 32, 3]}}
+    ours = int8.predict(np.stack([app_pixels(p.read_bytes(), config) for p in paths]).astype(np.float32))
+    plain = int8.predict(
+        np.stack([mediapipe_resize(app_image(p.read_bytes()), 32, 32) for p in paths]).astype(np.float32)
+    )
+    assert np.abs(ours - plain).max() > 0  # the two paths give the model other pixels
+    thresholds = [float(np.quantile(ours[:, c], 0.5)) for c in range(len(LABELS))]
+    out = tmp_path / "with_metadata.tflite"
+    summary = mediapipe.write_metadata(model, out, LABELS, thresholds, version="1", output=UINT8_OUT)
+    calibration = summary["calibration_thresholds"]
+    labels = (ours + rng.normal(0, 0.02, ours.shape) > np.median(ours, axis=0)).astype(np.float32)
+    assert labels.sum(axis=0).min() > 0
+    for prescale_to, want in (((32, 32), ours), (None, plain)):
+        result = mediapipe.classify(out, paths, prescale_to=prescale_to)
+        assert np.array_equal(result.decisions(len(LABELS)).astype(bool), want >= np.array(thresholds)[None, :])
+        assert np.max(np.abs(mediapipe.raw_probabilities(result.scores, calibration) - want)) < 1e-4
+        np.testing.assert_allclose(per_class_ap(labels, result.scores), per_class_ap(labels, want), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_the_tool_reports_unreadable_images(tiny_model, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")

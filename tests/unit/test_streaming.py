@@ -18,7 +18,7 @@ from mobiletag.config import ThresholdsConfig
 from mobiletag.evaluation import thresholds as thresholds_module
 from mobiletag.evaluation.metrics import classification_metrics, ranking_metrics
 from mobiletag.evaluation.thresholds import SortedScores, grid, optimize_thresholds
-from mobiletag.export.app_input import mediapipe_resize
+from mobiletag.export.app_input import mediapipe_resize, prescale
 from mobiletag.export.inference_config import eval_pixels, iter_eval_batches
 from mobiletag.export.litert import BATCH, TFLiteModel
 from mobiletag.export.tflite import convert_int8, verify_export
@@ -60,13 +60,14 @@ def brute_optimize(labels, scores, classes, cfg, monkeypatch) -> dict:
 
 
 def full_array_pixels(
-    dataset_dir: Path, split: str, sizes: list[int], images_root: Path | None = None
+    dataset_dir: Path, split: str, sizes: list[int], images_root: Path | None = None, antialiased: bool = False
 ) -> tuple[list[np.ndarray], np.ndarray, list]:
     """The former eval_pixels: the whole split decoded into float32 arrays, one record at a time.
 
     With ``images_root`` the pixels come from the source files there (the app's input path:
-    PIL, EXIF orientation, RGB, MediaPipe's resize), as evaluation now reads them; without it,
-    from the records' stored JPEGs.
+    PIL, EXIF orientation, RGB, the app's pre-scale, MediaPipe's resize), as evaluation now
+    reads them; without it, from the records' stored JPEGs. ``antialiased``: PIL's antialiased
+    bilinear resize straight to each size instead of the pre-scale and MediaPipe's resize.
     """
     from mobiletag.data.tf_input import list_shards
 
@@ -84,10 +85,22 @@ def full_array_pixels(
         with Image.open(io.BytesIO(data)) as image:
             rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         for per_size, size in zip(images, sizes, strict=True):
-            per_size.append(mediapipe_resize(rgb, size, size).astype(np.float32))
+            if antialiased:
+                pixels = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+            else:
+                pixels = mediapipe_resize(prescale(rgb, size, size), size, size)
+            per_size.append(pixels.astype(np.float32))
         labels.append(tf.sparse.to_dense(ex["image/labels"]).numpy())
         paths.append(path)
     return [np.stack(p) for p in images], np.stack(labels).astype(np.float32), paths
+
+
+def traced_keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np.ndarray:
+    """evaluate's traced scorer on the reference pixels: the float models' figures are checked on
+    it. Its scores lie within 1e-5 of the eager ones (checked), but two test images whose eager
+    teacher scores differ by one float32 step tie in the traced graph, which moves that class's
+    AP (by 0.014 on the sample's test split at 40 px)."""
+    return evaluate.keras_scorer(model, normalise)[1](images)
 
 
 def full_array_keras_scores(model: keras.Model, images: np.ndarray, normalise: bool) -> np.ndarray:
@@ -272,16 +285,33 @@ def test_stages_equal_the_full_array_results(exported, tfrecord_dir, sample_dir,
     student = keras.models.load_model(exported["student"] / StudentModel.CHECKPOINT, compile=False)
     thresholds = {name: entry["threshold"] for name, entry in recommendation["classes"].items()}
     _assert_close(metrics["test"], classification_metrics(labels, scores, classes, thresholds), "test")
+    # the app path's block: the same INT8 model fed by PIL's antialiased resize of the same originals
+    (smooth,), _, _ = full_array_pixels(tfrecord_dir, "test", [STUDENT_SIZE], sample_dir / "images", antialiased=True)
+    smooth_scores = model.predict(smooth)
+    documented, antialiased = (ranking_metrics(labels, s)["map_macro"] for s in (scores, smooth_scores))
+    block = metrics["app_path"]
+    assert (block["documented"], block["antialiased"]) == (documented, antialiased)
+    assert documented == metrics["test"]["map_macro"]
+    assert block["gap"] == round(antialiased - documented, 4) and block["num_images"] == len(labels)
+    assert f"gap {block['gap']}" in (exported["evaluate"] / Evaluation.REPORT_MD).read_text()
+    assert f'data-key="app_path.gap">{block["gap"]}<' in (exported["evaluate"] / Evaluation.REPORT_HTML).read_text()
     want_scores = {
         "teacher": full_array_keras_scores(teacher, teacher_images, normalise=False),
         "student": full_array_keras_scores(student, images, normalise=True),
         "student_int8": scores,
     }
-    _assert_close(metrics["compare"], {k: ranking_metrics(labels, v) for k, v in want_scores.items()}, "compare")
+    traced = {
+        "teacher": traced_keras_scores(teacher, teacher_images, normalise=False),
+        "student": traced_keras_scores(student, images, normalise=True),
+        "student_int8": scores,
+    }
+    _assert_close(metrics["compare"], {k: ranking_metrics(labels, v) for k, v in traced.items()}, "compare")
     streamed, _, _ = evaluate.score_test_split(tfrecord_dir, model, teacher, {"student": student})
     np.testing.assert_array_equal(streamed["student_int8"], scores)
+    np.testing.assert_array_equal(streamed[evaluate.INT8_ANTIALIASED], smooth_scores)
     for name in ("teacher", "student"):  # traced float models: within 1e-5 of eager calls
         np.testing.assert_allclose(streamed[name], want_scores[name], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(traced[name], want_scores[name], rtol=0, atol=1e-5)
     saved = np.load(exported["evaluate"] / Evaluation.TEST_SCORES)
     assert saved.dtype == np.float32
     np.testing.assert_array_equal(saved, scores)
@@ -317,15 +347,18 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
         (folder / StudentModel.METRICS).write_text(f'{{"metrics": {{"val_map": {val_map}}}, "alpha": 0.7}}')
     select_student.run(fast_config, tmp_path / "distilled", tmp_path / "baseline", tmp_path / "selected")
     decoded: dict[int, int] = {}  # resizes per size: one per image and size it is scored at
-    resize = inference_config.mediapipe_resize
+    resize, smooth = inference_config.app_resize, inference_config.antialiased_resize
 
     def counting(rgb, width, height):
         decoded[width] = decoded.get(width, 0) + 1
         return resize(rgb, width, height)
 
-    opened = []
+    opened, smoothed = [], []
     app_image = inference_config.app_image
-    monkeypatch.setattr(inference_config, "mediapipe_resize", counting)
+    monkeypatch.setattr(inference_config, "app_resize", counting)
+    monkeypatch.setattr(
+        inference_config, "antialiased_resize", lambda rgb, w, h: smoothed.append(w) or smooth(rgb, w, h)
+    )
     monkeypatch.setattr(inference_config, "app_image", lambda data: opened.append(1) or app_image(data))
     config = dataclasses.replace(fast_config, thresholds=dataclasses.replace(fast_config.thresholds, compare_images=k))
     out = tmp_path / "evaluate"
@@ -335,6 +368,7 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
     )  # fmt: skip
     # test: every image at the INT8 size, the sample also at the teacher's; validation: the sample only
     assert decoded == {STUDENT_SIZE: num_test + k, TEACHER_SIZE: k} and len(opened) == num_test + k
+    assert smoothed == [STUDENT_SIZE] * k  # the INT8 model's antialiased view of the sample, from the same decode
     rows = evaluate.comparison_rows(num_test, k)
     assert len(rows) == len(set(rows)) == k and list(rows) == sorted(rows) and rows[-1] < num_test
     np.testing.assert_array_equal(rows, evaluate.comparison_rows(num_test, k))  # seeded: the same images
@@ -359,7 +393,16 @@ def test_evaluate_scores_the_float_models_on_a_seeded_sample(
         "student": full_array_keras_scores(student, images[rows], normalise=True),
         "student_int8": scores[rows],
     }
-    _assert_close(metrics["compare"], {k: ranking_metrics(labels[rows], v) for k, v in want_scores.items()}, "compare")
+    traced = {
+        "teacher": traced_keras_scores(teacher, teacher_images[rows], normalise=False),
+        "student": traced_keras_scores(student, images[rows], normalise=True),
+        "student_int8": scores[rows],
+    }
+    for name in ("teacher", "student"):
+        np.testing.assert_allclose(traced[name], want_scores[name], rtol=0, atol=1e-5)
+    _assert_close(metrics["compare"], {k: ranking_metrics(labels[rows], v) for k, v in traced.items()}, "compare")
+    app_path = metrics["app_path"]  # on the sample: the documented path's figure is the INT8 model's in compare
+    assert (app_path["documented"], app_path["num_images"]) == (metrics["compare"]["student_int8"]["map_macro"], k)
     block = metrics["distillation"]
     for name in ("distilled", "baseline"):
         assert block["students"][name]["test"]["num_images"] == block["students"][name]["val"]["num_images"] == k

@@ -80,6 +80,8 @@ def mediapipe_block(
     )
     return {
         "client": f"MediaPipe Tasks ImageClassifier (mediapipe {summary.get('mediapipe_version')}), default options",
+        # the (width, height) the tool pre-scaled each decoded image for, as the documented app path does
+        "prescale_to": summary.get("prescale_to"),
         "num_images": len(paths),
         **ranking,
         "f1_macro": by_sets["f1_macro"],

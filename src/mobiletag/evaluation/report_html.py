@@ -2,10 +2,10 @@
 CSS, no script, no request leaves it).
 
 In the order a reviewer reads: the headline (INT8 test figures, size, latency, which student
-shipped and why, MediaPipe's agreement); per class the precision-recall curve with the shipped
-threshold's operating point and the validation and test score histograms of positives and
-negatives with the threshold line; the worst test errors per class as thumbnails of the
-original images; the training curves; the comparison table.
+shipped and why, the app path against an antialiased resize, MediaPipe's agreement); per class
+the precision-recall curve with the shipped threshold's operating point and the validation and
+test score histograms of positives and negatives with the threshold line; the worst test
+errors per class as thumbnails of the original images; the training curves; the comparison table.
 
 Built from saved arrays (scores, labels) and the stages' JSON files: no model runs here. Its
 cost is the plots (two per class) and the gallery's thumbnails (up to ``2 * GALLERY_PER_KIND``
@@ -155,6 +155,16 @@ def _headline(data: ReportData) -> str:
     else:
         parts.append(
             _note("Shipped student: the one student of this run (no distillation block: no selection between two).")
+        )
+    app = m.get("app_path")
+    if app:
+        parts.append(
+            f'<p id="app-path">App input path ({_e(app.get("num_images"))} test images): macro mAP '
+            f'<b data-key="app_path.documented">{_e(app.get("documented"))}</b> through the documented path (the '
+            "app's pre-scale, then MediaPipe's resize), "
+            f'<span data-key="app_path.antialiased">{_e(app.get("antialiased"))}</span> fed by an antialiased resize '
+            f'straight to the input size: gap <b data-key="app_path.gap">{_e(app.get("gap"))}</b> '
+            f"({_e(app.get('goal'))}).</p>"
         )
     mp = m.get("mediapipe")
     if mp:

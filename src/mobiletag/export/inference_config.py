@@ -19,7 +19,7 @@ from PIL import Image
 from mobiletag.artifacts import Dataset, OutputFolder
 from mobiletag.data.originals import Original, read_original
 from mobiletag.errors import DataError
-from mobiletag.export.app_input import app_image, mediapipe_resize
+from mobiletag.export.app_input import antialiased_resize, app_image, app_resize
 from mobiletag.export.litert import TFLiteModel
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [B, size, size, 3] -> probabilities [B, C]
@@ -28,6 +28,17 @@ EVAL_BATCH = 64
 Source = Literal["originals", "records"]
 SOURCES: tuple[str, ...] = ("originals", "records")
 RESIZE = "bilinear as MediaPipe Tasks (OpenCV warpPerspective, no antialiasing, no crop or padding)"
+PRESCALE = (
+    "before MediaPipe, average blocks of kx x ky pixels of the upright image, kx = W // width, ky = H // height "
+    "(at least 1; an image less than twice the input size on an axis keeps that axis), each channel rounded half "
+    "up: (sum + n // 2) // n over the n pixels of the block; the last column and row of blocks average the pixels "
+    "left over. The result is ceil(W / kx) x ceil(H / ky) pixels, which MediaPipe resizes to the input size"
+)
+# How a split's images become pixels: the documented app path (app_resize), or the reference
+# antialiased resize straight to the input size (antialiased_resize) that evaluate compares it with.
+APP, ANTIALIASED = "app", "antialiased"
+RESIZES: tuple[str, ...] = (APP, ANTIALIASED)
+View = tuple[int, str]  # (input size, one of RESIZES)
 
 
 def build_inference_config(
@@ -47,6 +58,7 @@ def build_inference_config(
                 "(grey replicated, palette expanded, alpha dropped)"
             ),
             "exif_orientation": "applied (the image is turned upright before resizing)",
+            "prescale": PRESCALE,
             "resize": RESIZE,
             "resize_sampling": (
                 "output pixel (x, y) samples the input at (x * W / width, y * H / height), top-left aligned; "
@@ -57,16 +69,20 @@ def build_inference_config(
             "normalization": "none: feed pixel values; the model normalises (x - 127) / 128 inside",
             "quantization": {"scale": inp.scale, "zero_point": inp.zero_point},
             "how_to": (
-                "decode to RGB, apply EXIF orientation, resize the whole image to "
+                "decode to RGB, apply EXIF orientation, pre-scale (prescale: the mean of kx x ky blocks, "
+                f"kx = W // {width}, ky = H // {height}), resize the whole image to "
                 f"{width}x{height} with MediaPipe Tasks' bilinear (no antialiasing), then "
                 + (
                     "feed the pixels as they are"
                     if inp.dtype == "uint8" and inp.scale == 1.0 and inp.zero_point == 0
                     else "quantize: q = round(pixel / scale + zero_point)"
                 )
-                + "; MediaPipe Tasks' ImageClassifier does exactly this"
+                + "; the app pre-scales and hands the result to MediaPipe Tasks' ImageClassifier, which does the rest"
             ),
-            "reference": "mobiletag.export.app_input.app_pixels (a numpy port of MediaPipe's CPU preprocessing)",
+            "reference": (
+                "mobiletag.export.app_input.app_pixels (the pre-scale and a numpy port of MediaPipe's CPU "
+                "preprocessing); docs/app.md has the pre-scale in Kotlin and Python"
+            ),
         },
         "output": {
             "shape": out.shape,
@@ -81,6 +97,16 @@ def build_inference_config(
     }
 
 
+def _view_pixels(rgb: np.ndarray, view: View) -> np.ndarray:
+    """The upright RGB image as one view's pixels [size, size, 3]."""
+    size, resize = view
+    if resize == APP:
+        return app_resize(rgb, size, size)
+    if resize == ANTIALIASED:
+        return antialiased_resize(rgb, size, size)
+    raise ValueError(f"_view_pixels: resize {resize!r} is not one of {', '.join(RESIZES)}")
+
+
 @dataclass(frozen=True)
 class EvalBatch:
     """A batch of a split as an app sees it: uint8 pixels [B, size, size, 3] per requested
@@ -91,14 +117,14 @@ class EvalBatch:
     paths: list[str]
 
 
-Decoded = tuple[dict[int, np.ndarray], list[float], str]  # app pixels by size, labels, path
+Decoded = tuple[dict[View, np.ndarray], list[float], str]  # pixels by view, labels, path
 
 
-def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) -> Decoded:
-    """One serialized tf.train.Example -> app pixels at every size (decoded once), labels, path.
+def _decode_record(raw: bytes, views: Sequence[View], original: Original | None) -> Decoded:
+    """One serialized tf.train.Example -> pixels of every view (decoded once), labels, path.
 
     The pixels come from ``original`` (the source file, read where it lives and checked against
-    the dataset's manifest) when given, else from the record's stored JPEG. With no ``sizes``
+    the dataset's manifest) when given, else from the record's stored JPEG. With no ``views``
     the image is neither read nor decoded (labels and path only).
     """
     from tensorflow.core.example.example_pb2 import Example
@@ -111,7 +137,7 @@ def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) 
             f"{original.filepath} in the manifest): the dataset is inconsistent; re-run prepare_dataset"
         )
     labels = list(feature["image/labels"].float_list.value)
-    if not sizes:
+    if not views:
         return {}, labels, path
     data = read_original(original) if original is not None else feature["image/encoded"].bytes_list.value[0]
     try:
@@ -119,21 +145,21 @@ def _decode_record(raw: bytes, sizes: Sequence[int], original: Original | None) 
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         where = original.describe() if original is not None else f"the stored image of {path}"
         raise DataError(f"{where} cannot be decoded: {exc}; re-run prepare_dataset") from exc
-    return {size: mediapipe_resize(rgb, size, size) for size in sizes}, labels, path
+    return {view: _view_pixels(rgb, view) for view in views}, labels, path
 
 
 def _decoded_records(
     dataset_dir: str | Path,
     split: str,
-    sizes_of: Callable[[int], Sequence[int]],
+    views_of: Callable[[int], Sequence[View]],
     *,
     window: int,
     limit: int | None = None,
     workers: int | None = None,
     source: Source = "originals",
 ) -> Iterator[tuple[int, Decoded]]:
-    """(record index, decoded record) of a split in record order; record ``i`` decoded at
-    ``sizes_of(i)`` (none: not read). Decoding runs on ``workers`` threads with at most
+    """(record index, decoded record) of a split in record order; record ``i`` decoded into the
+    views ``views_of(i)`` (none: not read). Decoding runs on ``workers`` threads with at most
     ``window`` records in flight."""
     import tensorflow as tf
 
@@ -159,7 +185,7 @@ def _decoded_records(
                 f"{dataset_dir}: the {split} split has more records than original images "
                 f"({len(files)}); the dataset is inconsistent: re-run prepare_dataset"
             )
-        return i, pool.submit(_decode_record, raw, sizes_of(i), None if files is None else files[i])
+        return i, pool.submit(_decode_record, raw, views_of(i), None if files is None else files[i])
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode") as pool:
         pending = deque(submit(pool, i, raw) for i, raw in itertools.islice(records, window))
@@ -188,8 +214,8 @@ def iter_eval_batches(
     """Stream a split's images through the app input path, in record order, ``batch_size`` at a time.
 
     Every image goes through :func:`mobiletag.export.app_input.app_image` (PIL decode at full
-    resolution, EXIF orientation, RGB) and :func:`~mobiletag.export.app_input.mediapipe_resize`
-    (MediaPipe Tasks' whole-image bilinear): the pixels an app feeds the model.
+    resolution, EXIF orientation, RGB) and :func:`~mobiletag.export.app_input.app_resize` (the
+    app's pre-scale, then MediaPipe Tasks' whole-image bilinear): the pixels an app feeds the model.
     ``source="originals"`` (the default; evaluation, threshold search) reads the source files
     where they live (val and test splits; the dataset's ``originals.json`` says where), each
     checked against the size and CRC32C prepare_dataset recorded;
@@ -200,18 +226,18 @@ def iter_eval_batches(
     releases the GIL) with a bounded window of records in flight, so memory is O(batch), not
     O(split): the caller keeps only what it computes from each batch (scores).
     """
-    sizes = [int(s) for s in sizes]
+    views = [(int(s), APP) for s in sizes]
 
     def emit(done: list[Decoded]) -> EvalBatch:
         return EvalBatch(
-            pixels=[np.stack([d[0][size] for d in done]) for size in sizes],
+            pixels=[np.stack([d[0][view] for d in done]) for view in views],
             labels=np.asarray([d[1] for d in done], dtype=np.float32),
             paths=[d[2] for d in done],
         )
 
     done: list[Decoded] = []
     records = _decoded_records(
-        dataset_dir, split, lambda _: sizes, window=batch_size, limit=limit, workers=workers, source=source
+        dataset_dir, split, lambda _: views, window=batch_size, limit=limit, workers=workers, source=source
     )
     for _, decoded in records:
         done.append(decoded)
@@ -227,26 +253,33 @@ def stream_scores(
     split: str,
     scorers: dict[str, tuple[int, Scorer]],
     rows: dict[str, np.ndarray] | None = None,
+    resizes: dict[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """Stream a split once through every model: ``scorers`` maps a name to (input size, scorer).
 
     ``rows`` maps a scorer's name to the record indices it scores (ascending); a scorer not named
-    there scores every image. Each image is decoded once, at the sizes of the scorers that score
-    it (an image none scores is not read), and its pixels are dropped once those scorers have
-    seen them: memory holds the scores per model ([len(rows[name]) or N, C], in record order),
-    the labels [N, C] and the N paths of every record.
+    there scores every image. ``resizes`` maps a scorer's name to how its pixels are made (one of
+    ``RESIZES``); a scorer not named there gets the app's path (``APP``). Each image is decoded
+    once, into the views (size, resize) of the scorers that score it (an image none scores is not
+    read), and its pixels are dropped once those scorers have seen them: memory holds the scores
+    per model ([len(rows[name]) or N, C], in record order), the labels [N, C] and the N paths of
+    every record.
     """
-    rows = rows or {}
-    unknown = sorted(set(rows) - set(scorers))
+    rows, resizes = rows or {}, resizes or {}
+    unknown = sorted((set(rows) | set(resizes)) - set(scorers))
     if unknown:
-        raise ValueError(f"stream_scores: rows name no scorer: {', '.join(unknown)}")
+        raise ValueError(f"stream_scores: rows or resizes name no scorer: {', '.join(unknown)}")
+    wrong = sorted(f"{name}: {r!r}" for name, r in resizes.items() if r not in RESIZES)
+    if wrong:
+        raise ValueError(f"stream_scores: resizes must be one of {', '.join(RESIZES)}; got {', '.join(wrong)}")
     chosen = {name: frozenset(int(i) for i in rows[name]) for name in rows}
+    view = {name: (size, resizes.get(name, APP)) for name, (size, _) in scorers.items()}
 
     def scores_row(name: str, i: int) -> bool:
         return name not in chosen or i in chosen[name]
 
-    def sizes_of(i: int) -> list[int]:
-        return sorted({size for name, (size, _) in scorers.items() if scores_row(name, i)})
+    def views_of(i: int) -> list[View]:
+        return sorted({view[name] for name in scorers if scores_row(name, i)})
 
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     waiting: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
@@ -258,10 +291,10 @@ def stream_scores(
             scores[name].append(scorers[name][1](np.stack(waiting[name])))
             waiting[name] = []
 
-    for i, (pixels, row_labels, path) in _decoded_records(dataset_dir, split, sizes_of, window=EVAL_BATCH):
-        for name, (size, _) in scorers.items():
+    for i, (pixels, row_labels, path) in _decoded_records(dataset_dir, split, views_of, window=EVAL_BATCH):
+        for name in scorers:
             if scores_row(name, i):
-                waiting[name].append(pixels[size])
+                waiting[name].append(pixels[view[name]])
                 if len(waiting[name]) == EVAL_BATCH:
                     flush(name)
         labels.append(row_labels)

@@ -245,7 +245,7 @@ class Classified:
     Attributes:
         scores: calibrated scores [N, C] (float32, label order), every category.
         label_sets: per image, the label indices returned with the model's default options.
-        timings: milliseconds per image for decoding and for classify.
+        timings: milliseconds per image for decoding (with the pre-scale, when asked) and for classify.
     """
 
     scores: np.ndarray
@@ -264,12 +264,20 @@ Image = tuple[str, bytes]  # (name for messages, the image file's bytes)
 
 
 def classify(
-    model: str | Path, images: Iterable[str | Path | Image], interpreter: str | Path | None = None
+    model: str | Path,
+    images: Iterable[str | Path | Image],
+    interpreter: str | Path | None = None,
+    *,
+    prescale_to: tuple[int, int] | None = None,
 ) -> Classified:
     """Run MediaPipe's ImageClassifier (the model's metadata, default options) over images: file
     paths, or (name, file bytes) pairs. They stream to the tool through a pipe one at a time, so
     an iterator that reads each file when asked (``iter_originals``) keeps a few images in memory
-    and nothing on disk; an error it raises stops the tool and is raised here."""
+    and nothing on disk; an error it raises stops the tool and is raised here.
+
+    ``prescale_to``: the model input's (width, height): the tool pre-scales each decoded image
+    for it as the documented app path does (:func:`mobiletag.export.app_input.prescale`, the
+    same code) before ImageClassifier resizes it; None: ImageClassifier gets the decoded image."""
 
     def framed() -> Iterator[bytes]:
         for image in images:
@@ -286,7 +294,10 @@ def classify(
 
     with tempfile.TemporaryDirectory(prefix="mobiletag-mediapipe-") as tmp:
         out = Path(tmp) / "scores.npy"
-        summary = run_tool("classify", ["--model", str(model), "--stdin", "--out", str(out)], interpreter, framed())
+        args = ["--model", str(model), "--stdin", "--out", str(out)]
+        if prescale_to is not None:
+            args += ["--prescale-to", str(int(prescale_to[0])), str(int(prescale_to[1]))]
+        summary = run_tool("classify", args, interpreter, framed())
         scores = np.load(out)
         label_sets = json.loads(out.with_suffix(".labels.json").read_text(encoding="utf-8"))
     timings = {k: float(v) for k, v in summary.items() if k.endswith("_per_image")}

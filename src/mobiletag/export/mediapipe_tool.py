@@ -4,7 +4,9 @@ A standalone script, run BY PATH with the MediaPipe interpreter (``.venv-mediapi
 made by ``make install``; ``/opt/mediapipe/bin/python`` in images/mediapipe.Dockerfile). It
 imports only the standard library, numpy, PIL and ``mediapipe==0.10.21`` (the last release whose
 metadata writers work; it needs protobuf < 5, so it cannot share TensorFlow 2.21's environment),
-never ``mobiletag``. ``mobiletag.export.mediapipe`` calls it through a subprocess.
+never the ``mobiletag`` package: ``classify --prescale-to`` loads ``app_input.py`` (beside this
+file; numpy and PIL only) by path for the app's pre-scale. ``mobiletag.export.mediapipe`` calls
+it through a subprocess.
 
 Subcommands (each prints one JSON object on stdout; an error is one line on stderr, exit status 2):
 
@@ -20,12 +22,15 @@ Subcommands (each prints one JSON object on stdout; an error is one line on stde
 ``read-metadata --model M``
     The metadata as JSON and the associated files' text (labels, calibration).
 
-``classify --model M (--images I.json | --stdin) --out S.npy [--score-threshold X]``
+``classify --model M (--images I.json | --stdin) --out S.npy [--score-threshold X] [--prescale-to W H]``
     Runs ImageClassifier over the files listed in I.json (a JSON list of paths), or over the
     images framed on standard input (``--stdin``: per image, the name's length as 4 bytes
     big-endian, the name in UTF-8, the data's length as 8 bytes big-endian, the file's bytes;
     end of input ends the list: nothing is written to disk and one image is held at a time),
-    decoded as an app does (PIL, EXIF orientation applied, RGB). Writes S.npy: the calibrated scores [N, C]
+    decoded as an app does (PIL, EXIF orientation applied, RGB) and, with ``--prescale-to W H``
+    (the model's input width and height), pre-scaled as the documented app path does
+    (``app_input.prescale``: the mean of kx x ky blocks, kx = W_image // W, ky = H_image // H)
+    before ImageClassifier gets it. Writes S.npy: the calibrated scores [N, C]
     (float32, label order) with every category returned (score threshold 0), and
     ``S.labels.json``: per image, the label indices ImageClassifier returns with the model's
     default options (the metadata's score threshold, 0.5) or ``--score-threshold``.
@@ -36,6 +41,8 @@ Subcommands (each prints one JSON object on stdout; an error is one line on stde
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import io
 import json
 import math
@@ -191,6 +198,19 @@ def read_metadata(model: bytes) -> dict[str, Any]:
 # === ImageClassifier ===
 
 
+@functools.cache
+def _app_input() -> Any:
+    """mobiletag's ``app_input.py`` beside this file, loaded by path: the app's pre-scale, the
+    code evaluation runs (it imports only numpy and PIL)."""
+    path = _HERE / "app_input.py"
+    spec = importlib.util.spec_from_file_location("mobiletag_app_input", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ToolError(f"{path} is missing: the tool needs mobiletag's app_input.py beside it for --prescale-to")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def decode(name: str, data: bytes) -> np.ndarray:
     """An image file's bytes as an app decodes them: PIL, EXIF orientation applied, RGB (uint8 [H, W, 3])."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -248,11 +268,18 @@ def _classifier(model_path: str, score_threshold: float | None) -> Any:
 
 
 def classify(
-    model_path: str, images: Iterable[tuple[str, bytes]], score_threshold: float | None = None
+    model_path: str,
+    images: Iterable[tuple[str, bytes]],
+    score_threshold: float | None = None,
+    prescale_to: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[list[int]], dict[str, float]]:
     """Calibrated scores [N, C] (all categories), the label indices returned with the default
-    options (or ``score_threshold``) per image, and timings; ``images``: (name, file bytes)."""
+    options (or ``score_threshold``) per image, and timings; ``images``: (name, file bytes).
+    ``prescale_to``: the model input's (width, height); each decoded image is pre-scaled for it
+    (``app_input.prescale``) before ImageClassifier gets it."""
     mp = _mediapipe()
+    if prescale_to is not None:
+        _app_input()  # a missing app_input.py fails before any image is read
     _read_bytes(model_path, "model")
     scores_all = _classifier(model_path, 0.0)
     default = _classifier(model_path, score_threshold)
@@ -263,7 +290,10 @@ def classify(
     with scores_all, default:
         for path, data in images:
             start = time.perf_counter()
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=decode(path, data))
+            rgb = decode(path, data)
+            if prescale_to is not None:
+                rgb = np.ascontiguousarray(_app_input().prescale(rgb, *prescale_to))
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
             middle = time.perf_counter()
             categories = scores_all.classify(image).classifications[0].categories
             returned = default.classify(image).classifications[0].categories
@@ -308,6 +338,14 @@ def _parser() -> argparse.ArgumentParser:
     given.add_argument("--stdin", action="store_true", help="images framed on standard input (see above)")
     c.add_argument("--out", required=True, help="scores .npy; the label sets go to <out without .npy>.labels.json")
     c.add_argument("--score-threshold", type=float, default=None, help="default: the model's metadata")
+    c.add_argument(
+        "--prescale-to",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        default=None,
+        help="pre-scale each image for a W x H model input as the app does (app_input.prescale); default: none",
+    )
     return parser
 
 
@@ -346,7 +384,8 @@ def main(argv: list[str]) -> int:
                 if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                     raise ToolError(f"{args.images}: expected a JSON list of image file paths")
                 images = files(paths)
-            scores, sets, timings = classify(args.model, images, args.score_threshold)
+            prescale_to = (args.prescale_to[0], args.prescale_to[1]) if args.prescale_to else None
+            scores, sets, timings = classify(args.model, images, args.score_threshold, prescale_to)
             out_path = Path(args.out)
             np.save(out_path, scores)
             sets_path = out_path.with_suffix(".labels.json")

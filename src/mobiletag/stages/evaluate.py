@@ -1,7 +1,8 @@
-"""Stage: the shipped INT8 model on every test image, with the validation thresholds; the float
-teacher and students on the same images (a seeded sample of at most ``thresholds.compare_images``
-of them on a large split), so metrics.json shows what distillation and quantization cost; model
-size and CPU latency."""
+"""Stage: the shipped INT8 model on every test image, with the validation thresholds, through the
+app's documented input path; the float teacher and students, and the INT8 model fed by an
+antialiased resize straight to its input size, on the same images (a seeded sample of at most
+``thresholds.compare_images`` of them on a large split), so metrics.json shows what
+distillation, quantization and the app's input path cost; model size and CPU latency."""
 
 from __future__ import annotations
 
@@ -31,9 +32,15 @@ from mobiletag.data.tfrecords import originals_of
 from mobiletag.errors import DataError
 from mobiletag.evaluation.distillation import distillation_block, markdown_section
 from mobiletag.evaluation.mediapipe import has_mediapipe_results, load_mediapipe_results, markdown_line, mediapipe_block
-from mobiletag.evaluation.metrics import classification_metrics, markdown_report, ranking_metrics
+from mobiletag.evaluation.metrics import (
+    app_path_block,
+    app_path_line,
+    classification_metrics,
+    markdown_report,
+    ranking_metrics,
+)
 from mobiletag.evaluation.report_html import ReadOriginal, ReportData, Training, read_training, write_report
-from mobiletag.export.inference_config import EVAL_BATCH, Scorer, stream_scores
+from mobiletag.export.inference_config import ANTIALIASED, EVAL_BATCH, Scorer, stream_scores
 from mobiletag.export.litert import TFLiteModel
 from mobiletag.models.student import preprocess
 from mobiletag.progress import report_result
@@ -50,6 +57,7 @@ TRACED_TOLERANCE = 1e-4
 # the comparison sample's seed: a split of the same size gets the same images in every run
 SAMPLE_SEED = 0
 COMPARE_KEY = "thresholds.compare_images"
+INT8_ANTIALIASED = "student_int8_antialiased"  # the INT8 model's scores fed by the antialiased resize
 
 
 def eager_scorer(model: keras.Model, normalise: bool) -> tuple[int, Scorer]:
@@ -114,16 +122,25 @@ def score_test_split(
     student_scorers: dict[str, tuple[int, Scorer]] | None = None,
     rows: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """The test split's scores per model ("student_int8", "teacher" and each named float student),
-    labels, paths: one pass over the split. The INT8 model scores every image; the float models
-    the record indices ``rows`` (every image when None), their scores in that order.
-    ``student_scorers``: the students' scorers when the caller has them already (each traces its
-    model once; validation reuses them)."""
+    """The test split's scores per model ("student_int8", "teacher" and each named float student)
+    and of the INT8 model fed by the antialiased resize (``INT8_ANTIALIASED``), labels, paths: one
+    pass over the split, each image decoded once. The INT8 model scores every image through the
+    app's path; the float models and ``INT8_ANTIALIASED`` the record indices ``rows`` (every image
+    when None), their scores in that order. ``student_scorers``: the students' scorers when the
+    caller has them already (each traces its model once; validation reuses them)."""
     if student_scorers is None:
         student_scorers = {name: keras_scorer(model, normalise=True) for name, model in students.items()}
     floats = {"teacher": keras_scorer(teacher, normalise=False), **student_scorers}
-    scorers = {"student_int8": (tflite.image_size, tflite.predict_batch), **floats}
-    return stream_scores(dataset_dir, "test", scorers, None if rows is None else dict.fromkeys(floats, rows))
+    int8 = (tflite.image_size, tflite.predict_batch)
+    scorers = {"student_int8": int8, INT8_ANTIALIASED: int8, **floats}
+    sampled = [*floats, INT8_ANTIALIASED]
+    return stream_scores(
+        dataset_dir,
+        "test",
+        scorers,
+        None if rows is None else dict.fromkeys(sampled, rows),
+        resizes={INT8_ANTIALIASED: ANTIALIASED},
+    )
 
 
 def sample_block(
@@ -139,8 +156,8 @@ def sample_block(
         "limit": int(limit),
         "key": COMPARE_KEY,
         "sample": f"seeded sample without replacement (seed {SAMPLE_SEED})" if sampled else "every image",
-        "covers": "compare (teacher, float student and INT8 model on the same images) and the distillation block; "
-        "test (the INT8 model at its thresholds) covers every test image",
+        "covers": "compare (teacher, float student and INT8 model on the same images), app_path and the "
+        "distillation block; test (the INT8 model at its thresholds) covers every test image",
     }
 
 
@@ -150,7 +167,7 @@ def sample_sentence(block: dict[str, Any]) -> str:
     val = "" if block["val"] is None else f" and {block['val']:,} of {block['val_split']:,} validation images"
     how = "all of them" if block["sample"] == "every image" else f"a {block['sample']}"
     return (
-        f"The comparison of models and the distillation block cover {test}{val} ({how}; config key "
+        f"The comparison of models, the app path's figures and the distillation block cover {test}{val} ({how}; config key "
         f"{block['key']}: {block['limit']}); the INT8 model's test figures cover every test image.\n"
     )
 
@@ -252,7 +269,7 @@ def build_html_report(
 
 
 def run(
-    config: Config | None,
+    config: Config,
     dataset_dir: str | Path,
     teacher_dir: str | Path,
     student_dir: str | Path,
@@ -271,12 +288,14 @@ def run(
     ImageClassifier. report.html shows it all with plots; training curves come from the model
     folders' metrics files (QAT's with ``qat_dir``).
 
-    The INT8 model scores every test image; the float models (teacher, students) score a seeded
-    sample of at most ``config.thresholds.compare_images`` test images (``config`` None: the
-    default's), and the students as many validation images (for their own thresholds):
-    ``comparison_images`` in metrics.json says how many (every image of a smaller split)."""
+    The INT8 model scores every test image through the app's documented input path ("test");
+    the float models (teacher, students) and the INT8 model fed by an antialiased resize of the
+    same decoded images ("app_path", beside the documented path's figure on those images) score
+    a seeded sample of at most ``config.thresholds.compare_images`` test images, and the students
+    as many validation images (for their own thresholds): ``comparison_images`` in metrics.json
+    says how many (every image of a smaller split)."""
     started = time.perf_counter()
-    limit = (config or Config()).thresholds.compare_images
+    limit = config.thresholds.compare_images
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = dataset_facts(dataset_dir)
@@ -310,11 +329,15 @@ def run(
         "latency_ms": latency,
         "thresholds_strategy": recommendation["strategy"],
         "classes": facts.classes,
+        "app_path": app_path_block(compared, scores[test_rows], all_scores[INT8_ANTIALIASED], tflite.image_size),
     }
-    val_rows = None if selection is None else comparison_rows(facts.num_val, limit)
-    metrics["comparison_images"] = sample_block(limit, test_rows, facts.num_test, val_rows, facts.num_val)
-    report = markdown_report(metrics) + "\n" + sample_sentence(metrics["comparison_images"])
-    if selection is not None and val_rows is not None:
+    val_rows = comparison_rows(facts.num_val, limit)  # scored with a selection (both students) only
+    metrics["comparison_images"] = sample_block(
+        limit, test_rows, facts.num_test, None if selection is None else val_rows, facts.num_val
+    )
+    report = markdown_report(metrics) + "\n" + app_path_line(metrics["app_path"])
+    report += "\n" + sample_sentence(metrics["comparison_images"])
+    if selection is not None:
         # both float students on validation too (the block's figures at each one's own thresholds)
         val, val_labels, _ = stream_scores(
             dataset_dir, "val", student_scorers, rows=dict.fromkeys(student_scorers, val_rows)
@@ -379,6 +402,8 @@ def run(
         "test_f1_micro": test["f1_micro"],
         "test_exact_match": test["exact_match"],
         "test_hamming_loss": test["hamming_loss"],
+        "app_path_antialiased_map_macro": metrics["app_path"]["antialiased"] or 0.0,
+        "app_path_gap": metrics["app_path"]["gap"] or 0.0,
         "teacher_map_macro": compare["teacher"]["map_macro"] or 0.0,
         "student_map_macro": compare["student"]["map_macro"] or 0.0,
         "size_bytes": float(metrics["size_bytes"]),

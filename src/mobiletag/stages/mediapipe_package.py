@@ -10,7 +10,8 @@ Output folder (:class:`mobiletag.artifacts.ExportedModel`): the model with metad
 and outputs are the exported model's, bit for bit), the labels, the summary (metadata, calibration
 thresholds, checks, timings), MediaPipe's calibrated test scores [N, C], label indices per image
 (default options) and the N test paths, as evaluate names them. The test originals are read where
-they live (the dataset's originals manifest), checked, and piped to MediaPipe.
+they live (the dataset's originals manifest), checked, and piped to the MediaPipe tool, which
+decodes them and pre-scales them for the model's input as the documented app path does.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def run(
         raise DataError(f"{thresholds_dir}/{Thresholds.RECOMMENDATION} has no threshold for {', '.join(missing)}")
     thresholds = [float(recommendation["classes"][c]["threshold"]) for c in labels]
     model = out / ExportedModel.MODEL
+    exported_model = TFLiteModel(exported, num_threads=1)
+    _, height, width, _ = exported_model.input.shape
     summary = write_metadata(
         exported,
         model,
@@ -102,7 +105,7 @@ def run(
         name="mobiletag",
         description=metadata_description(labels, thresholds),
         version=__version__,
-        output=TFLiteModel(exported, num_threads=1).output,
+        output=exported_model.output,
         interpreter=interpreter,
     )
     check_same_outputs(exported, model)
@@ -111,9 +114,10 @@ def run(
 
     originals = images_to_classify(dataset_dir)
     keys = [original.filepath for original in originals]
-    # each original is read where it lives, checked against the manifest, and piped to MediaPipe
+    # each original is read where it lives, checked against the manifest, and piped to MediaPipe;
+    # the tool pre-scales it for the input size as the documented app path does
     images = ((original.describe(), data) for original, data in iter_originals(originals))
-    classified = classify(model, images, interpreter=interpreter)
+    classified = classify(model, images, interpreter=interpreter, prescale_to=(width, height))
     if classified.scores.shape != (len(keys), len(labels)):
         raise ExportError(
             f"MediaPipe returned scores of shape {classified.scores.shape} for {len(keys)} images and {len(labels)} classes"
@@ -132,6 +136,7 @@ def run(
             "score_threshold": 0.5,
             "same_outputs_as_exported": True,
             "test_images": len(keys),
+            "prescale_to": [width, height],
             "timings_ms_per_image": classified.timings,
             "metadata_seconds": round(metadata_seconds, 2),
         },
