@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("subprocess", "docker", "inprocess"),
         default="subprocess",
         help="subprocess (default): the KFP pipeline with kfp.local, each stage in its own process; "
-        "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage "
-        "in this process (fastest, no kfp)",
+        "docker: kfp.local's DockerRunner, stages in the component image; inprocess: every stage's "
+        "component in this process (fastest: no kfp.local, no subprocesses)",
     )
     p.add_argument(
         "--baseline-student",

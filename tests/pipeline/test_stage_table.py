@@ -3,7 +3,11 @@ in-process runner: the same stages, inputs, config JSON and outputs everywhere."
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import importlib
+import os
 import sys
 import typing
 from pathlib import Path
@@ -192,40 +196,123 @@ def test_resolve_config_body_returns_the_annotation(sample_dir: Path, tmp_path: 
         assert getattr(result, name) == stage_config_json(config, name)
 
 
-def test_inprocess_runner_calls_every_stage() -> None:
+def _record_components(monkeypatch, gate_passed: bool = True) -> dict[str, dict[str, Any]]:
+    """Replace every component's body by a recorder of its keyword arguments (its signature kept:
+    the runner binds by it); publish answers with a version and the gate."""
     from mobiletag.runners import inprocess
 
-    assert list(inprocess.CALLS) == [s.name for s in STAGES]
+    component_function = inprocess.component_function
+    calls: dict[str, dict[str, Any]] = {}
+
+    def recorder(stage: Stage):
+        body = component_function(stage)
+
+        @functools.wraps(body)
+        def record(**kwargs):
+            calls[stage.name] = kwargs
+            if stage.name == "publish":
+                return collections.namedtuple("Published", STAGE["publish"].outputs[1:])("v2", "v1", gate_passed)
+            return None
+
+        return record
+
+    monkeypatch.setattr(inprocess, "component_function", recorder)
+    return calls
 
 
-def _record_calls(monkeypatch, gate_passed: bool = True) -> list[tuple[str, tuple, dict]]:
-    """Replace every stage's entry point by a recorder (publish answers with a version and the gate)."""
+def test_inprocess_runner_passes_what_the_pipeline_passes(spec, monkeypatch, sample_dir, tiny_config, tmp_path):
+    """Each component gets, by name, what the compiled pipeline gives it in a run on one machine (the
+    pipeline parameters of kfp_local.run_local): every input, from where the DAG takes it, and new
+    output artifacts; the pipeline's result is the output folder."""
+    from mobiletag.data.fingerprint import dataset_fingerprint
+    from mobiletag.runners import inprocess
+    from mobiletag.stages.resolve_config import stage_config_json
+
+    calls = _record_components(monkeypatch)
+    work, out, models = tmp_path / "work", tmp_path / "out", str(tmp_path / "models")
+    results = inprocess.run_pipeline(tiny_config, sample_dir, out, work_dir=work, output_uri=models)
+    assert list(calls) == [s.name for s in STAGES]
+    pipeline_parameters = {
+        "data_uri": str(sample_dir.resolve()),
+        "output_uri": models,
+        "backup_uri": str(work / "backup"),
+        "baseline_student": True,
+        "teacher_gpus": 0,
+        "student_gpus": 0,
+    }
+    resolved = {key: stage_config_json(tiny_config, key) for key in CONFIG_OUTPUTS}
+    resolved.update(data_fingerprint=dataset_fingerprint(str(sample_dir.resolve())).digest, qat_gpus=0)
+    stage_of = {s.task: s.name for s in STAGES}
+    for task_name, task in _tasks(spec).items():
+        if task_name == CONFIG_TASK:
+            continue
+        name = stage_of[task_name]
+        definitions = task["component"].get("inputDefinitions", {})
+        inputs = {*definitions.get("artifacts", {}), *definitions.get("parameters", {})}
+        outputs = set(task["component"].get("outputDefinitions", {}).get("artifacts", {}))
+        assert set(calls[name]) == inputs | outputs, name
+        for key in inputs:
+            kind, *where = task["inputs"][key]
+            if kind == "pipeline":
+                expected = pipeline_parameters[where[0]]
+            elif kind == "constant":
+                assert "pipeline_job_uuid" in where[0], (name, key, where)
+                expected = f"local-{work.name}"
+            elif where[0] == CONFIG_TASK:
+                expected = resolved[where[1]]
+            else:
+                expected = results[stage_of[where[0]]][where[1]]
+            assert calls[name][key] == expected, (name, key)
+        for key in outputs:
+            assert calls[name][key] is results[name][key]
+    (selector,) = spec["root"]["dag"]["outputs"]["artifacts"]["Output"]["artifactSelectors"]
+    assert (stage_of[selector["producerSubtask"]], selector["outputArtifactKey"]) == inprocess.RESULT
+    assert results["bundle"]["output"].path == str(out)
+    assert results["train_teacher"]["model"].path == str(work / "train_teacher" / "model")
+
+
+def _record_calls(monkeypatch, tmp_path: Path) -> list[tuple[str, tuple, dict]]:
+    """Replace every stage's entry point, the function its component calls, by a recorder; publish
+    answers with a version and the passed gate, evaluate and optimize_thresholds with what their
+    components read."""
     from mobiletag.stages.common import StageResult
 
     calls: list[tuple[str, tuple, dict]] = []
+    (tmp_path / "report.html").write_text("<html></html>")
+    answers = {
+        "publish": StageResult(details={"version": "v2", "previous_version": "v1", "gate_passed": True}),
+        "optimize_thresholds": StageResult(details={"strategy": "f1", "seconds": 0.0}),
+        "evaluate": StageResult(
+            files={"report_html": str(tmp_path / "report.html")},
+            details={"roc": {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0], "thresholds": [1.0, 0.0]}, "report": "# r"},
+        ),
+    }
 
-    def entry(stage: Stage):
-        def fn(*args, **kwargs):
-            calls.append((stage.name, args, kwargs))
-            if stage.name == "publish":
-                return StageResult(details={"version": "v2", "previous_version": "v1", "gate_passed": gate_passed})
-            return StageResult()
+    def recorder(name: str):
+        def record(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            return answers.get(name, StageResult())
 
-        return fn
+        return record
 
-    monkeypatch.setattr(Stage, "entry", entry)
+    for stage in STAGES:
+        monkeypatch.setattr(importlib.import_module(stage.module), stage.function, recorder(stage.name))
     return calls
 
 
 def test_inprocess_runner_calls_each_stage_as_its_component_does(monkeypatch, sample_dir, tiny_config, tmp_path):
-    """Each entry point in table order, with the stage's own config (from its JSON, as on a cluster)
-    and its upstream stages' folders; publish without promoting, then promote when the gate passed."""
+    """The components' bodies reach each entry point in table order, with the stage's own config
+    (from its JSON, as on a cluster), its upstream stages' artifacts and the run id of the
+    training backups; publish without promoting, then promote when the gate passed."""
     from mobiletag.runners import inprocess
+    from mobiletag.runners.kfp_local import RUN_ID_ENV
     from mobiletag.stages.resolve_config import config_from_json, stage_config_json
 
-    calls = _record_calls(monkeypatch)
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
+    calls = _record_calls(monkeypatch, tmp_path)
     work, out, models = tmp_path / "work", tmp_path / "out", str(tmp_path / "models")
     inprocess.run_pipeline(tiny_config, sample_dir, out, work_dir=work, output_uri=models)
+    assert RUN_ID_ENV not in os.environ  # set for the run only
     assert [name for name, _, _ in calls] == [s.name for s in STAGES]
     args = {name: a for name, a, _ in calls}
     kwargs = {name: k for name, _, k in calls}
@@ -234,24 +321,31 @@ def test_inprocess_runner_calls_each_stage_as_its_component_does(monkeypatch, sa
             assert args[stage.name][0] == config_from_json(stage_config_json(tiny_config, stage.name)), stage.name
     assert args["train_student_baseline"][0] == args["train_student"][0]
     assert args["train_teacher"][0] != tiny_config  # the teacher's sections only, the rest defaults
-    assert args["prepare_dataset"][1:] == (str(sample_dir.resolve()), work / "prepare_dataset")
-    assert args["quantize"][1:] == tuple(
-        work / s for s in ("prepare_dataset", "train_teacher", "select_student", "quantize")
-    )
+
+    def at(stage: str, output: str = "model") -> str:
+        return str(work / stage / output)
+
+    dataset = at("prepare_dataset", "dataset")
+    assert args["prepare_dataset"][1:] == (str(sample_dir.resolve()), dataset)
+    assert args["quantize"][1:] == (dataset, at("train_teacher"), at("select_student"), at("quantize"))
     backups = {"backup_uri": str(work / "backup"), "run_id": f"local-{work.name}"}
-    assert kwargs["quantize"] == kwargs["bundle"] == backups
-    assert kwargs["train_student_baseline"] == {**backups, "enabled": True}
-    assert args["evaluate"][1:6] == tuple(
-        work / s
-        for s in ("prepare_dataset", "train_teacher", "select_student", "mediapipe_package", "optimize_thresholds")
+    assert kwargs["quantize"] == {**backups, "expected_gpus": 0}
+    assert kwargs["bundle"] == backups
+    assert kwargs["train_student_baseline"] == {**backups, "enabled": True, "expected_gpus": 0}
+    assert args["evaluate"][1:6] == (
+        dataset,
+        at("train_teacher"),
+        at("select_student"),
+        at("mediapipe_package"),
+        at("optimize_thresholds", "thresholds"),
     )
     assert kwargs["evaluate"] == {
-        "distilled_dir": work / "train_student",
-        "baseline_dir": work / "train_student_baseline",
-        "qat_dir": work / "quantize",
+        "distilled_dir": at("train_student"),
+        "baseline_dir": at("train_student_baseline"),
+        "qat_dir": at("quantize"),
     }
-    assert args["bundle"][-1] == out
-    assert args["publish"][1:] == (out, models, f"local-{work.name}") and kwargs["publish"] == {"promote": False}
+    assert args["bundle"][-1] == str(out)
+    assert args["publish"][1:] == (str(out), models, f"local-{work.name}") and kwargs["publish"] == {"promote": False}
     assert args["promote"] == (models, "v2", "v1")
 
 
@@ -261,7 +355,7 @@ def test_inprocess_runner_skips_what_the_pipeline_skips(
 ):
     from mobiletag.runners import inprocess
 
-    calls = _record_calls(monkeypatch, gate_passed)
+    calls = _record_components(monkeypatch, gate_passed)
     inprocess.run_pipeline(tiny_config, sample_dir, tmp_path / "out", output_uri=output_uri)
     names = [s.name for s in STAGES]
-    assert [name for name, _, _ in calls] == names[: names.index(last) + 1]
+    assert list(calls) == names[: names.index(last) + 1]

@@ -1,122 +1,109 @@
 """Run the stage table in this process: the quickest way to train on one machine.
 
-Each stage gets what its component gets on a cluster: the same entry point
-(``mobiletag.stages.<name>.run``), the same per-stage config JSON (resolve_config's), and a
-folder of its own under ``work_dir`` for each artifact. The output folder appears only when every
-stage succeeded.
+Each stage runs its component's body (components/<stage>.py, the function KFP's
+``@dsl.component`` keeps as ``python_func``) with what the pipeline gives it: kfp artifacts for
+its inputs and outputs, its config JSON (resolve_config's) and the pipeline's parameters for one
+machine (no GPU required, backups under the work folder). The stage table gives the order and
+which upstream output feeds which input. Output ``<output>`` of stage ``<stage>`` is
+``<work_dir>/<stage>/<output>``; the pipeline's result, bundle's output folder, is written at
+``out_dir`` and appears only when every stage up to bundle succeeded.
+
+Like the kfp.local runner, it needs the source checkout (components/ is not in the installed
+package).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mobiletag.config import Config
-from mobiletag.errors import MobiletagError
+from mobiletag.errors import MobiletagError, PipelineRunError
 from mobiletag.progress import report_result
-from mobiletag.stages import STAGE, STAGES, Stage
-from mobiletag.stages.common import StageResult
-from mobiletag.stages.resolve_config import config_from_json, stage_config_json
+from mobiletag.runners.kfp_local import RUN_ID_ENV, checkout
+from mobiletag.stages import STAGES, Stage
+from mobiletag.stages.resolve_config import stage_config_json
 from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
+
+RESULT = ("bundle", "output")  # what pipeline.py's mobiletag_pipeline returns: the output folder
+
+Outputs = dict[str, Any]  # a stage's outputs by name: kfp artifacts and parameter values
+
+# Stages that run only when this holds (pipeline.py's dsl.If groups); a stage whose upstream
+# did not run does not run either.
+WHEN: dict[str, Callable[[dict[str, Any], dict[str, Outputs]], bool]] = {
+    "publish": lambda parameters, results: bool(parameters["output_uri"]),
+    "promote": lambda parameters, results: bool(results["publish"]["gate_passed"]),
+}
 
 
 class StageFailed(MobiletagError):
     pass
 
 
-@dataclass(frozen=True)
-class Run:
-    """What a stage call may need besides its inputs' folders."""
-
-    data_uri: str
-    data_fingerprint: str
-    out_dir: Path  # the bundle's folder: the output folder itself
-    work: Path
-    backup_uri: str
-    run_id: str
-    output_uri: str
-    baseline_student: bool
-
-    def folder(self, stage: str) -> Path:
-        return self.out_dir if stage == "bundle" else self.work / stage
-
-    @property
-    def backups(self) -> dict[str, Any]:
-        return {"backup_uri": self.backup_uri, "run_id": self.run_id}
+def component_function(stage: Stage) -> Callable[..., Any]:
+    """The body of the stage's component, ``components.<name>.<name>``, as KFP's executor calls it."""
+    checkout()
+    component = getattr(importlib.import_module(f"components.{stage.name}"), stage.name)
+    return component.python_func
 
 
-# How each stage's entry point is called: (entry point, run, inputs by component parameter, config).
-# The inputs are the upstream folders (or, for a parameter output such as publish's version,
-# its value) named as in the stage table; the config is the stage's own (None without one).
-Call = Callable[[Callable[..., Any], Run, dict[str, Any], Any], Any]
-CALLS: dict[str, Call] = {
-    "prepare_dataset": lambda fn, r, i, c: fn(
-        c, r.data_uri, r.folder("prepare_dataset"), data_fingerprint=r.data_fingerprint
-    ),
-    "train_teacher": lambda fn, r, i, c: fn(c, i["dataset"], r.folder("train_teacher"), **r.backups),
-    "train_student": lambda fn, r, i, c: fn(c, i["dataset"], i["teacher"], r.folder("train_student"), **r.backups),
-    "train_student_baseline": lambda fn, r, i, c: fn(
-        c, i["dataset"], r.folder("train_student_baseline"), enabled=r.baseline_student, **r.backups
-    ),
-    "select_student": lambda fn, r, i, c: fn(c, i["distilled"], i["baseline"], r.folder("select_student")),
-    "quantize": lambda fn, r, i, c: fn(c, i["dataset"], i["teacher"], i["student"], r.folder("quantize"), **r.backups),
-    "export_tflite": lambda fn, r, i, c: fn(c, i["dataset"], i["qat_model"], r.folder("export_tflite")),
-    "optimize_thresholds": lambda fn, r, i, c: fn(c, i["dataset"], i["tflite_model"], r.folder("optimize_thresholds")),
-    "mediapipe_package": lambda fn, r, i, c: fn(
-        i["dataset"], i["tflite_model"], i["thresholds"], r.folder("mediapipe_package")
-    ),
-    "evaluate": lambda fn, r, i, c: fn(
-        c,
-        i["dataset"],
-        i["teacher"],
-        i["student"],
-        i["tflite_model"],
-        i["thresholds"],
-        r.folder("evaluate"),
-        distilled_dir=i["distilled_student"],
-        baseline_dir=i["baseline_student"],
-        qat_dir=i["qat_model"],
-    ),
-    "bundle": lambda fn, r, i, c: fn(
-        i["teacher"],
-        i["student"],
-        i["qat_model"],
-        i["tflite_model"],
-        i["thresholds"],
-        i["evaluation"],
-        r.folder("bundle"),
-        **r.backups,
-    ),
-    "publish": lambda fn, r, i, c: fn(c, i["output"], r.output_uri, r.run_id, promote=False),
-    "promote": lambda fn, r, i, c: fn(r.output_uri, i["version"], i["previous_version"]),
-}
-
-# Stages that run only when this holds (pipeline.py's dsl.If groups); a stage whose upstream
-# did not run does not run either.
-WHEN: dict[str, Callable[[Run, dict[str, StageResult]], bool]] = {
-    "publish": lambda r, results: bool(r.output_uri),
-    "promote": lambda r, results: bool(results["publish"].details["gate_passed"]),
-}
+def runs(stage: Stage, parameters: dict[str, Any], results: dict[str, Outputs]) -> bool:
+    """Whether the stage runs: every upstream stage ran and its condition (WHEN) holds."""
+    ran = all(upstream in results for upstream, _ in stage.upstream.values())
+    return ran and WHEN.get(stage.name, lambda *_: True)(parameters, results)
 
 
-def _inputs(stage: Stage, run: Run, results: dict[str, StageResult]) -> dict[str, Any] | None:
-    """The stage's inputs by parameter: an upstream's folder (its first output) or the value of
-    one of its parameter outputs; None when an upstream did not run."""
-    values = {}
-    for parameter, (upstream, output) in stage.upstream.items():
-        if upstream not in results:
-            return None
-        first = STAGE[upstream].outputs[0]
-        values[parameter] = run.folder(upstream) if output == first else results[upstream].details[output]
-    return values
+def arguments(
+    stage: Stage,
+    function: Callable[..., Any],
+    parameters: dict[str, Any],
+    results: dict[str, Outputs],
+    work: Path,
+    out_dir: Path,
+) -> tuple[dict[str, Any], Outputs]:
+    """The component's keyword arguments and its output artifacts.
+
+    An input gets the upstream output the stage table names; an output, a new artifact at
+    ``work/<stage>/<output>`` (the pipeline's result at ``out_dir``); any other parameter, its
+    value in ``parameters``.
+    """
+    from kfp.dsl.types import type_annotations
+
+    kwargs = {name: results[upstream][output] for name, (upstream, output) in stage.upstream.items()}
+    outputs: Outputs = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        if type_annotations.is_artifact_wrapped_in_Output(parameter.annotation):
+            path = out_dir if (stage.name, name) == RESULT else work / stage.name / name
+            path.parent.mkdir(parents=True, exist_ok=True)  # the folder above it, as KFP's executor does
+            artifact_class = type_annotations.get_io_artifact_class(parameter.annotation)
+            outputs[name] = kwargs[name] = artifact_class(name=name, uri=str(path), metadata={})
+        elif name not in kwargs:
+            if name not in parameters:
+                raise PipelineRunError(
+                    f"component {stage.name} takes {name!r}, which is neither an input in the stage table "
+                    f"(mobiletag.stages.STAGES) nor one of the in-process runner's parameters {sorted(parameters)}: "
+                    "add it to the table's inputs or to mobiletag.runners.inprocess.run_pipeline"
+                )
+            kwargs[name] = parameters[name]
+    return kwargs, outputs
+
+
+def _parameter_outputs(returned: Any) -> Outputs:
+    """A component's returned values by output name (KFP's: a NamedTuple's fields, else ``Output``)."""
+    if returned is None:
+        return {}
+    return returned._asdict() if hasattr(returned, "_asdict") else {"Output": returned}
 
 
 def run_pipeline(
@@ -127,40 +114,51 @@ def run_pipeline(
     keep_work: bool = False,
     output_uri: str | None = None,
     baseline_student: bool = True,
-) -> dict[str, StageResult]:
+) -> dict[str, Outputs]:
     """The stage table's stages in this process, in table order (``baseline_student``: also train
-    the student without the teacher and ship the one with the better validation mAP)."""
+    the student without the teacher and ship the one with the better validation mAP); each stage's
+    outputs (artifacts with their metadata, returned values)."""
     from mobiletag.data.fingerprint import dataset_fingerprint
 
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mobiletag-run-"))
     data_uri = str(data_dir) if is_gcs(str(data_dir)) else str(Path(data_dir).resolve())
-    run = Run(
-        data_uri=data_uri,
-        data_fingerprint=dataset_fingerprint(data_uri).digest,
-        out_dir=Path(out_dir),
-        work=work,
-        backup_uri=str(work / "backup"),
-        run_id=f"local-{work.name}",
-        output_uri=output_uri or "",
-        baseline_student=baseline_student,
-    )
-    results: dict[str, StageResult] = {}
+    run_id = f"local-{work.name}"
+    # the pipeline's values on one machine, by the name of the component parameter that gets them
+    parameters: dict[str, Any] = {
+        "data_uri": data_uri,
+        "data_fingerprint": dataset_fingerprint(data_uri).digest,
+        "backup_uri": str(work / "backup"),
+        "gpus": 0,  # no GPU required: TensorFlow uses the GPUs it sees
+        "enabled": baseline_student,
+        "output_uri": output_uri or "",
+        "run_id": run_id,  # publish's version name
+    }
+    results: dict[str, Outputs] = {}
     timings: dict[str, float] = {}
+    # the training stages' and bundle's backup folder is named by the run id: on a cluster the pod's label
+    previous_run_id = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = run_id
     try:
         for stage in STAGES:
-            inputs = _inputs(stage, run, results)
-            if inputs is None or not WHEN.get(stage.name, lambda *_: True)(run, results):
+            if not runs(stage, parameters, results):
                 continue
-            stage_config = config_from_json(stage_config_json(config, stage.name)) if stage.config_key else None
+            function = component_function(stage)
+            config_json = {"config_json": stage_config_json(config, stage.name)} if stage.config_key else {}
+            kwargs, outputs = arguments(stage, function, {**parameters, **config_json}, results, work, Path(out_dir))
             log.info("=== stage %s ===", stage.name)
             start = time.perf_counter()
             try:
-                results[stage.name] = CALLS[stage.name](stage.entry(), run, inputs, stage_config) or StageResult()
+                returned = function(**kwargs)
             except MobiletagError as exc:
                 raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+            results[stage.name] = {**outputs, **_parameter_outputs(returned)}
             timings[stage.name] = time.perf_counter() - start
             log.info("=== stage %s done in %.1f s ===", stage.name, timings[stage.name])
     finally:
+        if previous_run_id is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = previous_run_id
         if not keep_work and work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     report_result(log, "stage times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

@@ -21,14 +21,23 @@ REPO = Path(__file__).resolve().parents[3]
 RUN_ID_ENV = "MOBILETAG_RUN_ID"  # what pipeline.py sets from the pod's pipeline/runid label
 
 
-def load_pipeline_module() -> ModuleType:
-    """pipeline.py of the source checkout (components/ beside it)."""
-    path = REPO / "pipeline.py"
-    if not path.is_file():
-        raise PipelineRunError(f"{path} not found: run `mobiletag train` from a source checkout of mobiletag")
+def checkout() -> Path:
+    """The source checkout this package runs from, on ``sys.path``: pipeline.py and components/
+    are there, not in the installed package."""
+    for needed in (REPO / "pipeline.py", REPO / "components" / "__init__.py"):
+        if not needed.is_file():
+            raise PipelineRunError(
+                f"{needed} not found: `mobiletag train` runs the pipeline and components of a source checkout; "
+                "install mobiletag from one (`make install`, an editable install)"
+            )
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location("mobiletag_pipeline_module", path)
+    return REPO
+
+
+def load_pipeline_module() -> ModuleType:
+    """pipeline.py of the source checkout (components/ beside it)."""
+    spec = importlib.util.spec_from_file_location("mobiletag_pipeline_module", checkout() / "pipeline.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

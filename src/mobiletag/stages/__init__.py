@@ -5,16 +5,13 @@ pipeline.py (the KFP DAG), the in-process runner (mobiletag.runners.inprocess), 
 ``mobiletag.stages.<name>`` with a ``run(...)``, its component in components/, and its task in
 pipeline.py (tests/pipeline/test_stage_table.py fails until the three agree).
 
-Importing this module imports neither TensorFlow nor kfp: a stage's module is imported by name
-when it runs (``Stage.entry``).
+Importing this module imports neither TensorFlow nor kfp: a stage's module is named here
+(``Stage.module``, ``Stage.function``), imported by its component when it runs.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 CONFIG_STAGE = "resolve_config"  # the step that merges the config and hands each stage its JSON
 
@@ -75,10 +72,6 @@ class Stage:
             stage, _, output = source.partition(".")
             out[parameter] = (stage, output or STAGE[stage].outputs[0])
         return out
-
-    def entry(self) -> Callable[..., Any]:
-        """The function the component calls (imports the stage's module)."""
-        return getattr(importlib.import_module(self.module), self.function)  # type: ignore[no-any-return]
 
 
 _DATASET = ("dataset", "prepare_dataset")
