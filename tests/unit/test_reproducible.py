@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -23,7 +24,7 @@ from mobiletag.config import GateConfig, load_config
 from mobiletag.publish import check_gate, publish
 from mobiletag.stages.common import op_determinism_enabled
 
-from ..conftest import REPO, TINY
+from ..conftest import REPO, TINY, checkpoint_val_map
 
 # ======================================================================================
 # Fixtures: several shards per split (the interleave has something to order)
@@ -76,25 +77,53 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 # ======================================================================================
 
 
-def _batches(dataset_dir, config, count=12):
-    """The first ``count`` batches of the repeated training stream (more than one epoch of it)."""
+def _stream(dataset_dir, config):
+    """The repeated training stream, as a training stage reads it (batches of 8 at 32 px)."""
     from mobiletag.data.tf_input import make_dataset
 
-    ds = make_dataset(
+    return make_dataset(
         dataset_dir, "train", image_sizes=[32], batch_size=8, training=True, num_classes=6, config=config, repeat=True
     )
+
+
+def _batches(dataset_dir, config, count=12, stream=None):
+    """The first ``count`` batches of the repeated training stream (more than one epoch of it), from a
+    new iterator over ``stream`` (default: a new stream)."""
+    ds = _stream(dataset_dir, config) if stream is None else stream
     return [(x.numpy(), s.numpy(), y.numpy()) for (x, s), y in ds.take(count)]
+
+
+def _same(first, second) -> bool:
+    return len(first) == len(second) and all(
+        x1.tobytes() == x2.tobytes() and np.array_equal(s1, s2) and np.array_equal(y1, y2)
+        for (x1, s1, y1), (x2, s2, y2) in zip(first, second)
+    )
 
 
 def test_reproducible_pipeline_yields_the_same_batches_in_the_same_order(sharded_dir):
     config = _config(reproducible=True)
     first, second = _batches(sharded_dir, config), _batches(sharded_dir, config)
     assert len(first) == len(second) == 12
-    for (x1, s1, y1), (x2, s2, y2) in zip(first, second):
-        assert x1.tobytes() == x2.tobytes() and np.array_equal(s1, s2) and np.array_equal(y1, y2)
+    assert _same(first, second)
     other = _batches(sharded_dir, config.replace(seed=config.seed + 1))
     assert not np.array_equal(np.concatenate([s for _, s, _ in first]), np.concatenate([s for _, s, _ in other]))
     assert first[0][0].tobytes() != other[0][0].tobytes()
+
+
+def test_every_iterator_starts_the_same_stream_whatever_an_earlier_one_read(sharded_dir):
+    """A stage's next training phase, and QAT after its range calibration, iterate the stage's training
+    stream again. What they get must not depend on how far an earlier iterator read, nor on how far
+    its prefetching ran on meanwhile (which depends on the machine's load)."""
+    config = _config(reproducible=True)
+    fresh = _batches(sharded_dir, config)
+    for read, pause in ((1, 0.0), (20, 0.5)):  # 20 batches of 8: more than two epochs of the split
+        stream = _stream(sharded_dir, config)
+        earlier = iter(stream)
+        for _ in range(read):
+            next(earlier)
+        time.sleep(pause)  # its prefetching runs on meanwhile
+        del earlier
+        assert _same(_batches(sharded_dir, config, stream=stream), fresh), (read, pause)
 
 
 def test_the_switch_is_the_datasets_determinism_option(sharded_dir):
@@ -126,6 +155,10 @@ def _student(config, dataset_dir, teacher_dir, out):
 
 @pytest.mark.slow
 def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, random_teacher_dir, tmp_path):
+    import tf_keras as keras
+
+    from mobiletag.models.student import preprocess
+
     config = _config(reproducible=True)
     assert not op_determinism_enabled()
     one, w1, m1 = _student(config, sharded_dir, random_teacher_dir, tmp_path / "one")
@@ -134,7 +167,12 @@ def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, ra
     assert one.metrics["epochs"] == two.metrics["epochs"] == 1
     assert w1.keys() == w2.keys() and len(w1) > 100
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)  # every weight, bit for bit
-    assert one.metrics["val_map"] == two.metrics["val_map"] and 0.0 < one.metrics["val_map"] <= 1.0
+    assert one.metrics["val_map"] == two.metrics["val_map"]
+    # the figure is the saved checkpoint's own (rounded to 4 places)
+    student = keras.models.load_model(tmp_path / "one" / "student_best.h5", compile=False)
+    assert one.metrics["val_map"] == pytest.approx(
+        checkpoint_val_map(student, sharded_dir, config, preprocess), abs=5e-5
+    )
     assert m1["history"] == m2["history"]  # training loss and val mAP of every epoch
     # (another seed gives other batches: test_reproducible_pipeline_yields_the_same_batches_in_the_same_order)
 
@@ -197,6 +235,57 @@ def test_distilled_student_is_the_same_in_two_processes(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         digests.append(done.stdout.split("WEIGHTS ")[1].strip())
     assert digests[0] == digests[1]
+
+
+@pytest.fixture(scope="module")
+def random_student_dir(tmp_path_factory) -> Path:
+    """A student checkpoint with random weights (no training) and the metrics file QAT reads: alpha 1,
+    so QAT trains on the labels alone, as in the demo (where the baseline student ships)."""
+    import tf_keras as keras
+
+    from mobiletag.artifacts import StudentModel
+    from mobiletag.models.student import build_student
+
+    keras.utils.set_random_seed(0)
+    out = tmp_path_factory.mktemp("random-student")
+    build_student(6, TINY["student"]["image_size"]).save(out / StudentModel.CHECKPOINT, include_optimizer=False)
+    (out / StudentModel.METRICS).write_text(json.dumps({"metrics": {"val_map": 0.5}, "alpha": 1.0}))
+    return out
+
+
+def _qat(config, dataset_dir, student_dir, out):
+    from mobiletag.artifacts import QatModel
+    from mobiletag.stages import quantize
+
+    result = quantize.run(
+        config, dataset_dir, out / "no-teacher", student_dir, out, backup_uri=f"{out}-backups", run_id="run-1"
+    )
+    return result, _weights(out / QatModel.CHECKPOINT), json.loads((out / QatModel.METRICS).read_text())
+
+
+@pytest.mark.slow
+def test_qat_does_not_depend_on_how_far_its_calibration_read_ahead(
+    sharded_dir, random_student_dir, tmp_path, monkeypatch
+):
+    """QAT calibrates its ranges on 20 batches of the stage's training stream, then trains on that
+    stream. How far the calibration's prefetching runs past those 20 batches depends on the machine's
+    load; here the second run's calibration reads 16 batches further ahead (two epochs of this split
+    and more). Every QAT weight must still be the same, bit for bit."""
+    from mobiletag.stages import quantize
+
+    config = _config(reproducible=True)
+    one, w1, m1 = _qat(config, sharded_dir, random_student_dir, tmp_path / "one")
+    calibrate = quantize.calibrate_ranges
+    monkeypatch.setattr(
+        quantize,
+        "calibrate_ranges",
+        lambda model, images, preprocess: calibrate(model, images.prefetch(16), preprocess),
+    )
+    two, w2, m2 = _qat(config, sharded_dir, random_student_dir, tmp_path / "two")
+    assert m1["metrics"]["val_map_calibrated"] == m2["metrics"]["val_map_calibrated"]  # the same 20 batches
+    assert w1.keys() == w2.keys() and len(w1) > 100
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)  # every weight, bit for bit
+    assert m1["history"] == m2["history"] and one.metrics["val_map"] == two.metrics["val_map"]
 
 
 def test_reproducible_scope_sets_seeds_and_op_determinism_and_restores_it():
