@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -76,25 +77,53 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 # ======================================================================================
 
 
-def _batches(dataset_dir, config, count=12):
-    """The first ``count`` batches of the repeated training stream (more than one epoch of it)."""
+def _stream(dataset_dir, config):
+    """The repeated training stream, as a training stage reads it (batches of 8 at 32 px)."""
     from mobiletag.data.tf_input import make_dataset
 
-    ds = make_dataset(
+    return make_dataset(
         dataset_dir, "train", image_sizes=[32], batch_size=8, training=True, num_classes=6, config=config, repeat=True
     )
+
+
+def _batches(dataset_dir, config, count=12, stream=None):
+    """The first ``count`` batches of the repeated training stream (more than one epoch of it), from a
+    new iterator over ``stream`` (default: a new stream)."""
+    ds = _stream(dataset_dir, config) if stream is None else stream
     return [(x.numpy(), s.numpy(), y.numpy()) for (x, s), y in ds.take(count)]
+
+
+def _same(first, second) -> bool:
+    return len(first) == len(second) and all(
+        x1.tobytes() == x2.tobytes() and np.array_equal(s1, s2) and np.array_equal(y1, y2)
+        for (x1, s1, y1), (x2, s2, y2) in zip(first, second)
+    )
 
 
 def test_reproducible_pipeline_yields_the_same_batches_in_the_same_order(sharded_dir):
     config = _config(reproducible=True)
     first, second = _batches(sharded_dir, config), _batches(sharded_dir, config)
     assert len(first) == len(second) == 12
-    for (x1, s1, y1), (x2, s2, y2) in zip(first, second):
-        assert x1.tobytes() == x2.tobytes() and np.array_equal(s1, s2) and np.array_equal(y1, y2)
+    assert _same(first, second)
     other = _batches(sharded_dir, config.replace(seed=config.seed + 1))
     assert not np.array_equal(np.concatenate([s for _, s, _ in first]), np.concatenate([s for _, s, _ in other]))
     assert first[0][0].tobytes() != other[0][0].tobytes()
+
+
+def test_every_iterator_starts_the_same_stream_whatever_an_earlier_one_read(sharded_dir):
+    """A stage's next training phase, and QAT after its range calibration, iterate the stage's training
+    stream again. What they get must not depend on how far an earlier iterator read, nor on how far
+    its prefetching ran on meanwhile (which depends on the machine's load)."""
+    config = _config(reproducible=True)
+    fresh = _batches(sharded_dir, config)
+    for read, pause in ((1, 0.0), (20, 0.5)):  # 20 batches of 8: more than two epochs of the split
+        stream = _stream(sharded_dir, config)
+        earlier = iter(stream)
+        for _ in range(read):
+            next(earlier)
+        time.sleep(pause)  # its prefetching runs on meanwhile
+        del earlier
+        assert _same(_batches(sharded_dir, config, stream=stream), fresh), (read, pause)
 
 
 def test_the_switch_is_the_datasets_determinism_option(sharded_dir):

@@ -21,6 +21,17 @@ example meets the same (seed, crop) in every run. The map functions hold no stat
 they still run in parallel under ``tf.config.experimental.enable_op_determinism``. With
 ``reproducible: false``, ``deterministic=False`` lets parallel reads and decodes run ahead
 (which examples share a batch, and which seed an example gets, then depend on timing).
+
+Every iterator over the repeated training stream starts the same stream. A shuffle draws its
+epoch's order from a seed generator that belongs to the dataset and is shared by all its
+iterators, and a repeated pipeline draws the next epoch's seeds as soon as its prefetching
+reaches that epoch. A second iterator over one dataset (a stage's next training phase, QAT
+after its range calibration) would start where the first one's read-ahead stopped: at a
+different epoch's seeds on a loaded machine than on a quiet one. The shuffles and the seed
+stream are therefore built afresh for each iterator (inside a ``flat_map``), and no iterator
+sees what another one read (with ``data.cache_train`` each iterator fills a cache of its own).
+A training set that is not repeated reshuffles on every new iterator (one epoch each, as Keras
+iterates it without ``steps_per_epoch``), which depends only on how many iterators were made.
 """
 
 from __future__ import annotations
@@ -195,20 +206,29 @@ def make_dataset(
         return _parse(serialized, num_classes)
 
     if training:
-        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(files), 16),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=ordered,
-        )
-        if data_cfg.cache_train:
-            ds = ds.cache()
-        ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, randoms))
+
+        def records_and_seeds(_: object = None) -> tf.data.Dataset:
+            """(serialized record, random pair): the shuffled records, each with two random int64."""
+            ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.interleave(
+                tf.data.TFRecordDataset,
+                cycle_length=min(len(files), 16),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=ordered,
+            )
+            if data_cfg.cache_train:
+                ds = ds.cache()
+            ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            if repeat:
+                ds = ds.repeat()
+            randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+            return tf.data.Dataset.zip((ds, randoms))
+
+        if repeat:  # the shuffles and seeds built afresh for each iterator: see the module docstring
+            ds = tf.data.Dataset.range(1).flat_map(records_and_seeds)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+        else:
+            ds = records_and_seeds()
 
         def train_map(serialized: tf.Tensor, random_pair: tf.Tensor) -> tuple[object, tf.Tensor]:
             ex = parse(serialized)
