@@ -144,7 +144,8 @@ def predict_scores(
     """Sigmoid scores and labels for a dataset of (images, labels[, paths])."""
     step = _predict_fn(model, preprocess)
 
-    scores, labels = [], []
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for batch in dataset:
         images, y = batch[0], batch[1]
         if isinstance(images, (tuple, list)):
