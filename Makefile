@@ -31,7 +31,7 @@ KUBECTL ?= kubectl
 NAMESPACE ?=
 SCHEDULE_DIR ?= build/schedule
 
-.PHONY: install demo test test-fast lint bench bench-spread bench-scale bench-quality compile images upload schedule check-registry clean
+.PHONY: install demo test test-fast lint bench bench-spread bench-scale bench-quality bench-demo compile images upload schedule check-registry clean
 
 install: $(INSTALLED)
 
@@ -132,6 +132,13 @@ bench-scale: $(INSTALLED)
 # choice undone on one set (bench/quality.json; resumable: stored (set, seed) pairs are not retrained)
 bench-quality: $(INSTALLED)
 	$(BIN)/python bench/quality.py --ablations
+
+# make demo's pipeline time against an earlier commit's demo (each its own recipe lines), alternated
+# A B B A: four demos, about 30 min here; bench/demo.json and its rows in bench/README.md.
+# Other sides or rounds: make bench-demo BENCH_DEMO_ARGS='--before REF --after REF --rounds 3'
+BENCH_DEMO_ARGS ?=
+bench-demo: $(INSTALLED)
+	$(BIN)/python bench/demo.py $(BENCH_DEMO_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) pipeline.yaml build .pytest_cache .mypy_cache .ruff_cache

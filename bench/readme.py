@@ -1,4 +1,4 @@
-"""bench/README.md, rendered from bench/results.json, bench/scale.json and bench/quality.json.
+"""bench/README.md, rendered from bench/results.json, bench/scale.json, bench/quality.json and bench/demo.json.
 
 `make bench` (every full or ``--only`` run) writes it, and ``python bench/run.py --readme``
 writes it again from the files as they are, measuring nothing. The prose that says what each
@@ -58,7 +58,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} minutes"
 
 
-def _commands(results: dict, scale: dict | None, quality: dict | None) -> list[str]:
+def _commands(results: dict, scale: dict | None, quality: dict | None, demo_run: dict | None) -> list[str]:
     spent = results.get("bench_seconds", {})
     spread = results.get("spread", {}).get("seconds")
     lines = ["```sh"]
@@ -83,6 +83,12 @@ def _commands(results: dict, scale: dict | None, quality: dict | None) -> list[s
         + (f"{len(runs)} trainings in the file, {_minutes(sum(r['seconds'] for r in runs))}: " if runs else "")
         + "the recipe on each set of the development suite, 3 seeds, against simple baselines; "
         "writes bench/quality.json"
+    )
+    demo = (demo_run or {}).get("seconds")
+    lines.append(
+        "make bench-demo     # "
+        + (f"{_minutes(demo)} in the last run: " if demo else "")
+        + "make demo's pipeline time against an earlier commit's demo, alternated; writes bench/demo.json"
     )
     lines.append("python bench/run.py --readme   # this file again from the JSON files, measuring nothing")
     lines.append("```")
@@ -219,6 +225,52 @@ def before_after_rows(scale: dict) -> list[str]:
     ]
 
 
+def demo_lines(demo: dict) -> list[str]:
+    """bench/demo.json: the demo's pipeline seconds at two commits, alternated, their ratio against the
+    goal, and each task's median seconds."""
+    machine, ratio = demo["machine"], demo["after_over_before"]
+    sides = {side: demo[side] for side in ("before", "after")}
+
+    def what(side: dict) -> str:
+        images = f", {side['images']:,} images" if side.get("images") else ""
+        return f"`{side.get('config') or '?'}`{images}"
+
+    per_round = ratio.get("per_round")
+    lines = [
+        f"{demo['date']}, {machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores: each side runs its own "
+        "commit's `make demo` recipe lines (no install), in the order "
+        f"{', '.join(demo['order'])}; seconds from the pipeline log's `Running pipeline` line to its `Pipeline "
+        "... finished` line (the sample data and the validation before it not counted).",
+        "",
+        "| demo | commit | config, images | pipeline seconds: median (min-max, runs) | test macro mAP (INT8) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, side in sides.items():
+        maps = ", ".join(str(m) for m in side["test_map_macro_int8"])
+        lines.append(
+            f"| {name} | {side['commit'][:12]} | {what(side)} | {_spread(side['pipeline_seconds'])} | {maps} |"
+        )
+    rounds = f"; per round {_spread(per_round)}" if per_round else ""
+    lines += [
+        f"| after / before | | | {ratio['of_medians']:.1%} of the median{rounds} | goal {ratio['goal']}: "
+        f"{ratio['status']} |",
+        "",
+        "| task: median seconds | before | after |",
+        "|---|---|---|",
+    ]
+    tasks = list(dict.fromkeys([*sides["before"]["task_seconds"], *sides["after"]["task_seconds"]]))
+    for task in tasks:
+        cells = [_cell(side["task_seconds"].get(task)) for side in sides.values()]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    loads = "; ".join(f"{run['round']}:{run['side']} `{run['load_before']}`" for run in demo["runs"])
+    lines += [
+        "",
+        f"Load averages (1, 5, 15 min): `{demo['load']['start']}` at the start, `{demo['load']['end']}` at the end; "
+        f"before each run: {loads}.",
+    ]
+    return lines
+
+
 # what each set of the development suite (mobiletag.data.suite) stresses
 SET_TEXT = {
     "small-objects": "0-3 of ten small shapes (a tenth of the image wide) in four slots, any dark colour",
@@ -308,17 +360,18 @@ def _optional(title: str, name: str, data: dict | None, render) -> list[str]:
         return [*lines, unknown, "", *generic_table(data)]
 
 
-def readme(results: dict, scale: dict | None = None, quality: dict | None = None) -> str:
+def readme(results: dict, scale: dict | None = None, quality: dict | None = None, demo: dict | None = None) -> str:
     """The text of bench/README.md."""
     lines = [
         "# Benchmark results",
         "",
-        "Written by `bench/run.py` from `bench/results.json`, `bench/scale.json` and `bench/quality.json`; "
+        "Written by `bench/run.py` from `bench/results.json`, `bench/scale.json`, `bench/quality.json` and "
+        "`bench/demo.json`; "
         "do not edit it by hand (`python bench/run.py --readme` writes it again, and "
         "`tests/unit/test_bench_readme.py` fails when it differs). What the figures mean and what each "
         "choice is worth: [docs/benchmarks.md](../docs/benchmarks.md).",
         "",
-        *_commands(results, scale, quality),
+        *_commands(results, scale, quality, demo),
         "",
         "## How `make bench` measures",
         "",
@@ -332,6 +385,7 @@ def readme(results: dict, scale: dict | None = None, quality: dict | None = None
         "",
         report.table(results),
     ]
+    lines += _optional("`make bench-demo`: the demo against an earlier commit", "demo.json", demo, demo_lines)
     lines += _optional("`make bench-scale`: the late stages at growing dataset sizes", "scale.json", scale, scale_lines)
     lines += _optional("`make bench-quality`: the recipe on a hard set", "quality.json", quality, quality_lines)
     return "\n".join(lines) + "\n"
@@ -342,10 +396,10 @@ def _load(path: Path) -> dict | None:
 
 
 def render(results_path: Path) -> str:
-    """The README for ``results_path``, with scale.json and quality.json from the same folder."""
+    """The README for ``results_path``, with scale.json, quality.json and demo.json from the same folder."""
     folder = results_path.parent
     results = json.loads(results_path.read_text())
-    return readme(results, _load(folder / "scale.json"), _load(folder / "quality.json"))
+    return readme(results, _load(folder / "scale.json"), _load(folder / "quality.json"), _load(folder / "demo.json"))
 
 
 def write(results_path: Path) -> Path:

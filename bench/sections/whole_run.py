@@ -6,12 +6,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import demo
 import stats
 import yaml
 
@@ -44,17 +44,7 @@ def bench_run(data_dir: Path, work: Path) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"mobiletag train failed:\n{result.stderr[-3000:]}")
     # the console shows stages and epochs only; kfp.local's timestamped task lines are in the log file
-    log = re.sub(r"\x1b\[[0-9;]*m", "", (work / "train.log").read_text(encoding="utf-8", errors="replace"))
-    task_seconds: dict[str, float] = {}
-    started: dict[str, float] = {}
-    for h, m, sec, frac, event, task in re.findall(
-        r"^(\d\d):(\d\d):(\d\d)\.(\d+) - \w+ - (Executing task|Task) '([a-z-]+)'", log, flags=re.MULTILINE
-    ):
-        t = int(h) * 3600 + int(m) * 60 + int(sec) + float(f"0.{frac}")
-        if event == "Executing task":
-            started[task] = t
-        elif task in started:
-            task_seconds[task] = round(t - started.pop(task), 1)
+    task_seconds = demo.task_seconds((work / "train.log").read_text(encoding="utf-8", errors="replace"))
     compute = {}
     for metrics_file in (work / "kfp").rglob("executor_output.json"):
         data = json.loads(metrics_file.read_text())

@@ -51,6 +51,7 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
         qat_model = quantize(student)
         # the student's view of augmented training batches
         calibrate_ranges(qat_model, ctx.train_ds.map(lambda inputs, labels: augment(*inputs)[-1]), preprocess)
+        # traced once for the QAT model: each epoch's validation runs the same function
         calibrated_map = validation_map(qat_model, ctx.val_ds, preprocess)
         log.info(
             "qat: validation mAP %.4f after range calibration, before training (float %.4f)", calibrated_map, float_map

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -143,11 +144,14 @@ def predict_scores(
     """Sigmoid scores and labels for a dataset of (images, labels[, paths])."""
     step = _predict_fn(model, preprocess)
 
-    scores, labels = [], []
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for batch in dataset:
         images, y = batch[0], batch[1]
         if isinstance(images, (tuple, list)):
             images = images[-1]
+        if not scores:  # one trace for every batch size: the last, smaller batch is not traced again
+            step.get_concrete_function(tf.TensorSpec([None, *images.shape[1:]], images.dtype))
         scores.append(step(images).numpy())
         labels.append(y.numpy())
     if not scores:
@@ -161,10 +165,10 @@ def validation_map(model: keras.Model, dataset: tf.data.Dataset, preprocess: Pre
     return mean_average_precision(labels, scores)
 
 
-_PREDICT_FNS: dict[tuple[int, int], Callable[[tf.Tensor], tf.Tensor]] = {}
+_PREDICT_FNS: dict[tuple[int, int], Any] = {}
 
 
-def _predict_fn(model: keras.Model, preprocess: Preprocess) -> Callable[[tf.Tensor], tf.Tensor]:
+def _predict_fn(model: keras.Model, preprocess: Preprocess) -> Any:
     """One traced function per (model, preprocess): tracing again every epoch costs seconds."""
     key = (id(model), id(preprocess))
     if key not in _PREDICT_FNS:
@@ -180,8 +184,11 @@ def _predict_fn(model: keras.Model, preprocess: Preprocess) -> Callable[[tf.Tens
 class ValidationMAP(keras.callbacks.Callback):
     """Adds ``val_map`` (macro mAP on the validation split) to the epoch logs.
 
-    Scores come from ``trainer.predict``: under a distribution strategy every replica scores
-    its share of each batch (the validation pass is not left to one device).
+    On one device the scores come from :func:`predict_scores` on the trained model: the function
+    that scores a model read back from its checkpoint, traced once per model (QAT's figure after
+    range calibration is measured with the same trace). Under a distribution strategy with several
+    replicas they come from ``trainer.predict``: every replica scores its share of each batch (the
+    validation pass is not left to one device).
     """
 
     def __init__(self, trainer: Trainer, dataset: tf.data.Dataset, steps: int | None = None) -> None:
@@ -191,10 +198,14 @@ class ValidationMAP(keras.callbacks.Callback):
         self.steps = steps  # batches in the dataset: keras needs it with steps_per_execution > 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.steps is None:
-            self.steps = count_batches(self.dataset)
-        out = self.trainer.predict(self.dataset, steps=self.steps, verbose=0)
-        value = mean_average_precision(np.asarray(out["labels"]), np.asarray(out["scores"]))
+        if self.trainer.distribute_strategy.num_replicas_in_sync == 1:
+            scores, labels = predict_scores(self.trainer.model, self.dataset, self.trainer.preprocess)
+        else:
+            if self.steps is None:
+                self.steps = count_batches(self.dataset)
+            out = self.trainer.predict(self.dataset, steps=self.steps, verbose=0)
+            scores, labels = np.asarray(out["scores"]), np.asarray(out["labels"])
+        value = mean_average_precision(labels, scores)
         if logs is not None:
             logs["val_map"] = value if not math.isnan(value) else 0.0
 
@@ -389,7 +400,7 @@ def fit(
             callbacks.append(backup.callback())
     callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is stored
     callbacks.extend(extra_callbacks or [])
-    if not trainer.built:  # BackupAndRestore needs built variables to restore into
+    if resuming and not trainer.built:  # BackupAndRestore restores into a built model (a fresh fit needs no eager pass)
         trainer(next(iter(val_ds))[0])
     # SIGTERM (node shutdown) while training: back up at the next step and raise Preempted
     with sigterm_flag() as sigterm:
@@ -469,17 +480,25 @@ def best_model(
     preprocess: Preprocess = identity,
     load: Callable[[Path], keras.Model] | None = None,
     save_to: Path | None = None,
+    val_map: float | None = None,
 ) -> tuple[keras.Model, float]:
-    """The best epoch's model read back from ``checkpoint`` (``model`` as it is when no epoch
-    ran, e.g. 0 epochs configured) and its validation mAP.
+    """The best epoch's model (``model`` as it is when no epoch ran, e.g. 0 epochs configured) and
+    its validation mAP; the checkpoint is written to ``save_to`` (default: it stays where it is).
 
-    Without ``load`` the model is read back in float32 whatever precision it was trained in,
-    and written to ``save_to`` (default: over ``checkpoint``): the file the next stages read and
-    that ships is always float32.
+    With ``val_map`` (the figure the best epoch's validation measured on the checkpoint's weights
+    with this ``val_ds``, the same function and float32 compute: see
+    ``stage_runner.epoch_figure_is_final``) the checkpoint's weights are restored into ``model``
+    and that figure is returned; nothing is built or validated again. Otherwise the checkpoint is
+    read back (``load``; default: as float32 whatever precision it was trained in) and validated:
+    the file the next stages read and that ships is always float32.
     """
-    from mobiletag.training.precision import float32_copy, load_float32
+    from mobiletag.training.precision import float32_copy, is_float32, load_float32
 
     target = save_to or checkpoint
+    if val_map is not None and checkpoint.exists() and is_float32(model) and restore_weights(model, checkpoint):
+        if target != checkpoint:
+            shutil.copyfile(checkpoint, target)
+        return model, val_map
     if not checkpoint.exists():  # no epoch ran: the model as it is
         checkpoint = target
         (model if load else float32_copy(model)).save(checkpoint, include_optimizer=False)
@@ -487,6 +506,45 @@ def best_model(
     if load is None or target != checkpoint:
         best.save(target, include_optimizer=False)
     return best, validation_map(best, val_ds, preprocess)
+
+
+def restore_weights(model: keras.Model, path: Path) -> bool:
+    """Assign each weight of ``model`` its value in the .h5 file that ``model.save`` wrote, matched by
+    layer and weight name; False (nothing assigned) when the file's names are not the model's.
+
+    By name, not by position as ``load_weights`` does: the order of a layer's weights in the file
+    follows its trainable flag at save time when the layer wraps another (tfmot's QuantizeWrapper),
+    and a checkpoint of an earlier phase was saved under other flags.
+    """
+    import h5py
+    from tf_keras.src.saving.legacy.hdf5_format import load_attributes_from_hdf5_group
+
+    pairs: list[tuple[tf.Variable, np.ndarray]] = []
+    with h5py.File(path, "r") as f:
+        if "mixed_" in str(f.attrs.get("model_config", "")):  # saved under another precision policy
+            return False
+        group = f.get("model_weights", f)
+        saved = [name for name in load_attributes_from_hdf5_group(group, "layer_names") if name in group]
+        stored = {name for name in saved if load_attributes_from_hdf5_group(group[name], "weight_names")}
+        layers = [layer for layer in model.layers if layer.weights]
+        if stored != {layer.name for layer in layers} or len(layers) != len(stored):
+            return False
+        for layer in layers:
+            names = load_attributes_from_hdf5_group(group[layer.name], "weight_names")
+            variables: dict[str, tf.Variable] = {}
+            for weight in layer.weights:  # a frozen wrapper may list a weight twice
+                if variables.setdefault(weight.name, weight) is not weight:
+                    return False  # two weights of one name
+            if sorted(names) != sorted(variables):
+                return False
+            pairs += [(variables[name], np.asarray(group[layer.name][name])) for name in names]
+        top = group.get("top_level_model_weights")
+        if top is not None and load_attributes_from_hdf5_group(top, "weight_names"):
+            return False
+    keras.backend.batch_set_value(pairs)
+    for layer in model._flatten_layers():  # e.g. Normalization recomputes its mean and variance tensors
+        layer.finalize_state()
+    return True
 
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_size: int) -> float:

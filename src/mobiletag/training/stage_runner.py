@@ -232,7 +232,13 @@ def _train(
 
     final = out / stage.checkpoint
     best, val_map = best_model(
-        trainer.model, checkpoint, ctx.val_ds, stage.preprocess, load=stage.load, save_to=final
+        trainer.model,
+        checkpoint,
+        ctx.val_ds,
+        stage.preprocess,
+        load=stage.load,
+        save_to=final,
+        val_map=epoch_figure_is_final(dev, results[phases[-1].name]) if phases else None,
     )  # float32, whatever the policy
     trained = Trained(results, rates, best, val_map, final)
     report = stage.report(ctx, trained)
@@ -254,6 +260,21 @@ def _train(
     return StageResult(
         metrics=metrics, files={"checkpoint": str(final), "metrics": str(out / stage.metrics_file)}, details=details
     )
+
+
+def epoch_figure_is_final(dev: Devices, last: FitResult) -> float | None:
+    """The best epoch's validation mAP when it is the figure a validation of the best checkpoint would
+    give, else None (then the checkpoint is validated again).
+
+    It is when the epochs were validated as the checkpoint is: in float32 (a mixed policy validates
+    in 16 bits, the float32 model read back does not) on one replica (several score through
+    ``trainer.predict``; one scores with ``predict_scores`` on the trained model, the function
+    ``best_model`` validates with), and an epoch saved the checkpoint (the figure is above 0: an
+    epoch whose mAP was NaN, no positive in the split, logs 0).
+    """
+    if dev.policy != "float32" or dev.strategy.num_replicas_in_sync != 1:
+        return None
+    return last.best_val_map if math.isfinite(last.best_val_map) and last.best_val_map > 0 else None
 
 
 def _fit_phase(
