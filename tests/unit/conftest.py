@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,3 +25,21 @@ def gcs(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "_local", threading.local())  # fresh clients for this emulator
     yield emulator
     emulator.stop()
+
+
+BENCH = Path(__file__).parents[2] / "bench"
+
+
+@contextlib.contextmanager
+def bench_modules(*names: str) -> Iterator[dict[str, ModuleType]]:
+    """bench/'s modules ``names``, imported as the bench scripts import each other (bench/ on
+    sys.path); afterwards bench/ leaves sys.path and every bench module it loaded sys.modules."""
+    sys.path.insert(0, str(BENCH))
+    before = set(sys.modules)
+    try:
+        yield {name: importlib.import_module(name) for name in names}
+    finally:
+        sys.path.remove(str(BENCH))
+        for name in set(sys.modules) - before:
+            if getattr(sys.modules[name], "__file__", None) and str(BENCH) in str(sys.modules[name].__file__):
+                sys.modules.pop(name, None)

@@ -3,14 +3,14 @@ No demo runs here: the log and the runs are written by hand."""
 
 from __future__ import annotations
 
-import importlib
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).parents[2] / "bench"
+from .conftest import BENCH, bench_modules
+
 REPO = BENCH.parent
 
 LOG = """\
@@ -27,15 +27,10 @@ LOG = """\
 
 
 @pytest.fixture(scope="module")
-def bench() -> dict[str, ModuleType]:
-    """bench/'s demo, stats and readme modules, imported as bench/demo.py imports them (bench/ on sys.path)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield {name: importlib.import_module(name) for name in ("demo", "stats", "readme")}
-    finally:
-        sys.path.remove(str(BENCH))
-        for name in ("demo", "stats", "readme", "report", "machine", "sections"):
-            sys.modules.pop(name, None)
+def bench() -> Iterator[dict[str, ModuleType]]:
+    """bench/'s demo, stats and readme modules, imported as bench/demo.py imports them."""
+    with bench_modules("demo", "stats", "readme") as modules:
+        yield modules
 
 
 def test_pipeline_and_task_seconds_from_the_log_past_midnight(bench):

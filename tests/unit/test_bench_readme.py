@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).parents[2] / "bench"
+from .conftest import BENCH, bench_modules
 
 
 @pytest.fixture(scope="module")
-def bench() -> dict[str, ModuleType]:
-    """bench/'s report, readme and stats modules, imported as bench/run.py imports them (bench/ on sys.path)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield {name: importlib.import_module(name) for name in ("stats", "report", "readme")}
-    finally:
-        sys.path.remove(str(BENCH))
-        for name in ("stats", "report", "readme", "sections"):
-            sys.modules.pop(name, None)
+def bench() -> Iterator[dict[str, ModuleType]]:
+    """bench/'s report, readme and stats modules, imported as bench/run.py imports them."""
+    with bench_modules("stats", "report", "readme") as modules:
+        yield modules
 
 
 def test_the_committed_readme_is_the_one_the_results_files_give(bench):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import collections
 import csv
 import functools
-import importlib
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +18,8 @@ from PIL import Image, ImageOps
 from mobiletag.config import load_config
 from mobiletag.data import suite
 
+from .conftest import bench_modules
+
 REPO = Path(__file__).parents[2]
 BENCH = REPO / "bench"
 SMALL = (("train", 20), ("val", 20), ("test", 20))  # 10 classes x 2 forced positives per split
@@ -27,14 +28,10 @@ TINY = (("train", 2), ("val", 1), ("test", 1))
 
 
 @pytest.fixture(scope="module")
-def quality() -> ModuleType:
-    """bench/quality.py, imported as the bench scripts import each other (bench/ on sys.path)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("quality")
-    finally:
-        sys.path.remove(str(BENCH))
-        sys.modules.pop("quality", None)
+def quality() -> Iterator[ModuleType]:
+    """bench/quality.py, imported as the bench scripts import each other."""
+    with bench_modules("quality") as modules:
+        yield modules["quality"]
 
 
 def _rows(root: Path, split: str) -> list[dict[str, str]]:
