@@ -112,6 +112,36 @@ def test_a_fresh_fit_makes_no_eager_pass(tmp_path):
     assert result.epochs_run == 3 and not trainer.built
 
 
+@pytest.mark.parametrize(("steps_per_execution", "traces"), [(1, 1), (3, 2)])
+def test_a_fresh_fit_traces_its_training_step_once(tmp_path, steps_per_execution, traces):
+    """The optimizer's slots exist before the first step: a step that created them would be traced a
+    second time by tf.function. With several steps per call, Keras' loop is traced once more by
+    autograph (a first pass to learn what the loop body returns): 2, whatever the number of epochs."""
+    images, labels = _data(n=8)
+    traced: list[int] = []
+
+    class Counting(Trainer):
+        def train_step(self, data):
+            traced.append(1)  # runs in Python only when the step is traced
+            return super().train_step(data)
+
+    trainer = Counting(_model(), preprocess=_scaled)
+    trainer.compile(optimizer=keras.optimizers.Adam(1.0e-3), steps_per_execution=steps_per_execution)
+    result = fit(
+        trainer,
+        tf.data.Dataset.from_tensors((images, labels)).repeat(),
+        tf.data.Dataset.from_tensors((images, labels)),
+        name="student",
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=8,
+        checkpoint=tmp_path / "student_best.h5",
+        backup_dir=None,
+        patience=0,
+    )
+    assert result.epochs_run == 2 and len(traced) == traces
+
+
 def test_best_model_restores_the_checkpoint_and_keeps_the_epoch_figure(tmp_path, monkeypatch):
     """Nothing is built from the file or validated again; the model holds the checkpoint's weights,
     the file is in the output folder, and its direct validation gives the figure returned."""

@@ -400,6 +400,8 @@ def fit(
             callbacks.append(backup.callback())
     callbacks.append(epoch_log)  # last of ours: an epoch's log line means its backup is stored
     callbacks.extend(extra_callbacks or [])
+    with trainer.distribute_strategy.scope():  # the slots now: a first step that creates them is traced twice
+        trainer.optimizer.build(trainer.model.trainable_variables)
     if resuming and not trainer.built:  # BackupAndRestore restores into a built model (a fresh fit needs no eager pass)
         trainer(next(iter(val_ds))[0])
     # SIGTERM (node shutdown) while training: back up at the next step and raise Preempted
