@@ -123,7 +123,8 @@ class Telling(fit.EpochLog):  # says when the 2nd call of epoch 2 starts (steps 
 
 fit.EpochLog = Telling
 config = load_config(sys.argv[1], {"student": {"alpha": 1.0, "weights": "none", "epochs": 2, "image_size": 64,
-                                               "batch_size": 4}})
+                                               "batch_size": 4},
+                                   "multi_gpu": {"steps_per_execution": 8}})  # the cluster's grouping
 train_student.run(config, sys.argv[2], sys.argv[3], sys.argv[4], backup_uri=sys.argv[5], run_id="run-1",
                   task="train-student-baseline")
 print("STAGE DONE", flush=True)
