@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def bundle(
     teacher: dsl.Input[dsl.Model],
     student: dsl.Input[dsl.Model],
@@ -21,7 +21,6 @@ def bundle(
         student: The float student checkpoint.
         qat_model: The QAT student checkpoint.
         tflite_model: The INT8 TFLite model with MediaPipe metadata (mediapipe-package) and labels.
-        thresholds: threshold_recommendation.json.
         evaluation: metrics.json and report.md.
         backup_uri: The training steps' backup prefix: once the output folder is written, <backup_uri>/<run id>/ is deleted (every training output is stored by then); empty: nothing to delete.
         output: The output folder of the contract with the app team.

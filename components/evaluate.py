@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def evaluate(
     dataset: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Model],
@@ -30,7 +30,6 @@ def evaluate(
         baseline_student: The student trained without the teacher (baseline_skipped.json only when it was off).
         qat_model: The QAT student (quantize), for its training curve in the report.
         tflite_model: The INT8 model with MediaPipe metadata (mediapipe-package), with MediaPipe's test scores and label sets.
-        thresholds: threshold_recommendation.json.
         config_json: The thresholds config section (compare_images: how many images the float models score).
         evaluation: metrics.json, report.md and report.html (metrics.json with the "distillation" block: both students, the test difference; the "mediapipe" block: the figures through MediaPipe's ImageClassifier).
         metrics: Test figures (mAP, F1, exact match, Hamming loss), size and latency.

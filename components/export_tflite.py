@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def export_tflite(
     dataset: dsl.Input[dsl.Dataset],
     qat_model: dsl.Input[dsl.Model],
@@ -16,7 +16,6 @@ def export_tflite(
     Args:
         dataset: TFRecords (representative data from train, parity check on validation).
         qat_model: The QAT model.
-        config_json: This stage's config sections (from resolve_config).
         model: model_qat_int8.tflite, labels.txt, export_report.json.
         metrics: Size in bytes and the parity with the QAT model.
     """

@@ -1,9 +1,10 @@
 from kfp import dsl
 
+from components.base import component
 from components.image import MEDIAPIPE_IMAGE
 
 
-@dsl.component(base_image=MEDIAPIPE_IMAGE, install_kfp_package=False)
+@component(MEDIAPIPE_IMAGE)
 def mediapipe_package(
     dataset: dsl.Input[dsl.Dataset],
     tflite_model: dsl.Input[dsl.Model],

@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def optimize_thresholds(
     dataset: dsl.Input[dsl.Dataset],
     tflite_model: dsl.Input[dsl.Model],
@@ -16,8 +16,6 @@ def optimize_thresholds(
     Args:
         dataset: TFRecords (validation split).
         tflite_model: The exported INT8 model.
-        config_json: This stage's config sections (from resolve_config).
-        thresholds: threshold_recommendation.json.
         metrics: Validation macro F1 at the chosen thresholds.
     """
     from mobiletag.stages import optimize_thresholds as stage

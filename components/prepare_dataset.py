@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def prepare_dataset(
     data_uri: str,
     data_fingerprint: str,
@@ -16,7 +16,6 @@ def prepare_dataset(
     Args:
         data_uri: Dataset folder (local path or gs:// URI): images/, train/val/test_labels.csv.
         data_fingerprint: The dataset's fingerprint (from resolve_config): new files under data_uri miss the cache.
-        config_json: This stage's config sections (from resolve_config).
         dataset: TFRecord shards per split, labels.txt, stats.json.
         metrics: Images per split and number of classes.
     """

@@ -1,9 +1,7 @@
-from kfp import dsl
-
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def promote(output_uri: str, version: str, previous_version: str):
     """Moves <output_uri>/LATEST to the published version (runs only when the gate passed).
 

@@ -2,10 +2,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def resolve_config(
     data_uri: str,
     config_overrides: str,

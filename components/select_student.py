@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def select_student(
     distilled: dsl.Input[dsl.Model],
     baseline: dsl.Input[dsl.Model],

@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import STUDENT_METRICS, component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component(metrics=STUDENT_METRICS)
 def train_student(
     dataset: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Model],
@@ -16,13 +16,8 @@ def train_student(
     """Distils the EfficientNet-Lite student from the frozen teacher (0.7*hard + 0.3*T^2*soft).
 
     Args:
-        dataset: TFRecords from prepare_dataset.
         teacher: The trained teacher.
-        config_json: This stage's config sections (from resolve_config).
-        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's pipeline/runid label); empty: none.
-        gpus: GPUs this step gets; above 0 the step fails at once when TensorFlow sees no GPU.
         model: student_best.h5 (best validation mAP) and student_metrics.json.
-        metrics: Validation mAP, training images/second, parameter count.
     """
     import os
 

@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import STUDENT_METRICS, component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component(metrics=STUDENT_METRICS)
 def train_student_baseline(
     dataset: dsl.Input[dsl.Dataset],
     config_json: str,
@@ -16,13 +16,11 @@ def train_student_baseline(
     """Trains the same student without the teacher (student.alpha = 1): the baseline that shows whether distillation pays.
 
     Args:
-        dataset: TFRecords from prepare_dataset.
         config_json: The train_student stage's config sections (from resolve_config); alpha is set to 1 here.
         enabled: Pipeline parameter baseline_student; false: trains nothing, asks for no GPU and leaves baseline_skipped.json.
         backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/train-student-baseline/; empty: none.
         gpus: GPUs this step gets (the student's); above 0 the step fails at once when TensorFlow sees no GPU.
         model: student_best.h5 (best validation mAP) and student_metrics.json, or baseline_skipped.json.
-        metrics: Validation mAP, training images/second, parameter count.
     """
     import os
 

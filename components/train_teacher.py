@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.image import IMAGE
+from components.base import component
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@component()
 def train_teacher(
     dataset: dsl.Input[dsl.Dataset],
     config_json: str,
@@ -15,10 +15,6 @@ def train_teacher(
     """Trains the EfficientNet-B3 teacher: head warm-up, then fine-tuning of the top 30%.
 
     Args:
-        dataset: TFRecords from prepare_dataset.
-        config_json: This stage's config sections (from resolve_config).
-        backup_uri: Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's pipeline/runid label); empty: none.
-        gpus: GPUs this step gets; above 0 the step fails at once when TensorFlow sees no GPU.
         model: teacher_best.h5 (best validation mAP) and teacher_metrics.json.
         metrics: Validation mAP, training images/second.
     """

@@ -92,21 +92,18 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
 # === Layers ===
 
 
-def _conv_bn(x: tf.Tensor, filters: int, kernel: int, stride: int, name: str, relu: bool = True) -> tf.Tensor:
-    x = layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_conv_init(),
-        name=f"{name}_conv",
-    )(x)
-    return _bn_relu6(x, name, relu)
+def _conv_bn(x: tf.Tensor, filters: int | None, kernel: int, stride: int, name: str, relu: bool = True) -> tf.Tensor:
+    """Convolution ('same' padding, no bias), BatchNormalization, then ReLU6 unless ``relu`` is false.
 
-
-def _bn_relu6(x: tf.Tensor, name: str, relu: bool = True) -> tf.Tensor:
-    """BatchNormalization (``<name>_bn``), then ReLU6 (``<name>_relu6``) unless ``relu`` is false."""
+    ``filters`` None: a depthwise convolution ``<name>_dwconv``, then ``<name>_dw_bn`` and
+    ``<name>_dw_relu6``; else a Conv2D ``<name>_conv``, then ``<name>_bn`` and ``<name>_relu6``.
+    """
+    same = {"strides": stride, "padding": "same", "use_bias": False}
+    if filters is None:
+        x = layers.DepthwiseConv2D(kernel, depthwise_initializer=_conv_init(), name=f"{name}_dwconv", **same)(x)
+        name = f"{name}_dw"
+    else:
+        x = layers.Conv2D(filters, kernel, kernel_initializer=_conv_init(), name=f"{name}_conv", **same)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(6.0, name=f"{name}_relu6")(x)
@@ -119,15 +116,7 @@ def _mbconv(x: tf.Tensor, args: BlockArgs, filters_in: int, filters_out: int, st
     expanded = filters_in * args.expand_ratio
     if args.expand_ratio != 1:
         x = _conv_bn(x, expanded, 1, 1, f"{name}_expand")
-    x = layers.DepthwiseConv2D(
-        args.kernel,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        depthwise_initializer=_conv_init(),
-        name=f"{name}_dwconv",
-    )(x)
-    x = _bn_relu6(x, f"{name}_dw")
+    x = _conv_bn(x, None, args.kernel, stride, name)
     x = _conv_bn(x, filters_out, 1, 1, f"{name}_project", relu=False)
     if stride == 1 and filters_in == filters_out:
         x = layers.Add(name=f"{name}_add")([x, inputs])
