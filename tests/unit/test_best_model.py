@@ -84,10 +84,12 @@ def test_validation_on_one_device_scores_as_the_checkpoints_validation_does(monk
     assert fit_module._predict_fn(model, _scaled).experimental_get_tracing_count() == 1
 
 
-def _trained(tmp_path) -> tuple[Trainer, tf.data.Dataset, FitResult]:
+def _trained(tmp_path, trainer: Trainer | None = None) -> tuple[Trainer, tf.data.Dataset, FitResult]:
+    """``trainer`` (default: SGD on a small conv net) fitted 3 epochs of 2 steps on 8 images."""
     images, labels = _data(n=8)
-    trainer = Trainer(_model(), preprocess=_scaled)
-    trainer.compile(optimizer=keras.optimizers.SGD(0.05))
+    if trainer is None:
+        trainer = Trainer(_model(), preprocess=_scaled)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05))
     train = tf.data.Dataset.from_tensors((images, labels)).repeat()
     val = tf.data.Dataset.from_tensors((images, labels))
     result = fit(
@@ -117,7 +119,6 @@ def test_a_fresh_fit_traces_its_training_step_once(tmp_path, steps_per_execution
     """The optimizer's slots exist before the first step: a step that created them would be traced a
     second time by tf.function. With several steps per call, Keras' loop is traced once more by
     autograph (a first pass to learn what the loop body returns): 2, whatever the number of epochs."""
-    images, labels = _data(n=8)
     traced: list[int] = []
 
     class Counting(Trainer):
@@ -127,19 +128,9 @@ def test_a_fresh_fit_traces_its_training_step_once(tmp_path, steps_per_execution
 
     trainer = Counting(_model(), preprocess=_scaled)
     trainer.compile(optimizer=keras.optimizers.Adam(1.0e-3), steps_per_execution=steps_per_execution)
-    result = fit(
-        trainer,
-        tf.data.Dataset.from_tensors((images, labels)).repeat(),
-        tf.data.Dataset.from_tensors((images, labels)),
-        name="student",
-        epochs=2,
-        steps_per_epoch=3,
-        batch_size=8,
-        checkpoint=tmp_path / "student_best.h5",
-        backup_dir=None,
-        patience=0,
-    )
-    assert result.epochs_run == 2 and len(traced) == traces
+    (tmp_path / "best").mkdir()
+    _, _, result = _trained(tmp_path, trainer)
+    assert result.epochs_run == 3 and len(traced) == traces
 
 
 def test_best_model_restores_the_checkpoint_and_keeps_the_epoch_figure(tmp_path, monkeypatch):
