@@ -1,8 +1,9 @@
 """The mobiletag Kubeflow pipeline: wiring only (GPU pools, resources, timeouts, caching, retries).
 
 Each task's inputs, config JSON and `after` come from the stage table (mobiletag.stages.STAGES) through
-``_stage``; this file adds what the table does not say: the pipeline's parameters, display names and
-resources. tests/pipeline/test_stage_table.py checks the compiled DAG against the table (order, tasks,
+``_stage``, each ``dsl.If`` group's condition from the table's ``when`` through ``_when``; this file adds
+what the table does not say: the pipeline's parameters, display names and resources.
+tests/pipeline/test_stage_table.py checks the compiled DAG against the table (order, tasks, conditions,
 resources).
 
 Compile: ``make compile`` (or ``kfp dsl compile --py pipeline.py --output pipeline.yaml``).
@@ -110,6 +111,19 @@ def _stage(tasks: dict[str, dsl.PipelineTask], component, display_name: str, **p
     task = component(**inputs, **parameters).set_display_name(display_name)
     tasks[stage.name] = task.after(*(tasks[name] for name in stage.after))
     return task
+
+
+def _when(tasks: dict[str, dsl.PipelineTask], component, **parameters) -> dsl.If:
+    """The ``dsl.If`` group of the stage's condition (the stage table's ``when``): its source is the
+    upstream task's output in ``tasks``, or the pipeline parameter of that name in ``parameters``."""
+    when = STAGE[component.name.replace("-", "_")].when
+    if when is None:
+        raise ValueError(
+            f"stage {component.name} has no `when` in the stage table (mobiletag.stages.STAGES): "
+            "give its row one, or create its task outside a dsl.If"
+        )
+    outputs = {name: task.outputs for name, task in tasks.items()}
+    return dsl.If(when.condition(outputs, parameters), name=when.group)
 
 
 def _on_cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8Gi") -> dsl.PipelineTask:
@@ -245,13 +259,14 @@ def mobiletag_pipeline(
     _on_cpu(output, cpu="1", memory="2Gi")
     _run_id_from_label(output)  # deletes <backup_uri>/<run id>/ once the output folder is written
 
-    with dsl.If(output_uri != "", name="publish-requested"):
+    # publish only when an output URI is given, promote only when publish's quality gate passed
+    with _when(tasks, publish, output_uri=output_uri):
         # the run's id names the version; publish is never cached
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         published = _stage(tasks, publish, "publish + quality gate", output_uri=output_uri, run_id=run_id)
         _on_cpu(published, cpu="1", memory="2Gi")
         published.set_caching_options(False)  # LATEST may have moved since a cached run
-        with dsl.If(published.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712
+        with _when(tasks, promote):
             promoted = _stage(tasks, promote, "promote: move LATEST", output_uri=output_uri)
             _on_cpu(promoted, cpu="1", memory="1Gi")
             promoted.set_caching_options(False)

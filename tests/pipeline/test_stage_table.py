@@ -7,7 +7,9 @@ import collections
 import dataclasses
 import functools
 import importlib
+import operator
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -33,9 +35,21 @@ def spec(tmp_path_factory) -> dict[str, Any]:
     return next(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
 
 
+CONDITION = re.compile(r"inputs\.parameter_values\['(?P<input>[^']+)'\] (?P<operator>==|!=) (?P<value>.+)")
+
+
+def _condition(group: dict[str, Any], inputs: dict[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...], str, Any]:
+    """A dsl.If group's condition: (group name, where its operand comes from, operator, value)."""
+    match = CONDITION.fullmatch(group["triggerPolicy"]["condition"])
+    assert match, group["triggerPolicy"]["condition"]
+    value = yaml.safe_load(match["value"])  # the compiler writes '' for a string, true / false for a bool
+    return (group["taskInfo"]["name"], inputs[match["input"]], match["operator"], value)
+
+
 def _tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every task of the pipeline (condition groups opened), its inputs resolved to where they come
-    from: ("task", producer, output key) or ("pipeline", parameter) or ("constant", value)."""
+    from: ("task", producer, output key) or ("pipeline", parameter) or ("constant", value); its
+    conditions: the enclosing dsl.If groups' (see _condition), outermost first."""
     found: dict[str, dict[str, Any]] = {}
 
     def source(binding: dict[str, Any], outer: dict[str, Any]) -> tuple[str, ...]:
@@ -48,18 +62,37 @@ def _tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
             return outer.get(name, ("pipeline", name))
         return ("constant", str(binding.get("runtimeValue")))
 
-    def walk(tasks: dict[str, Any], outer: dict[str, Any]) -> None:
+    def walk(tasks: dict[str, Any], outer: dict[str, Any], conditions: tuple) -> None:
         for name, task in tasks.items():
             inputs = {**task.get("inputs", {}).get("artifacts", {}), **task.get("inputs", {}).get("parameters", {})}
             resolved = {key: source(binding, outer) for key, binding in inputs.items()}
             component = spec["components"][task["componentRef"]["name"]]
             if "dag" in component:  # a dsl.If group: its tasks see its inputs
-                walk(component["dag"]["tasks"], resolved)
+                walk(component["dag"]["tasks"], resolved, (*conditions, _condition(task, resolved)))
             else:
-                found[name] = {"inputs": resolved, "after": set(task.get("dependentTasks", [])), "component": component}
+                found[name] = {
+                    "inputs": resolved,
+                    "after": set(task.get("dependentTasks", [])),
+                    "component": component,
+                    "conditions": list(conditions),
+                }
 
-    walk(spec["root"]["dag"]["tasks"], {})
+    walk(spec["root"]["dag"]["tasks"], {}, ())
     return found
+
+
+def _table_conditions(stage: Stage, by_name: dict[str, Stage]) -> list[tuple[str, tuple[str, ...], str, Any]]:
+    """The dsl.If groups the table puts the stage's task in, outermost first, as _condition gives them:
+    its upstream stages' (a task that reads a conditional task's output sits in its group), then its own."""
+    conditions: dict[tuple, None] = {}
+    for upstream in [*(up for up, _ in _upstream(stage, by_name).values()), *stage.after]:
+        if upstream in by_name:
+            conditions.update(dict.fromkeys(_table_conditions(by_name[upstream], by_name)))
+    if (when := stage.when) is not None:
+        name, _, output = when.source.partition(".")
+        source = ("task", name.replace("_", "-"), output) if output else ("pipeline", name)
+        conditions[(when.group, source, when.operator, when.value)] = None
+    return list(conditions)
 
 
 def _upstream(stage: Stage, by_name: dict[str, Stage]) -> dict[str, tuple[str, str]]:
@@ -111,6 +144,8 @@ def mismatches(spec: dict[str, Any], stages: tuple[Stage, ...]) -> list[str]:
         on_gpu = "accelerator" in executor["container"].get("resources", {})
         if on_gpu != stage.resources.startswith("gpu"):
             errors.append(f"{stage.name}: accelerator {on_gpu}, resources {stage.resources!r}")
+        if task["conditions"] != (wanted := _table_conditions(stage, by_name)):
+            errors.append(f"{stage.name}: runs under {task['conditions']}, the table says {wanted}")
     return errors
 
 
@@ -129,6 +164,10 @@ def test_pipeline_matches_stage_table(spec) -> None:
         "no after",
         "wrong resources",
         "extra output",
+        "no condition",
+        "other condition value",
+        "other condition operator",
+        "other condition group",
     ],
 )
 def test_mismatches_are_found(spec, broken) -> None:
@@ -153,6 +192,17 @@ def test_mismatches_are_found(spec, broken) -> None:
         stages[i] = dataclasses.replace(stages[i], resources="cpu")
     elif broken == "extra output":
         stages[i] = dataclasses.replace(stages[i], outputs=(*stages[i].outputs, "extra"))
+    elif broken.startswith(("no condition", "other condition")):
+        j = next(n for n, s in enumerate(stages) if s.name == ("publish" if broken == "no condition" else "promote"))
+        when = stages[j].when
+        assert when is not None
+        changed = {
+            "no condition": None,
+            "other condition value": dataclasses.replace(when, value=False),
+            "other condition operator": dataclasses.replace(when, operator="!="),
+            "other condition group": dataclasses.replace(when, group="gate"),
+        }[broken]
+        stages[j] = dataclasses.replace(stages[j], when=changed)
     assert mismatches(spec, tuple(stages)) != []
 
 
@@ -349,13 +399,24 @@ def test_inprocess_runner_calls_each_stage_as_its_component_does(monkeypatch, sa
     assert args["promote"] == (models, "v2", "v1")
 
 
-@pytest.mark.parametrize(("output_uri", "gate_passed", "last"), [(None, True, "bundle"), ("m", False, "publish")])
+@pytest.mark.parametrize(
+    ("output_uri", "gate_passed", "last"),
+    [(None, True, "bundle"), ("", False, "bundle"), ("m", False, "publish"), ("m", True, "promote")],
+)
 def test_inprocess_runner_skips_what_the_pipeline_skips(
-    monkeypatch, sample_dir, tiny_config, tmp_path, output_uri, gate_passed, last
+    spec, monkeypatch, sample_dir, tiny_config, tmp_path, output_uri, gate_passed, last
 ):
+    """The runner runs the stages whose compiled dsl.If conditions hold on the same values."""
     from mobiletag.runners import inprocess
 
     calls = _record_components(monkeypatch, gate_passed)
     inprocess.run_pipeline(tiny_config, sample_dir, tmp_path / "out", output_uri=output_uri)
     names = [s.name for s in STAGES]
     assert list(calls) == names[: names.index(last) + 1]
+    values = {("pipeline", "output_uri"): output_uri or "", ("task", "publish", "gate_passed"): gate_passed}
+    compare = {"==": operator.eq, "!=": operator.ne}
+    tasks = _tasks(spec)
+    compiled = [
+        s.name for s in STAGES if all(compare[op](values[src], v) for _, src, op, v in tasks[s.task]["conditions"])
+    ]
+    assert list(calls) == compiled

@@ -39,13 +39,6 @@ RESULT = ("bundle", "output")  # what pipeline.py's mobiletag_pipeline returns: 
 
 Outputs = dict[str, Any]  # a stage's outputs by name: kfp artifacts and parameter values
 
-# Stages that run only when this holds (pipeline.py's dsl.If groups); a stage whose upstream
-# did not run does not run either.
-WHEN: dict[str, Callable[[dict[str, Any], dict[str, Outputs]], bool]] = {
-    "publish": lambda parameters, results: bool(parameters["output_uri"]),
-    "promote": lambda parameters, results: bool(results["publish"]["gate_passed"]),
-}
-
 
 class StageFailed(MobiletagError):
     pass
@@ -59,9 +52,11 @@ def component_function(stage: Stage) -> Callable[..., Any]:
 
 
 def runs(stage: Stage, parameters: dict[str, Any], results: dict[str, Outputs]) -> bool:
-    """Whether the stage runs: every upstream stage ran and its condition (WHEN) holds."""
-    ran = all(upstream in results for upstream, _ in stage.upstream.values())
-    return ran and WHEN.get(stage.name, lambda *_: True)(parameters, results)
+    """Whether the stage runs: every upstream stage ran and its condition (the table's ``when``,
+    pipeline.py's dsl.If) holds on the pipeline's parameters or the upstream stage's output."""
+    if not all(upstream in results for upstream, _ in stage.upstream.values()):
+        return False
+    return stage.when is None or bool(stage.when.condition(results, parameters))
 
 
 def arguments(
@@ -106,6 +101,24 @@ def _parameter_outputs(returned: Any) -> Outputs:
     return returned._asdict() if hasattr(returned, "_asdict") else {"Output": returned}
 
 
+def run_stage(
+    stage: Stage, parameters: dict[str, Any], results: dict[str, Outputs], work: Path, out_dir: Path
+) -> Outputs:
+    """Call the stage's component body with :func:`arguments`; its outputs: the output artifacts (with
+    the metadata the body wrote) and its returned values, by output name.
+
+    Raises:
+        StageFailed: the body raised a MobiletagError (chained).
+    """
+    function = component_function(stage)
+    kwargs, outputs = arguments(stage, function, parameters, results, work, out_dir)
+    try:
+        returned = function(**kwargs)
+    except MobiletagError as exc:
+        raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+    return {**outputs, **_parameter_outputs(returned)}
+
+
 def run_pipeline(
     config: Config,
     data_dir: str | Path,
@@ -142,16 +155,10 @@ def run_pipeline(
         for stage in STAGES:
             if not runs(stage, parameters, results):
                 continue
-            function = component_function(stage)
             config_json = {"config_json": stage_config_json(config, stage.name)} if stage.config_key else {}
-            kwargs, outputs = arguments(stage, function, {**parameters, **config_json}, results, work, Path(out_dir))
             log.info("=== stage %s ===", stage.name)
             start = time.perf_counter()
-            try:
-                returned = function(**kwargs)
-            except MobiletagError as exc:
-                raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
-            results[stage.name] = {**outputs, **_parameter_outputs(returned)}
+            results[stage.name] = run_stage(stage, {**parameters, **config_json}, results, work, Path(out_dir))
             timings[stage.name] = time.perf_counter() - start
             log.info("=== stage %s done in %.1f s ===", stage.name, timings[stage.name])
     finally:

@@ -11,11 +11,43 @@ Importing this module imports neither TensorFlow nor kfp: a stage's module is na
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 CONFIG_STAGE = "resolve_config"  # the step that merges the config and hands each stage its JSON
 
 RUN_SECTIONS = ("seed", "reproducible", "multi_gpu", "data")  # what every training stage reads
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {"==": operator.eq, "!=": operator.ne}
+
+
+@dataclass(frozen=True)
+class When:
+    """The condition a stage runs under: ``source`` compared with ``value`` by ``operator``.
+
+    group: the name of the condition's ``dsl.If`` group in the compiled pipeline.
+    source: a pipeline parameter, or ``stage.output`` (a parameter output of an earlier stage).
+    operator: "==" or "!=".
+    """
+
+    group: str
+    source: str
+    operator: str
+    value: str | bool
+
+    def __post_init__(self) -> None:
+        if self.operator not in _OPERATORS:
+            raise ValueError(f"When({self.group!r}): operator {self.operator!r} is not one of {sorted(_OPERATORS)}")
+
+    def condition(self, outputs: Mapping[str, Mapping[str, Any]], parameters: Mapping[str, Any]) -> Any:
+        """``source <operator> value``, the source taken from ``outputs`` (each stage's outputs by name)
+        or ``parameters`` (the pipeline's): a bool on values; on KFP channels, a ``dsl.If`` condition."""
+        stage, _, output = self.source.partition(".")
+        source = outputs[stage][output] if output else parameters[stage]
+        return _OPERATORS[self.operator](source, self.value)
 
 
 @dataclass(frozen=True)
@@ -32,8 +64,11 @@ class Stage:
     resources: the class of machine it runs on: "gpu" (the GPU pool, as many GPUs as the run
         asks), "gpu-one" (the GPU pool, one device) or "cpu"; pipeline.py holds the quantities.
     after: stages it waits for without reading their outputs.
-    entry: the function the component calls, ``module:function``, when it is not ``run`` of
+    entry_point: the function the component calls, ``module:function``, when it is not ``run`` of
         ``mobiletag.stages.<name>``.
+    when: the condition it runs under (None: always, once its upstream stages ran). pipeline.py
+        wraps its task in a ``dsl.If`` of it (inside the groups of its upstream stages); the
+        in-process runner evaluates it.
     """
 
     name: str
@@ -44,6 +79,7 @@ class Stage:
     after: tuple[str, ...] = ()
     config_of: str = ""
     entry_point: str = ""
+    when: When | None = None
 
     @property
     def task(self) -> str:
@@ -161,14 +197,21 @@ STAGES: tuple[Stage, ...] = (
         ),
         ("output",),
     ),
-    # only when an output URI is given; promote only when publish's quality gate passed
-    Stage("publish", ("gate",), (("output", "bundle"),), ("metrics", "version", "previous_version", "gate_passed")),
+    # publish only when an output URI is given; promote only when publish's quality gate passed
+    Stage(
+        "publish",
+        ("gate",),
+        (("output", "bundle"),),
+        ("metrics", "version", "previous_version", "gate_passed"),
+        when=When("publish-requested", "output_uri", "!=", ""),
+    ),
     Stage(
         "promote",
         (),
         (("version", "publish.version"), ("previous_version", "publish.previous_version")),
         (),
         entry_point="mobiletag.stages.publish:promote",
+        when=When("gate-passed", "publish.gate_passed", "==", True),
     ),
 )
 
