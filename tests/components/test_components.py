@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,9 @@ from ..report_checks import CHROMIUM, NO_CHROMIUM
 
 sys.path.insert(0, str(REPO))
 
-from components.bundle import bundle
-from components.evaluate import evaluate
-from components.export_tflite import export_tflite
-from components.mediapipe_package import mediapipe_package
-from components.optimize_thresholds import optimize_thresholds
-from components.prepare_dataset import prepare_dataset
-from components.promote import promote
-from components.publish import publish
-from components.quantize import quantize
 from components.resolve_config import resolve_config
-from components.select_student import select_student
-from components.train_student import train_student
-from components.train_student_baseline import train_student_baseline
-from components.train_teacher import train_teacher
 
-from mobiletag.stages import STAGES
+from mobiletag.stages import STAGE, STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -43,78 +29,18 @@ def artifact(kind, path: Path):
     return kind(name=path.name, uri=str(path), metadata={})
 
 
-# Where each stage's outputs are kept in ``run`` (the names the tests below read)
-ARTIFACT_NAMES = {
-    ("prepare_dataset", "dataset"): "dataset",
-    ("prepare_dataset", "metrics"): "prepare_metrics",
-    ("train_teacher", "model"): "teacher",
-    ("train_teacher", "metrics"): "teacher_metrics",
-    ("train_student", "model"): "student",
-    ("train_student", "metrics"): "student_metrics",
-    ("train_student_baseline", "model"): "baseline",
-    ("train_student_baseline", "metrics"): "baseline_metrics",
-    ("select_student", "model"): "selected",
-    ("select_student", "metrics"): "select_metrics",
-    ("quantize", "model"): "qat",
-    ("quantize", "metrics"): "qat_metrics",
-    ("export_tflite", "model"): "tflite",
-    ("export_tflite", "metrics"): "export_metrics",
-    ("optimize_thresholds", "thresholds"): "thresholds",
-    ("optimize_thresholds", "metrics"): "threshold_metrics",
-    ("mediapipe_package", "model"): "packaged",
-    ("mediapipe_package", "metrics"): "mediapipe_metrics",
-    ("evaluate", "evaluation"): "evaluation",
-    ("evaluate", "metrics"): "eval_metrics",
-    ("evaluate", "roc"): "roc",
-    ("evaluate", "report"): "report.md",
-    ("evaluate", "report_html"): "report.html",
-    ("bundle", "output"): "output",
-    ("publish", "metrics"): "publish_metrics",
-}
-COMPONENTS = {
-    c.name.replace("-", "_"): c
-    for c in (
-        prepare_dataset,
-        train_teacher,
-        train_student,
-        train_student_baseline,
-        select_student,
-        quantize,
-        export_tflite,
-        optimize_thresholds,
-        mediapipe_package,
-        evaluate,
-        bundle,
-        publish,
-        promote,
-    )
-}
-
-
-def _output_kinds(component) -> dict[str, type]:
-    """The component's output artifacts and their classes (dsl.Output[dsl.Model] -> dsl.Model)."""
-    hints = typing.get_type_hints(component.python_func, include_extras=True)
-    return {
-        name: typing.get_args(hint)[0]
-        for name, hint in hints.items()
-        if typing.get_origin(hint) is typing.Annotated and "Output" in repr(hint)
-    }
-
-
 @pytest.fixture(scope="module")
 def run(sample_dir, tiny_overrides_text, tmp_path_factory):
-    """Every stage's artifacts, produced by calling the components one after the other in the
-    stage table's order, each with its inputs and config JSON as the table names them."""
+    """Every stage's outputs, by ``"<stage>.<output>"``, produced by calling the components one after
+    the other in the stage table's order, each given its arguments as the in-process runner gives
+    them (mobiletag.runners.inprocess.run_stage), its config JSON from resolve_config's component."""
+    from mobiletag.runners import inprocess
+
     root = tmp_path_factory.mktemp("components")
-    a = {}
-
-    def out(kind, name):
-        a[name] = artifact(kind, root / name)
-        return a[name]
-
+    a = {"config.yaml": artifact(dsl.Artifact, root / "config.yaml")}
     configs = resolve_configs(
         sample_dir,
-        out(dsl.Artifact, "config.yaml"),
+        a["config.yaml"],
         config_overrides=tiny_overrides_text,
         gpu_node_pool="pool",
         gpu_accelerator="nvidia-l4",
@@ -122,37 +48,30 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         student_memory="48Gi",
     )
     a["configs"] = configs
-    backup = {"backup_uri": str(root / "backup")}
-    # what each component gets besides its inputs, config JSON and outputs
+    # the pipeline's values for this run, by the name of the component parameter that gets them
     parameters = {
-        "prepare_dataset": {"data_uri": str(sample_dir), "data_fingerprint": configs.data_fingerprint},
-        "train_teacher": {**backup, "gpus": 0},
-        "train_student": {**backup, "gpus": 0},
-        "train_student_baseline": {**backup, "gpus": 0, "enabled": True},
-        "quantize": {**backup, "gpus": configs.qat_gpus},
-        "bundle": backup,
-        "publish": {"output_uri": str(root / "models"), "run_id": "run-1"},
-        "promote": {"output_uri": str(root / "models")},
+        "data_uri": str(sample_dir),
+        "data_fingerprint": configs.data_fingerprint,
+        "backup_uri": str(root / "backup"),
+        "gpus": 0,
+        "enabled": True,
+        "output_uri": str(root / "models"),
+        "run_id": "run-1",
     }
+    results: dict[str, dict] = {}
     # on a cluster the run id comes from the pod's pipeline/runid label, as this variable; every training
     # step keeps backups under it, as a cluster run with backup_uri does, and bundle deletes them
     os.environ["MOBILETAG_RUN_ID"] = "run-1"
     try:
         for stage in STAGES:
-            component = COMPONENTS[stage.name]
             if stage.name == "publish":  # publish and promote run without the pod's run id
                 del os.environ["MOBILETAG_RUN_ID"]
-            kwargs = dict(parameters.get(stage.name, {}))
-            for parameter, (upstream, output) in stage.upstream.items():
-                key = ARTIFACT_NAMES.get((upstream, output))
-                kwargs[parameter] = a[key] if key else getattr(a["published"], output)
+            given = dict(parameters)
             if stage.config_key:
-                kwargs["config_json"] = getattr(configs, stage.config_key)
-            for name, kind in _output_kinds(component).items():
-                kwargs[name] = out(kind, ARTIFACT_NAMES[(stage.name, name)])
-            result = component.python_func(**kwargs)
-            if stage.name == "publish":
-                a["published"] = result
+                given["config_json"] = getattr(configs, stage.config_key)
+            if stage.name == "quantize":
+                given["gpus"] = configs.qat_gpus
+            results[stage.name] = inprocess.run_stage(stage, given, results, root, root / "output")
             if stage.name == "train_student_baseline":
                 # a training step keeps its backup: a pod lost before the launcher stored its outputs resumes from it
                 a["backups_after_training"] = sorted(p.name for p in (root / "backup" / "run-1").iterdir())
@@ -160,6 +79,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
                 a["backups_after_bundle"] = sorted(p.name for p in (root / "backup").iterdir())
     finally:
         os.environ.pop("MOBILETAG_RUN_ID", None)
+    a.update({f"{stage}.{output}": value for stage, outputs in results.items() for output, value in outputs.items()})
     a["models"] = root / "models"
     return a
 
@@ -229,67 +149,74 @@ def test_resolve_config_rejects_a_negative_gpu_count(tmp_path):
 
 
 def test_prepare_dataset(run, sample_dir):
-    assert run["dataset"].metadata["data_fingerprint"] == run["configs"].data_fingerprint
-    assert run["dataset"].metadata["data_fingerprint"].startswith("sha256:")
-    assert run["dataset"].metadata["classes"] == ["circle", "cross", "ring", "square", "star", "triangle"]
-    total = sum(run["dataset"].metadata["num_images"].values())
+    assert run["prepare_dataset.dataset"].metadata["data_fingerprint"] == run["configs"].data_fingerprint
+    assert run["prepare_dataset.dataset"].metadata["data_fingerprint"].startswith("sha256:")
+    assert run["prepare_dataset.dataset"].metadata["classes"] == [
+        "circle",
+        "cross",
+        "ring",
+        "square",
+        "star",
+        "triangle",
+    ]
+    total = sum(run["prepare_dataset.dataset"].metadata["num_images"].values())
     assert total == 120
-    assert run["prepare_metrics"].metadata["num_classes"] == 6.0
-    assert sorted(p.name for p in Path(run["dataset"].path).glob("*.tfrecord"))[0].startswith("test-")
+    assert run["prepare_dataset.metrics"].metadata["num_classes"] == 6.0
+    assert sorted(p.name for p in Path(run["prepare_dataset.dataset"].path).glob("*.tfrecord"))[0].startswith("test-")
 
 
 def test_training_components(run):
     for name, checkpoint, arch in (
-        ("teacher", "teacher_best.h5", "efficientnet_b3"),
-        ("student", "student_best.h5", "efficientnet_lite1"),
-        ("baseline", "student_best.h5", "efficientnet_lite1"),
+        ("train_teacher", "teacher_best.h5", "efficientnet_b3"),
+        ("train_student", "student_best.h5", "efficientnet_lite1"),
+        ("train_student_baseline", "student_best.h5", "efficientnet_lite1"),
     ):
-        model = run[name]
+        model = run[f"{name}.model"]
         assert (Path(model.path) / checkpoint).is_file()
         assert model.metadata["architecture"] == arch and model.metadata["image_size"] == 32
         assert model.metadata["size_bytes"] == (Path(model.path) / checkpoint).stat().st_size
-        metrics = run[f"{name}_metrics"].metadata
+        metrics = run[f"{name}.metrics"].metadata
         # a constant score ranks nothing: its validation mAP is the mean prevalence (0.31 here; this
         # run: teacher 0.52, students 0.47-0.49). A per-class logistic regression on the raw 32-px
         # pixels scores 0.82 on this tiny split, above every model here: `make bench-quality` holds that bar.
         assert metrics["val_map"] >= _constant_map(run, "val") + 0.1, (name, metrics["val_map"])
         assert metrics["train_images_per_second"] > 0
-    assert (Path(run["qat"].path) / "student_qat.h5").is_file()
+    assert (Path(run["quantize.model"].path) / "student_qat.h5").is_file()
     # the baseline is the same student trained without the teacher
     alphas = {
-        n: json.loads((Path(run[n].path) / "student_metrics.json").read_text())["alpha"]
-        for n in ("student", "baseline")
+        n: json.loads((Path(run[f"{n}.model"].path) / "student_metrics.json").read_text())["alpha"]
+        for n in ("train_student", "train_student_baseline")
     }
-    assert alphas == {"student": 0.7, "baseline": 1.0}
-    assert run["baseline"].metadata["trained"] is True
+    assert alphas == {"train_student": 0.7, "train_student_baseline": 1.0}
+    assert run["train_student_baseline.model"].metadata["trained"] is True
 
 
 def _constant_map(run, split: str) -> float:
     """Macro mAP of a constant score on a split: each class's AP is its prevalence."""
     from mobiletag.export.inference_config import iter_eval_batches
 
-    labels = np.concatenate([b.labels for b in iter_eval_batches(run["dataset"].path, split, [8])])
+    labels = np.concatenate([b.labels for b in iter_eval_batches(run["prepare_dataset.dataset"].path, split, [8])])
     present = labels.sum(axis=0) > 0
     return float(labels.mean(axis=0)[present].mean())
 
 
-def _val_map(run, name: str) -> float:
-    return json.loads((Path(run[name].path) / "student_metrics.json").read_text())["metrics"]["val_map"]
+def _val_map(run, stage: str) -> float:
+    return json.loads((Path(run[f"{stage}.model"].path) / "student_metrics.json").read_text())["metrics"]["val_map"]
 
 
 def test_select_student_ships_the_better_validation_map(run):
-    distilled, baseline = _val_map(run, "student"), _val_map(run, "baseline")
+    distilled, baseline = _val_map(run, "train_student"), _val_map(run, "train_student_baseline")
     shipped = "baseline" if baseline > distilled else "distilled"
-    selected = Path(run["selected"].path)
+    selected = Path(run["select_student.model"].path)
     selection = json.loads((selected / "selection.json").read_text())
-    assert selection["shipped"] == shipped == run["selected"].metadata["shipped"]
+    assert selection["shipped"] == shipped == run["select_student.model"].metadata["shipped"]
     assert selection["val_map"] == {"distilled": distilled, "baseline": baseline}
-    source = Path(run["student" if shipped == "distilled" else "baseline"].path)
+    source = Path(run["train_student.model" if shipped == "distilled" else "train_student_baseline.model"].path)
     assert (selected / "student_best.h5").read_bytes() == (source / "student_best.h5").read_bytes()
-    assert run["select_metrics"].metadata["baseline_shipped"] == (1.0 if shipped == "baseline" else 0.0)
+    assert run["select_student.metrics"].metadata["baseline_shipped"] == (1.0 if shipped == "baseline" else 0.0)
 
 
-def _float_scores(run, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _float_scores(run, stage: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A float student's probabilities on a split, computed here, apart from the evaluate stage."""
     import tensorflow as tf
     import tf_keras as keras
@@ -297,9 +224,9 @@ def _float_scores(run, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     from mobiletag.export.inference_config import iter_eval_batches
     from mobiletag.models.student import preprocess
 
-    model = keras.models.load_model(Path(run[name].path) / "student_best.h5", compile=False)
+    model = keras.models.load_model(Path(run[f"{stage}.model"].path) / "student_best.h5", compile=False)
     scores, labels = [], []
-    for batch in iter_eval_batches(run["dataset"].path, split, [model.input_shape[1]]):
+    for batch in iter_eval_batches(run["prepare_dataset.dataset"].path, split, [model.input_shape[1]]):
         logits = model(preprocess(tf.constant(batch.pixels[0], tf.float32)), training=False)
         scores.append(tf.sigmoid(logits).numpy())
         labels.append(batch.labels)
@@ -314,7 +241,7 @@ def _f1_at_own_thresholds(run, val: tuple, test: tuple) -> tuple[float, float]:
     from mobiletag.evaluation.thresholds import optimize_thresholds
     from mobiletag.stages.resolve_config import config_from_json
 
-    classes = run["dataset"].metadata["classes"]
+    classes = run["prepare_dataset.dataset"].metadata["classes"]
     config = config_from_json(run["configs"].optimize_thresholds)
     tuned = optimize_thresholds(val[1], val[0], classes, config.thresholds)
     t = np.array([tuned["classes"][c]["threshold"] for c in classes])
@@ -328,11 +255,11 @@ def _f1_at_own_thresholds(run, val: tuple, test: tuple) -> tuple[float, float]:
 def test_distillation_block_against_a_direct_computation(run):
     from mobiletag.training.metrics import mean_average_precision, micro_average_precision
 
-    block = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["distillation"]
-    selection = json.loads((Path(run["selected"].path) / "selection.json").read_text())
+    block = json.loads((Path(run["evaluate.evaluation"].path) / "metrics.json").read_text())["distillation"]
+    selection = json.loads((Path(run["select_student.model"].path) / "selection.json").read_text())
     assert block["shipped"] == selection["shipped"] and block["reason"] == selection["reason"]
     test = {}
-    for role, name in (("distilled", "student"), ("baseline", "baseline")):
+    for role, name in (("distilled", "train_student"), ("baseline", "train_student_baseline")):
         split_scores = {}
         for split in ("val", "test"):
             scores, labels = _float_scores(run, name, split)
@@ -355,13 +282,13 @@ def test_distillation_block_against_a_direct_computation(run):
     diff = block["test_difference"]
     assert diff["value"] == pytest.approx(expected, abs=3e-4)
     assert diff["ci"][0] <= diff["value"] <= diff["ci"][1] and diff["resamples_used"] > 900
-    assert "## Distillation" in Path(run["report.md"].path).read_text()
+    assert "## Distillation" in Path(run["evaluate.report"].path).read_text()
 
 
 def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(run):
     """A constant score ranks nothing: its AP for a class is the class's prevalence."""
-    metrics = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())
-    _, labels = _float_scores(run, "selected", "test")
+    metrics = json.loads((Path(run["evaluate.evaluation"].path) / "metrics.json").read_text())
+    _, labels = _float_scores(run, "select_student", "test")
     present = labels.sum(axis=0) > 0
     constant_map = float(labels.mean(axis=0)[present].mean())
     int8 = metrics["compare"]["student_int8"]["map_macro"]
@@ -377,45 +304,33 @@ def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(
     assert int8 >= constant_map + 0.15, (int8, constant_map)
 
 
-def _training_call(component, run, root: Path, **given):
-    """Call a training component with what it needs to start; the models it would read later need not exist."""
-    configs = run["configs"]
-    inputs = {"dataset": run["dataset"]}
-    if component not in (train_teacher, train_student_baseline):
-        inputs["teacher"] = artifact(dsl.Model, root / "no-teacher")
-    if component is train_student_baseline:
-        given = {"enabled": True, **given}
-    if component is quantize:
-        inputs["student"] = artifact(dsl.Model, root / "no-student")
-    stage_config = {
-        train_teacher: configs.train_teacher,
-        train_student: configs.train_student,
-        train_student_baseline: configs.train_student,
-        quantize: configs.quantize,
-    }
-    return component.python_func(
-        **inputs,
-        config_json=stage_config[component],
-        model=artifact(dsl.Model, root / "model"),
-        metrics=artifact(dsl.Metrics, root / "metrics"),
-        **given,
-    )
+def _training_call(name: str, run, root: Path, **given):
+    """Call a training stage's component with its arguments as the in-process runner builds them
+    (``given``: the pipeline's values); the upstream models it would read later need not exist."""
+    from mobiletag.runners import inprocess
+
+    stage = STAGE[name]
+    results = {"prepare_dataset": {"dataset": run["prepare_dataset.dataset"]}}
+    for upstream, output in stage.upstream.values():
+        results.setdefault(upstream, {output: artifact(dsl.Model, root / f"no-{upstream}")})
+    parameters = {"config_json": getattr(run["configs"], stage.config_key), "enabled": True, **given}
+    function = inprocess.component_function(stage)
+    kwargs, _ = inprocess.arguments(stage, function, parameters, results, root, root / "output")
+    return function(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "component", [train_teacher, train_student, train_student_baseline, quantize], ids=lambda c: c.name
-)
-def test_training_components_pass_gpus_and_run_id_to_the_stage(run, component, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", ["train_teacher", "train_student", "train_student_baseline", "quantize"])
+def test_training_components_pass_gpus_and_run_id_to_the_stage(run, stage, tmp_path, monkeypatch):
     """The stage is reached with expected_gpus and the run id of the pod's label (MOBILETAG_RUN_ID):
     it stops before training, at its checks."""
     from mobiletag.errors import StorageError, TrainingError
 
     monkeypatch.setenv("MOBILETAG_RUN_ID", "run-1")
     with pytest.raises(TrainingError, match=r"this step was given 2 GPU\(s\), but TensorFlow sees no GPU"):
-        _training_call(component, run, tmp_path, backup_uri="", gpus=2)
+        _training_call(stage, run, tmp_path, backup_uri="", gpus=2)
     monkeypatch.delenv("MOBILETAG_RUN_ID")
     with pytest.raises(StorageError, match=r"the run id for training backups is empty"):
-        _training_call(component, run, tmp_path, backup_uri=str(tmp_path / "backup"), gpus=0)
+        _training_call(stage, run, tmp_path, backup_uri=str(tmp_path / "backup"), gpus=0)
 
 
 @pytest.fixture(scope="module")
@@ -429,36 +344,40 @@ def parity(run) -> tuple[list[str], np.ndarray, np.ndarray]:
     from mobiletag.quantization.qat import load_qat_model
     from mobiletag.stages.export_tflite import PARITY_IMAGES
 
-    (images,), _, paths = eval_pixels(run["dataset"].path, "val", [32], PARITY_IMAGES)
-    qat = probabilities_model(load_qat_model(Path(run["qat"].path) / "student_qat.h5"))
+    (images,), _, paths = eval_pixels(run["prepare_dataset.dataset"].path, "val", [32], PARITY_IMAGES)
+    qat = probabilities_model(load_qat_model(Path(run["quantize.model"].path) / "student_qat.h5"))
     want = np.concatenate([qat(tf.constant(image[None], tf.float32)).numpy() for image in images])
-    got = TFLiteModel(Path(run["tflite"].path) / "model_qat_int8.tflite").predict(images)
+    got = TFLiteModel(Path(run["export_tflite.model"].path) / "model_qat_int8.tflite").predict(images)
     return paths, got, want
 
 
 def test_export_component(run, parity):
     """The parity figures are the QAT and TFLite models' on the first validation images, recomputed here."""
     paths, got, want = parity
-    meta = run["tflite"].metadata
-    exported = Path(run["tflite"].path)
+    meta = run["export_tflite.model"].metadata
+    exported = Path(run["export_tflite.model"].path)
     assert meta["input_dtype"] == "uint8" and meta["output_dtype"] == "uint8"
     assert meta["size_bytes"] == (exported / "model_qat_int8.tflite").stat().st_size
     report = json.loads((exported / "export_report.json").read_text())["parity"]
     assert report["paths"] == paths and report["num_images"] == len(paths) == 21
     assert np.allclose(np.load(exported / "parity_qat_probabilities.npy"), want, atol=1e-6)
     assert report["mean_abs_diff"] == pytest.approx(float(np.abs(got - want).mean()), abs=1e-6)
-    assert run["export_metrics"].metadata["parity_mean_abs_diff"] == round(report["mean_abs_diff"], 5)
+    assert run["export_tflite.metrics"].metadata["parity_mean_abs_diff"] == round(report["mean_abs_diff"], 5)
 
 
 def test_thresholds_component_checks_decisions_at_the_thresholds_it_ships(run, parity):
     """optimize_thresholds compares the exported model's decisions with the QAT model's at its own
     thresholds (0.984 here; 0.944 at 0.5), on export's parity images."""
     _, got, want = parity
-    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
-    t = np.array([recommendation["classes"][c]["threshold"] for c in run["dataset"].metadata["classes"]])
+    recommendation = json.loads(
+        (Path(run["optimize_thresholds.thresholds"].path) / "threshold_recommendation.json").read_text()
+    )
+    t = np.array(
+        [recommendation["classes"][c]["threshold"] for c in run["prepare_dataset.dataset"].metadata["classes"]]
+    )
     agreement = float(np.mean((got >= t) == (want >= t)))
     assert recommendation["parity_agreement_at_thresholds"] == agreement
-    assert run["threshold_metrics"].metadata["parity_agreement_at_thresholds"] == round(agreement, 4)
+    assert run["optimize_thresholds.metrics"].metadata["parity_agreement_at_thresholds"] == round(agreement, 4)
 
 
 def test_evaluate_component(run):
@@ -466,19 +385,19 @@ def test_evaluate_component(run):
 
     from mobiletag.training.metrics import mean_average_precision
 
-    metrics = run["eval_metrics"].metadata
-    evaluation = Path(run["evaluation"].path)
+    metrics = run["evaluate.metrics"].metadata
+    evaluation = Path(run["evaluate.evaluation"].path)
     scores, labels = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
     assert metrics["test_map_macro"] == round(mean_average_precision(labels, scores), 4)
     assert metrics["test_map_macro"] >= _constant_map(run, "test") + 0.15
     assert metrics["latency_ms_1_thread"] > 0
     # the ROC curve (all classes pooled) is scikit-learn's on the same scores, sampled
     fpr, tpr, _ = roc_curve(labels.ravel(), scores.ravel())
-    roc = run["roc"].metadata["confidenceMetrics"]
+    roc = run["evaluate.roc"].metadata["confidenceMetrics"]
     points = set(zip(fpr.round(6).tolist(), tpr.round(6).tolist()))
     assert len(roc) > 2 and (roc[0]["falsePositiveRate"], roc[-1]["falsePositiveRate"]) == (0.0, 1.0)
     assert all((round(p["falsePositiveRate"], 6), round(p["recall"], 6)) in points for p in roc)
-    report = Path(run["report.md"].path).read_text()
+    report = Path(run["evaluate.report"].path).read_text()
     assert "| class | AP | precision | recall | F1 | threshold | support |" in report and "| circle |" in report
 
 
@@ -487,8 +406,8 @@ def test_mediapipe_package_component(run):
     from mobiletag.export.litert import TFLiteModel
     from mobiletag.export.mediapipe import read_metadata
 
-    packaged = Path(run["packaged"].path)
-    exported = Path(run["tflite"].path) / "model_qat_int8.tflite"
+    packaged = Path(run["mediapipe_package.model"].path)
+    exported = Path(run["export_tflite.model"].path) / "model_qat_int8.tflite"
     assert (packaged / "model_qat_int8.tflite").stat().st_size > exported.stat().st_size  # + metadata
     pixels = np.random.default_rng(1).integers(0, 256, size=(8, 32, 32, 3)).astype(np.float32)
     a, b = TFLiteModel(exported), TFLiteModel(packaged / "model_qat_int8.tflite")
@@ -497,12 +416,14 @@ def test_mediapipe_package_component(run):
     files = read_metadata(packaged / "model_qat_int8.tflite")["associated_files"]
     assert files["labels.txt"].splitlines() == labels
     assert len(files["score_calibration.txt"].split("\n")) == len(labels)
-    metrics = run["mediapipe_metrics"].metadata
-    test_images = json.loads((Path(run["dataset"].path) / "stats.json").read_text())["splits"]["test"]["num_images"]
+    metrics = run["mediapipe_package.metrics"].metadata
+    test_images = json.loads((Path(run["prepare_dataset.dataset"].path) / "stats.json").read_text())["splits"]["test"][
+        "num_images"
+    ]
     assert metrics["test_images"] == test_images and metrics["classify_ms_per_image"] > 0
 
-    block = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["mediapipe"]
-    test = json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["test"]
+    block = json.loads((Path(run["evaluate.evaluation"].path) / "metrics.json").read_text())["mediapipe"]
+    test = json.loads((Path(run["evaluate.evaluation"].path) / "metrics.json").read_text())["test"]
     assert block["num_images"] == test["num_images"] == test_images
     assert block["map_macro_difference"] == round(abs(block["map_macro"] - test["map_macro"]), 4)
     # evaluate reads the originals through MediaPipe's own resize and the calibration is
@@ -510,7 +431,7 @@ def test_mediapipe_package_component(run):
     # do (per-class AP equal) and returns exactly the labels at our thresholds on every image
     from sklearn.metrics import average_precision_score
 
-    evaluation = Path(run["evaluation"].path)
+    evaluation = Path(run["evaluate.evaluation"].path)
     ours, truth = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
     theirs = np.load(packaged / "mediapipe_test_scores.npy")
     assert json.loads((packaged / "mediapipe_test_paths.json").read_text()) == json.loads(
@@ -519,48 +440,52 @@ def test_mediapipe_package_component(run):
     for c in np.flatnonzero(truth.sum(axis=0) > 0):
         want = average_precision_score(truth[:, c], ours[:, c])
         assert average_precision_score(truth[:, c], theirs[:, c]) == pytest.approx(want, abs=1e-6), labels[c]
-    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
+    recommendation = json.loads(
+        (Path(run["optimize_thresholds.thresholds"].path) / "threshold_recommendation.json").read_text()
+    )
     t = np.array([recommendation["classes"][name]["threshold"] for name in labels])
     label_sets = json.loads((packaged / "mediapipe_test_label_sets.json").read_text())
     assert [sorted(s) for s in label_sets] == [np.flatnonzero(row >= t).tolist() for row in ours]
     assert (block["label_set_agreement"], block["map_macro_difference"]) == (1.0, 0.0)
-    assert run["eval_metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
-    assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["report.md"].path).read_text()
+    assert run["evaluate.metrics"].metadata["mediapipe_label_set_agreement"] == block["label_set_agreement"]
+    assert "Through MediaPipe Tasks' ImageClassifier" in Path(run["evaluate.report"].path).read_text()
 
 
 def test_bundle_component(run):
-    out = Path(run["output"].path)
+    out = Path(run["bundle.output"].path)
     expected = OutputFolder.FILES  # pinned name by name in tests/unit/test_artifacts.py
-    assert set(run["output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
+    assert set(run["bundle.output"].metadata["files"]) == expected == {p.name for p in out.iterdir()}
     config = json.loads((out / "inference_config.json").read_text())
     thresholds = json.loads((out / "threshold_recommendation.json").read_text())
     assert config["thresholds"] == {k: v["threshold"] for k, v in thresholds["classes"].items()}
     assert np.isclose(config["output"]["quantization"]["scale"], 1 / 256)
     # the shipped model is the one with MediaPipe metadata; inference_config.json documents both readings
-    packaged = Path(run["packaged"].path) / "model_qat_int8.tflite"
+    packaged = Path(run["mediapipe_package.model"].path) / "model_qat_int8.tflite"
     assert (out / "model_qat_int8.tflite").read_bytes() == packaged.read_bytes()
     assert config["mediapipe"]["score_threshold"] == 0.5
     assert set(config["mediapipe"]["calibration_thresholds"]) == set(config["thresholds"])
 
 
 def test_publish_and_promote_components(run):
-    published = run["published"]
-    assert published.gate_passed is True and published.previous_version == ""
-    assert published.version.endswith("-run-1")
-    version_dir = run["models"] / published.version
-    assert {p.name for p in version_dir.iterdir()} == {p.name for p in Path(run["output"].path).iterdir()} | {
+    version = run["publish.version"]
+    assert run["publish.gate_passed"] is True and run["publish.previous_version"] == ""
+    assert version.endswith("-run-1")
+    version_dir = run["models"] / version
+    assert {p.name for p in version_dir.iterdir()} == {p.name for p in Path(run["bundle.output"].path).iterdir()} | {
         "gate.json"
     }
-    assert (run["models"] / "LATEST").read_text().strip() == published.version
-    assert run["publish_metrics"].metadata["promoted"] == 1.0
+    assert (run["models"] / "LATEST").read_text().strip() == version
+    assert run["publish.metrics"].metadata["promoted"] == 1.0
 
 
 def _report_arrays(run) -> tuple[dict, np.ndarray, np.ndarray, list[str], dict[str, float]]:
-    evaluation = Path(run["evaluation"].path)
+    evaluation = Path(run["evaluate.evaluation"].path)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     scores, labels = np.load(evaluation / "test_scores.npy"), np.load(evaluation / "test_labels.npy")
     paths = json.loads((evaluation / "test_paths.json").read_text())
-    recommendation = json.loads((Path(run["thresholds"].path) / "threshold_recommendation.json").read_text())
+    recommendation = json.loads(
+        (Path(run["optimize_thresholds.thresholds"].path) / "threshold_recommendation.json").read_text()
+    )
     thresholds = {k: v["threshold"] for k, v in recommendation["classes"].items()}
     return metrics, scores, labels, paths, thresholds
 
@@ -572,10 +497,10 @@ def test_report_html_from_the_run(run):
 
     from ..report_checks import kinds, parse_report
 
-    evaluation = Path(run["evaluation"].path)
+    evaluation = Path(run["evaluate.evaluation"].path)
     html = (evaluation / "report.html").read_text()
-    assert Path(run["report.html"].path).read_text() == html  # the KFP HTML output
-    assert (Path(run["output"].path) / "report.html").read_text() == html  # bundle's copy
+    assert Path(run["evaluate.report_html"].path).read_text() == html  # the KFP HTML output
+    assert (Path(run["bundle.output"].path) / "report.html").read_text() == html  # bundle's copy
     metrics, scores, labels, paths, thresholds = _report_arrays(run)
     classes = metrics["classes"]
     page = parse_report(html)
@@ -630,13 +555,13 @@ def test_report_html_renders_in_headless_chromium(run, tmp_path):
 
     from ..report_checks import kinds, parse_report, render
 
-    report = Path(run["report.html"].path)
+    report = Path(run["evaluate.report_html"].path)
     rendered = render(report, tmp_path)
     page = parse_report(report.read_text())
     assert rendered.network_urls == []
     assert rendered.images_loaded == rendered.images_total == len(page.images)
     assert len(kinds(page, "histogram")) == len(
-        json.loads((Path(run["evaluation"].path) / "metrics.json").read_text())["classes"]
+        json.loads((Path(run["evaluate.evaluation"].path) / "metrics.json").read_text())["classes"]
     )
     with Image.open(rendered.screenshot) as shot:
         assert shot.size == (1280, 6000)

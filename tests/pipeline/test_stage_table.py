@@ -1,5 +1,5 @@
 """The stage table (mobiletag.stages.STAGES) against the compiled pipeline, resolve_config and the
-in-process runner: the same stages, inputs, config JSON and outputs everywhere."""
+in-process runner: the same stages, inputs, config JSON, outputs and run conditions everywhere."""
 
 from __future__ import annotations
 
