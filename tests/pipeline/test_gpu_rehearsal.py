@@ -53,10 +53,13 @@ def _run_stages_in_their_own_process(config_file, *calls: tuple[str, list, dict]
 
 @pytest.mark.slow
 def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord_dir, tmp_path):
-    from mobiletag.artifacts import read_json
+    from mobiletag.artifacts import QatModel, read_json
     from mobiletag.config import load_config
     from mobiletag.models.student import preprocess
+    from mobiletag.quantization.qat import load_qat_model
     from mobiletag.stages import quantize
+
+    from ..checkpoint_checks import checkpoint_val_map
 
     # The teacher's weights as the component image bakes them: Keras' EfficientNetB3 notop
     # layout (random values here: nothing can be downloaded).
@@ -96,6 +99,17 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
     assert student_metrics["precision_policy"] == "mixed_bfloat16"
     assert student_metrics["learning_rate"] == pytest.approx(2 * config.student.learning_rate)
     assert _layer_dtypes(d["student"] / "student_best.h5") == {"float32"}
+    # trained in 16 bits on two replicas, the student is validated again from its float32 checkpoint:
+    # the figure is that checkpoint's on the stage's input
+    student_map, _ = checkpoint_val_map(
+        d["student"] / "student_best.h5",
+        tfrecord_dir,
+        config,
+        image_size=config.student.image_size,
+        batch_size=config.student.batch_size,
+        preprocess=preprocess,
+    )
+    assert student_metrics["metrics"]["val_map"] == round(student_map, 4)
 
     # What the later stages load: float32 models that give finite probabilities (evaluate runs the
     # teacher and the student as saved; QAT starts from the student). Export, thresholds and
@@ -107,9 +121,24 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         images = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype(np.float32)
         logits = model(images if name == "teacher" else preprocess(images), training=False).numpy()
         assert logits.dtype == np.float32 and np.isfinite(logits).all(), name
-    qat = quantize.run(config, tfrecord_dir, d["teacher"], d["student"], d["qat"])
-    assert 0.0 < qat.metrics["val_map"] <= 1.0
+    qat = quantize.run(config, tfrecord_dir, d["teacher"], d["student"], d["qat"], **backups)
+    # QAT trains in float32 on one device whatever the policy: its figure is its checkpoint's, validated
+    # on the stage's own input (val TFRecords at the student's size, through the student's preprocess)
+    direct, _ = checkpoint_val_map(
+        d["qat"] / QatModel.CHECKPOINT,
+        tfrecord_dir,
+        config,
+        image_size=config.student.image_size,
+        batch_size=config.qat.batch_size,
+        preprocess=preprocess,
+        load=load_qat_model,
+    )
+    assert qat.metrics["val_map"] == round(direct, 4)
     # the finished tasks keep their backups (a pod lost before its outputs were stored resumes from
     # them) until the run's bundle step deletes them
-    assert sorted(p.name for p in (tmp_path / "backup" / "r1").iterdir()) == ["train-student", "train-teacher"]
+    assert sorted(p.name for p in (tmp_path / "backup" / "r1").iterdir()) == [
+        "quantize",
+        "train-student",
+        "train-teacher",
+    ]
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -215,11 +215,30 @@ def test_nan_loss_stops_the_stage_at_epoch_end_without_a_per_step_check(tmp_path
 
 @pytest.mark.slow
 def test_student_stage_distils_and_writes_checkpoint(tfrecord_dir, teacher_dir, tiny_config, tmp_path):
+    """The stage's validation mAP is its saved checkpoint's, validated on the stage's own input (the
+    val TFRecords at the student's size, through its preprocess)."""
+    from mobiletag.models.student import preprocess
     from mobiletag.stages import train_student
 
-    result = train_student.run(tiny_config, tfrecord_dir, teacher_dir, tmp_path / "student")
-    assert (tmp_path / "student" / "student_best.h5").is_file()
-    assert 0.0 < result.metrics["val_map"] <= 1.0
+    from ..checkpoint_checks import checkpoint_val_map
+
+    backups = {"backup_uri": str(tmp_path / "backup"), "run_id": "r1"}
+    result = train_student.run(tiny_config, tfrecord_dir, teacher_dir, tmp_path / "student", **backups)
+    checkpoint = tmp_path / "student" / "student_best.h5"
+    assert checkpoint.is_file()
+    cfg = tiny_config.student
+    direct, constant = checkpoint_val_map(
+        checkpoint,
+        tfrecord_dir,
+        tiny_config,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        preprocess=preprocess,
+    )
+    assert result.metrics["val_map"] == round(direct, 4)
+    # a constant score's AP per class is the class's prevalence: 0.310 on these 21 images, the
+    # student 0.490 after its two epochs (the component test holds its students to the same bar)
+    assert direct >= constant + 0.1
     assert result.metrics["epochs_warmup"] == 1 and result.metrics["epochs"] == 1
     assert result.metrics["train_images_per_second"] > 0
     model = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
@@ -232,7 +251,11 @@ def test_teacher_stage_output(teacher_dir):
     metrics = json.loads((teacher_dir / "teacher_metrics.json").read_text())
     assert (teacher_dir / "teacher_best.h5").is_file()
     assert metrics["metrics"]["epochs_phase_a"] == 1 and metrics["metrics"]["epochs_phase_b"] == 1
-    assert 0.0 < metrics["metrics"]["val_map"] <= 1.0
+    # the figure is the best epoch's over both phases (each phase saves only what beats the ones
+    # before it); test_best_model checks that validating teacher_best.h5 gives it
+    history = metrics["history"]
+    best_epoch = max(history["phase_a"]["val_map"] + history["phase_b"]["val_map"])
+    assert metrics["metrics"]["val_map"] == round(best_epoch, 4)
     model = keras.models.load_model(teacher_dir / "teacher_best.h5", compile=False)
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 6)
 
