@@ -24,7 +24,7 @@ from mobiletag.config import GateConfig, load_config
 from mobiletag.publish import check_gate, publish
 from mobiletag.stages.common import op_determinism_enabled
 
-from ..conftest import REPO, TINY
+from ..conftest import REPO, TINY, run_at_once
 
 # ======================================================================================
 # Fixtures: several shards per split (the interleave has something to order)
@@ -208,10 +208,9 @@ print("WEIGHTS", digest.hexdigest())
 @pytest.mark.slow
 def test_distilled_student_is_the_same_in_two_processes(tmp_path):
     """fast.yaml's sizes (teacher 80 px, student 64, batch 32) on 1,000 images: the student stage in
-    two processes of its own, as the pipeline runs it. With op determinism alone the weights differ
+    two processes of its own, as the pipeline runs it, both at once. With op determinism alone the weights differ
     from the first epoch (the teacher's forward pass runs beside the student's: inter-op
     parallelism); the stage runs with one inter-op thread."""
-    import subprocess
     import sys
 
     import tf_keras as keras
@@ -230,22 +229,9 @@ def test_distilled_student_is_the_same_in_two_processes(tmp_path):
     teacher.mkdir()
     build_teacher(6, 80, "none").save(teacher / TeacherModel.CHECKPOINT, include_optimizer=False)
     (tmp_path / "config.yaml").write_text(config.to_yaml())
+    command = [sys.executable, "-c", _STUDENT_IN_A_PROCESS, tmp_path / "config.yaml", tmp_path / "ds", teacher]
     digests = []
-    for run in ("one", "two"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _STUDENT_IN_A_PROCESS,
-                tmp_path / "config.yaml",
-                tmp_path / "ds",
-                teacher,
-                tmp_path / run,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    for done in run_at_once([[*command, tmp_path / run] for run in ("one", "two")], tmp_path / "logs", timeout=1200):
         assert done.returncode == 0, done.stderr[-3000:]
         digests.append(done.stdout.split("WEIGHTS ")[1].strip())
     assert digests[0] == digests[1]
