@@ -14,6 +14,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import atexit
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,37 @@ tf.config.set_logical_device_configuration(
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class Background:
+    """A command running in the background, its console in files under ``logs`` (a pipe that fills up
+    would block it while the test waits for another process)."""
+
+    def __init__(self, args: list, logs: Path, env: dict[str, str] | None = None):
+        self.args, self.logs = [str(a) for a in args], logs
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "stdout.txt", "w") as out, open(logs / "stderr.txt", "w") as err:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=err, env=env)  # it keeps the files open
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        code = self.proc.wait(timeout)
+        out, err = ((self.logs / name).read_text() for name in ("stdout.txt", "stderr.txt"))
+        return subprocess.CompletedProcess(self.args, code, out, err)
+
+    def stop(self) -> None:
+        self.proc.kill()  # nothing happens once it ended
+        self.proc.wait()
+
+
+def run_at_once(commands: list[list], logs: Path, timeout: float) -> list[subprocess.CompletedProcess]:
+    """Each command in a process of its own, all at once (a training process keeps about one of the
+    2 cores busy): their results, in order."""
+    started = [Background(command, logs / str(i)) for i, command in enumerate(commands)]
+    try:
+        return [process.wait(timeout) for process in started]
+    finally:
+        for process in started:
+            process.stop()
 
 
 def resolve_configs(data_uri: str | Path, config: Path | Any, **parameters):

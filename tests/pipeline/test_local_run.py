@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +17,60 @@ import pytest
 
 from mobiletag.artifacts import OutputFolder
 
+from ..conftest import Background
+
 pytestmark = pytest.mark.slow
 
 CONTRACT = OutputFolder.FILES  # pinned name by name in tests/unit/test_artifacts.py
 
 
+def _command(args) -> list[str]:
+    return [str(Path(sys.executable).parent / "mobiletag"), *map(str, args)]
+
+
 def mobiletag(*args, timeout=1200):
-    exe = Path(sys.executable).parent / "mobiletag"
     return subprocess.run(
-        [str(exe), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        _command(args), capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
 
 
+# the two pipeline runs overlap: each spends most of its time starting processes and tracing, on one core
+PIPELINE_TIMEOUT = 2400
+
+
 @pytest.fixture(scope="module")
-def run(sample_dir, tiny_overrides_text, tmp_path_factory):
-    """The one pipeline run of this module: (output folder, console, work dir it kept)."""
+def inprocess_started(sample_dir, tiny_overrides_text, tmp_path_factory) -> Iterator[tuple[Background, Path]]:
+    """The same data and config as ``run``, through `--runner inprocess`, started: (process, output folder)."""
+    root = tmp_path_factory.mktemp("inprocess_run")
+    config = root / "tiny.yaml"
+    config.write_text(tiny_overrides_text)
+    args = ["train", "--runner", "inprocess", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config]
+    started = Background(_command(args), root, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    yield started, root / "out"
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def run(sample_dir, tiny_overrides_text, tmp_path_factory, request):
+    """The one pipeline run of this module: (output folder, console, work dir it kept). When a test of the
+    session compares it with the in-process run, that run goes on meanwhile."""
+    if any("inprocess_out" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("inprocess_started")
     root = tmp_path_factory.mktemp("local_run")
     config = root / "tiny.yaml"
     config.write_text(tiny_overrides_text)
     work = root / "work"
     result = mobiletag(
-        "train", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config, "--work-dir", work
+        "train",
+        "--data-dir",
+        sample_dir,
+        "--out-dir",
+        root / "out",
+        "--config",
+        config,
+        "--work-dir",
+        work,
+        timeout=PIPELINE_TIMEOUT,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # it ran through kfp.local (whose task lines the console keeps)
@@ -49,17 +79,13 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inprocess_out(sample_dir, tiny_overrides_text, tmp_path_factory) -> Path:
-    """The same data and config as ``run``, through `--runner inprocess`: its output folder."""
-    root = tmp_path_factory.mktemp("inprocess_run")
-    config = root / "tiny.yaml"
-    config.write_text(tiny_overrides_text)
-    result = mobiletag(
-        "train", "--runner", "inprocess", "--data-dir", sample_dir, "--out-dir", root / "out", "--config", config
-    )
+def inprocess_out(inprocess_started) -> Path:
+    """The in-process run's output folder, once it ended."""
+    started, out = inprocess_started
+    result = started.wait(PIPELINE_TIMEOUT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Executing task" not in result.stdout + result.stderr
-    return root / "out"
+    return out
 
 
 # measured times, not results of the program: LiteRT's ms/image and MediaPipe's decode and classify ms/image

@@ -20,7 +20,7 @@ from mobiletag.training.backup import Backup, backup_prefix
 from mobiletag.training.phases import TEACHER_FINE_TUNE as PHASE_B
 from mobiletag.training.phases import TEACHER_HEAD
 
-from ..conftest import REPO, TINY
+from ..conftest import REPO, TINY, run_at_once
 from .test_gcs import BUCKET
 from .test_reproducible import _weights
 
@@ -87,17 +87,19 @@ print("FITS " + json.dumps({"fits": fits, "metrics": result.metrics}))
 """
 
 
-def _stage_process(stage: str, config, dataset_dir: Path, out: Path, *backup: str) -> dict[str, Any]:
+def _stage_command(stage: str, config, dataset_dir: Path, out: Path, *backup: str) -> list[str]:
     """A training stage in a process of its own, as the pipeline runs it (the first training of a process
-    and a later one in the same process do not give the same weights); its fits' results and metrics."""
-    import subprocess
+    and a later one in the same process do not give the same weights): the command."""
     import sys
 
     out.parent.mkdir(parents=True, exist_ok=True)
     config_file = out.parent / f"{out.name}.yaml"
     config_file.write_text(config.to_yaml())
-    args = [sys.executable, "-c", _STAGE_IN_A_PROCESS, stage, str(config_file), str(dataset_dir), str(out), *backup]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    return [sys.executable, "-c", _STAGE_IN_A_PROCESS, stage, str(config_file), str(dataset_dir), str(out), *backup]
+
+
+def _stage_result(done) -> dict[str, Any]:
+    """What the stage's process printed: its fits' results and metrics."""
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.split("FITS ")[1])
 
@@ -118,15 +120,21 @@ def _same_h5(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def teacher_runs(tfrecord_dir, tmp_path_factory) -> dict[str, Any]:
-    """The teacher stage without backups, and with a local backup (run-1), each in a process of its own."""
+    """The teacher stage without backups, and with a local backup (run-1), each in a process of its own, both
+    at once."""
     root = tmp_path_factory.mktemp("teacher-runs")
     config = _teacher_config()
     backup_uri = str(root / "backups")
+    commands = [
+        _stage_command("teacher", config, tfrecord_dir, root / "off"),
+        _stage_command("teacher", config, tfrecord_dir, root / "on", backup_uri, "run-1"),
+    ]
+    off, on = run_at_once(commands, root / "logs", timeout=1800)
     return {
         "config": config,
         "backup_uri": backup_uri,
-        "off": _stage_process("teacher", config, tfrecord_dir, root / "off"),
-        "on": _stage_process("teacher", config, tfrecord_dir, root / "on", backup_uri, "run-1"),
+        "off": _stage_result(off),
+        "on": _stage_result(on),
         "off_dir": root / "off",
         "on_dir": root / "on",
     }
