@@ -171,24 +171,22 @@ def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, ra
 
 
 def _checkpoint_val_map(config, dataset_dir: Path, out: Path) -> float:
-    """The student checkpoint's macro mAP on the input the stage validates on (the val split, whole
-    images at the student's size, its batch size), to the 4 decimals of the stage's metrics."""
-    from mobiletag.data.tf_input import make_dataset
+    """The student checkpoint's macro mAP on the input the stage validates on, to the 4 decimals of
+    the stage's metrics."""
     from mobiletag.models.student import preprocess
-    from mobiletag.training.fit import validation_map
-    from mobiletag.training.precision import load_float32
+
+    from ..checkpoint_checks import checkpoint_val_map
 
     cfg = config.student
-    val = make_dataset(
+    value, _ = checkpoint_val_map(
+        out / "student_best.h5",
         dataset_dir,
-        "val",
-        image_sizes=[cfg.image_size],
+        config,
+        image_size=cfg.image_size,
         batch_size=cfg.batch_size,
-        training=False,
-        num_classes=6,
-        config=config,
+        preprocess=preprocess,
     )
-    return round(validation_map(load_float32(out / "student_best.h5"), val, preprocess), 4)
+    return round(value, 4)
 
 
 _STUDENT_IN_A_PROCESS = """
