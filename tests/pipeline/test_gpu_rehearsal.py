@@ -101,14 +101,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
     assert _layer_dtypes(d["student"] / "student_best.h5") == {"float32"}
     # trained in 16 bits on two replicas, the student is validated again from its float32 checkpoint:
     # the figure is that checkpoint's on the stage's input
-    student_map, _ = checkpoint_val_map(
-        d["student"] / "student_best.h5",
-        tfrecord_dir,
-        config,
-        image_size=config.student.image_size,
-        batch_size=config.student.batch_size,
-        preprocess=preprocess,
-    )
+    student_map, _ = checkpoint_val_map(d["student"] / "student_best.h5", tfrecord_dir, config)
     assert student_metrics["metrics"]["val_map"] == round(student_map, 4)
 
     # What the later stages load: float32 models that give finite probabilities (evaluate runs the
@@ -125,13 +118,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
     # QAT trains in float32 on one device whatever the policy: its figure is its checkpoint's, validated
     # on the stage's own input (val TFRecords at the student's size, through the student's preprocess)
     direct, _ = checkpoint_val_map(
-        d["qat"] / QatModel.CHECKPOINT,
-        tfrecord_dir,
-        config,
-        image_size=config.student.image_size,
-        batch_size=config.qat.batch_size,
-        preprocess=preprocess,
-        load=load_qat_model,
+        d["qat"] / QatModel.CHECKPOINT, tfrecord_dir, config, batch_size=config.qat.batch_size, load=load_qat_model
     )
     assert qat.metrics["val_map"] == round(direct, 4)
     # the finished tasks keep their backups (a pod lost before its outputs were stored resumes from

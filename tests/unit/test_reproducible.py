@@ -24,6 +24,7 @@ from mobiletag.config import GateConfig, load_config
 from mobiletag.publish import check_gate, publish
 from mobiletag.stages.common import op_determinism_enabled
 
+from ..checkpoint_checks import checkpoint_val_map
 from ..conftest import REPO, TINY, run_at_once
 
 # ======================================================================================
@@ -163,30 +164,10 @@ def test_two_student_runs_with_the_same_seed_give_the_same_model(sharded_dir, ra
     assert one.metrics["epochs"] == two.metrics["epochs"] == 1
     assert w1.keys() == w2.keys() and len(w1) > 100
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)  # every weight, bit for bit
-    assert (
-        one.metrics["val_map"] == two.metrics["val_map"] == _checkpoint_val_map(config, sharded_dir, tmp_path / "one")
-    )
+    recomputed, _ = checkpoint_val_map(tmp_path / "one" / "student_best.h5", sharded_dir, config)
+    assert one.metrics["val_map"] == two.metrics["val_map"] == round(recomputed, 4)
     assert m1["history"] == m2["history"]  # training loss and val mAP of every epoch
     # (another seed gives other batches: test_reproducible_pipeline_yields_the_same_batches_in_the_same_order)
-
-
-def _checkpoint_val_map(config, dataset_dir: Path, out: Path) -> float:
-    """The student checkpoint's macro mAP on the input the stage validates on, to the 4 decimals of
-    the stage's metrics."""
-    from mobiletag.models.student import preprocess
-
-    from ..checkpoint_checks import checkpoint_val_map
-
-    cfg = config.student
-    value, _ = checkpoint_val_map(
-        out / "student_best.h5",
-        dataset_dir,
-        config,
-        image_size=cfg.image_size,
-        batch_size=cfg.batch_size,
-        preprocess=preprocess,
-    )
-    return round(value, 4)
 
 
 _STUDENT_IN_A_PROCESS = """
