@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-# Keras 2 (tf_keras) for QAT: set before TensorFlow is first imported, also when pytest is
-# run directly rather than through `make test`.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# The package's TensorFlow settings (tf_keras for QAT, oneDNN kernels off) before TensorFlow is
+# first imported, also when pytest is run directly rather than through `make test`.
+import mobiletag  # noqa: F401  (isort: skip)
 
 import atexit
 import shutil

@@ -189,7 +189,8 @@ def test_distilled_student_is_the_same_in_two_processes(tmp_path):
     """fast.yaml's sizes (teacher 80 px, student 64, batch 32) on 1,000 images: the student stage in
     two processes of its own, as the pipeline runs it, both at once. With op determinism alone the weights differ
     from the first epoch (the teacher's forward pass runs beside the student's: inter-op
-    parallelism); the stage runs with one inter-op thread."""
+    parallelism); the stage runs with one inter-op thread. With TensorFlow's oneDNN kernels on,
+    about one process in five under load gives other weights (see onednn_enabled)."""
     import sys
 
     import tf_keras as keras
@@ -231,6 +232,40 @@ def test_reproducible_scope_sets_seeds_and_op_determinism_and_restores_it():
     with reproducibility(config.replace(reproducible=False)) as on:
         assert not on and not op_determinism_enabled()
         assert np.array_equal(tf.random.uniform([3]).numpy(), a)  # the seed is set either way
+
+
+_ONEDNN = "import mobiletag\nfrom mobiletag.stages.common import onednn_enabled\nprint(onednn_enabled())"
+
+
+@pytest.mark.parametrize(("env", "expected"), [(None, "False"), ("1", "True"), ("0", "False")])
+def test_importing_the_package_turns_onednn_off_unless_the_environment_sets_it(env, expected):
+    """oneDNN's CPU kernels gave a distilled student other weights in 4 of 20 runs under load
+    (test_distilled_student_is_the_same_in_two_processes fails that way with them on)."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if env is not None:
+        environ["TF_ENABLE_ONEDNN_OPTS"] = env
+    done = subprocess.run([sys.executable, "-c", _ONEDNN], env=environ, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
+
+
+def test_a_reproducible_stage_warns_when_onednn_is_on(monkeypatch, caplog):
+    from mobiletag.stages import common
+
+    assert not common.onednn_enabled()  # this session imported mobiletag first (conftest)
+    with common.reproducibility(_config(reproducible=True)):
+        pass
+    assert "oneDNN" not in caplog.text
+    monkeypatch.setattr(common, "onednn_enabled", lambda: True)
+    with common.reproducibility(_config(reproducible=False)):
+        pass
+    assert "oneDNN" not in caplog.text  # not reproducible: nothing promised
+    with common.reproducibility(_config(reproducible=True)):
+        pass
+    assert "oneDNN CPU kernels are on" in caplog.text and "unset TF_ENABLE_ONEDNN_OPTS" in caplog.text
 
 
 # ======================================================================================

@@ -84,6 +84,17 @@ def reproducibility(config: Config) -> Iterator[bool]:
     seed_everything(config)
     if config.reproducible:
         one_inter_op_thread()
+        if onednn_enabled():
+            log.warning(
+                "reproducible: TensorFlow's oneDNN CPU kernels are on (TF_ENABLE_ONEDNN_OPTS=1, or TensorFlow was "
+                "imported before mobiletag): under load a training step may not repeat bit for bit; unset "
+                "TF_ENABLE_ONEDNN_OPTS (mobiletag turns them off) or set reproducible: false"
+            )
+    elif not onednn_enabled():
+        log.info(
+            "reproducible: false: TF_ENABLE_ONEDNN_OPTS=1 in the environment would turn TensorFlow's oneDNN CPU "
+            "kernels on (a CPU student step about 1.5x faster: bench/README.md, determinism rows)"
+        )
     before = op_determinism_enabled()
     if config.reproducible and not before:
         tf.config.experimental.enable_op_determinism()
@@ -128,6 +139,23 @@ def one_inter_op_thread() -> bool:
         )
         return False
     return True
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (``TF_ENABLE_ONEDNN_OPTS``, read
+    once when TensorFlow is imported; ``import mobiletag`` sets it to 0 unless it is set).
+
+    With them on, a training step does not always repeat bit for bit under load: of 20 student
+    stages run two at a time beside a busy loop, 4 came out with other weights (the same other
+    weights each time, from the first epoch with the backbone trainable); with them off, 0 of 21
+    did. The likely cause: TensorFlow's oneDNN adapter (``mkl_threadpool.h``) runs a call on a
+    single thread when it comes from one of the intra-op pool's own threads, which depends on
+    timing, and a reduction then sums in another order (oneDNN promises the same result only
+    for the same thread count).
+    """
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def op_determinism_enabled() -> bool:
