@@ -26,7 +26,8 @@ SECTION_TEXT = {
     "distillation step against the student's step plus the teacher's forward pass in inference mode "
     "(what distillation adds); the QAT step against the float step.",
     "determinism": "op determinism (`reproducible: true`) on against off for the student step, in memory and "
-    "fed by the pipeline (two processes taking turns: the setting is process-wide).",
+    "fed by the pipeline, and with TensorFlow's oneDNN CPU kernels off (as `import mobiletag` sets them, for "
+    "reproducible runs) against on (processes taking turns: both settings are process-wide).",
     "model": "the INT8 model against the float TFLite model of the same Lite1 student at 240 px: size, and "
     "latency with 1 and 2 threads in fresh processes with LiteRT alone (`bench/latency.py`), as an app's "
     "would: three per block, 5 rounds each, 30 in all.",

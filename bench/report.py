@@ -115,15 +115,25 @@ def _training_rows(t: dict) -> list[Row]:
 
 
 def _determinism_rows(d: dict) -> list[Row]:
-    return [
-        _row(
-            f"student step {label}: op determinism on / off",
-            f"{_fmt(d[f'student_step_ms_{kind}_determinism_on'])} / "
-            f"{_fmt(d[f'student_step_ms_{kind}_determinism_off'])} ms",
-            d[f"{kind}_step_determinism_on_vs_off"],
+    rows = []
+    for kind, label in (("in_memory", "in memory"), ("fed", "fed by the pipeline")):
+        on = _fmt(d[f"student_step_ms_{kind}_determinism_on"])
+        rows.append(
+            _row(
+                f"student step {label}: op determinism on / off",
+                f"{on} / {_fmt(d[f'student_step_ms_{kind}_determinism_off'])} ms",
+                d[f"{kind}_step_determinism_on_vs_off"],
+            )
         )
-        for kind, label in (("in_memory", "in memory"), ("fed", "fed by the pipeline"))
-    ]
+        if f"{kind}_step_onednn_off_vs_on" in d:  # results files before the oneDNN child lack it
+            rows.append(
+                _row(
+                    f"student step {label}: oneDNN off / on",
+                    f"{on} / {_fmt(d[f'student_step_ms_{kind}_determinism_onednn'])} ms",
+                    d[f"{kind}_step_onednn_off_vs_on"],
+                )
+            )
+    return rows
 
 
 def _model_rows(m: dict) -> list[Row]:

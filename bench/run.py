@@ -26,9 +26,7 @@ and writes the files.
 
 from __future__ import annotations
 
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_keras for QAT, before TensorFlow is imported
+import mobiletag  # noqa: F401  (isort: skip) its TensorFlow settings, as the pipeline runs: tf_keras, oneDNN off
 
 import argparse
 import inspect

@@ -20,14 +20,16 @@ ROUNDS = 5
 # the next; the results dict is the generator's return value (see run.run_sections)
 Blocked = Generator[None, None, dict]
 
-DETERMINISM_MODES = ("off", "on")  # the determinism section's two child processes (bench/run.py --determinism-child)
+# the determinism section's child processes (bench/run.py --determinism-child): op determinism off and
+# on with TensorFlow's oneDNN kernels off (as `import mobiletag` sets them), and on with them on
+DETERMINISM_MODES = ("off", "on", "onednn")
 
 # every section, in the order `make bench` measures them and its table shows them, with its title
 SECTIONS = {
     "input": "input pipeline",
     "host_input": "input pipeline per host core, production sizes (300/240 px, ~1 MP sources)",
     "training": "training steps",
-    "determinism": "op determinism on / off (two processes)",
+    "determinism": "reproducible kernels: op determinism on / off, oneDNN off / on (three processes)",
     "model": "model",
     "run": "whole run (mobiletag train, configs/fast.yaml)",
     "process_start": "new process + imports",

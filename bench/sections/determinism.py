@@ -1,4 +1,5 @@
-"""The student training step with op determinism on against off, in two child processes."""
+"""The student training step with op determinism on against off, and with TensorFlow's oneDNN CPU kernels
+off against on, in child processes."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ from sections.training import _step_fn
 
 
 def determinism_child(mode: str, tfrecords: Path) -> None:
-    """A child of :func:`bench_determinism`: the student step with op determinism ``mode``.
+    """A child of :func:`bench_determinism`: the student step in ``mode`` (:data:`DETERMINISM_MODES`).
 
-    With ``on``: ``tf.config.experimental.enable_op_determinism()`` before anything runs, and
-    the training dataset's ``tf.data.Options.deterministic`` set. Prints ``READY`` after its
+    With ``on`` and ``onednn``: ``tf.config.experimental.enable_op_determinism()`` before anything
+    runs, and the training dataset's ``tf.data.Options.deterministic`` set; ``onednn`` was started
+    with ``TF_ENABLE_ONEDNN_OPTS=1`` (the others with 0, as ``import mobiletag`` sets it). Prints ``READY`` after its
     warm-up, then for each line ``KIND STEPS`` read from stdin (KIND: in_memory or fed) runs
     STEPS steps and prints ``SECONDS s``.
     """
-    if mode == "on":
+    if mode != "off":
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     config = load_config(REPO / "configs" / "fast.yaml")
@@ -46,7 +48,7 @@ def determinism_child(mode: str, tfrecords: Path) -> None:
     ds = make_dataset(
         tfrecords, "train", image_sizes=[s], batch_size=batch, training=True, repeat=True, num_classes=6, config=config
     )
-    if mode == "on":
+    if mode != "off":
         options = tf.data.Options()
         options.deterministic = True
         ds = ds.with_options(options)
@@ -75,14 +77,14 @@ def determinism_child(mode: str, tfrecords: Path) -> None:
 
 
 def bench_determinism(tfrecords: Path, work: Path, rounds: int = ROUNDS, steps: int = 4) -> Blocked:
-    """The student training step with op determinism on against off.
+    """The student training step with op determinism on against off, and with oneDNN off against on.
 
     Op determinism is process-wide: TensorFlow has ``disable_op_determinism()`` (not exported;
     ``_pywrap_determinism.enable(False)``), but kernels and datasets read the flag when they
     are built and a traced step keeps them, so one process could not switch a step between
-    the two. Two child processes (``bench/run.py --determinism-child MODE``) therefore run
-    :func:`determinism_child`, one per mode, both warmed up before timing; they are asked in turn
-    (off, on, off, on ...) for ``steps`` steps in memory and then fed by the pipeline, ``rounds``
+    the two, and TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported. Child processes
+    (``bench/run.py --determinism-child MODE``) therefore run :func:`determinism_child`, one per mode,
+    all warmed up before timing; they are asked in turn (off, on, onednn, off, on, onednn ...) for ``steps`` steps in memory and then fed by the pipeline, ``rounds``
     rounds per block; the one not asked waits on its stdin (between the blocks too).
     """
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -103,13 +105,14 @@ def bench_determinism(tfrecords: Path, work: Path, rounds: int = ROUNDS, steps: 
 
     try:
         for mode in DETERMINISM_MODES:
+            onednn = "1" if mode == "onednn" else "0"
             children[mode] = subprocess.Popen(
                 [sys.executable, str(BENCH / "run.py"), "--determinism-child", mode, "--tfrecords", str(tfrecords)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=logs[mode].open("w"),
                 text=True,
-                env=env,
+                env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn},
             )
         for mode in DETERMINISM_MODES:
             read(mode, "READY")
@@ -142,7 +145,8 @@ def bench_determinism(tfrecords: Path, work: Path, rounds: int = ROUNDS, steps: 
                 child.kill()
     out: dict = {
         "method": (
-            f"two child processes (op determinism off / on, the latter with tf.data deterministic), "
+            f"three child processes (op determinism off / on, the latter with tf.data deterministic, both with "
+            f"oneDNN off; op determinism on with oneDNN on), "
             f"{BLOCKS} blocks x {rounds} rounds asked in turn, {steps} steps per sample; one ratio per round"
         ),
     }
@@ -151,5 +155,8 @@ def bench_determinism(tfrecords: Path, work: Path, rounds: int = ROUNDS, steps: 
             out[f"student_step_ms_{kind}_determinism_{mode}"] = stats.milliseconds(values, steps)
         out[f"{kind}_step_determinism_on_vs_off"] = stats.summarize(
             stats.per_round(operator.truediv, by_mode["on"], by_mode["off"])
+        )
+        out[f"{kind}_step_onednn_off_vs_on"] = stats.summarize(
+            stats.per_round(operator.truediv, by_mode["on"], by_mode["onednn"])
         )
     return out
