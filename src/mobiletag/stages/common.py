@@ -147,7 +147,7 @@ def onednn_enabled() -> bool:
 
     With them on, a training step does not always repeat bit for bit under load: of 20 student
     stages run two at a time beside a busy loop, 4 came out with other weights (the same other
-    weights each time, from the first epoch with the backbone trainable); with them off, 0 of 21
+    weights each time, from the first epoch with the backbone trainable); with them off, 0 of 27
     did. The likely cause: TensorFlow's oneDNN adapter (``mkl_threadpool.h``) runs a call on a
     single thread when it comes from one of the intra-op pool's own threads, which depends on
     timing, and a reduction then sums in another order (oneDNN promises the same result only
