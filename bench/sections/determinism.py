@@ -29,9 +29,9 @@ def determinism_child(mode: str, tfrecords: Path) -> None:
 
     With ``on`` and ``onednn``: ``tf.config.experimental.enable_op_determinism()`` before anything
     runs, and the training dataset's ``tf.data.Options.deterministic`` set; ``onednn`` was started
-    with ``TF_ENABLE_ONEDNN_OPTS=1`` (the others with 0, as ``import mobiletag`` sets it). Prints ``READY`` after its
-    warm-up, then for each line ``KIND STEPS`` read from stdin (KIND: in_memory or fed) runs
-    STEPS steps and prints ``SECONDS s``.
+    with ``TF_ENABLE_ONEDNN_OPTS=1`` (the others with 0, as ``import mobiletag`` sets it). Prints
+    ``READY`` after its warm-up, then for each line ``KIND STEPS`` read from stdin (KIND: in_memory
+    or fed) runs STEPS steps and prints ``SECONDS s``.
     """
     if mode != "off":
         tf.config.experimental.enable_op_determinism()
@@ -82,10 +82,11 @@ def bench_determinism(tfrecords: Path, work: Path, rounds: int = ROUNDS, steps: 
     Op determinism is process-wide: TensorFlow has ``disable_op_determinism()`` (not exported;
     ``_pywrap_determinism.enable(False)``), but kernels and datasets read the flag when they
     are built and a traced step keeps them, so one process could not switch a step between
-    the two, and TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported. Child processes
-    (``bench/run.py --determinism-child MODE``) therefore run :func:`determinism_child`, one per mode,
-    all warmed up before timing; they are asked in turn (off, on, onednn, off, on, onednn ...) for ``steps`` steps in memory and then fed by the pipeline, ``rounds``
-    rounds per block; the one not asked waits on its stdin (between the blocks too).
+    the two, and TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported. Child
+    processes (``bench/run.py --determinism-child MODE``) therefore run :func:`determinism_child`,
+    one per mode, all warmed up before timing; they are asked in turn (off, on, onednn, off, on,
+    onednn ...) for ``steps`` steps in memory and then fed by the pipeline, ``rounds`` rounds per
+    block; those not asked wait on their stdin (between the blocks too).
     """
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     children: dict[str, subprocess.Popen] = {}
