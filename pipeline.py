@@ -27,6 +27,7 @@ from components.train_teacher import train_teacher
 from kfp import compiler, dsl, kubernetes
 
 from mobiletag.stages import CONFIG_STAGE, STAGE
+from mobiletag.stages.component_io import RUN_ID_ENV
 
 PIPELINE_NAME = "mobiletag"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -63,7 +64,6 @@ TIMEOUTS = {
     "publish": 1 * HOUR,
     "promote": 1 * HOUR,
 }
-RUN_ID_ENV = "MOBILETAG_RUN_ID"
 RUN_ID_LABEL = "pipeline/runid"  # set on every pod of a run by the KFP API server (and on recurring runs)
 TRAINING_RETRIES = 3  # GPU nodes get preempted; BackupAndRestore resumes from the last epoch
 # Argo's retryStrategy.backoff.maxDuration counts from the start of the first attempt: no retry
@@ -182,6 +182,7 @@ def mobiletag_pipeline(
     configs = resolve_config(
         data_uri=data_uri,
         config_overrides=config_overrides,
+        backup_uri=backup_uri,
         gpu_node_pool=gpu_node_pool,
         gpu_accelerator=gpu_accelerator,
         teacher_gpus=teacher_gpus,
@@ -204,10 +205,10 @@ def mobiletag_pipeline(
     _on_cpu(data, cpu="6", memory="16Gi")
 
     node_selector = configs.outputs["gpu_node_selector"]
-    teacher = _stage(tasks, train_teacher, "train teacher", backup_uri=backup_uri, gpus=teacher_gpus)
+    teacher = _stage(tasks, train_teacher, "train teacher")
     _on_gpu_pool(teacher, configs.outputs["teacher_gpu_limit"], node_selector, teacher_cpu, teacher_memory)
 
-    student = _stage(tasks, train_student, "train student", backup_uri=backup_uri, gpus=student_gpus)
+    student = _stage(tasks, train_student, "train student")
     _on_gpu_pool(student, configs.outputs["student_gpu_limit"], node_selector, student_cpu, student_memory)
 
     # Does the teacher pay for itself? The same student without it (alpha = 1), beside the distilled one.
@@ -222,8 +223,6 @@ def mobiletag_pipeline(
         train_student_baseline,
         "train student baseline (no teacher)",
         enabled=baseline_student,
-        backup_uri=backup_uri,
-        gpus=student_gpus,
     )
     _on_gpu_pool(
         baseline,
@@ -236,9 +235,7 @@ def mobiletag_pipeline(
     selected = _stage(tasks, select_student, "select student (validation mAP)")
     _on_cpu(selected, cpu="1", memory="2Gi")
 
-    qat = _stage(
-        tasks, quantize, "quantization-aware training", backup_uri=backup_uri, gpus=configs.outputs["qat_gpus"]
-    )
+    qat = _stage(tasks, quantize, "quantization-aware training")
     _on_gpu_pool(qat, configs.outputs["qat_gpu_limit"], node_selector, qat_cpu, qat_memory)  # QAT: one device
 
     exported = _stage(tasks, export_tflite, "export INT8 TFLite")

@@ -25,12 +25,11 @@ F = TypeVar("F", bound=Callable)
 # A parameter's description where several components mean the same thing by it.
 SHARED = {
     "dataset": "TFRecords from prepare_dataset.",
-    "config_json": "This stage's config sections (from resolve_config).",
-    "backup_uri": (
-        "Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ "
-        "(run id: the pod's pipeline/runid label); empty: none."
+    "config_json": (
+        "This stage's config sections (from resolve_config); a training step's also has its step block: "
+        "backup_uri (backups in <backup_uri>/<run id>/<task>/, run id: the pod's pipeline/runid label) and "
+        "the GPUs it gets (above 0 it fails at once when TensorFlow sees no GPU)."
     ),
-    "gpus": "GPUs this step gets; above 0 the step fails at once when TensorFlow sees no GPU.",
     "thresholds": "threshold_recommendation.json.",
 }
 

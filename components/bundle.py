@@ -25,9 +25,8 @@ def bundle(
         backup_uri: The training steps' backup prefix: once the output folder is written, <backup_uri>/<run id>/ is deleted (every training output is stored by then); empty: nothing to delete.
         output: The output folder of the contract with the app team.
     """
-    import os
-
     from mobiletag.stages import bundle as stage
+    from mobiletag.stages.component_io import run_id
 
     result = stage.run(
         teacher.path,
@@ -38,6 +37,6 @@ def bundle(
         evaluation.path,
         output.path,
         backup_uri=backup_uri or None,
-        run_id=os.environ.get("MOBILETAG_RUN_ID", ""),  # the pod's pipeline/runid label (pipeline.py)
+        run_id=run_id(),
     )
     output.metadata.update(result.details)

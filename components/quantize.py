@@ -9,8 +9,6 @@ def quantize(
     teacher: dsl.Input[dsl.Model],
     student: dsl.Input[dsl.Model],
     config_json: str,
-    backup_uri: str,
-    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -19,23 +17,10 @@ def quantize(
     Args:
         teacher: The trained teacher (distillation stays on during QAT by default).
         student: The distilled float student.
-        gpus: GPUs this step gets (1, or 0 on a CPU); above 0 the step fails at once when TensorFlow sees no GPU.
         model: student_qat.h5.
         metrics: Validation mAP of the QAT model and of the float student.
     """
-    import os
-
     from mobiletag.stages import quantize as stage
     from mobiletag.stages.component_io import run_training
 
-    run_id = os.environ.get("MOBILETAG_RUN_ID", "")  # the pod's pipeline/runid label (pipeline.py)
-    run_training(
-        stage.run,
-        config_json,
-        [dataset, teacher, student],
-        model,
-        metrics,
-        backup_uri=backup_uri,
-        gpus=gpus,
-        run_id=run_id,
-    )
+    run_training(stage.run, config_json, [dataset, teacher, student], model, metrics)

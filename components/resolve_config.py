@@ -9,6 +9,7 @@ from components.base import component
 def resolve_config(
     data_uri: str,
     config_overrides: str,
+    backup_uri: str,
     gpu_node_pool: str,
     gpu_accelerator: str,
     teacher_gpus: int,
@@ -31,7 +32,6 @@ def resolve_config(
         ("gpu_node_selector", dict),
         ("teacher_gpu_limit", str),
         ("student_gpu_limit", str),
-        ("qat_gpus", int),
         ("qat_gpu_limit", str),
         ("baseline_gpu_limit", str),
         ("baseline_node_selector", dict),
@@ -44,6 +44,7 @@ def resolve_config(
     Args:
         data_uri: Dataset folder (local path or gs:// URI) whose config.yaml is read if present.
         config_overrides: YAML text of config overrides for this run (may be empty).
+        backup_uri: Prefix (gs://) for the training steps' backups, in their config JSON's step block; empty: none.
         gpu_node_pool: GKE node pool for the training steps (empty: no node-pool selector).
         gpu_accelerator: GKE accelerator label of that pool (empty: no accelerator selector).
         teacher_gpus: GPUs for the teacher step.
@@ -54,7 +55,7 @@ def resolve_config(
         config: The merged configuration as YAML, for the record.
 
     Returns:
-        The JSON config of each stage (only the sections it reads), the dataset's fingerprint (an input of
+        The JSON config of each stage (only the sections it reads; a training step's, its step block too), the dataset's fingerprint (an input of
         prepare_dataset, so a change of the data is a cache miss), the GPU node selector and the GPU limits.
     """
     from collections import namedtuple
@@ -63,14 +64,15 @@ def resolve_config(
     from mobiletag.stages import resolve_config as stage
     from mobiletag.stages.train_student_baseline import baseline_resources
 
-    result = stage.run(data_uri, config_overrides)
+    steps = stage.training_steps(backup_uri, teacher_gpus, student_gpus)
+    result = stage.run(data_uri, config_overrides, steps=steps)
     with open(config.path, "w", encoding="utf-8") as fh:
         fh.write(result["full"])
     config.metadata["data_fingerprint"] = result["data_fingerprint"]
     gpus = stage.gpu_limits(teacher_gpus, student_gpus)
     node_selector = stage.gpu_node_selector(gpu_node_pool, gpu_accelerator)
     baseline = baseline_resources(baseline_student, student_gpus, node_selector, student_cpu, student_memory)
-    gpu_fields = ["teacher_gpu_limit", "student_gpu_limit", "qat_gpus", "qat_gpu_limit"]
+    gpu_fields = ["teacher_gpu_limit", "student_gpu_limit", "qat_gpu_limit"]
     baseline_fields = ["gpu_limit", "node_selector", "cpu", "memory"]
     outputs = namedtuple(
         "StageConfigs",

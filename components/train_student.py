@@ -8,8 +8,6 @@ def train_student(
     dataset: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Model],
     config_json: str,
-    backup_uri: str,
-    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -19,12 +17,7 @@ def train_student(
         teacher: The trained teacher.
         model: student_best.h5 (best validation mAP) and student_metrics.json.
     """
-    import os
-
     from mobiletag.stages import train_student as stage
     from mobiletag.stages.component_io import run_training
 
-    run_id = os.environ.get("MOBILETAG_RUN_ID", "")  # the pod's pipeline/runid label (pipeline.py)
-    run_training(
-        stage.run, config_json, [dataset, teacher], model, metrics, backup_uri=backup_uri, gpus=gpus, run_id=run_id
-    )
+    run_training(stage.run, config_json, [dataset, teacher], model, metrics)

@@ -7,8 +7,6 @@ from components.base import component
 def train_teacher(
     dataset: dsl.Input[dsl.Dataset],
     config_json: str,
-    backup_uri: str,
-    gpus: int,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -18,10 +16,7 @@ def train_teacher(
         model: teacher_best.h5 (best validation mAP) and teacher_metrics.json.
         metrics: Validation mAP, training images/second.
     """
-    import os
-
     from mobiletag.stages import train_teacher as stage
     from mobiletag.stages.component_io import run_training
 
-    run_id = os.environ.get("MOBILETAG_RUN_ID", "")  # the pod's pipeline/runid label (pipeline.py)
-    run_training(stage.run, config_json, [dataset], model, metrics, backup_uri=backup_uri, gpus=gpus, run_id=run_id)
+    run_training(stage.run, config_json, [dataset], model, metrics)

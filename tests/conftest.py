@@ -80,6 +80,7 @@ def resolve_configs(data_uri: str | Path, config: Path | Any, **parameters):
         config.path = str(path)
     defaults = {
         "config_overrides": "",
+        "backup_uri": "",
         "gpu_node_pool": "",
         "gpu_accelerator": "",
         "teacher_gpus": 0,

@@ -26,7 +26,7 @@ def all_components() -> dict[str, PythonComponent]:
 
 def test_component_docstring_is_what_kfp_reads():
     @component("python:3.11", model="The model.")
-    def toy(dataset: dsl.Input[dsl.Dataset], backup_uri: str, model: dsl.Output[dsl.Model]) -> int:
+    def toy(dataset: dsl.Input[dsl.Dataset], config_json: str, model: dsl.Output[dsl.Model]) -> int:
         """Does one thing.
 
         Args:
@@ -40,13 +40,13 @@ def test_component_docstring_is_what_kfp_reads():
     assert inspect.getdoc(toy.python_func) == (
         "Does one thing.\n\nArgs:\n"
         "    dataset: The test split.\n"
-        f"    backup_uri: {SHARED['backup_uri']}\n"
+        f"    config_json: {SHARED['config_json']}\n"
         "    model: The model.\n\nReturns:\n    The count."
     )
     spec = toy.component_spec
     assert spec.description == "Does one thing."
     assert spec.inputs["dataset"].description == "The test split."
-    assert spec.inputs["backup_uri"].description == SHARED["backup_uri"]
+    assert spec.inputs["config_json"].description == SHARED["config_json"]
     assert spec.implementation.container.image == "python:3.11"
 
 
@@ -61,16 +61,15 @@ def test_compiled_components_carry_the_shared_sentences(tmp_path):
 
     teacher = compiled(train_teacher)
     parameters = teacher["inputDefinitions"]["parameters"]
-    assert parameters["backup_uri"]["description"] == (
-        "Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/<task>/ (run id: the pod's "
-        "pipeline/runid label); empty: none."
+    assert parameters["config_json"]["description"] == (
+        "This stage's config sections (from resolve_config); a training step's also has its step block: backup_uri "
+        "(backups in <backup_uri>/<run id>/<task>/, run id: the pod's pipeline/runid label) and the GPUs it gets "
+        "(above 0 it fails at once when TensorFlow sees no GPU)."
     )
-    assert parameters["gpus"]["description"] == SHARED["gpus"]
-    assert parameters["config_json"]["description"] == SHARED["config_json"]
     assert teacher["inputDefinitions"]["artifacts"]["dataset"]["description"] == SHARED["dataset"]
     baseline = compiled(train_student_baseline)
-    assert baseline["inputDefinitions"]["parameters"]["backup_uri"]["description"] == (
-        "Prefix (gs:// on a cluster) for backups, kept in <backup_uri>/<run id>/train-student-baseline/; empty: none."
+    assert baseline["inputDefinitions"]["parameters"]["config_json"]["description"] == (
+        "The train_student stage's config sections and step (from resolve_config); alpha is set to 1 here."
     )
     # KFP takes no output's description from Args: the docstring holds it for the reader
     assert f"    metrics: {STUDENT_METRICS}" in train_student_baseline.python_func.__doc__.splitlines()

@@ -18,8 +18,6 @@ from ..report_checks import CHROMIUM, NO_CHROMIUM
 
 sys.path.insert(0, str(REPO))
 
-from components.resolve_config import resolve_config
-
 from mobiletag.stages import STAGE, STAGES
 
 pytestmark = pytest.mark.slow
@@ -42,6 +40,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         sample_dir,
         a["config.yaml"],
         config_overrides=tiny_overrides_text,
+        backup_uri=str(root / "backup"),
         gpu_node_pool="pool",
         gpu_accelerator="nvidia-l4",
         student_cpu="14",
@@ -52,8 +51,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
     parameters = {
         "data_uri": str(sample_dir),
         "data_fingerprint": configs.data_fingerprint,
-        "backup_uri": str(root / "backup"),
-        "gpus": 0,
+        "backup_uri": str(root / "backup"),  # bundle's
         "enabled": True,
         "output_uri": str(root / "models"),
         "run_id": "run-1",
@@ -69,8 +67,6 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
             given = dict(parameters)
             if stage.config_key:
                 given["config_json"] = getattr(configs, stage.config_key)
-            if stage.name == "quantize":
-                given["gpus"] = configs.qat_gpus
             results[stage.name] = inprocess.run_stage(stage, given, results, root, root / "output")
             if stage.name == "train_student_baseline":
                 # a training step keeps its backup: a pod lost before the launcher stored its outputs resumes from it
@@ -81,6 +77,7 @@ def run(sample_dir, tiny_overrides_text, tmp_path_factory):
         os.environ.pop("MOBILETAG_RUN_ID", None)
     a.update({f"{stage}.{output}": value for stage, outputs in results.items() for output, value in outputs.items()})
     a["models"] = root / "models"
+    a["backup"] = root / "backup"
     return a
 
 
@@ -102,12 +99,9 @@ def test_resolve_config(run, sample_dir):
     assert "image_size: 32" in Path(run["config.yaml"].path).read_text()
     assert configs.data_fingerprint == dataset_fingerprint(str(sample_dir)).digest
     assert run["config.yaml"].metadata["data_fingerprint"] == configs.data_fingerprint
-    assert (configs.teacher_gpu_limit, configs.student_gpu_limit, configs.qat_gpus, configs.qat_gpu_limit) == (
-        "0",
-        "0",
-        0,
-        "0",
-    )
+    assert (configs.teacher_gpu_limit, configs.student_gpu_limit, configs.qat_gpu_limit) == ("0", "0", "0")
+    for name in ("train_teacher", "train_student", "quantize"):
+        assert json.loads(getattr(configs, name))["step"] == {"backup_uri": str(run["backup"]), "gpus": 0}, name
     # the baseline student step: the student's resources (student_gpus 0 here)
     assert (configs.baseline_gpu_limit, configs.baseline_cpu, configs.baseline_memory) == ("0", "14", "48Gi")
     assert configs.baseline_node_selector == configs.gpu_node_selector
@@ -134,18 +128,7 @@ def test_resolve_config_rejects_a_negative_gpu_count(tmp_path):
     from mobiletag.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"pipeline parameter student_gpus=-1 is not a number of GPUs"):
-        resolve_config.python_func(
-            data_uri=str(tmp_path),
-            config_overrides="",
-            gpu_node_pool="",
-            gpu_accelerator="",
-            teacher_gpus=4,
-            student_gpus=-1,
-            baseline_student=True,
-            student_cpu="14",
-            student_memory="48Gi",
-            config=artifact(dsl.Artifact, tmp_path / "config.yaml"),
-        )
+        resolve_configs(tmp_path, artifact(dsl.Artifact, tmp_path / "config.yaml"), teacher_gpus=4, student_gpus=-1)
 
 
 def test_prepare_dataset(run, sample_dir):
@@ -304,16 +287,19 @@ def test_int8_model_beats_a_constant_predictor_and_stays_near_the_float_student(
     assert int8 >= constant_map + 0.15, (int8, constant_map)
 
 
-def _training_call(name: str, run, root: Path, **given):
-    """Call a training stage's component with its arguments as the in-process runner builds them
-    (``given``: the pipeline's values); the upstream models it would read later need not exist."""
+def _training_call(name: str, run, root: Path, backup_uri: str, gpus: int):
+    """Call a training stage's component with its arguments as the in-process runner builds them, its
+    config JSON's step block with ``backup_uri`` and ``gpus``; the upstream models it would read later
+    need not exist."""
     from mobiletag.runners import inprocess
 
     stage = STAGE[name]
     results = {"prepare_dataset": {"dataset": run["prepare_dataset.dataset"]}}
     for upstream, output in stage.upstream.values():
         results.setdefault(upstream, {output: artifact(dsl.Model, root / f"no-{upstream}")})
-    parameters = {"config_json": getattr(run["configs"], stage.config_key), "enabled": True, **given}
+    config_json = json.loads(getattr(run["configs"], stage.config_key))
+    config_json["step"] = {"backup_uri": backup_uri, "gpus": gpus}
+    parameters = {"config_json": json.dumps(config_json), "enabled": True}
     function = inprocess.component_function(stage)
     kwargs, _ = inprocess.arguments(stage, function, parameters, results, root, root / "output")
     return function(**kwargs)
@@ -321,8 +307,8 @@ def _training_call(name: str, run, root: Path, **given):
 
 @pytest.mark.parametrize("stage", ["train_teacher", "train_student", "train_student_baseline", "quantize"])
 def test_training_components_pass_gpus_and_run_id_to_the_stage(run, stage, tmp_path, monkeypatch):
-    """The stage is reached with expected_gpus and the run id of the pod's label (MOBILETAG_RUN_ID):
-    it stops before training, at its checks."""
+    """The stage is reached with its config JSON step's GPUs (expected_gpus) and backup prefix, and the
+    run id of the pod's label (MOBILETAG_RUN_ID): it stops before training, at its checks."""
     from mobiletag.errors import StorageError, TrainingError
 
     monkeypatch.setenv("MOBILETAG_RUN_ID", "run-1")

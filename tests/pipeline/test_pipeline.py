@@ -235,8 +235,8 @@ def test_baseline_step_has_the_student_step_policy(compiled):
     student_res = _executor(compiled, "train-student")[1]["resources"]
     baseline_res = _executor(compiled, "train-student-baseline")[1]["resources"]
     assert baseline_res["accelerator"]["resourceType"] == student_res["accelerator"]["resourceType"]
-    assert tasks["train-student-baseline"]["inputs"]["parameters"]["backup_uri"] == {
-        "componentInputParameter": "backup_uri"
+    assert tasks["train-student-baseline"]["inputs"]["parameters"]["config_json"] == {
+        "taskOutputParameter": {"outputParameterKey": "train_student", "producerTask": "resolve-config"}
     }
 
 
@@ -265,20 +265,25 @@ def test_gpus_only_on_training_and_qat(compiled):
 
 
 def test_training_steps_get_their_gpu_count_and_the_run_id_outside_the_cache_key(compiled):
-    """The run id (for per-run backups) comes from the pod's pipeline/runid label as an environment
-    variable: an input would change KFP's cache key every run, and no training step would be cached."""
+    """A training step's GPU count and backup prefix come in its config JSON (resolve_config's, from the
+    pipeline's parameters); the run id (for per-run backups) from the pod's pipeline/runid label as an
+    environment variable: an input would change KFP's cache key every run, and no training step would be cached."""
     tasks = _tasks(compiled)
-    for task, gpus in (
-        ("train-teacher", {"componentInputParameter": "teacher_gpus"}),
-        ("train-student", {"componentInputParameter": "student_gpus"}),
-        ("train-student-baseline", {"componentInputParameter": "student_gpus"}),
-        ("quantize", {"taskOutputParameter": {"outputParameterKey": "qat_gpus", "producerTask": "resolve-config"}}),
+    for task, config in (
+        ("train-teacher", "train_teacher"),
+        ("train-student", "train_student"),
+        ("train-student-baseline", "train_student"),
+        ("quantize", "quantize"),
     ):
         params = tasks[task]["inputs"]["parameters"]
-        assert params["gpus"] == gpus, task
-        assert "run_id" not in params, task
+        assert params["config_json"] == {
+            "taskOutputParameter": {"outputParameterKey": config, "producerTask": "resolve-config"}
+        }, task
+        assert not {"run_id", "gpus", "backup_uri"} & set(params), task
         assert not any("pipeline_job" in json.dumps(p) for p in params.values()), task
-        assert params["backup_uri"] == {"componentInputParameter": "backup_uri"}, task
+    given = tasks["resolve-config"]["inputs"]["parameters"]
+    for name in ("backup_uri", "teacher_gpus", "student_gpus"):
+        assert given[name] == {"componentInputParameter": name}, name
 
 
 def test_training_pods_get_the_run_id_from_their_label(compiled):

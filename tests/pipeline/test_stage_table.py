@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import functools
 import importlib
+import json
 import operator
 import os
 import re
@@ -232,18 +233,39 @@ def test_resolve_config_outputs_match_stage_table(spec) -> None:
 
 def test_resolve_config_body_returns_the_annotation(sample_dir: Path, tmp_path: Path) -> None:
     """The body builds its NamedTuple from CONFIG_OUTPUTS: the same fields as the literal annotation,
-    each the stage's JSON."""
+    each the stage's JSON; a training step's with its step block (backups, its GPUs), no other's."""
     from components.resolve_config import resolve_config
 
     from mobiletag.config import load_config
-    from mobiletag.stages.resolve_config import stage_config_json
+    from mobiletag.stages.resolve_config import STEP, stage_config_json, training_steps
 
     fields = typing.get_type_hints(resolve_config.python_func)["return"]._fields
-    result = resolve_configs(sample_dir, tmp_path / "config.yaml")
+    result = resolve_configs(
+        sample_dir, tmp_path / "config.yaml", backup_uri="gs://b/p", teacher_gpus=4, student_gpus=2
+    )
     assert result._fields == fields
     config = load_config(str(tmp_path / "config.yaml"))
+    steps = training_steps("gs://b/p", 4, 2)
     for name in CONFIG_OUTPUTS:
-        assert getattr(result, name) == stage_config_json(config, name)
+        assert getattr(result, name) == stage_config_json(config, name, steps)
+    given = {name: json.loads(getattr(result, name)).get(STEP) for name in CONFIG_OUTPUTS}
+    training = {"train_teacher": 4, "train_student": 2, "quantize": 1}  # QAT: one device
+    assert given == {n: {"backup_uri": "gs://b/p", "gpus": training[n]} if n in training else None for n in given}
+    assert {s.name for s in STAGES if s.resources.startswith("gpu")} == {"train_student_baseline", *training}
+
+
+def test_a_training_step_refuses_a_config_json_without_its_step(tiny_config) -> None:
+    """run_training reads backups and GPUs from the JSON's step block: a JSON without one (not resolve_config's)
+    is refused with the fix, not run without backups; other stages read the same JSON with the block ignored."""
+    from mobiletag.errors import ConfigError
+    from mobiletag.stages.resolve_config import config_from_json, stage_config_json, step_from_json, training_steps
+
+    with_step = stage_config_json(tiny_config, "train_student_baseline", training_steps("gs://b", 2, 3))
+    assert step_from_json(with_step) == training_steps("gs://b", 2, 3)["train_student"]
+    assert config_from_json(with_step) == config_from_json(stage_config_json(tiny_config, "train_student"))
+    for text in (stage_config_json(tiny_config, "train_teacher"), json.dumps({"step": {"gpus": 1}})):
+        with pytest.raises(ConfigError, match=r"no 'step' block of backup_uri and gpus .*training_steps"):
+            step_from_json(text)
 
 
 def _record_components(monkeypatch, gate_passed: bool = True) -> dict[str, dict[str, Any]]:
@@ -276,7 +298,7 @@ def test_inprocess_runner_passes_what_the_pipeline_passes(spec, monkeypatch, sam
     output artifacts; the pipeline's result is the output folder."""
     from mobiletag.data.fingerprint import dataset_fingerprint
     from mobiletag.runners import inprocess
-    from mobiletag.stages.resolve_config import stage_config_json
+    from mobiletag.stages.resolve_config import stage_config_json, training_steps
 
     calls = _record_components(monkeypatch)
     work, out, models = tmp_path / "work", tmp_path / "out", str(tmp_path / "models")
@@ -290,8 +312,9 @@ def test_inprocess_runner_passes_what_the_pipeline_passes(spec, monkeypatch, sam
         "teacher_gpus": 0,
         "student_gpus": 0,
     }
-    resolved = {key: stage_config_json(tiny_config, key) for key in CONFIG_OUTPUTS}
-    resolved.update(data_fingerprint=dataset_fingerprint(str(sample_dir.resolve())).digest, qat_gpus=0)
+    steps = training_steps(*(pipeline_parameters[p] for p in ("backup_uri", "teacher_gpus", "student_gpus")))
+    resolved = {key: stage_config_json(tiny_config, key, steps) for key in CONFIG_OUTPUTS}
+    resolved.update(data_fingerprint=dataset_fingerprint(str(sample_dir.resolve())).digest)
     stage_of = {s.task: s.name for s in STAGES}
     for task_name, task in _tasks(spec).items():
         if task_name == CONFIG_TASK:

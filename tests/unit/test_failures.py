@@ -264,10 +264,8 @@ try:
     train_teacher.python_func(
         dataset=dsl.Dataset(name="dataset", uri=sys.argv[2], metadata={}),
         config_json=open(sys.argv[3]).read(),
-        backup_uri=sys.argv[4],
-        gpus=0,
-        model=dsl.Model(name="teacher", uri=sys.argv[5], metadata={}),
-        metrics=dsl.Metrics(name="metrics", uri=sys.argv[5] + "-metrics", metadata={}),
+        model=dsl.Model(name="teacher", uri=sys.argv[4], metadata={}),
+        metrics=dsl.Metrics(name="metrics", uri=sys.argv[4] + "-metrics", metadata={}),
     )
     error = None
 except Exception as exc:
@@ -289,21 +287,19 @@ def test_a_config_error_makes_the_retry_fail_at_once_with_the_same_message(
 
     from kfp import dsl
 
-    from mobiletag.stages.resolve_config import stage_config_json
+    from mobiletag.stages.resolve_config import stage_config_json, training_steps
 
     monkeypatch.syspath_prepend(str(REPO))
     from components.train_teacher import train_teacher
 
     config = dataclasses.replace(tiny_config, teacher=dataclasses.replace(tiny_config.teacher, batch_size=100000))
-    config_json = stage_config_json(config, "train_teacher")
     backups = str(tmp_path / "backups")
+    config_json = stage_config_json(config, "train_teacher", training_steps(backups, 0, 0))
     monkeypatch.setenv("MOBILETAG_RUN_ID", "run-1")
     with pytest.raises(ConfigError) as first:
         train_teacher.python_func(
             dataset=dsl.Dataset(name="dataset", uri=str(tfrecord_dir), metadata={}),
             config_json=config_json,
-            backup_uri=backups,
-            gpus=0,
             model=dsl.Model(name="teacher", uri=str(tmp_path / "pod-1" / "model"), metadata={}),
             metrics=dsl.Metrics(name="metrics", uri=str(tmp_path / "pod-1" / "metrics"), metadata={}),
         )
@@ -312,7 +308,7 @@ def test_a_config_error_makes_the_retry_fail_at_once_with_the_same_message(
     (tmp_path / "config.json").write_text(config_json)
     (tmp_path / "run.py").write_text(ATTEMPT_SCRIPT)
     args = [sys.executable, str(tmp_path / "run.py"), str(REPO), str(tmp_path / "not-downloaded"),
-            str(tmp_path / "config.json"), backups, str(tmp_path / "pod-2" / "model")]  # fmt: skip
+            str(tmp_path / "config.json"), str(tmp_path / "pod-2" / "model")]  # fmt: skip
     started = time.perf_counter()
     second = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "MOBILETAG_RUN_ID": "run-1"})
     wall = time.perf_counter() - started

@@ -28,9 +28,10 @@ from typing import Any
 from mobiletag.config import Config
 from mobiletag.errors import MobiletagError, PipelineRunError
 from mobiletag.progress import report_result
-from mobiletag.runners.kfp_local import RUN_ID_ENV, checkout
+from mobiletag.runners.kfp_local import checkout
 from mobiletag.stages import STAGES, Stage
-from mobiletag.stages.resolve_config import stage_config_json
+from mobiletag.stages.component_io import RUN_ID_ENV
+from mobiletag.stages.resolve_config import stage_config_json, training_steps
 from mobiletag.storage import is_gcs
 
 log = logging.getLogger(__name__)
@@ -136,16 +137,18 @@ def run_pipeline(
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mobiletag-run-"))
     data_uri = str(data_dir) if is_gcs(str(data_dir)) else str(Path(data_dir).resolve())
     run_id = f"local-{work.name}"
+    backup_uri = str(work / "backup")
     # the pipeline's values on one machine, by the name of the component parameter that gets them
     parameters: dict[str, Any] = {
         "data_uri": data_uri,
         "data_fingerprint": dataset_fingerprint(data_uri).digest,
-        "backup_uri": str(work / "backup"),
-        "gpus": 0,  # no GPU required: TensorFlow uses the GPUs it sees
+        "backup_uri": backup_uri,  # bundle's: it deletes <backup_uri>/<run id>/
         "enabled": baseline_student,
         "output_uri": output_uri or "",
         "run_id": run_id,  # publish's version name
     }
+    # the training steps' backups under the work folder; no GPU required: TensorFlow uses the GPUs it sees
+    steps = training_steps(backup_uri, teacher_gpus=0, student_gpus=0)
     results: dict[str, Outputs] = {}
     timings: dict[str, float] = {}
     # the training stages' and bundle's backup folder is named by the run id: on a cluster the pod's label
@@ -155,7 +158,7 @@ def run_pipeline(
         for stage in STAGES:
             if not runs(stage, parameters, results):
                 continue
-            config_json = {"config_json": stage_config_json(config, stage.name)} if stage.config_key else {}
+            config_json = {"config_json": stage_config_json(config, stage.name, steps)} if stage.config_key else {}
             log.info("=== stage %s ===", stage.name)
             start = time.perf_counter()
             results[stage.name] = run_stage(stage, {**parameters, **config_json}, results, work, Path(out_dir))

@@ -16,9 +16,9 @@ from typing import Any
 
 from mobiletag.artifacts import atomic_dir
 from mobiletag.errors import PipelineRunError
+from mobiletag.stages.component_io import RUN_ID_ENV
 
 REPO = Path(__file__).resolve().parents[3]
-RUN_ID_ENV = "MOBILETAG_RUN_ID"  # what pipeline.py sets from the pod's pipeline/runid label
 
 
 def checkout() -> Path:

@@ -8,11 +8,21 @@ only through the package, imported inside its body. The artifacts are taken by w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mobiletag.stages.common import StageResult
-from mobiletag.stages.resolve_config import config_from_json
+from mobiletag.stages.resolve_config import config_from_json, step_from_json
+
+# The run's id on a cluster: pipeline.py sets it from the pod's pipeline/runid label (the local runners,
+# from their own run id). Backups live under <backup_uri>/<run id>/<task>/.
+RUN_ID_ENV = "MOBILETAG_RUN_ID"
+
+
+def run_id() -> str:
+    """This run's id (:data:`RUN_ID_ENV`), "" when it is not set."""
+    return os.environ.get(RUN_ID_ENV, "")
 
 
 class Artifact(Protocol):
@@ -41,27 +51,25 @@ def run_training(
     inputs: Sequence[Artifact],
     model: Artifact,
     metrics: Metrics,
-    *,
-    backup_uri: str,
-    gpus: int,
-    run_id: str,
     **options: Any,
 ) -> StageResult:
     """Run a training stage (``run``: train_teacher, train_student, train_student_baseline or
     quantize) as its component does, and record its result on ``model`` and ``metrics``.
 
     The stage gets its config from ``config_json``, the folders of ``inputs`` in order, then
-    ``model``'s folder; backups under ``<backup_uri>/<run_id>/<task>/`` (``backup_uri`` empty:
-    none); ``gpus``, the GPUs the step was given (above 0 it fails at once when TensorFlow sees
-    no GPU); ``options``, the stage's own keyword arguments.
+    ``model``'s folder; from the JSON's step block (resolve_config's), backups under
+    ``<backup_uri>/<run id>/<task>/`` (``backup_uri`` empty: none; run id: :func:`run_id`) and
+    the GPUs the step was given (above 0 it fails at once when TensorFlow sees no GPU);
+    ``options``, the stage's own keyword arguments.
     """
+    step = step_from_json(config_json)
     result = run(
         config_from_json(config_json),
         *(artifact.path for artifact in inputs),
         model.path,
-        backup_uri=backup_uri or None,
-        run_id=run_id,
-        expected_gpus=gpus,
+        backup_uri=step.backup_uri or None,
+        run_id=run_id(),
+        expected_gpus=step.gpus,
         **options,
     )
     record(result, model, metrics)

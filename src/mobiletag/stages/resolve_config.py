@@ -5,6 +5,8 @@ only what a change touches)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,67 @@ from mobiletag.storage import is_gcs, join, read_text_if_exists
 # so changing an epoch count does not rebuild the TFRecords.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {name: STAGE[name].config_sections for name in CONFIG_OUTPUTS}
 
+# A training step's config JSON also holds, under this key, what the run gives the step besides the
+# config: {"backup_uri": prefix for its backups ("" none), "gpus": GPUs it was given}.
+STEP = "step"
 
-def stage_config_json(config: Config, stage: str) -> str:
-    """The JSON config that ``stage`` gets: its sections (a stage that reads another's config, its)."""
+
+@dataclass(frozen=True)
+class Step:
+    """What a training step gets from the run: ``backup_uri`` ("" none) and the ``gpus`` it was given
+    (above 0 the step fails at once when TensorFlow sees no GPU)."""
+
+    backup_uri: str
+    gpus: int
+
+
+def training_steps(backup_uri: str, teacher_gpus: int, student_gpus: int) -> dict[str, Step]:
+    """The :class:`Step` of each training config output: the teacher's GPUs, the student's (the baseline
+    student reads train_student's JSON), one for QAT (see :func:`gpu_limits`); backups under ``backup_uri``."""
+    gpus = gpu_limits(teacher_gpus, student_gpus)
+    counts = {"train_teacher": teacher_gpus, "train_student": student_gpus, "quantize": gpus["qat_gpus"]}
+    return {stage: Step(backup_uri, count) for stage, count in counts.items()}
+
+
+def stage_config_json(config: Config, stage: str, steps: Mapping[str, Step] | None = None) -> str:
+    """The JSON config that ``stage`` gets: its sections (a stage that reads another's config, its),
+    and its :class:`Step` under :data:`STEP` when ``steps`` (by config output) has one."""
     stage = STAGE[stage].config_key or stage
     data = json.loads(config.section_json(*STAGE_SECTIONS[stage]))
     if stage == "prepare_dataset":
         data["data"]["max_stored_side"] = config.stored_image_side
+    if steps and stage in steps:
+        data[STEP] = asdict(steps[stage])
     return json.dumps(data, sort_keys=True)
 
 
-def config_from_json(text: str) -> Config:
-    """A stage's Config from its JSON (sections it does not read keep their defaults)."""
+def _parse(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"stage config is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"stage config is JSON {type(data).__name__}, not an object of config sections")
+    return data
+
+
+def config_from_json(text: str) -> Config:
+    """A stage's Config from its JSON (sections it does not read keep their defaults; its step apart)."""
+    data = _parse(text)
+    data.pop(STEP, None)
     return load_config(data)
+
+
+def step_from_json(text: str) -> Step:
+    """The :class:`Step` in a training step's config JSON."""
+    step = _parse(text).get(STEP)
+    if not isinstance(step, dict) or set(step) != {f.name for f in fields(Step)}:
+        raise ConfigError(
+            f"the training step's config JSON has no {STEP!r} block of backup_uri and gpus (it has {step!r}): "
+            "give the step the JSON resolve_config writes for it (mobiletag.stages.resolve_config.stage_config_json "
+            "with training_steps)"
+        )
+    return Step(**step)
 
 
 def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
@@ -48,8 +94,14 @@ def dataset_config_source(data_uri: str) -> str | dict[str, Any] | None:
     return load_config_text(text, location) if text is not None else None
 
 
-def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = None) -> dict[str, str]:
-    """Each stage's JSON config, the merged config as YAML (``full``) and the dataset's fingerprint.
+def run(
+    data_uri: str,
+    config_overrides: str = "",
+    defaults_file: str | None = None,
+    steps: Mapping[str, Step] | None = None,
+) -> dict[str, str]:
+    """Each stage's JSON config (``steps``: the training steps', see :func:`training_steps`), the
+    merged config as YAML (``full``) and the dataset's fingerprint.
 
     ``data_fingerprint`` changes exactly when a file under ``images/``, a CSV or ``config.yaml``
     changes (see mobiletag.data.fingerprint); it is an input of prepare_dataset, so KFP's cache
@@ -61,7 +113,7 @@ def run(data_uri: str, config_overrides: str = "", defaults_file: str | None = N
     if defaults_file is not None:
         read_yaml_mapping(Path(defaults_file))  # fail early with the file name
     config = load_config(*sources)
-    out = {stage: stage_config_json(config, stage) for stage in STAGE_SECTIONS}
+    out = {stage: stage_config_json(config, stage, steps) for stage in STAGE_SECTIONS}
     out["full"] = config.to_yaml()
     out["data_fingerprint"] = dataset_fingerprint(data_uri).digest
     return out
