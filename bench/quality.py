@@ -169,19 +169,27 @@ from mobiletag.stages.common import dataset_facts
 from mobiletag.training.fit import predict_scores
 from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.precision import load_float32
-work, out, preset, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
-config = load_config(preset, overrides)
-result = train_student.run(config, work / "dataset", work / "teacher", out)
-test = make_dataset(work / "dataset", "test", image_sizes=[config.student.image_size], batch_size=32,
-                    training=False, num_classes=dataset_facts(work / "dataset").num_classes, config=config)
+dataset, teacher, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+config = load_config(sys.argv[4], json.loads(sys.argv[5]))
+result = train_student.run(config, dataset, teacher, out)
+test = make_dataset(dataset, "test", image_sizes=[config.student.image_size], batch_size=32,
+                    training=False, num_classes=dataset_facts(dataset).num_classes, config=config)
 scores, labels = predict_scores(load_float32(out / "student_best.h5"), test, preprocess)
 print("RESULT " + json.dumps({"val_map": result.metrics["val_map"],
                               "test_map": round(float(mean_average_precision(labels, scores)), 4)}))
 """
 
 
-def ablations(work: Path, config: Path) -> list[dict]:
-    """The student stage under each of ABLATIONS (its own process), on the run's dataset and teacher."""
+def ablation_inputs(stages: Path) -> tuple[Path, Path]:
+    """The dataset and the teacher a run of ``mobiletag train --runner inprocess --work-dir stages`` left."""
+    from mobiletag.runners.inprocess import output_path
+
+    return output_path(stages, "prepare_dataset", "dataset"), output_path(stages, "train_teacher", "model")
+
+
+def ablations(stages: Path, config: Path) -> list[dict]:
+    """The student stage under each of ABLATIONS (its own process), on the run's dataset and teacher
+    (``stages``: the run's work folder)."""
     rows = []
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     for name, overrides in ABLATIONS:
@@ -190,8 +198,8 @@ def ablations(work: Path, config: Path) -> list[dict]:
             sys.executable,
             "-c",
             ABLATION_SCRIPT,
-            str(work),
-            str(work / "ablation"),
+            *map(str, ablation_inputs(stages)),
+            str(stages / "ablation"),
             str(config),
             json.dumps(overrides),
         ]
@@ -451,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir, entry = prepare_set(name, work, results, False)
         run_dir = work / name / f"seed{seed}"
         config = seeded_config(preset, seed, run_dir / "config.yaml")
-        if not (run_dir / "stages" / "teacher").is_dir():  # the ablations need this run's teacher and dataset
+        # the ablations need this run's dataset and teacher: train the set's first seed when they are not there
+        if not all(p.is_dir() for p in ablation_inputs(run_dir / "stages")):
             started, commit = time.perf_counter(), _commit()
             metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
             entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)

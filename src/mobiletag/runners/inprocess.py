@@ -52,6 +52,11 @@ def component_function(stage: Stage) -> Callable[..., Any]:
     return component.python_func
 
 
+def output_path(work: Path, stage: str, output: str) -> Path:
+    """Where the runner keeps output ``output`` of stage ``stage`` (a work folder's layout)."""
+    return work / stage / output
+
+
 def runs(stage: Stage, parameters: dict[str, Any], results: dict[str, Outputs]) -> bool:
     """Whether the stage runs: every upstream stage ran and its condition (the table's ``when``,
     pipeline.py's dsl.If) holds on the pipeline's parameters or the upstream stage's output."""
@@ -80,7 +85,7 @@ def arguments(
     outputs: Outputs = {}
     for name, parameter in inspect.signature(function).parameters.items():
         if type_annotations.is_artifact_wrapped_in_Output(parameter.annotation):
-            path = out_dir if (stage.name, name) == RESULT else work / stage.name / name
+            path = out_dir if (stage.name, name) == RESULT else output_path(work, stage.name, name)
             path.parent.mkdir(parents=True, exist_ok=True)  # the folder above it, as KFP's executor does
             artifact_class = type_annotations.get_io_artifact_class(parameter.annotation)
             outputs[name] = kwargs[name] = artifact_class(name=name, uri=str(path), metadata={})
