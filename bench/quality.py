@@ -169,8 +169,9 @@ from mobiletag.stages.common import dataset_facts
 from mobiletag.training.fit import predict_scores
 from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.precision import load_float32
-dataset, teacher, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-config = load_config(sys.argv[4], json.loads(sys.argv[5]))
+from mobiletag.stages.resolve_config import dataset_config_source
+dataset, teacher, out, source = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+config = load_config(dataset_config_source(source), sys.argv[5], json.loads(sys.argv[6]))  # as `mobiletag train`
 result = train_student.run(config, dataset, teacher, out)
 test = make_dataset(dataset, "test", image_sizes=[config.student.image_size], batch_size=32,
                     training=False, num_classes=dataset_facts(dataset).num_classes, config=config)
@@ -187,9 +188,9 @@ def ablation_inputs(stages: Path) -> tuple[Path, Path]:
     return output_path(stages, "prepare_dataset", "dataset"), output_path(stages, "train_teacher", "model")
 
 
-def ablations(stages: Path, config: Path) -> list[dict]:
+def ablations(stages: Path, data_dir: Path, config: Path) -> list[dict]:
     """The student stage under each of ABLATIONS (its own process), on the run's dataset and teacher
-    (``stages``: the run's work folder)."""
+    (``stages``: the run's work folder), its config as the run's (the set's config.yaml, then ``config``)."""
     rows = []
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     for name, overrides in ABLATIONS:
@@ -200,6 +201,7 @@ def ablations(stages: Path, config: Path) -> list[dict]:
             ABLATION_SCRIPT,
             *map(str, ablation_inputs(stages)),
             str(stages / "ablation"),
+            str(data_dir),
             str(config),
             json.dumps(overrides),
         ]
@@ -470,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": seed,
             "config": preset_name,
             "date": datetime.date.today().isoformat(),
-            "rows": ablations(run_dir / "stages", config),
+            "rows": ablations(run_dir / "stages", data_dir, config),
         }
         save_results(out, results)
 
