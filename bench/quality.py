@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,7 +172,7 @@ from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.precision import load_float32
 from mobiletag.stages.resolve_config import dataset_config_source
 dataset, teacher, out, source = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-config = load_config(dataset_config_source(source), sys.argv[5], json.loads(sys.argv[6]))  # as `mobiletag train`
+config = load_config(dataset_config_source(source), sys.argv[5], *json.loads(sys.argv[6]))  # as `mobiletag train`
 result = train_student.run(config, dataset, teacher, out)
 test = make_dataset(dataset, "test", image_sizes=[config.student.image_size], batch_size=32,
                     training=False, num_classes=dataset_facts(dataset).num_classes, config=config)
@@ -188,35 +189,80 @@ def ablation_inputs(stages: Path) -> tuple[Path, Path]:
     return output_path(stages, "prepare_dataset", "dataset"), output_path(stages, "train_teacher", "model")
 
 
-def ablations(stages: Path, data_dir: Path, config: Path) -> list[dict]:
-    """The student stage under each of ABLATIONS (its own process), on the run's dataset and teacher
-    (``stages``: the run's work folder), its config as the run's (the set's config.yaml, then ``config``)."""
-    rows = []
+def student_stage(stages: Path, data_dir: Path, config: Path, overrides: list[dict]) -> dict:
+    """The student stage alone (its own process) on the run's dataset and teacher (``stages``: the
+    run's work folder), its config as the run's (the set's config.yaml, then ``config``), then
+    ``overrides`` in order: its validation and test macro mAP (float, test images as stored), seconds."""
+    started = time.perf_counter()
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = stages / "student-trial"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-c", ABLATION_SCRIPT, *map(str, ablation_inputs(stages)), str(out), str(data_dir)]
+    cmd += [str(config), json.dumps(overrides)]
+    done = subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True, text=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return {**json.loads(line[7:]), "seconds": round(time.perf_counter() - started)}
+
+
+def ablations(stages: Path, data_dir: Path, config: Path) -> list[dict]:
+    """The student stage under each of ABLATIONS (:func:`student_stage`)."""
+    rows = []
     for name, overrides in ABLATIONS:
-        started = time.perf_counter()
-        cmd = [
-            sys.executable,
-            "-c",
-            ABLATION_SCRIPT,
-            *map(str, ablation_inputs(stages)),
-            str(stages / "ablation"),
-            str(data_dir),
-            str(config),
-            json.dumps(overrides),
-        ]
-        done = subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True, text=True)
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-        rows.append(
-            {
-                "name": name,
-                "overrides": overrides,
-                **json.loads(line[7:]),
-                "seconds": round(time.perf_counter() - started),
-            }
-        )
+        rows.append({"name": name, "overrides": overrides, **student_stage(stages, data_dir, config, [overrides])})
         print(f"  {name}: validation {rows[-1]['val_map']:.4f}, test {rows[-1]['test_map']:.4f}", flush=True)
     return rows
+
+
+TRIAL_BASE = {"student": {"alpha": 1.0}}  # trials compare the student that ships in the presets' runs
+
+
+def trials(
+    name: str,
+    stages: Path,
+    data_dir: Path,
+    preset: Path,
+    seeds: list[int],
+    changes: list[tuple[str, dict]],
+    entry: dict,
+) -> None:
+    """Set ``name``'s student stage alone (the baseline student, TRIAL_BASE) for each training seed: with
+    the preset as it is ("preset") and with each of ``changes`` (name, overrides); rows kept in
+    ``entry`` by "<change>/<seed>" (one there already is not trained again), then summarised per change."""
+    for seed in seeds:
+        for change, overrides in [("preset", {}), *changes]:
+            key = f"{change}/{seed}"
+            if key in entry["rows"]:
+                continue
+            row = student_stage(stages, data_dir, preset, [TRIAL_BASE, {"seed": seed}, overrides])
+            entry["rows"][key] = {"change": change, "seed": seed, "overrides": overrides, **row}
+            print(f"  {name} {key}: validation {row['val_map']:.4f}, test {row['test_map']:.4f}", flush=True)
+    entry["summary"] = trial_summary(entry["rows"])
+
+
+def trial_summary(rows: dict) -> dict:
+    """Per change: the seeds, validation and test mAP mean and spread, and the test mAP minus the
+    preset's on the same seed (mean, min, max) over the seeds both have."""
+    out = {}
+    preset = {r["seed"]: r for r in rows.values() if r["change"] == "preset"}
+    for change in dict.fromkeys(r["change"] for r in rows.values()):
+        runs = sorted((r for r in rows.values() if r["change"] == change), key=lambda r: r["seed"])
+        val, test = [r["val_map"] for r in runs], [r["test_map"] for r in runs]
+        gains = [r["test_map"] - preset[r["seed"]]["test_map"] for r in runs if r["seed"] in preset]
+        out[change] = {
+            "seeds": [r["seed"] for r in runs],
+            "val_mean": round(statistics.fmean(val), 4),
+            "val_spread": round(max(val) - min(val), 4),
+            "test_mean": round(statistics.fmean(test), 4),
+            "test_spread": round(max(test) - min(test), 4),
+            "test_gain": {
+                "mean": round(statistics.fmean(gains), 4),
+                "min": round(min(gains), 4),
+                "max": round(max(gains), 4),
+            }
+            if gains and change != "preset"
+            else None,
+        }
+    return out
 
 
 def train(data_dir: Path, config: Path, out_dir: Path, work_dir: Path) -> dict:
@@ -396,6 +442,19 @@ def prepare_set(name: str, work: Path, results: dict, rerun: bool) -> tuple[Path
     return data_dir, entry
 
 
+def ensure_run(name: str, seed: int, data_dir: Path, preset: Path, preset_name: str, entry: dict, work: Path) -> Path:
+    """The folder of set ``name``'s run with training seed ``seed`` under ``work``, trained (and recorded
+    in ``entry``) when its dataset and teacher are not there: the ablations and trials start from them."""
+    run_dir = work / name / f"seed{seed}"
+    config = seeded_config(preset, seed, run_dir / "config.yaml")
+    if not all(p.is_dir() for p in ablation_inputs(run_dir / "stages")):
+        started, commit = time.perf_counter(), _commit()
+        metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
+        entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
+        entry["summary"] = set_summary(entry)
+    return run_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     from mobiletag.data.suite import SUITE
 
@@ -411,6 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines-only", action="store_true", help="compute the baselines, train nothing")
     parser.add_argument("--ablations", action="store_true", help="also train the student under each ABLATIONS entry")
     parser.add_argument("--ablation-set", default="small-objects", help="the set --ablations runs on")
+    parser.add_argument(
+        "--trial",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDES"),
+        help="a recipe change to try: the baseline student stage alone, with the preset and with OVERRIDES (JSON), "
+        "on each of --sets and --seeds (each set's first-seed run's dataset and teacher); repeatable. Results in "
+        "the file's 'trials', by set; no suite training beyond the runs they need",
+    )
     args = parser.parse_args(argv)
 
     names = [n for n in args.sets.split(",") if n]
@@ -439,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{base['logistic_regression_48px']['test_map']:.4f}), constant {base['constant']['test_map']:.4f}",
             flush=True,
         )
-        if args.baselines_only:
+        if args.baselines_only or args.trial:
             continue
         for seed in seeds:
             if str(seed) in entry["runs"] and not args.rerun:
@@ -456,23 +525,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} seed {seed}: INT8 test macro mAP {entry['runs'][str(seed)]['int8_test_map']:.4f}", flush=True
             )
 
+    changes = [(change, json.loads(overrides)) for change, overrides in args.trial]
+    for name in names if changes else []:
+        data_dir, entry = prepare_set(name, work, results, False)
+        run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
+        trial = results.setdefault("trials", {}).setdefault(name, {"config": preset_name, "rows": {}})
+        if trial["config"] != preset_name or trial.get("data") != entry["dataset"].get("digest"):
+            trial.update(config=preset_name, rows={})  # another preset or other data: the old rows do not compare
+        trial["data"] = entry["dataset"].get("digest")
+        trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial)
+        save_results(out, results)
+
     if args.ablations:
         name, seed = args.ablation_set, seeds[0]
         data_dir, entry = prepare_set(name, work, results, False)
-        run_dir = work / name / f"seed{seed}"
-        config = seeded_config(preset, seed, run_dir / "config.yaml")
-        # the ablations need this run's dataset and teacher: train the set's first seed when they are not there
-        if not all(p.is_dir() for p in ablation_inputs(run_dir / "stages")):
-            started, commit = time.perf_counter(), _commit()
-            metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
-            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
-            entry["summary"] = set_summary(entry)
+        run_dir = ensure_run(name, seed, data_dir, preset, preset_name, entry, work)
         results["ablations"] = {
             "set": name,
             "seed": seed,
             "config": preset_name,
             "date": datetime.date.today().isoformat(),
-            "rows": ablations(run_dir / "stages", data_dir, config),
+            "rows": ablations(run_dir / "stages", data_dir, run_dir / "config.yaml"),
         }
         save_results(out, results)
 

@@ -345,7 +345,37 @@ def quality_lines(quality: dict) -> list[str]:
             "|---|---|---|---|",
         ]
         lines += [f"| {a['name']} | {a['val_map']} | {a['test_map']} | {a['seconds']} |" for a in ablations["rows"]]
+    if trials := quality.get("trials"):
+        lines += [
+            "",
+            "Recipe changes tried (`bench/quality.py --trial NAME OVERRIDES`): the baseline student stage alone "
+            "(alpha 1, the student these presets ship) on each set's seed-0 run's dataset, once per training "
+            "seed, with the preset and with the change; float student, test images as stored. Gain: test mAP "
+            "minus the preset's on the same seed (mean, min to max).",
+            "",
+            "| set | preset | student stage with... | seeds | validation mAP (spread) | test mAP (spread) | gain |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, trial in trials.items():
+            for change, t in trial["summary"].items():
+                gain = t["test_gain"]
+                cells = [
+                    f"`{name}`",
+                    f"`{trial['config']}`",
+                    change if change == "preset" else f"{change}: `{_overrides(trial, change)}`",
+                    ", ".join(map(str, t["seeds"])),
+                    f"{t['val_mean']} ({t['val_spread']})",
+                    f"{t['test_mean']} ({t['test_spread']})",
+                    "-" if gain is None else f"{gain['mean']:+.4f} ({gain['min']:+.4f} to {gain['max']:+.4f})",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _overrides(trial: dict, change: str) -> str:
+    """The overrides of ``change`` in ``trial``'s rows, as compact JSON."""
+    overrides = next(r["overrides"] for r in trial["rows"].values() if r["change"] == change)
+    return json.dumps(overrides, separators=(",", ":"))
 
 
 def _optional(title: str, name: str, data: dict | None, render) -> list[str]:

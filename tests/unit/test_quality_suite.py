@@ -187,6 +187,13 @@ def _fake_metrics(seed: int) -> dict:
     }
 
 
+BASE = {  # a set's baselines, as bench/quality.py's baselines returns them
+    "constant": {"test_map": 0.2},
+    "logistic_regression_24px": {"test_map": 0.6, "C": 1.0, "seconds": 0.1},
+    "logistic_regression_48px": {"test_map": 0.65, "C": 0.1, "seconds": 0.1},
+}
+
+
 def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path, monkeypatch):
     trained: list[tuple[str, int]] = []
 
@@ -197,13 +204,8 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
         trained.append((Path(config).parent.parent.name, seed))
         return _fake_metrics(seed)
 
-    base = {
-        "constant": {"test_map": 0.2},
-        "logistic_regression_24px": {"test_map": 0.6, "C": 1.0, "seconds": 0.1},
-        "logistic_regression_48px": {"test_map": 0.65, "C": 0.1, "seconds": 0.1},
-    }
     monkeypatch.setattr(quality, "train", fake_train)
-    monkeypatch.setattr(quality, "baselines", lambda data_dir: base)
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
     out, keep = tmp_path / "quality.json", tmp_path / "work"
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep)]
@@ -228,3 +230,45 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     assert trained[3:] == [("glyphs", 1), ("glyphs", 0)]
     runs = quality.load_results(out)["sets"]["glyphs"]["runs"]
     assert {s: r["config"] for s, r in runs.items()} == {"0": "configs/demo.yaml"}  # presets never mixed
+
+
+def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_trained_again(
+    quality, tmp_path, monkeypatch
+):
+    """--trial: the student stage alone, per set and seed, with the preset and with each change (the
+    seed and alpha 1 given first); the gain is the test mAP minus the preset's on the same seed; rows
+    in the file are not trained again; bench/README.md's table shows the summary."""
+    calls: list[tuple[str, list[dict]]] = []
+    gains = {"preset": 0.0, "more": 0.05}
+
+    def fake_student_stage(stages, data_dir, config, overrides):
+        calls.append((Path(stages).parent.parent.name, overrides))
+        seed, change = overrides[1]["seed"], "more" if overrides[2] else "preset"
+        test = round(0.6 + seed / 100 + gains[change] + (0.02 if (change, seed) == ("more", 2) else 0), 4)
+        return {"val_map": test, "test_map": test, "seconds": 1}
+
+    monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
+    monkeypatch.setattr(quality, "student_stage", fake_student_stage)
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
+    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    out, keep = tmp_path / "quality.json", tmp_path / "work"
+    trial = ["--trial", "more", '{"student": {"epochs": 20}}']
+    common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep), *trial]
+
+    quality.main([*common, "--seeds", "0,1"])
+    quality.main([*common, "--seeds", "0,1,2"])
+    assert [(s, o[1]["seed"], o[2]) for s, o in calls] == [
+        ("glyphs", seed, change) for seed in (0, 1, 2) for change in ({}, {"student": {"epochs": 20}})
+    ]
+    assert all(o[0] == {"student": {"alpha": 1.0}} for _, o in calls)
+    summary = quality.load_results(out)["trials"]["glyphs"]["summary"]
+    assert summary["preset"]["test_mean"] == 0.61 and summary["preset"]["test_gain"] is None
+    assert summary["more"]["seeds"] == [0, 1, 2]
+    assert summary["more"]["test_spread"] == 0.04  # 0.65, 0.66, 0.69
+    assert summary["more"]["test_gain"] == {"mean": 0.0567, "min": 0.05, "max": 0.07}
+
+    import readme  # bench/readme.py, imported by the fixture's bench_modules
+
+    table = "\n".join(readme.quality_lines(quality.load_results(out)))
+    assert '| `glyphs` | `configs/fast.yaml` | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
+    assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) |" in table
