@@ -305,13 +305,20 @@ def data_digest(data_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: str) -> dict:
-    """The figures bench-quality keeps of one training's metrics.json (``commit``: the code it ran)."""
+def preset_digest(preset: Path) -> str:
+    """The preset file's content: runs and trials of one preset name but other contents are not mixed."""
+    return "sha256:" + hashlib.sha256(preset.read_bytes()).hexdigest()
+
+
+def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: str, digest: str = "") -> dict:
+    """The figures bench-quality keeps of one training's metrics.json (``commit``: the code it ran;
+    ``digest``: the preset's, :func:`preset_digest`)."""
     distillation = metrics.get("distillation") or {}
     students = distillation.get("students") or {}
     return {
         "seed": seed,
         "config": preset,
+        "config_digest": digest,
         "int8_test_map": metrics["test"]["map_macro"],
         "float_student_test_map": metrics["compare"]["student"]["map_macro"],
         "teacher_test_map": metrics["compare"]["teacher"]["map_macro"],
@@ -381,6 +388,7 @@ def set_summary(entry: dict) -> dict:
             }
         summary["shipped"] = sorted({str(r["shipped_student"]) for r in runs.values()})
         summary["config"] = next(iter(runs.values()))["config"]
+        summary["commits"] = sorted({r.get("commit", "unknown") for r in runs.values()})  # the preset's version
     return summary
 
 
@@ -450,7 +458,8 @@ def ensure_run(name: str, seed: int, data_dir: Path, preset: Path, preset_name: 
     if not all(p.is_dir() for p in ablation_inputs(run_dir / "stages")):
         started, commit = time.perf_counter(), _commit()
         metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
-        entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
+        seconds = time.perf_counter() - started
+        entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, seconds, commit, preset_digest(preset))
         entry["summary"] = set_summary(entry)
     return run_dir
 
@@ -495,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in names:
         data_dir, entry = prepare_set(name, work, results, args.rerun)
-        other = {s for s, r in entry["runs"].items() if r["config"] != preset_name}
+        digest = preset_digest(preset)
+        other = {s for s, r in entry["runs"].items() if (r["config"], r.get("config_digest")) != (preset_name, digest)}
         if other and not args.baselines_only:
-            print(f"{name}: dropping seeds {sorted(other)} trained with another preset", flush=True)
+            print(f"{name}: dropping seeds {sorted(other)} trained with another preset or version of it", flush=True)
             entry["runs"] = {s: r for s, r in entry["runs"].items() if s not in other}
         entry["summary"] = set_summary(entry)
         save_results(out, results)
@@ -518,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
             started, commit = time.perf_counter(), _commit()
             config = seeded_config(preset, seed, run_dir / "config.yaml")
             metrics = train(data_dir, config, run_dir / "output", run_dir / "stages")
-            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, time.perf_counter() - started, commit)
+            seconds = time.perf_counter() - started
+            entry["runs"][str(seed)] = run_record(metrics, seed, preset_name, seconds, commit, digest)
             entry["summary"] = set_summary(entry)
             save_results(out, results)
             print(
@@ -530,9 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         data_dir, entry = prepare_set(name, work, results, False)
         run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
         trial = results.setdefault("trials", {}).setdefault(name, {"config": preset_name, "rows": {}})
-        if trial["config"] != preset_name or trial.get("data") != entry["dataset"].get("digest"):
-            trial.update(config=preset_name, rows={})  # another preset or other data: the old rows do not compare
-        trial["data"] = entry["dataset"].get("digest")
+        same = (trial["config"], trial.get("config_digest"), trial.get("data"))
+        if same != (preset_name, preset_digest(preset), entry["dataset"].get("digest")):
+            trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
+        trial.update(config_digest=preset_digest(preset), data=entry["dataset"].get("digest"), commit=_commit())
         trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial)
         save_results(out, results)
 

@@ -321,7 +321,7 @@ def quality_lines(quality: dict) -> list[str]:
         cells = [
             f"`{name}`",
             images,
-            f"`{summary['config']}`" if "config" in summary else "-",
+            _preset(summary.get("config"), summary.get("commits")),
             per_seed or "-",
             _cell(summary.get("mean")),
             _cell(summary.get("spread")),
@@ -361,7 +361,7 @@ def quality_lines(quality: dict) -> list[str]:
                 gain = t["test_gain"]
                 cells = [
                     f"`{name}`",
-                    f"`{trial['config']}`",
+                    _preset(trial["config"], [trial["commit"]] if "commit" in trial else None),
                     change if change == "preset" else f"{change}: `{_overrides(trial, change)}`",
                     ", ".join(map(str, t["seeds"])),
                     f"{t['val_mean']} ({t['val_spread']})",
@@ -370,6 +370,13 @@ def quality_lines(quality: dict) -> list[str]:
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _preset(config: str | None, commits: list[str] | None) -> str:
+    """The preset's file and the commit(s) its figures ran at (the file's version)."""
+    if config is None:
+        return "-"
+    return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "")
 
 
 def _overrides(trial: dict, change: str) -> str:

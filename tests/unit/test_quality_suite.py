@@ -249,6 +249,7 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
 
     monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
+    monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
     monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
     out, keep = tmp_path / "quality.json", tmp_path / "work"
@@ -270,5 +271,13 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     import readme  # bench/readme.py, imported by the fixture's bench_modules
 
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
-    assert '| `glyphs` | `configs/fast.yaml` | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
+    assert '| `glyphs` | `configs/fast.yaml` at abc1234 | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
     assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) |" in table
+
+    # the same preset file with other contents: its old rows do not compare, they are trained again
+    preset = tmp_path / "preset.yaml"
+    preset.write_text((REPO / "configs" / "fast.yaml").read_text())
+    quality.main([*common, "--seeds", "0", "--config", str(preset)])
+    preset.write_text(preset.read_text().replace("seed: 7", "seed: 8"))
+    quality.main([*common, "--seeds", "0", "--config", str(preset)])
+    assert len(calls) == 6 + 2 + 2
