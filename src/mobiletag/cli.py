@@ -326,53 +326,6 @@ def _add_data_and_config(p: argparse.ArgumentParser, data_required: bool = True)
     )
 
 
-# The options of every command that talks to a KFP server: (flag, environment variable of its default or
-# None, the default without it, help).
-SERVER_OPTIONS: tuple[tuple[str, str | None, str | None, str], ...] = (
-    (
-        "--host",
-        "KF_PIPELINES_ENDPOINT",
-        None,
-        "KFP API address; default $KF_PIPELINES_ENDPOINT, else in a pod http://ml-pipeline.kubeflow.svc.cluster.local:8888",
-    ),
-    (
-        "--namespace",
-        "MOBILETAG_NAMESPACE",
-        None,
-        "Kubeflow profile namespace; default $MOBILETAG_NAMESPACE, else the pod's namespace when the server is "
-        "multi-user",
-    ),
-    (
-        "--token",
-        "MOBILETAG_KFP_TOKEN",
-        None,
-        "bearer token for the KFP API from outside the cluster, e.g. `kubectl -n NS create token default-editor` "
-        "(Kubeflow >= 1.9 accepts service-account tokens at its gateway) or your identity provider's JWT; default "
-        "$MOBILETAG_KFP_TOKEN (prefer the variable: a flag shows in the process list)",
-    ),
-    (
-        "--token-file",
-        None,
-        None,
-        "file holding the bearer token, read before every request; default $KF_PIPELINES_SA_TOKEN_PATH, else "
-        "/var/run/secrets/kubeflow/pipelines/token when it exists (the projected service-account token in a pod)",
-    ),
-    (
-        "--cookies",
-        "MOBILETAG_KFP_COOKIES",
-        None,
-        "Cookie header for a KFP behind Dex / oauth2-proxy, e.g. 'oauth2_proxy_kubeflow=...' copied from a "
-        "logged-in browser; default $MOBILETAG_KFP_COOKIES",
-    ),
-    (
-        "--pipeline-name",
-        "MOBILETAG_PIPELINE_NAME",
-        "mobiletag",
-        "name of the uploaded pipeline (default $MOBILETAG_PIPELINE_NAME or mobiletag)",
-    ),
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobiletag",
@@ -479,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_weights_import)
 
     server = argparse.ArgumentParser(add_help=False)
+    from mobiletag.kfp_server.client import SERVER_OPTIONS
+
     for flag, variable, fallback, text in SERVER_OPTIONS:
         server.add_argument(flag, default=os.environ.get(variable, fallback) if variable else fallback, help=text)
 
