@@ -501,10 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mobiletag-quality-"))
     out = Path(args.out)
     results = load_results(out)
+    digest = preset_digest(preset)
+    data_dirs: dict[str, Path] = {}
 
     for name in names:
         data_dir, entry = prepare_set(name, work, results, args.rerun)
-        digest = preset_digest(preset)
+        data_dirs[name] = data_dir
         other = {s for s, r in entry["runs"].items() if (r["config"], r.get("config_digest")) != (preset_name, digest)}
         if other and not args.baselines_only:
             print(f"{name}: dropping seeds {sorted(other)} trained with another preset or version of it", flush=True)
@@ -538,13 +540,13 @@ def main(argv: list[str] | None = None) -> int:
 
     changes = [(change, json.loads(overrides)) for change, overrides in args.trial]
     for name in names if changes else []:
-        data_dir, entry = prepare_set(name, work, results, False)
+        data_dir, entry = data_dirs[name], results["sets"][name]  # prepared above
         run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
         trial = results.setdefault("trials", {}).setdefault(name, {"config": preset_name, "rows": {}})
         same = (trial["config"], trial.get("config_digest"), trial.get("data"))
-        if same != (preset_name, preset_digest(preset), entry["dataset"].get("digest")):
+        if same != (preset_name, digest, entry["dataset"].get("digest")):
             trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
-        trial.update(config_digest=preset_digest(preset), data=entry["dataset"].get("digest"), commit=_commit())
+        trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=_commit())
         trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial)
         save_results(out, results)
 
