@@ -35,6 +35,7 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 
 
 PRECISION_MODES = ("auto", "float32", "bfloat16", "float16")
+HardLoss = Literal["bce", "asymmetric"]  # training/losses.py
 
 # keys that were renamed: an old key is refused with a message naming its new one
 RENAMED_KEYS = {
@@ -124,7 +125,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class OptimizationConfig:
+    """The optimisation recipe keys the teacher and student sections share (docs/recipe.md)."""
+
+    optimizer: Literal["adam", "adamw"] = _f(
+        "adam",
+        "adam, or adamw: weight decay apart from the gradient (Loshchilov & Hutter, 2019); biases and "
+        "BatchNormalization weights are not decayed",
+    )
+    weight_decay: float = _f(
+        0.0, "adamw: decay per step, times the learning rate (as torch.optim.AdamW); e.g. 0.05", min=0.0
+    )
+    ema_half_life_epochs: float = _f(
+        0.0,
+        "a moving average of the weights (EMA) is validated, checkpointed and shipped instead of the last "
+        "step's: its half-life in epochs (the decay per step follows from the steps per epoch); not in head "
+        "phases; 0 = off",
+        min=0.0,
+    )
+    loss: HardLoss = _f(
+        "bce", "hard-label loss: bce, or asymmetric (Ridnik et al., 2021: easy negatives down-weighted)"
+    )
+
+
+@dataclass(frozen=True)
+class TeacherConfig(OptimizationConfig):
     architecture: Literal["efficientnet_b3"] = _f("efficientnet_b3", "teacher backbone")
     image_size: int = _f(300, "input resolution (pixels, square)", min=32)
     batch_size: int = _f(64, "global batch size, split across replicas", min=1)
@@ -151,7 +176,7 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(OptimizationConfig):
     architecture: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = _f(
         "efficientnet_lite1", "student backbone"
     )
@@ -544,6 +569,15 @@ def _check_consistency(config: Any, origin: dict[tuple[str, ...], str]) -> None:
             f"{src}: thresholds.grid_min ({config.grid_min}) is above thresholds.grid_max ({config.grid_max}); "
             "swap them"
         )
+    if isinstance(config, Config):
+        for name in ("teacher", "student"):
+            section = getattr(config, name)
+            if section.weight_decay > 0 and section.optimizer != "adamw":
+                src = origin.get((name, "weight_decay"), "<config>")
+                raise ConfigError(
+                    f"{src}: {name}.weight_decay is {section.weight_decay} but {name}.optimizer is "
+                    f"{section.optimizer!r}, which does not decay weights; set {name}.optimizer: adamw"
+                )
     if isinstance(config, Config) and config.classes is not None:
         names = [c.strip() for c in config.classes]
         src = origin.get(("classes",), "<config>")

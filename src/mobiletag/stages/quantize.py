@@ -65,6 +65,7 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
             temperature=config.student.temperature,
             preprocess=preprocess,
             augment=augment,
+            loss=config.student.loss,  # QAT goes on with the student's loss
         )
 
     def report(ctx: Context, trained: Trained) -> Report:

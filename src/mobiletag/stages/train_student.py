@@ -85,6 +85,7 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
             temperature=cfg.temperature,
             preprocess=preprocess,
             augment=TrainAugment(sizes, config.data.augment),
+            loss=cfg.loss,
         )
 
     def phases(ctx: Context, trainer: Trainer) -> list[Phase]:

@@ -32,7 +32,7 @@ def stage(config: Config) -> TrainingStage:
     def build(ctx: Context) -> Trainer:
         model = build_teacher(ctx.facts.num_classes, cfg.image_size, cfg.weights, cfg.dropout)
         set_batch_norm_momentum(model, cfg.batch_norm_momentum)
-        return Trainer(model, augment=TrainAugment([cfg.image_size], config.data.augment))
+        return Trainer(model, augment=TrainAugment([cfg.image_size], config.data.augment), loss=cfg.loss)
 
     def phases(ctx: Context, trainer: Trainer) -> list[Phase]:
         model = trainer.model

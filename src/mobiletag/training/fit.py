@@ -28,12 +28,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from mobiletag.config import HardLoss
 from mobiletag.errors import TrainingError
 from mobiletag.progress import report_epoch
 from mobiletag.training.attempts import StopOnSigterm, sigterm_flag
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import distillation_loss
 from mobiletag.training.metrics import mean_average_precision
+from mobiletag.training.optimizer import AveragedWeights, averaging_optimizer
 from mobiletag.training.phases import HEAD_PHASES
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ def identity(x: tf.Tensor) -> tf.Tensor:
 class Trainer(keras.Model):
     """Trains ``model`` on hard labels, plus soft targets of a frozen ``teacher`` when given.
 
-    Training batches are ``((images, seeds), labels)`` when ``augment`` is given: the views are
+    The hard-label term is ``loss`` (:func:`mobiletag.training.losses.hard_loss`). Training batches
+    are ``((images, seeds), labels)`` when ``augment`` is given: the views are
     ``augment(images, seeds)``, the teacher's first and the student's last (the same augmented
     image at each model's resolution). Without ``augment`` they are ``(images, labels)`` with
     ``images`` a view or a tuple ``(teacher_view, student_view)``. Evaluation and prediction
@@ -64,6 +67,7 @@ class Trainer(keras.Model):
         preprocess: Preprocess = identity,
         teacher_preprocess: Preprocess = identity,
         augment: Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]] | None = None,
+        loss: HardLoss = "bce",
     ) -> None:
         super().__init__(name="trainer")
         self.model = model
@@ -75,6 +79,7 @@ class Trainer(keras.Model):
         self.preprocess = preprocess
         self.teacher_preprocess = teacher_preprocess
         self.augment = augment
+        self.hard_loss = loss
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
@@ -107,7 +112,7 @@ class Trainer(keras.Model):
         if self.teacher is not None and self.alpha < 1.0:
             teacher_logits = tf.stop_gradient(self.teacher(self.teacher_preprocess(teacher_view), training=False))
         logits = self.model(self.preprocess(student_view), training=training)
-        return distillation_loss(labels, logits, teacher_logits, self.alpha, self.temperature)
+        return distillation_loss(labels, logits, teacher_logits, self.alpha, self.temperature, self.hard_loss)
 
     def _global_average(self, per_example: tf.Tensor) -> tf.Tensor:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -386,10 +391,14 @@ def fit(
         log.info("%s: resuming from the epoch backup in %s", name, backup_dir)
     best = BestCheckpoint(trainer.model, checkpoint, best=best_so_far, resume=resuming, phase=name)
     # first: an epoch whose loss is not finite stops before anything of it is validated or saved
+    averaging = averaging_optimizer(trainer)
+    average = AveragedWeights(trainer, averaging) if averaging is not None else None
     callbacks: list[keras.callbacks.Callback] = [
         NanGuard(name),
+        *([average.swap_in] if average else []),  # validated and checkpointed: the averaged weights
         ValidationMAP(trainer, val_ds, validation_steps),
         best,
+        *([average.swap_out] if average else []),  # trained on and backed up: the trained ones
     ]
     if patience > 0:
         callbacks.append(ResumableEarlyStopping(best, patience=patience))

@@ -53,7 +53,8 @@ from mobiletag.training.fit import (
     scaled_learning_rate,
     warmup_steps,
 )
-from mobiletag.training.phases import Phase
+from mobiletag.training.optimizer import OptimizerRecipe, recipe_for
+from mobiletag.training.phases import HEAD_PHASES, Phase
 from mobiletag.training.strategy import Devices
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ def _train(
             checkpoint,
             best_so_far,
             getattr(section, "early_stopping_patience", 0),
+            recipe_for(section, ctx.steps, average=phase.name not in HEAD_PHASES),
         )
         results[phase.name] = result
         best_so_far = result.best_val_map
@@ -278,14 +280,22 @@ def epoch_figure_is_final(dev: Devices, last: FitResult) -> float | None:
 
 
 def _fit_phase(
-    ctx: Context, trainer: Trainer, phase: Phase, rate: float, checkpoint: Path, best_so_far: float, patience: int
+    ctx: Context,
+    trainer: Trainer,
+    phase: Phase,
+    rate: float,
+    checkpoint: Path,
+    best_so_far: float,
+    patience: int,
+    recipe: OptimizerRecipe,
 ) -> FitResult:
-    """One phase: its layers, its learning rate, compile, fit; a ``once`` phase through ``fit_phase_once``."""
+    """One phase: its layers, its learning rate and optimizer, compile, fit; a ``once`` phase through
+    ``fit_phase_once``."""
 
     def train() -> FitResult:
         if phase.prepare is not None:
             phase.prepare()
-        ctx.devices.compile(trainer, learning_rate(phase, rate, ctx.steps))
+        ctx.devices.compile(trainer, learning_rate(phase, rate, ctx.steps), recipe)
         return fit(
             trainer,
             ctx.train_ds,

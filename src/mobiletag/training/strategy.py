@@ -18,6 +18,7 @@ import tf_keras as keras
 from mobiletag.config import MultiGpuConfig
 from mobiletag.errors import TrainingError
 from mobiletag.training import precision
+from mobiletag.training.optimizer import OptimizerRecipe
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +238,12 @@ class Devices:
     steps_per_execution: int
     gpus: int
 
-    def compile(self, model: keras.Model, learning_rate: Any) -> None:
-        """Compile ``model`` (a Trainer) with Adam at ``learning_rate`` (a rate or a schedule), in
-        this strategy's scope, with its XLA and steps-per-execution choices."""
+    def compile(self, model: keras.Model, learning_rate: Any, recipe: OptimizerRecipe | None = None) -> None:
+        """Compile ``model`` (a Trainer) with ``recipe``'s optimizer (default: Adam) at ``learning_rate``
+        (a rate or a schedule), in this strategy's scope, with its XLA and steps-per-execution choices."""
         with self.strategy.scope():
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
+                optimizer=(recipe or OptimizerRecipe()).build(learning_rate),
                 jit_compile=self.jit_compile,
                 steps_per_execution=self.steps_per_execution,
             )

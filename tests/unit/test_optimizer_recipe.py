@@ -1,0 +1,115 @@
+"""The optimisation recipe keys (teacher and student sections): the asymmetric loss, AdamW's
+decoupled decay, and the moving average of the weights that is validated and checkpointed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from mobiletag.config import load_config
+from mobiletag.errors import ConfigError
+from mobiletag.training.backup import Backup
+from mobiletag.training.losses import asymmetric_loss, hard_loss
+from mobiletag.training.optimizer import OptimizerRecipe, ema_momentum, recipe_for
+
+from .tiny_training import tiny_fit, tiny_model
+
+
+def test_asymmetric_loss_by_hand():
+    logits = np.array([[-3.0, -0.5, 0.2, 2.0]], np.float32)
+    labels = np.array([[0.0, 0.0, 1.0, 0.0]], np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    shifted = np.maximum(p - 0.05, 0)
+    expected = np.where(labels == 1, -np.log(p), -(shifted**4) * np.log(1 - shifted))
+    got = asymmetric_loss(tf.constant(labels), tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert got[0, 0] == 0.0  # p 0.047 < the clip: an easy negative adds nothing
+    # with no focusing and no clip it is binary cross-entropy
+    plain = asymmetric_loss(tf.constant(labels), tf.constant(logits), gamma_neg=0.0, gamma_pos=0.0, clip=0.0)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    np.testing.assert_allclose(plain.numpy(), bce.numpy(), rtol=1e-6)
+    assert hard_loss(tf.constant(labels), tf.constant(logits), "asymmetric").shape == (1,)
+
+
+def test_adamw_decays_kernels_but_not_biases_or_batch_norm():
+    """A step with zero gradients moves Adam nowhere; AdamW's decay (rate x decay) shrinks the kernel
+    alone."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
+    model.layers[1].bias.assign([1.0, -1.0])
+    before = {v.name: v.numpy().copy() for v in model.trainable_variables}
+    optimizer = recipe_for(
+        load_config({"student": {"optimizer": "adamw", "weight_decay": 0.5}}).student, 10, True
+    ).build(0.1)
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:
+        factor = 1 - 0.1 * 0.5 if "kernel" in v.name else 1.0
+        np.testing.assert_allclose(v.numpy(), before[v.name] * factor, rtol=1e-6, err_msg=v.name)
+
+
+def test_weight_decay_without_adamw_is_refused():
+    with pytest.raises(ConfigError, match=r"student.weight_decay is 0.05 .* set student.optimizer: adamw"):
+        load_config({"student": {"weight_decay": 0.05}})
+    with pytest.raises(ConfigError, match=r"student\.loss.*focal"):
+        load_config({"student": {"loss": "focal"}})
+
+
+def test_the_average_halves_a_step_after_its_half_life():
+    assert ema_momentum(2.0, 13) ** 26 == pytest.approx(0.5, rel=1e-12)
+    section = load_config({"teacher": {"ema_half_life_epochs": 2.0}}).teacher
+    assert recipe_for(section, 13, average=True).ema_momentum == ema_momentum(2.0, 13)
+    assert recipe_for(section, 13, average=False).ema_momentum is None  # head phases: off
+    assert recipe_for(load_config({}).qat, 13, average=True) == OptimizerRecipe()  # QAT has no recipe keys
+
+
+def test_the_averaged_weights_are_checkpointed_and_training_goes_on_from_the_trained_ones(tmp_path):
+    """An average that never moves (momentum 1) keeps the initial weights: the checkpoint holds them,
+    and the losses equal a run without the average (training went on from its own weights each epoch)."""
+    keras.utils.set_random_seed(0)
+    initial = tiny_model().get_weights()
+
+    def run(momentum, root):
+        model = tiny_model(initial)
+        optimizer = OptimizerRecipe(ema_momentum=momentum).build(0.05)
+        result = tiny_fit(model, optimizer, Backup(str(root)), name="student", epochs=3, steps_per_epoch=2)
+        return result, model, root
+
+    averaged, model, root = run(1.0, tmp_path / "averaged")
+    plain, _, _ = run(None, tmp_path / "plain")
+    assert averaged.history["loss"] == plain.history["loss"]
+    assert plain.history["loss"][-1] < plain.history["loss"][0]  # it trained
+    saved = keras.models.load_model(next(root.rglob("best.h5")), compile=False)
+    for got, want in zip(saved.get_weights(), initial):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.get_weights(), initial):  # fit ends on the average (Keras' finalize)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_a_student_stage_on_the_recipe_keys_reports_its_checkpoints_figure(
+    tfrecord_dir, teacher_dir, tiny_config, tmp_path
+):
+    """AdamW, the asymmetric loss and the average, through the student stage the way the cluster runs it
+    (backups on): the validation mAP it reports is its checkpoint's, validated again; the checkpoint is
+    not the one plain Adam and BCE give."""
+    import dataclasses
+
+    from mobiletag.stages import train_student
+
+    from ..checkpoint_checks import checkpoint_val_map
+
+    recipe = {"optimizer": "adamw", "weight_decay": 0.05, "ema_half_life_epochs": 0.5, "loss": "asymmetric"}
+    config = dataclasses.replace(tiny_config, student=dataclasses.replace(tiny_config.student, epochs=2, **recipe))
+    backups = {"backup_uri": str(tmp_path / "backup"), "run_id": "r1"}
+    result = train_student.run(config, tfrecord_dir, teacher_dir, tmp_path / "student", **backups)
+    checkpoint = tmp_path / "student" / "student_best.h5"
+    assert result.metrics["val_map"] == round(checkpoint_val_map(checkpoint, tfrecord_dir, config)[0], 4)
+    plain = dataclasses.replace(tiny_config, student=dataclasses.replace(tiny_config.student, epochs=2))
+    train_student.run(plain, tfrecord_dir, teacher_dir, tmp_path / "plain", **backups | {"run_id": "r2"})
+    ours, theirs = (
+        keras.models.load_model(p / "student_best.h5", compile=False)
+        for p in (tmp_path / "student", tmp_path / "plain")
+    )
+    assert any(not np.array_equal(a, b) for a, b in zip(ours.get_weights(), theirs.get_weights()))
