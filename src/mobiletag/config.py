@@ -144,7 +144,9 @@ class OptimizationConfig:
         min=0.0,
     )
     loss: HardLoss = _f(
-        "bce", "hard-label loss: bce, or asymmetric (Ridnik et al., 2021: easy negatives down-weighted)"
+        "bce",
+        "hard-label loss: bce, or asymmetric (Ridnik et al., 2021: easy negatives down-weighted; smaller than bce, "
+        "so alpha's balance with the distillation term shifts)",
     )
 
 

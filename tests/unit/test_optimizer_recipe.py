@@ -35,10 +35,11 @@ def test_asymmetric_loss_by_hand():
 
 def test_adamw_decays_kernels_but_not_biases_or_batch_norm():
     """A step with zero gradients moves Adam nowhere; AdamW's decay (rate x decay) shrinks the kernel
-    alone."""
+    alone (its layer's name starts with "beta": the exclusions match whole weight names)."""
     inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
-    model.layers[1].bias.assign([1.0, -1.0])
+    dense = keras.layers.Dense(2, name="beta_branch")
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(dense(inputs)))
+    dense.bias.assign([1.0, -1.0])
     before = {v.name: v.numpy().copy() for v in model.trainable_variables}
     optimizer = recipe_for(
         load_config({"student": {"optimizer": "adamw", "weight_decay": 0.5}}).student, 10, True

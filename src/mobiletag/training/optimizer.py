@@ -5,8 +5,10 @@ weights (EMA) that the epochs are validated and checkpointed with.
 The average is Keras' own (``use_ema``): the optimizer keeps one average per trainable variable
 and updates it after each step, on every replica (MirroredStrategy), and it is part of the
 optimizer's state, so an epoch backup keeps it. BatchNormalization's moving statistics are not
-trainable and are not averaged: the averaged weights are validated with the current statistics
-(they follow the weights within a few hundred steps at momentum 0.99).
+trainable and are not averaged: the averaged weights are validated and checkpointed with the
+statistics of the trained weights (as Keras' own ``use_ema`` leaves them). The average starts
+from the phase's first weights, which still weigh 2^(-E/H) after E epochs at half-life H: keep H
+well below the phase's epochs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import tf_keras as keras
 
 log = logging.getLogger(__name__)
 
-NOT_DECAYED = ["bias", "gamma", "beta"]  # AdamW: biases and BatchNormalization's scale and offset
+# AdamW: biases and BatchNormalization's scale and offset are not decayed. Keras matches each
+# pattern with re.search on the variable's name, which on a replica's copy ends in /replica_N:0
+NOT_DECAYED = [r"/(bias|gamma|beta)(/replica_\d+)?:\d+$"]
 
 
 @dataclass(frozen=True)
