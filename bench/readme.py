@@ -362,7 +362,8 @@ def quality_lines(quality: dict) -> list[str]:
                 cells = [
                     f"`{name}`",
                     _preset(trial["config"], [trial["commit"]] if "commit" in trial else None),
-                    change if change == "preset" else f"{change}: `{_overrides(trial, change)}`",
+                    (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
+                    + _carried(trial, change),
                     ", ".join(map(str, t["seeds"])),
                     f"{t['val_mean']} ({t['val_spread']})",
                     f"{t['test_mean']} ({t['test_spread']})",
@@ -377,6 +378,13 @@ def _preset(config: str | None, commits: list[str] | None) -> str:
     if config is None:
         return "-"
     return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "")
+
+
+def _carried(trial: dict, change: str) -> str:
+    """Where rows of ``change`` came from when they were trained as another change of the same
+    configuration at an earlier commit (a row's ``carried_from``), e.g. after the preset took a trial's value."""
+    carried = [r["carried_from"] for r in trial["rows"].values() if r["change"] == change and r.get("carried_from")]
+    return f" (rows trained as {', '.join(sorted(carried))}: the same configuration)" if carried else ""
 
 
 def _overrides(trial: dict, change: str) -> str:

@@ -273,6 +273,11 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
     assert '| `glyphs` | `configs/fast.yaml` at abc1234 | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
     assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) |" in table
+    # rows trained as another change of the same configuration (the preset took its value) say so
+    results = quality.load_results(out)
+    results["trials"]["glyphs"]["rows"]["preset/1"]["carried_from"] = "more/1 at abc0000"
+    table = "\n".join(readme.quality_lines(results))
+    assert "| preset (rows trained as more/1 at abc0000: the same configuration) | 0, 1, 2 |" in table
 
     # the same preset file with other contents: its old rows do not compare, they are trained again
     preset = tmp_path / "preset.yaml"
