@@ -114,3 +114,28 @@ def test_a_student_stage_on_the_recipe_keys_reports_its_checkpoints_figure(
         for p in (tmp_path / "student", tmp_path / "plain")
     )
     assert any(not np.array_equal(a, b) for a, b in zip(ours.get_weights(), theirs.get_weights()))
+
+
+def test_the_asymmetric_loss_trains_a_small_model_as_cross_entropy_does():
+    """On noisy synthetic multi-label data (2.6 positives of 10 per example) an MLP trained with the
+    asymmetric loss ranks test examples about as well as one trained with cross-entropy (0.793 and
+    0.806 macro mAP): the digits' collapse in the suite (docs/recipe.md) is not the loss being broken.
+    With the negative term's sign flipped it ranks at 0.271 (tried)."""
+    from mobiletag.training.metrics import mean_average_precision
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = (x @ rng.normal(size=(20, 10)) + rng.normal(size=(600, 10)) * 2 > 3.0).astype(np.float32)
+    batches = rng.integers(0, 400, (400, 32))
+    scores = {}
+    for kind in ("bce", "asymmetric"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+        optimizer = keras.optimizers.Adam(3e-3)
+        for idx in batches:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(hard_loss(y[idx], model(x[idx]), kind))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        scores[kind] = mean_average_precision(y[400:], tf.sigmoid(model(x[400:])).numpy())
+    assert scores["bce"] > 0.75  # the problem is learnable
+    assert scores["asymmetric"] >= scores["bce"] - 0.02
