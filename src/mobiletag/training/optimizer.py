@@ -13,13 +13,10 @@ well below the phase's epochs.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import tf_keras as keras
-
-log = logging.getLogger(__name__)
 
 # AdamW: biases and BatchNormalization's scale and offset are not decayed. Keras matches each
 # pattern with re.search on the variable's name, which on a replica's copy ends in /replica_N:0
@@ -78,17 +75,7 @@ class AveragedWeights:
         self.trainer = trainer
         self.optimizer = optimizer
         self.swapped = False
-        outer = self
-
-        class _In(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                outer.swap(True)
-
-        class _Out(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                outer.swap(False)
-
-        self.swap_in, self.swap_out = _In(), _Out()
+        self.swap_in, self.swap_out = _SwapAtEpochEnd(self, True), _SwapAtEpochEnd(self, False)
 
     def swap(self, averaged: bool) -> None:
         if averaged == self.swapped:
@@ -107,3 +94,15 @@ class AveragedWeights:
             (var, optimizer._model_variables_moving_average[optimizer._index_dict[optimizer._var_key(var)]])
             for var in self.trainer.model.trainable_variables
         ]
+
+
+class _SwapAtEpochEnd(keras.callbacks.Callback):
+    """At each epoch's end: the averaged weights in (``averaged``) or the trained ones back."""
+
+    def __init__(self, average: AveragedWeights, averaged: bool) -> None:
+        super().__init__()
+        self.average = average
+        self.averaged = averaged
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.average.swap(self.averaged)
