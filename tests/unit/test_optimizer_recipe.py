@@ -88,6 +88,51 @@ def test_the_averaged_weights_are_checkpointed_and_training_goes_on_from_the_tra
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_average_under_two_replicas_is_the_moving_average_of_the_trained_weights(tmp_path):
+    """MirroredStrategy over two (logical) CPUs, the way the cluster's multi-GPU steps train: the
+    checkpoint holds the average of the weights after each step (Keras' update, by hand:
+    a_k = m a_(k-1) + (1 - m) w_k from the initial weights) at the best epoch, the losses equal a run
+    without the average, and fit ends on the final average."""
+    keras.utils.set_random_seed(0)
+    initial = tiny_model().get_weights()
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(cpus) == 2  # tests/conftest.py splits the CPU in two
+
+    def run(momentum, root):
+        trained: list[list[np.ndarray]] = []
+        with tf.distribute.MirroredStrategy(cpus).scope():
+            model = tiny_model(initial)
+            record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: trained.append(model.get_weights()))
+            optimizer = OptimizerRecipe(ema_momentum=momentum).build(0.05)
+            result = tiny_fit(
+                model,
+                optimizer,
+                Backup(str(root)),
+                name="student",
+                epochs=3,
+                steps_per_epoch=2,
+                extra_callbacks=[record],
+            )
+        return result, model, trained
+
+    momentum = 0.6
+    averaged, model, trained = run(momentum, tmp_path / "averaged")
+    plain, _, plain_trained = run(None, tmp_path / "plain")
+    assert averaged.history["loss"] == plain.history["loss"]
+    for a, b in zip(trained[-1], plain_trained[-1]):
+        np.testing.assert_array_equal(a, b)
+    averages, average = [], initial
+    for weights in trained:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        averages.append(average)
+    assert not np.allclose(averages[-1][0], trained[-1][0], atol=1e-3)  # the average is not the trained weights
+    saved = keras.models.load_model(next((tmp_path / "averaged").rglob("best.h5")), compile=False)
+    for got, want in zip(saved.get_weights(), averages[2 * averaged.best_epoch + 1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(model.get_weights(), averages[-1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_a_student_stage_on_the_recipe_keys_reports_its_checkpoints_figure(
     tfrecord_dir, teacher_dir, tiny_config, tmp_path
