@@ -13,6 +13,7 @@ from mobiletag.errors import ConfigError
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import asymmetric_loss, hard_loss
 from mobiletag.training.optimizer import OptimizerRecipe, ema_momentum, recipe_for
+from mobiletag.training.strategy import _mirrored
 
 from .tiny_training import tiny_fit, tiny_model
 
@@ -100,7 +101,7 @@ def test_the_average_under_two_replicas_is_the_moving_average_of_the_trained_wei
 
     def run(momentum, root):
         trained: list[list[np.ndarray]] = []
-        with tf.distribute.MirroredStrategy(cpus).scope():
+        with _mirrored(tuple(cpus)).scope():  # the process's one strategy over them (see _mirrored)
             model = tiny_model(initial)
             record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: trained.append(model.get_weights()))
             optimizer = OptimizerRecipe(ema_momentum=momentum).build(0.05)

@@ -87,8 +87,11 @@ def _step_under(devices, weights_t, weights_s, images, labels, seeds=None, learn
     """
     from mobiletag.config import AugmentConfig
     from mobiletag.data.augment import TrainAugment
+    from mobiletag.training.strategy import _mirrored
 
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # the process's one strategy over ``devices``: a second one over the same devices reuses its
+    # all-reduce keys (see _mirrored), and the tests before this one train other models on them
+    strategy = _mirrored(tuple(devices))
     with strategy.scope():
         # no per-replica randomness; with seeds the teacher sees 40-px views (the crop's size)
         teacher, student = _tiny_pair(dropout=0.0, teacher_size=40 if seeds is not None else 32)
