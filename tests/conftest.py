@@ -36,6 +36,19 @@ tf.config.set_logical_device_configuration(
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_strategy(replicas: int = 2) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy over the first ``replicas`` logical CPUs (split above), the process's one
+    for that device set, as the stages get it (``strategy.get_strategy``): a second strategy over the
+    same devices reuses the first one's all-reduce keys and fails on another model's gradients
+    ("Shape mismatch in the collective instance 100", tensorflow#62790)."""
+    from mobiletag.config import MultiGpuConfig
+    from mobiletag.training.strategy import get_strategy
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    assert len(devices) == replicas, f"conftest splits the CPU into two logical CPUs, not {replicas}"
+    return get_strategy(MultiGpuConfig(), devices)
+
+
 class Background:
     """A command running in the background, its console in files under ``logs`` (a pipe that fills up
     would block it while the test waits for another process)."""

@@ -11,6 +11,8 @@ from mobiletag.config import AugmentConfig
 from mobiletag.data.augment import RESIZE_METHODS, TrainAugment, crop_size, resize, stateless_uniforms, to_float
 from mobiletag.export.app_input import mediapipe_resize
 
+from ..conftest import cpu_strategy
+
 BIG, SMALL, BATCH = 96, 64, 16
 PLAIN = AugmentConfig(flip=False, color_jitter=False, resize_methods=["bilinear"])
 FLIP_ONLY = AugmentConfig(flip=True, color_jitter=False)
@@ -159,9 +161,7 @@ def test_stays_float32_under_a_mixed_bfloat16_policy():
 
 
 def test_two_replicas_give_the_single_device_views():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2, "conftest sets up two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = cpu_strategy()
     augment = TrainAugment([BIG, SMALL], AugmentConfig())
     images, seeds = _images(), _seeds()
     ds = tf.data.Dataset.from_tensors((images, seeds))
@@ -240,7 +240,7 @@ def test_all_resize_methods_run_under_xla_and_two_replicas():
     eager = augment(images, seeds)
     for xla, want in zip(tf.function(augment.__call__, jit_compile=True)(images, seeds), eager):
         np.testing.assert_allclose(xla.numpy(), want.numpy(), atol=0.05)
-    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")][:2])
+    strategy = cpu_strategy()
     ds = tf.data.Dataset.from_tensors((images, seeds))
     dist_images, dist_seeds = next(iter(strategy.experimental_distribute_dataset(ds)))
     per_replica = strategy.run(tf.function(augment.__call__), args=(dist_images, dist_seeds))

@@ -27,6 +27,8 @@ from mobiletag.training.fit import (
 from mobiletag.training.stage_runner import epoch_figure_is_final
 from mobiletag.training.strategy import Devices
 
+from ..conftest import cpu_strategy
+
 
 def _data(n: int = 10, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -204,8 +206,7 @@ def test_the_epoch_figure_is_final_only_in_float32_on_one_replica():
     assert epoch_figure_is_final(_devices(), best) == 0.7
     assert epoch_figure_is_final(_devices("mixed_bfloat16"), best) is None
     assert epoch_figure_is_final(_devices("mixed_float16"), best) is None
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert epoch_figure_is_final(_devices(strategy=tf.distribute.MirroredStrategy(cpus)), best) is None
+    assert epoch_figure_is_final(_devices(strategy=cpu_strategy()), best) is None
     assert epoch_figure_is_final(_devices(), FitResult(0.0, 0, 1)) is None  # NaN mAP is logged as 0
     assert epoch_figure_is_final(_devices(), FitResult(-math.inf, -1, 0)) is None  # no epoch ran
 

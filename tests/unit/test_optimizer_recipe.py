@@ -13,8 +13,8 @@ from mobiletag.errors import ConfigError
 from mobiletag.training.backup import Backup
 from mobiletag.training.losses import asymmetric_loss, hard_loss
 from mobiletag.training.optimizer import OptimizerRecipe, ema_momentum, recipe_for
-from mobiletag.training.strategy import _mirrored
 
+from ..conftest import cpu_strategy
 from .tiny_training import tiny_fit, tiny_model
 
 
@@ -96,12 +96,11 @@ def test_the_average_under_two_replicas_is_the_moving_average_of_the_trained_wei
     without the average, and fit ends on the final average."""
     keras.utils.set_random_seed(0)
     initial = tiny_model().get_weights()
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(cpus) == 2  # tests/conftest.py splits the CPU in two
+    steps_per_epoch = 2
 
     def run(momentum, root):
         trained: list[list[np.ndarray]] = []
-        with _mirrored(tuple(cpus)).scope():  # the process's one strategy over them (see _mirrored)
+        with cpu_strategy().scope():
             model = tiny_model(initial)
             record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: trained.append(model.get_weights()))
             optimizer = OptimizerRecipe(ema_momentum=momentum).build(0.05)
@@ -111,7 +110,7 @@ def test_the_average_under_two_replicas_is_the_moving_average_of_the_trained_wei
                 Backup(str(root)),
                 name="student",
                 epochs=3,
-                steps_per_epoch=2,
+                steps_per_epoch=steps_per_epoch,
                 extra_callbacks=[record],
             )
         return result, model, trained
@@ -128,7 +127,7 @@ def test_the_average_under_two_replicas_is_the_moving_average_of_the_trained_wei
         averages.append(average)
     assert not np.allclose(averages[-1][0], trained[-1][0], atol=1e-3)  # the average is not the trained weights
     saved = keras.models.load_model(next((tmp_path / "averaged").rglob("best.h5")), compile=False)
-    for got, want in zip(saved.get_weights(), averages[2 * averaged.best_epoch + 1]):
+    for got, want in zip(saved.get_weights(), averages[steps_per_epoch * (averaged.best_epoch + 1) - 1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for got, want in zip(model.get_weights(), averages[-1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,8 @@ from mobiletag.data.tf_input import list_shards, make_dataset
 from mobiletag.data.tfrecords import read_labels
 from mobiletag.errors import DataError
 
+from ..conftest import cpu_strategy
+
 
 def _csv_labels(sample_dir, split, classes):
     with open(sample_dir / f"{split}_labels.csv", encoding="utf-8") as fh:
@@ -136,9 +138,7 @@ def test_eval_is_the_whole_image_resized_to_uint8(tfrecord_dir, fast_config):
 
 
 def test_under_two_replica_strategy(tfrecord_dir, fast_config):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2, "conftest sets up two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = cpu_strategy()
     dist = strategy.experimental_distribute_dataset(_train(tfrecord_dir, fast_config, [64, 48], 16))
     (images, seeds), labels = next(iter(dist))
     assert [tuple(x.shape) for x in strategy.experimental_local_results(images)] == [(8, 64, 64, 3)] * 2

@@ -13,6 +13,8 @@ from mobiletag.models.student import build_student
 from mobiletag.training.fit import Trainer
 from mobiletag.training.losses import distillation_loss, hard_loss, soft_loss
 
+from ..conftest import cpu_strategy
+
 
 def _bce(p, q):
     return -(p * math.log(q) + (1 - p) * math.log(1 - q))
@@ -79,19 +81,16 @@ def test_alpha_one_is_plain_training():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def _step_under(devices, weights_t, weights_s, images, labels, seeds=None, learning_rate=0.05):
-    """One distillation step under a MirroredStrategy over ``devices``: (loss, student weights).
+def _step_under(replicas, weights_t, weights_s, images, labels, seeds=None, learning_rate=0.05):
+    """One distillation step under a MirroredStrategy over ``replicas`` logical CPUs: (loss, student weights).
 
     With ``seeds`` the batch is ``((uint8 crops, seeds), labels)`` and the views are made in
     the step by the training augmentation, as in the stages.
     """
     from mobiletag.config import AugmentConfig
     from mobiletag.data.augment import TrainAugment
-    from mobiletag.training.strategy import _mirrored
 
-    # the process's one strategy over ``devices``: a second one over the same devices reuses its
-    # all-reduce keys (see _mirrored), and the tests before this one train other models on them
-    strategy = _mirrored(tuple(devices))
+    strategy = cpu_strategy(replicas)
     with strategy.scope():
         # no per-replica randomness; with seeds the teacher sees 40-px views (the crop's size)
         teacher, student = _tiny_pair(dropout=0.0, teacher_size=40 if seeds is not None else 32)
@@ -111,9 +110,8 @@ def _step_under(devices, weights_t, weights_s, images, labels, seeds=None, learn
 def test_one_and_two_replicas_give_the_same_step():
     teacher, student = _tiny_pair(dropout=0.0)
     images, labels = _batch(n=8)
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    loss1, weights1 = _step_under(cpus[:1], teacher.get_weights(), student.get_weights(), images, labels)
-    loss2, weights2 = _step_under(cpus[:2], teacher.get_weights(), student.get_weights(), images, labels)
+    loss1, weights1 = _step_under(1, teacher.get_weights(), student.get_weights(), images, labels)
+    loss2, weights2 = _step_under(2, teacher.get_weights(), student.get_weights(), images, labels)
     assert loss1 == pytest.approx(loss2, rel=1e-4)
     for a, b in zip(weights1, weights2):
         np.testing.assert_allclose(a, b, atol=2e-5)
@@ -126,10 +124,9 @@ def test_two_replicas_with_in_step_augmentation_give_the_same_step():
     crops = rng.integers(0, 256, size=(8, 40, 40, 3), dtype=np.uint8)
     seeds = rng.integers(0, 2**31, size=(8, 2), dtype=np.int64)
     labels = (rng.uniform(size=(8, 3)) > 0.5).astype(np.float32)
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     args = (teacher.get_weights(), student.get_weights(), crops, labels, seeds)
-    loss1, weights1 = _step_under(cpus[:1], *args)
-    loss2, weights2 = _step_under(cpus[:2], *args)
+    loss1, weights1 = _step_under(1, *args)
+    loss2, weights2 = _step_under(2, *args)
     assert loss1 == pytest.approx(loss2, rel=1e-4)
     for a, b in zip(weights1, weights2):
         np.testing.assert_allclose(a, b, atol=2e-5)
