@@ -35,7 +35,7 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 
 
 PRECISION_MODES = ("auto", "float32", "bfloat16", "float16")
-HardLoss = Literal["bce", "asymmetric"]  # training/losses.py
+HardLoss = Literal["bce", "asymmetric", "weighted_bce"]  # training/losses.py
 
 # keys that were renamed: an old key is refused with a message naming its new one
 RENAMED_KEYS = {
@@ -145,8 +145,9 @@ class OptimizationConfig:
     )
     loss: HardLoss = _f(
         "bce",
-        "hard-label loss: bce, or asymmetric (Ridnik et al., 2021: easy negatives down-weighted; smaller than bce, "
-        "so alpha's balance with the distillation term shifts)",
+        "hard-label loss: bce, asymmetric (Ridnik et al., 2021: easy negatives down-weighted; smaller than bce, "
+        "so alpha's balance with the distillation term shifts), or weighted_bce (each class's positives weighted by "
+        "sqrt(negatives / positives) of the training split: rare classes count more)",
     )
 
 

@@ -1,5 +1,5 @@
-"""The optimisation recipe keys (teacher and student sections): the asymmetric loss, AdamW's
-decoupled decay, and the moving average of the weights that is validated and checkpointed."""
+"""The optimisation recipe keys (teacher and student sections): the asymmetric and the
+positive-weighted loss, AdamW's decoupled decay, and the moving average of the weights that is validated and checkpointed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tf_keras as keras
 from mobiletag.config import load_config
 from mobiletag.errors import ConfigError
 from mobiletag.training.backup import Backup
-from mobiletag.training.losses import asymmetric_loss, hard_loss
+from mobiletag.training.losses import asymmetric_loss, hard_loss, positive_weights
 from mobiletag.training.optimizer import OptimizerRecipe, ema_momentum, recipe_for
 
 from ..conftest import cpu_strategy
@@ -32,6 +32,54 @@ def test_asymmetric_loss_by_hand():
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     np.testing.assert_allclose(plain.numpy(), bce.numpy(), rtol=1e-6)
     assert hard_loss(tf.constant(labels), tf.constant(logits), "asymmetric").shape == (1,)
+
+
+def test_weighted_bce_by_hand():
+    """Positives weigh sqrt(negatives / positives) of the training split; negatives weigh 1."""
+    weights = positive_weights("weighted_bce", [12, 100, 0, 400], 400)
+    assert weights == [np.sqrt(388 / 12), np.sqrt(3.0), 1.0, 1.0]  # no positives / in every image: 1
+    assert positive_weights("bce", [12], 400) is None and positive_weights("asymmetric", [12], 400) is None
+    logits = np.array([[-3.0, -0.5, 0.2, 2.0], [1.0, 0.3, -2.0, 0.0]], np.float32)
+    labels = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]], np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    expected = np.where(labels == 1, -np.array(weights) * np.log(p), -np.log(1 - p)).mean(axis=-1)
+    got = hard_loss(tf.constant(labels), tf.constant(logits), "weighted_bce", weights).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    bce = hard_loss(tf.constant(labels), tf.constant(logits), "bce").numpy()
+    np.testing.assert_allclose(hard_loss(labels, logits, "weighted_bce", [1.0] * 4).numpy(), bce, rtol=1e-6)
+    with pytest.raises(ValueError, match="positive weights"):
+        hard_loss(labels, logits, "weighted_bce")
+    with pytest.raises(ValueError, match="positive weights"):
+        hard_loss(labels, logits, "bce", weights)
+
+
+@pytest.mark.parametrize("section", ["teacher", "student"])
+def test_a_stage_on_weighted_bce_weighs_its_training_splits_counts(section, tfrecord_dir, tiny_config):
+    """The teacher's and the student's Trainer get the weights of the dataset's stats.json
+    (train split, labels.txt order); on bce they get none."""
+    import dataclasses
+    import json
+    from types import SimpleNamespace
+
+    from mobiletag.stages import train_student, train_teacher
+    from mobiletag.stages.common import dataset_facts
+
+    stats = json.loads((tfrecord_dir / "stats.json").read_text())["splits"]["train"]
+    classes = (tfrecord_dir / "labels.txt").read_text().split()
+    expected = [np.sqrt((stats["num_images"] - stats["positives"][c]) / stats["positives"][c]) for c in classes]
+    assert len(set(expected)) > 1  # the sample's classes are not all equally frequent
+    for loss, weights in (("weighted_bce", expected), ("bce", None)):
+        extra = {"alpha": 1.0} if section == "student" else {}  # the student alone: no teacher to load
+        cfg = dataclasses.replace(getattr(tiny_config, section), loss=loss, weights="none", **extra)
+        config = dataclasses.replace(tiny_config, **{section: cfg})
+        declared = train_teacher.stage(config) if section == "teacher" else train_student.stage(config, None)
+        ctx = SimpleNamespace(facts=dataset_facts(tfrecord_dir))
+        trainer = declared.build(ctx)
+        assert trainer.hard_loss == loss
+        if weights is None:
+            assert trainer.pos_weight is None
+        else:
+            np.testing.assert_allclose(trainer.pos_weight, weights, rtol=1e-12)
 
 
 def test_adamw_decays_kernels_but_not_biases_or_batch_norm():

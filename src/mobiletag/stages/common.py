@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobiletag.config import Config
+from mobiletag.config import Config, HardLoss
 from mobiletag.data.tfrecords import read_labels, read_stats
 from mobiletag.errors import ConfigError
 
@@ -31,20 +31,29 @@ class DatasetFacts:
     num_train: int
     num_val: int
     num_test: int
+    train_positives: list[int]  # per class, in the order of ``classes``
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def positive_weights(self, loss: HardLoss) -> list[float] | None:
+        """The hard loss's per-class positive weights from the training split (``weighted_bce``), else None."""
+        from mobiletag.training.losses import positive_weights  # TensorFlow: not for the light paths
+
+        return positive_weights(loss, self.train_positives, self.num_train)
+
 
 def dataset_facts(dataset_dir: str | Path) -> DatasetFacts:
     stats = read_stats(dataset_dir)
     splits = stats["splits"]
+    classes = read_labels(dataset_dir)
     return DatasetFacts(
-        classes=read_labels(dataset_dir),
+        classes=classes,
         num_train=splits["train"]["num_images"],
         num_val=splits["val"]["num_images"],
         num_test=splits["test"]["num_images"],
+        train_positives=[splits["train"]["positives"].get(name, 0) for name in classes],
     )
 
 

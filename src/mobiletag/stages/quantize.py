@@ -66,6 +66,7 @@ def stage(config: Config, teacher_dir: str | Path, student_dir: str | Path) -> T
             preprocess=preprocess,
             augment=augment,
             loss=config.student.loss,  # QAT goes on with the student's loss
+            pos_weight=ctx.facts.positive_weights(config.student.loss),
         )
 
     def report(ctx: Context, trained: Trained) -> Report:

@@ -86,6 +86,7 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
             preprocess=preprocess,
             augment=TrainAugment(sizes, config.data.augment),
             loss=cfg.loss,
+            pos_weight=ctx.facts.positive_weights(cfg.loss),
         )
 
     def phases(ctx: Context, trainer: Trainer) -> list[Phase]:

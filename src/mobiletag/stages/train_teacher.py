@@ -32,7 +32,12 @@ def stage(config: Config) -> TrainingStage:
     def build(ctx: Context) -> Trainer:
         model = build_teacher(ctx.facts.num_classes, cfg.image_size, cfg.weights, cfg.dropout)
         set_batch_norm_momentum(model, cfg.batch_norm_momentum)
-        return Trainer(model, augment=TrainAugment([cfg.image_size], config.data.augment), loss=cfg.loss)
+        return Trainer(
+            model,
+            augment=TrainAugment([cfg.image_size], config.data.augment),
+            loss=cfg.loss,
+            pos_weight=ctx.facts.positive_weights(cfg.loss),
+        )
 
     def phases(ctx: Context, trainer: Trainer) -> list[Phase]:
         model = trainer.model

@@ -19,7 +19,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,8 @@ def identity(x: tf.Tensor) -> tf.Tensor:
 class Trainer(keras.Model):
     """Trains ``model`` on hard labels, plus soft targets of a frozen ``teacher`` when given.
 
-    The hard-label term is ``loss`` (:func:`mobiletag.training.losses.hard_loss`). Training batches
+    The hard-label term is ``loss`` (:func:`mobiletag.training.losses.hard_loss`; ``pos_weight`` for
+    ``weighted_bce``). Training batches
     are ``((images, seeds), labels)`` when ``augment`` is given: the views are
     ``augment(images, seeds)``, the teacher's first and the student's last (the same augmented
     image at each model's resolution). Without ``augment`` they are ``(images, labels)`` with
@@ -68,6 +69,7 @@ class Trainer(keras.Model):
         teacher_preprocess: Preprocess = identity,
         augment: Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]] | None = None,
         loss: HardLoss = "bce",
+        pos_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__(name="trainer")
         self.model = model
@@ -80,6 +82,7 @@ class Trainer(keras.Model):
         self.teacher_preprocess = teacher_preprocess
         self.augment = augment
         self.hard_loss = loss
+        self.pos_weight = None if pos_weight is None else [float(w) for w in pos_weight]
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
@@ -112,7 +115,9 @@ class Trainer(keras.Model):
         if self.teacher is not None and self.alpha < 1.0:
             teacher_logits = tf.stop_gradient(self.teacher(self.teacher_preprocess(teacher_view), training=False))
         logits = self.model(self.preprocess(student_view), training=training)
-        return distillation_loss(labels, logits, teacher_logits, self.alpha, self.temperature, self.hard_loss)
+        return distillation_loss(
+            labels, logits, teacher_logits, self.alpha, self.temperature, self.hard_loss, self.pos_weight
+        )
 
     def _global_average(self, per_example: tf.Tensor) -> tf.Tensor:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
