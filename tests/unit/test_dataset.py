@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mobiletag.config import Config, load_config
-from mobiletag.data.dataset import index_dataset, validate_dataset
+from mobiletag.data.dataset import MIN_POSITIVES, index_dataset, validate_dataset
 from mobiletag.errors import DataError
 
 
@@ -211,3 +211,19 @@ def test_shared_image_between_splits_is_a_warning(tmp_path):
     root = make_dataset(tmp_path, GOOD_TRAIN, "a.jpg,dog\n", "", _default_images(*"abc"))
     _, summary = validate_dataset(root, Config())
     assert any("a.jpg is in both train and val" in w for w in summary["warnings"])
+
+
+def test_a_class_with_few_positives_in_a_split_is_a_warning_naming_split_class_and_count(tmp_path):
+    """One image short of MIN_POSITIVES is named with its count, in its split; at MIN_POSITIVES none."""
+    n = MIN_POSITIVES
+    train = "".join(f"t{i}.jpg,dog|cat\n" for i in range(n - 1)) + "u.jpg,cat\n"  # dog n - 1, cat n
+    val = "".join(f"v{i}.jpg,dog|cat\n" for i in range(n))
+    names = [f"t{i}" for i in range(n - 1)] + ["u"] + [f"v{i}" for i in range(n)]
+    root = make_dataset(tmp_path, train, val, "", _default_images(*names))
+    _, summary = validate_dataset(root, Config())
+    assert summary["warnings"] == [
+        "test_labels.csv has no rows",  # an empty split: its own warning only
+        f"train_labels.csv: 1 class(es) with fewer than {n} positive images: dog ({n - 1}). Their AP and "
+        "threshold rest on those few images and move a lot between training seeds; label more images of them, "
+        "or read their figures with care",
+    ]

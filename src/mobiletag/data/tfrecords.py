@@ -138,8 +138,9 @@ def build_tfrecords(index: DatasetIndex, config: Config, out_dir: str | Path) ->
                 split: {"files": len(found), "bytes": sum(o.size for o in found if o is not None)}
                 for split, found in originals.items()
             },
-            warnings=list(index.warnings),
         )
+        for warning in stats["warnings"][len(index.warnings) :]:  # the index's own were logged when found
+            log.warning("%s", warning)
         root = index.root if is_gcs(index.root) else str(Path(index.root).resolve())
         write_manifest(tmp, root, {split: [o for o in found if o is not None] for split, found in originals.items()})
         write_json(tmp / Dataset.STATS, stats)
