@@ -306,8 +306,10 @@ def data_digest(data_dir: Path) -> str:
 
 
 def preset_digest(preset: Path) -> str:
-    """The preset file's content: runs and trials of one preset name but other contents are not mixed."""
-    return "sha256:" + hashlib.sha256(preset.read_bytes()).hexdigest()
+    """The preset's settings (its YAML parsed: comments and layout do not count): runs and trials of one
+    preset name but other settings are not mixed."""
+    settings = yaml.safe_load(preset.read_text(encoding="utf-8"))
+    return "sha256:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: str, digest: str = "") -> dict:

@@ -194,6 +194,18 @@ BASE = {  # a set's baselines, as bench/quality.py's baselines returns them
 }
 
 
+def test_the_preset_digest_is_its_settings_not_its_comments(quality, tmp_path):
+    """A comment or layout edit keeps a preset's runs; a changed value does not."""
+    text = (REPO / "configs" / "fast.yaml").read_text()
+    commented = tmp_path / "commented.yaml"
+    commented.write_text("# a note\n" + text.replace("learning_rate:", "learning_rate:  ", 1))
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(text.replace("epochs: 30", "epochs: 31", 1))
+    digest = quality.preset_digest(REPO / "configs" / "fast.yaml")
+    assert quality.preset_digest(commented) == digest
+    assert quality.preset_digest(changed) != digest
+
+
 def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path, monkeypatch):
     trained: list[tuple[str, int]] = []
 
