@@ -317,7 +317,7 @@ def few_positives(splits: dict[str, Any]) -> list[str]:
             out.append(
                 f"{csv_name(split)}: {len(few)} class(es) with fewer than {MIN_POSITIVES} positive images: {listed}. "
                 "Their AP and threshold rest on those few images and move a lot between training seeds; "
-                f"label more images of them, or read their figures with care"
+                "label more images of them, or read their figures with care"
             )
     return out
 
