@@ -29,7 +29,8 @@ its runs under the old one.
 
 With ``--ablations`` it then trains the student stage again under each recipe change undone on
 one set (``--ablation-set``; the first seed's teacher and dataset, one fresh process each) and
-records its validation and test macro mAP (float, the stored test JPEGs).
+records its validation and test macro mAP (float; test on the stored test JPEGs and through the
+app's input path from the originals).
 """
 
 from __future__ import annotations
@@ -171,14 +172,19 @@ from mobiletag.training.fit import predict_scores
 from mobiletag.training.metrics import mean_average_precision
 from mobiletag.training.precision import load_float32
 from mobiletag.stages.resolve_config import dataset_config_source
+from mobiletag.export.inference_config import stream_scores
+from mobiletag.stages.evaluate import keras_scorer
 dataset, teacher, out, source = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 config = load_config(dataset_config_source(source), sys.argv[5], *json.loads(sys.argv[6]))  # as `mobiletag train`
 result = train_student.run(config, dataset, teacher, out)
 test = make_dataset(dataset, "test", image_sizes=[config.student.image_size], batch_size=32,
                     training=False, num_classes=dataset_facts(dataset).num_classes, config=config)
-scores, labels = predict_scores(load_float32(out / "student_best.h5"), test, preprocess)
+model = load_float32(out / "student_best.h5")
+scores, labels = predict_scores(model, test, preprocess)
+app, app_labels, _ = stream_scores(dataset, "test", {"student": keras_scorer(model, normalise=True)})
 print("RESULT " + json.dumps({"val_map": result.metrics["val_map"],
-                              "test_map": round(float(mean_average_precision(labels, scores)), 4)}))
+                              "test_map": round(float(mean_average_precision(labels, scores)), 4),
+                              "app_test_map": round(float(mean_average_precision(app_labels, app["student"])), 4)}))
 """
 
 
@@ -192,7 +198,9 @@ def ablation_inputs(stages: Path) -> tuple[Path, Path]:
 def student_stage(stages: Path, data_dir: Path, config: Path, overrides: list[dict]) -> dict:
     """The student stage alone (its own process) on the run's dataset and teacher (``stages``: the
     run's work folder), its config as the run's (the set's config.yaml, then ``config``), then
-    ``overrides`` in order: its validation and test macro mAP (float, test images as stored), seconds."""
+    ``overrides`` in order: its validation macro mAP (the stage's, training input path), the float
+    student's test macro mAP on the test images as stored ("test_map") and through the app's input
+    path from the originals ("app_test_map", how the shipped model's test figure is measured), seconds."""
     started = time.perf_counter()
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = stages / "student-trial"
@@ -209,7 +217,11 @@ def ablations(stages: Path, data_dir: Path, config: Path) -> list[dict]:
     rows = []
     for name, overrides in ABLATIONS:
         rows.append({"name": name, "overrides": overrides, **student_stage(stages, data_dir, config, [overrides])})
-        print(f"  {name}: validation {rows[-1]['val_map']:.4f}, test {rows[-1]['test_map']:.4f}", flush=True)
+        print(
+            f"  {name}: validation {rows[-1]['val_map']:.4f}, test {rows[-1]['test_map']:.4f}, "
+            f"app path {rows[-1]['app_test_map']:.4f}",
+            flush=True,
+        )
     return rows
 
 
@@ -235,32 +247,43 @@ def trials(
                 continue
             row = student_stage(stages, data_dir, preset, [TRIAL_BASE, {"seed": seed}, overrides])
             entry["rows"][key] = {"change": change, "seed": seed, "overrides": overrides, **row}
-            print(f"  {name} {key}: validation {row['val_map']:.4f}, test {row['test_map']:.4f}", flush=True)
+            print(
+                f"  {name} {key}: validation {row['val_map']:.4f}, test {row['test_map']:.4f}, "
+                f"app path {row['app_test_map']:.4f}",
+                flush=True,
+            )
     entry["summary"] = trial_summary(entry["rows"])
 
 
 def trial_summary(rows: dict) -> dict:
-    """Per change: the seeds, validation and test mAP mean and spread, and the test mAP minus the
-    preset's on the same seed (mean, min, max) over the seeds both have."""
+    """Per change: the seeds; validation, test and app-path test mAP mean and spread; and the test
+    and app-path test mAP minus the preset's on the same seed (mean, min, max) over the seeds both
+    have. App-path figures only where every row of the change has one (rows trained before
+    ``app_test_map`` was measured have none)."""
     out = {}
     preset = {r["seed"]: r for r in rows.values() if r["change"] == "preset"}
+
+    def figures(runs: list[dict], key: str, name: str, change: str) -> dict:
+        if not all(key in r for r in runs):
+            return {f"{name}_mean": None, f"{name}_spread": None, f"{name}_gain": None}
+        values = [r[key] for r in runs]
+        gains = [r[key] - preset[r["seed"]][key] for r in runs if key in preset.get(r["seed"], {})]
+        gain = {"mean": round(statistics.fmean(gains), 4), "min": round(min(gains), 4), "max": round(max(gains), 4)}
+        return {
+            f"{name}_mean": round(statistics.fmean(values), 4),
+            f"{name}_spread": round(max(values) - min(values), 4),
+            f"{name}_gain": gain if gains and change != "preset" else None,
+        }
+
     for change in dict.fromkeys(r["change"] for r in rows.values()):
         runs = sorted((r for r in rows.values() if r["change"] == change), key=lambda r: r["seed"])
-        val, test = [r["val_map"] for r in runs], [r["test_map"] for r in runs]
-        gains = [r["test_map"] - preset[r["seed"]]["test_map"] for r in runs if r["seed"] in preset]
+        val = [r["val_map"] for r in runs]
         out[change] = {
             "seeds": [r["seed"] for r in runs],
             "val_mean": round(statistics.fmean(val), 4),
             "val_spread": round(max(val) - min(val), 4),
-            "test_mean": round(statistics.fmean(test), 4),
-            "test_spread": round(max(test) - min(test), 4),
-            "test_gain": {
-                "mean": round(statistics.fmean(gains), 4),
-                "min": round(min(gains), 4),
-                "max": round(max(gains), 4),
-            }
-            if gains and change != "preset"
-            else None,
+            **figures(runs, "test_map", "test", change),
+            **figures(runs, "app_test_map", "app_test", change),
         }
     return out
 

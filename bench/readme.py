@@ -339,26 +339,31 @@ def quality_lines(quality: dict) -> list[str]:
         lines += [
             "",
             f"Each recipe choice undone, student stage alone on `{ablations['set']}` with the run's teacher "
-            f"(training seed {ablations['seed']}, {ablations['date']}; float student, test images as stored):",
+            f"(training seed {ablations['seed']}, {ablations['date']}; float student; test mAP on the test images "
+            "as stored and through the app's input path from the originals):",
             "",
-            f"| student stage, `{ablations['config']}` with... | validation mAP | test mAP | s |",
-            "|---|---|---|---|",
+            f"| student stage, `{ablations['config']}` with... | validation mAP | test mAP | test mAP, app path | s |",
+            "|---|---|---|---|---|",
         ]
-        lines += [f"| {a['name']} | {a['val_map']} | {a['test_map']} | {a['seconds']} |" for a in ablations["rows"]]
+        lines += [
+            f"| {a['name']} | {a['val_map']} | {a['test_map']} | {a.get('app_test_map', '-')} | {a['seconds']} |"
+            for a in ablations["rows"]
+        ]
     if trials := quality.get("trials"):
         lines += [
             "",
             "Recipe changes tried (`bench/quality.py --trial NAME OVERRIDES`): the baseline student stage alone "
             "(alpha 1, the student these presets ship) on each set's seed-0 run's dataset, once per training "
-            "seed, with the preset and with the change; float student, test images as stored. Gain: test mAP "
-            "minus the preset's on the same seed (mean, min to max).",
+            "seed, with the preset and with the change; float student, test images as stored and through the "
+            "app's input path from the originals (how the shipped model is measured; rows trained before it was "
+            "measured show -). Gain: test mAP minus the preset's on the same seed (mean, min to max).",
             "",
-            "| set | preset | student stage with... | seeds | validation mAP (spread) | test mAP (spread) | gain |",
-            "|---|---|---|---|---|---|---|",
+            "| set | preset | student stage with... | seeds | validation mAP (spread) | test mAP (spread) | gain "
+            "| test mAP, app path (spread) | gain, app path |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, trial in trials.items():
             for change, t in trial["summary"].items():
-                gain = t["test_gain"]
                 cells = [
                     f"`{name}`",
                     _preset(trial["config"], [trial["commit"]] if "commit" in trial else None),
@@ -367,10 +372,17 @@ def quality_lines(quality: dict) -> list[str]:
                     ", ".join(map(str, t["seeds"])),
                     f"{t['val_mean']} ({t['val_spread']})",
                     f"{t['test_mean']} ({t['test_spread']})",
-                    "-" if gain is None else f"{gain['mean']:+.4f} ({gain['min']:+.4f} to {gain['max']:+.4f})",
+                    _gain(t["test_gain"]),
+                    _pair(t.get("app_test_mean"), t.get("app_test_spread")),
+                    _gain(t.get("app_test_gain")),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _gain(gain: dict | None) -> str:
+    """A trial's gain over the preset: mean (min to max), or - (the preset's own row, no figures)."""
+    return "-" if gain is None else f"{gain['mean']:+.4f} ({gain['min']:+.4f} to {gain['max']:+.4f})"
 
 
 def _preset(config: str | None, commits: list[str] | None) -> str:

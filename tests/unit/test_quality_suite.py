@@ -257,7 +257,8 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
         calls.append((Path(stages).parent.parent.name, overrides))
         seed, change = overrides[1]["seed"], "more" if overrides[2] else "preset"
         test = round(0.6 + seed / 100 + gains[change] + (0.02 if (change, seed) == ("more", 2) else 0), 4)
-        return {"val_map": test, "test_map": test, "seconds": 1}
+        app = round(test - 0.03 + (0.01 if change == "more" else 0), 4)  # the app path, 0.02 less for "more"
+        return {"val_map": test, "test_map": test, "app_test_map": app, "seconds": 1}
 
     monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
@@ -279,12 +280,21 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     assert summary["more"]["seeds"] == [0, 1, 2]
     assert summary["more"]["test_spread"] == 0.04  # 0.65, 0.66, 0.69
     assert summary["more"]["test_gain"] == {"mean": 0.0567, "min": 0.05, "max": 0.07}
+    assert (summary["more"]["app_test_mean"], summary["more"]["app_test_spread"]) == (0.6467, 0.04)
+    assert summary["more"]["app_test_gain"] == {"mean": 0.0667, "min": 0.06, "max": 0.08}
+    assert summary["preset"]["app_test_gain"] is None
 
     import readme  # bench/readme.py, imported by the fixture's bench_modules
 
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
     assert '| `glyphs` | `configs/fast.yaml` at abc1234 | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
-    assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) |" in table
+    assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) | 0.6467 (0.04) | +0.0667 (+0.0600 to +0.0800) |" in table
+    # rows trained before the app path was measured: their change has no app-path figures
+    results = quality.load_results(out)
+    rows = results["trials"]["glyphs"]["rows"]
+    del rows["more/0"]["app_test_map"]
+    old = quality.trial_summary(rows)["more"]
+    assert (old["test_mean"], old["app_test_mean"], old["app_test_gain"]) == (0.6667, None, None)
     # rows trained as another change of the same configuration (the preset took its value) say so
     results = quality.load_results(out)
     results["trials"]["glyphs"]["rows"]["preset/1"]["carried_from"] = "more/1 at abc0000"
