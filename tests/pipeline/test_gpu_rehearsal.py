@@ -53,7 +53,7 @@ def _run_stages_in_their_own_process(config_file, *calls: tuple[str, list, dict]
 
 @pytest.mark.slow
 def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord_dir, tmp_path):
-    from mobiletag.artifacts import QatModel, read_json
+    from mobiletag.artifacts import QatModel, StudentModel, TeacherModel, read_json
     from mobiletag.config import load_config
     from mobiletag.models.student import preprocess
     from mobiletag.quantization.qat import load_qat_model
@@ -72,8 +72,14 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         TINY,
         {
             "multi_gpu": {"mixed_precision": "bfloat16", "steps_per_execution": 2},
-            "teacher": {"weights": str(weights), "reference_batch_size": 8, "lr_warmup_epochs": 0.5},
-            "student": {"reference_batch_size": 8, "epochs": 1},
+            # the class-weighted loss in 16 bits on two replicas, and QAT going on with the student's
+            "teacher": {
+                "weights": str(weights),
+                "reference_batch_size": 8,
+                "lr_warmup_epochs": 0.5,
+                "loss": "weighted_bce",
+            },
+            "student": {"reference_batch_size": 8, "epochs": 1, "loss": "weighted_bce"},
         },
     )
     config = load_config(REPO / "configs" / "fast.yaml", overrides)
@@ -129,3 +135,17 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         "train-teacher",
     ]
     assert keras.mixed_precision.global_policy().name == "float32"
+
+    # each stage trained on the weights of the training split's counts: sqrt(negatives / positives)
+    stats = json.loads((tfrecord_dir / "stats.json").read_text())["splits"]["train"]
+    expected = {
+        c: np.sqrt((stats["num_images"] - stats["positives"][c]) / stats["positives"][c])
+        for c in (tfrecord_dir / "labels.txt").read_text().split()
+    }
+    assert len(set(expected.values())) > 1  # the classes are not all equally frequent
+    files = {"teacher": TeacherModel.METRICS, "student": StudentModel.METRICS, "qat": QatModel.METRICS}
+    for name, file in files.items():
+        loss = read_json(d[name] / file)["loss"]
+        assert loss["hard"] == "weighted_bce", name
+        assert loss["positive_weights"].keys() == expected.keys(), name
+        np.testing.assert_allclose(list(loss["positive_weights"].values()), list(expected.values()), rtol=1e-12)

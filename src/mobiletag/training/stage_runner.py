@@ -159,6 +159,13 @@ def run_training_stage(
         return _train(stage, config, dataset_dir, out, dev, backup, started)
 
 
+def loss_record(trainer: Trainer, classes: list[str]) -> dict[str, Any]:
+    """A metrics file's "loss": the hard-label loss the stage trained on and, for ``weighted_bce``,
+    each class's positive weight (from the training split's counts)."""
+    weights = None if trainer.pos_weight is None else dict(zip(classes, trainer.pos_weight, strict=True))
+    return {"hard": trainer.hard_loss, "positive_weights": weights}
+
+
 def task_backup(backup_uri: str | None, run_id: str, task: str) -> Backup:
     """The backup of ``task`` in run ``run_id``: ``<backup_uri>/<run_id>/<task>`` (off when ``backup_uri`` is empty)."""
     return Backup(backup_prefix(backup_uri, run_id, task))
@@ -250,7 +257,9 @@ def _train(
         **report.metrics,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(out / stage.metrics_file, {"metrics": metrics, **report.body})
+    write_json(
+        out / stage.metrics_file, {"metrics": metrics, "loss": loss_record(trainer, facts.classes), **report.body}
+    )
     report_result(log, "%s: validation mAP %.4f (%s)", stage.name, val_map, report.note or final)
     details = {
         "framework": stage.framework,
