@@ -101,7 +101,7 @@ class AugmentConfig:
         "un-antialiased downscale); bilinear_antialias = bilinear with antialiasing (as PIL); area = box "
         "average. In the step, bilinear_antialias and area run as matrix products (XLA has no kernel for "
         "them) and cost more on CPU. Default bilinear alone: [bilinear, mediapipe, nearest] cost 4.3 points of "
-        "test mAP through the app's input path on 2-6 MP photos (README)",
+        "test mAP through the app's input path on 2-6 MP photos (docs/recipe.md)",
     )
 
 
