@@ -148,4 +148,6 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
         loss = read_json(d[name] / file)["loss"]
         assert loss["hard"] == "weighted_bce", name
         assert loss["positive_weights"].keys() == expected.keys(), name
-        np.testing.assert_allclose(list(loss["positive_weights"].values()), list(expected.values()), rtol=1e-12)
+        np.testing.assert_allclose(
+            list(loss["positive_weights"].values()), list(expected.values()), rtol=1e-12, err_msg=name
+        )
