@@ -346,7 +346,7 @@ def quality_lines(quality: dict) -> list[str]:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {a['name']} | {a['val_map']} | {a['test_map']} | {a.get('app_test_map', '-')} | {a['seconds']} |"
+            f"| {a['name']} | {a['val_map']} | {a['test_map']} | {_cell(a.get('app_test_map'))} | {a['seconds']} |"
             for a in ablations["rows"]
         ]
     if trials := quality.get("trials"):

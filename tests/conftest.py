@@ -146,6 +146,17 @@ TINY = {
 }
 
 
+def train_positive_weights(dataset_dir: Path) -> dict[str, float]:
+    """``weighted_bce``'s weights worked out by hand from a prepared dataset's stats.json: per class of
+    labels.txt, sqrt(negatives / positives) of the training split."""
+    import json
+    import math
+
+    stats = json.loads((dataset_dir / "stats.json").read_text())["splits"]["train"]
+    n, positives = stats["num_images"], stats["positives"]
+    return {c: math.sqrt((n - positives[c]) / positives[c]) for c in (dataset_dir / "labels.txt").read_text().split()}
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():

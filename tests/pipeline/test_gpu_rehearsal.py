@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from ..conftest import REPO, TINY, _merge
+from ..conftest import REPO, TINY, _merge, train_positive_weights
 
 
 def _layer_dtypes(h5_path) -> set[str]:
@@ -137,11 +137,7 @@ def test_mixed_bfloat16_two_replicas_imagenet_format_teacher_end_to_end(tfrecord
     assert keras.mixed_precision.global_policy().name == "float32"
 
     # each stage trained on the weights of the training split's counts: sqrt(negatives / positives)
-    stats = json.loads((tfrecord_dir / "stats.json").read_text())["splits"]["train"]
-    expected = {
-        c: np.sqrt((stats["num_images"] - stats["positives"][c]) / stats["positives"][c])
-        for c in (tfrecord_dir / "labels.txt").read_text().split()
-    }
+    expected = train_positive_weights(tfrecord_dir)
     assert len(set(expected.values())) > 1  # the classes are not all equally frequent
     files = {"teacher": TeacherModel.METRICS, "student": StudentModel.METRICS, "qat": QatModel.METRICS}
     for name, file in files.items():

@@ -14,7 +14,7 @@ from mobiletag.training.backup import Backup
 from mobiletag.training.losses import asymmetric_loss, hard_loss, positive_weights
 from mobiletag.training.optimizer import OptimizerRecipe, ema_momentum, recipe_for
 
-from ..conftest import cpu_strategy
+from ..conftest import cpu_strategy, train_positive_weights
 from .tiny_training import tiny_fit, tiny_model
 
 
@@ -58,15 +58,12 @@ def test_a_stage_on_weighted_bce_weighs_its_training_splits_counts(section, tfre
     """The teacher's and the student's Trainer get the weights of the dataset's stats.json
     (train split, labels.txt order); on bce they get none."""
     import dataclasses
-    import json
     from types import SimpleNamespace
 
     from mobiletag.stages import train_student, train_teacher
     from mobiletag.stages.common import dataset_facts
 
-    stats = json.loads((tfrecord_dir / "stats.json").read_text())["splits"]["train"]
-    classes = (tfrecord_dir / "labels.txt").read_text().split()
-    expected = [np.sqrt((stats["num_images"] - stats["positives"][c]) / stats["positives"][c]) for c in classes]
+    expected = list(train_positive_weights(tfrecord_dir).values())  # labels.txt order
     assert len(set(expected)) > 1  # the sample's classes are not all equally frequent
     for loss, weights in (("weighted_bce", expected), ("bce", None)):
         extra = {"alpha": 1.0} if section == "student" else {}  # the student alone: no teacher to load
