@@ -213,6 +213,11 @@ class StudentConfig(OptimizationConfig):
     batch_norm_momentum: float = _f(
         0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
     )
+    freeze_batch_norm: bool = _f(
+        False,
+        "fine-tuning keeps BatchNormalization in inference mode (pretrained statistics, scale and offset "
+        "untouched), as the teacher's fine-tuning does; ignored with weights: none",
+    )
     selection_margin: float = _f(
         0.0,
         "select-student: the baseline (no teacher) ships only when its validation macro mAP exceeds the "

@@ -99,6 +99,11 @@ def test_train_head_only_freezes_the_backbone_and_its_batch_norm():
     assert [w.name for w in model.trainable_weights] == ["logits/kernel:0", "logits/bias:0"]
     assert train_head_only(model, False) > 50
     assert all(layer.trainable for layer in model.layers)
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    everything = train_head_only(model, False)
+    assert train_head_only(model, False, freeze_batch_norm=True) == everything - len(bn)
+    assert bn and not any(layer.trainable for layer in bn)
+    assert model.get_layer("logits").trainable
 
 
 @pytest.mark.slow
@@ -125,6 +130,35 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
         assert same == (mine.name != "logits"), mine.name
     history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["warmup_history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+@pytest.mark.slow
+def test_student_fine_tuning_with_frozen_batch_norm_keeps_the_pretrained_statistics(
+    tfrecord_dir, teacher_dir, tiny_config, tmp_path
+):
+    """`student.freeze_batch_norm`: one fine-tuning epoch moves the convolutions but leaves every
+    BatchNormalization layer (moving statistics, scale, offset) as the ImageNet weights have it."""
+    from mobiletag.models.lite_weights import imagenet_weights, load_backbone
+    from mobiletag.models.student import build_student
+    from mobiletag.stages import train_student
+
+    student = dataclasses.replace(
+        tiny_config.student, head_epochs=0, epochs=1, weights="imagenet", freeze_batch_norm=True
+    )
+    config = tiny_config.replace(student=student)
+    train_student.run(
+        config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
+    )
+    trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
+    reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
+    load_backbone(reference, imagenet_weights(config.student.architecture))
+    moved = {}
+    for mine, theirs in zip(trained.layers, reference.layers):
+        if mine.weights:
+            moved[mine.name] = not all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
+    batch_norm = [layer.name for layer in trained.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norm and not any(moved[name] for name in batch_norm)
+    assert all(moved[name] for name in moved if name not in batch_norm)  # every convolution and the head learned
 
 
 def test_sample_images_at_phone_scale():

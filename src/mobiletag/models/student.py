@@ -163,12 +163,14 @@ def build_student(
     return keras.Model(inputs, x, name=variant)
 
 
-def train_head_only(model: keras.Model, head_only: bool) -> int:
+def train_head_only(model: keras.Model, head_only: bool, freeze_batch_norm: bool = False) -> int:
     """Freeze (``head_only``) or unfreeze the backbone; the dense head always trains.
 
     Frozen BatchNormalization layers run in inference mode (tf_keras), so the head phase keeps
-    the pretrained statistics as they are. Returns the number of trainable layers with weights.
+    the pretrained statistics as they are; with ``freeze_batch_norm`` the fine-tuning keeps them
+    too (as the teacher's fine-tuning does). Returns the number of trainable layers with weights.
     """
     for layer in model.layers:
-        layer.trainable = (not head_only) or layer.name == "logits"
+        frozen_bn = freeze_batch_norm and isinstance(layer, layers.BatchNormalization)
+        layer.trainable = layer.name == "logits" or not (head_only or frozen_bn)
     return sum(1 for layer in model.layers if layer.trainable and layer.weights)

@@ -74,6 +74,7 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
     distil = cfg.alpha < 1.0
     sizes = [teacher_size, cfg.image_size] if distil else [cfg.image_size]
     head_epochs = cfg.head_epochs if is_pretrained(cfg.weights) else 0
+    freeze_bn = cfg.freeze_batch_norm and is_pretrained(cfg.weights)  # a random backbone must learn its statistics
 
     def build(ctx: Context) -> Trainer:
         teacher = load_teacher(teacher_dir, ctx.devices.policy) if distil else None
@@ -111,7 +112,7 @@ def stage(config: Config, teacher_dir: str | Path | None) -> TrainingStage:
             cfg.learning_rate,
             "cosine",
             cfg.lr_warmup_epochs,
-            prepare=lambda: train_head_only(student, False),
+            prepare=lambda: train_head_only(student, False, freeze_bn),
         )
         return [head, fine_tune] if head_epochs else [fine_tune]
 
