@@ -172,7 +172,11 @@ class TeacherConfig(OptimizationConfig):
     lr_warmup_epochs: float = _f(
         1.0, "linear learning-rate warmup from 0 at the start of each phase, in epochs", min=0.0
     )
-    early_stopping_patience: int = _f(4, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+    early_stopping_patience: int = _f(
+        4,
+        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half its peak (never a stop at a high rate); 0 = off",
+        min=0,
+    )
     batch_norm_momentum: float = _f(
         0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
     )
@@ -209,7 +213,11 @@ class StudentConfig(OptimizationConfig):
     lr_warmup_epochs: float = _f(1.0, "linear learning-rate warmup from 0, in epochs", min=0.0)
     alpha: float = _f(0.7, "weight of the hard-label loss; 1 - alpha goes to the distillation term", min=0.0, max=1.0)
     temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
-    early_stopping_patience: int = _f(5, "epochs without validation mAP gain before stopping; 0 = off", min=0)
+    early_stopping_patience: int = _f(
+        5,
+        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half its peak (never a stop at a high rate); 0 = off",
+        min=0,
+    )
     batch_norm_momentum: float = _f(
         0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
     )

@@ -161,6 +161,29 @@ def test_student_fine_tuning_with_frozen_batch_norm_keeps_the_pretrained_statist
     assert all(moved[name] for name in moved if name not in batch_norm)  # every convolution and the head learned
 
 
+@pytest.mark.slow
+def test_the_student_stage_does_not_stop_early_at_a_high_rate(tfrecord_dir, teacher_dir, tiny_config, tmp_path):
+    """A flat validation mAP (rate 0, BatchNormalization statistics held) with patience 1 over 6 cosine
+    epochs: counting starts at epoch 3 (the middle of the decay), so the stage runs 5 epochs; counted
+    from the first it would run 2."""
+    import json
+
+    from mobiletag.stages import train_student
+
+    student = dataclasses.replace(
+        tiny_config.student,
+        head_epochs=0,
+        epochs=6,
+        learning_rate=0.0,
+        early_stopping_patience=1,
+        alpha=1.0,
+        batch_norm_momentum=1.0,
+    )
+    train_student.run(tiny_config.replace(student=student), tfrecord_dir, teacher_dir, tmp_path / "student")
+    history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["history"]
+    assert len(set(history["val_map"])) == 1 and len(history["val_map"]) == 5
+
+
 def test_sample_images_at_phone_scale():
     """`mobiletag sample-data --scale 14`: photos of 2.3 MP and more (the large-image set)."""
     from mobiletag.data.sample import _image

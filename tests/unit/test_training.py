@@ -309,6 +309,63 @@ def test_early_stopping_after_a_restart_starts_from_the_restored_best(tmp_path):
     assert fresh.best == -np.inf  # a new phase or run starts from scratch, as Keras' own
 
 
+@pytest.mark.parametrize(
+    "schedule, epochs, ramp, start",
+    [
+        ("cosine", 30, 0.0, 15),
+        ("cosine", 50, 0.0, 25),
+        ("cosine", 20, 1.0, 11),
+        ("hold", 10, 2.0, 2),
+        ("constant", 3, 0.0, 0),
+    ],
+)
+def test_early_stopping_counts_from_half_the_peak_rate(schedule, epochs, ramp, start):
+    """The first counted epoch is the first that starts in the lower half of the cosine decay (after the
+    ramp): at or below the midpoint of the peak and the floor (1% of the peak)."""
+    from mobiletag.training.phases import Phase
+    from mobiletag.training.stage_runner import early_stopping_start, learning_rate
+
+    phase = Phase("student", "student", epochs, 1.0, schedule, ramp)
+    assert early_stopping_start(phase) == start
+    if schedule == "cosine":
+        steps = 13
+        rate = learning_rate(phase, 1.0, steps)
+        middle = (1.0 + 0.01) / 2
+        assert float(rate(start * steps)) <= middle + 1e-6 < float(rate((start - 1) * steps))
+
+
+def test_early_stopping_does_not_stop_before_its_first_counted_epoch(tmp_path):
+    """A flat validation mAP (learning rate 0) with patience 1: stopped after epoch 2 when every epoch
+    counts, after epoch 5 when counting starts at epoch 3 (its first counted epoch is a gain over none)."""
+    from mobiletag.training.fit import fit
+
+    images, labels = _batch(n=8)
+    train = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    val = tf.data.Dataset.from_tensors((images, labels))
+
+    def epochs_run(start: int) -> int:
+        inputs = keras.Input(images.shape[1:])
+        model = keras.Model(inputs, keras.layers.Dense(labels.shape[1])(keras.layers.GlobalAveragePooling2D()(inputs)))
+        trainer = Trainer(model)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+        result = fit(
+            trainer,
+            train,
+            val,
+            name=f"from {start}",
+            epochs=8,
+            steps_per_epoch=1,
+            batch_size=8,
+            checkpoint=tmp_path / f"best{start}.h5",
+            backup_dir=None,
+            patience=1,
+            patience_from_epoch=start,
+        )
+        return result.epochs_run
+
+    assert (epochs_run(0), epochs_run(3)) == (2, 5)
+
+
 def test_a_sidecar_of_an_earlier_phase_is_not_taken_back(tmp_path):
     import json
 

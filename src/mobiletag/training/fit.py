@@ -292,10 +292,17 @@ class BestCheckpoint(keras.callbacks.Callback):
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on ``val_map`` that, after a restart, starts from the best figure read back
     from the backup (``BestCheckpoint``), so a preempted run does not count its first epoch after
-    the restart as an improvement. (The epochs without gain before the restart are not kept.)"""
+    the restart as an improvement. (The epochs without gain before the restart are not kept.)
+    Epochs before ``start_from_epoch`` are not counted (Keras' own argument)."""
 
-    def __init__(self, best: BestCheckpoint, patience: int) -> None:
-        super().__init__(monitor="val_map", mode="max", patience=patience, restore_best_weights=False)
+    def __init__(self, best: BestCheckpoint, patience: int, start_from_epoch: int = 0) -> None:
+        super().__init__(
+            monitor="val_map",
+            mode="max",
+            patience=patience,
+            restore_best_weights=False,
+            start_from_epoch=start_from_epoch,
+        )
         self.checkpoint = best
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -361,6 +368,7 @@ def fit(
     checkpoint: Path,
     backup_dir: Path | None,
     patience: int,
+    patience_from_epoch: int = 0,
     best_so_far: float = -math.inf,
     validation_steps: int | None = None,
     backup: Backup | None = None,
@@ -406,7 +414,7 @@ def fit(
         *([average.swap_out] if average else []),  # trained on and backed up: the trained ones
     ]
     if patience > 0:
-        callbacks.append(ResumableEarlyStopping(best, patience=patience))
+        callbacks.append(ResumableEarlyStopping(best, patience=patience, start_from_epoch=patience_from_epoch))
     if backup_dir is not None:
         # after the others: the backup of an epoch is written once its checkpoint is saved
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True))

@@ -316,6 +316,7 @@ def _fit_phase(
             checkpoint=checkpoint,
             backup_dir=ctx.backup.folder(phase.folder),
             patience=patience,
+            patience_from_epoch=early_stopping_start(phase),
             best_so_far=best_so_far,
             validation_steps=math.ceil(ctx.facts.num_val / ctx.batch_size),
             backup=ctx.backup,
@@ -325,6 +326,18 @@ def _fit_phase(
     if phase.once:
         return fit_phase_once(trainer.model, ctx.backup, f"{phase.folder}_done", train, phase.name)
     return train()
+
+
+def early_stopping_start(phase: Phase) -> int:
+    """The first epoch (0-based) early stopping counts: once a ``cosine`` phase's rate has decayed to
+    about half its peak (the middle of the decay after the ramp), once a ``hold`` phase's ramp has ended;
+    from the first epoch at a ``constant`` rate. A run stopped at a high rate has not settled: on the
+    development suite's digits a student whose validation mAP sat at the constant predictor's for the
+    first epochs was stopped there (docs/recipe.md)."""
+    ramp = min(phase.lr_warmup_epochs, phase.epochs)
+    if phase.schedule == "cosine":
+        return math.ceil(ramp + (phase.epochs - ramp) / 2)
+    return math.ceil(ramp) if phase.schedule == "hold" else 0
 
 
 def learning_rate(phase: Phase, rate: float, steps_per_epoch: int) -> Any:
