@@ -236,17 +236,19 @@ def trials(
     seeds: list[int],
     changes: list[tuple[str, dict]],
     entry: dict,
+    commit: str,
 ) -> None:
     """Set ``name``'s student stage alone (the baseline student, TRIAL_BASE) for each training seed: with
     the preset as it is ("preset") and with each of ``changes`` (name, overrides); rows kept in
-    ``entry`` by "<change>/<seed>" (one there already is not trained again), then summarised per change."""
+    ``entry`` by "<change>/<seed>" (one there already is not trained again) with the ``commit`` that
+    trained them, then summarised per change."""
     for seed in seeds:
         for change, overrides in [("preset", {}), *changes]:
             key = f"{change}/{seed}"
             if key in entry["rows"]:
                 continue
             row = student_stage(stages, data_dir, preset, [TRIAL_BASE, {"seed": seed}, overrides])
-            entry["rows"][key] = {"change": change, "seed": seed, "overrides": overrides, **row}
+            entry["rows"][key] = {"change": change, "seed": seed, "overrides": overrides, **row, "commit": commit}
             print(
                 f"  {name} {key}: validation {row['val_map']:.4f}, test {row['test_map']:.4f}, "
                 f"app path {row['app_test_map']:.4f}",
@@ -571,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         same = (trial["config"], trial.get("config_digest"), trial.get("data"))
         if same != (preset_name, digest, entry["dataset"].get("digest")):
             trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
-        trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=_commit())
-        trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial)
+        commit = _commit()
+        trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=commit)
+        trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial, commit)
         save_results(out, results)
 
     if args.ablations:

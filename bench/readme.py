@@ -366,7 +366,7 @@ def quality_lines(quality: dict) -> list[str]:
             for change, t in trial["summary"].items():
                 cells = [
                     f"`{name}`",
-                    _preset(trial["config"], [trial["commit"]] if "commit" in trial else None),
+                    _preset(trial["config"], _row_commits(trial, change)),
                     (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
                     + _carried(trial, change),
                     ", ".join(map(str, t["seeds"])),
@@ -390,6 +390,12 @@ def _preset(config: str | None, commits: list[str] | None) -> str:
     if config is None:
         return "-"
     return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "")
+
+
+def _row_commits(trial: dict, change: str) -> list[str] | None:
+    """The commits that trained ``change``'s rows (a row without one: the trial's last commit)."""
+    commits = {r.get("commit", trial.get("commit")) for r in trial["rows"].values() if r["change"] == change}
+    return sorted(c for c in commits if c) or None
 
 
 def _carried(trial: dict, change: str) -> str:

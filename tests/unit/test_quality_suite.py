@@ -223,6 +223,7 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep)]
 
     quality.main([*common, "--seeds", "0,1"])
+    monkeypatch.setattr(quality, "_commit", lambda: "def5678")  # seed 2's rows at a later commit
     quality.main([*common, "--seeds", "0,1,2"])
     assert trained == [("glyphs", 0), ("glyphs", 1), ("glyphs", 2)]
 
@@ -270,6 +271,7 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep), *trial]
 
     quality.main([*common, "--seeds", "0,1"])
+    monkeypatch.setattr(quality, "_commit", lambda: "def5678")  # seed 2's rows at a later commit
     quality.main([*common, "--seeds", "0,1,2"])
     assert [(s, o[1]["seed"], o[2]) for s, o in calls] == [
         ("glyphs", seed, change) for seed in (0, 1, 2) for change in ({}, {"student": {"epochs": 20}})
@@ -287,7 +289,9 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     import readme  # bench/readme.py, imported by the fixture's bench_modules
 
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
-    assert '| `glyphs` | `configs/fast.yaml` at abc1234 | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
+    assert (
+        '| `glyphs` | `configs/fast.yaml` at abc1234, def5678 | more: `{"student":{"epochs":20}}` | 0, 1, 2 |' in table
+    )
     assert "| 0.6667 (0.04) | +0.0567 (+0.0500 to +0.0700) | 0.6467 (0.04) | +0.0667 (+0.0600 to +0.0800) |" in table
     # rows trained before the app path was measured: their change has no app-path figures
     results = quality.load_results(out)
