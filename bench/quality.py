@@ -477,6 +477,12 @@ def prepare_set(name: str, work: Path, results: dict, rerun: bool) -> tuple[Path
     return data_dir, entry
 
 
+def run_seed(trial: dict) -> int:
+    """The seed of the run whose dataset (its stored order) and teacher a set's trials train on (files
+    written before it was recorded: 0, the first seed every trial listed)."""
+    return int(trial.get("run_seed", 0))
+
+
 def ensure_run(name: str, seed: int, data_dir: Path, preset: Path, preset_name: str, entry: dict, work: Path) -> Path:
     """The folder of set ``name``'s run with training seed ``seed`` under ``work``, trained (and recorded
     in ``entry``) when its dataset and teacher are not there: the ablations and trials start from them."""
@@ -513,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar=("NAME", "OVERRIDES"),
         help="a recipe change to try: the baseline student stage alone, with the preset and with OVERRIDES (JSON), "
-        "on each of --sets and --seeds (each set's first-seed run's dataset and teacher); repeatable. Results in "
+        "on each of --sets and --seeds (each set's first-seed run's dataset and teacher: the same seed first "
+        "every time); repeatable. Results in "
         "the file's 'trials', by set; no suite training beyond the runs they need",
     )
     args = parser.parse_args(argv)
@@ -566,6 +573,14 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     changes = [(change, json.loads(overrides)) for change, overrides in args.trial]
+    for name in names if changes else []:  # before training anything: rows pair only on one run's data
+        earlier = results.get("trials", {}).get(name, {})
+        if earlier.get("rows") and earlier.get("config_digest") == digest and run_seed(earlier) != seeds[0]:
+            parser.error(
+                f"--trial on {name}: the trials of {name} in {out} train on seed {run_seed(earlier)}'s run (its "
+                f"stored order of the training images) and pair each change with the preset there; list seed "
+                f"{run_seed(earlier)} first in --seeds (got {args.seeds})"
+            )
     for name in names if changes else []:
         data_dir, entry = data_dirs[name], results["sets"][name]  # prepared above
         run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
@@ -574,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         if same != (preset_name, digest, entry["dataset"].get("digest")):
             trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
         commit = _commit()
-        trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=commit)
+        trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=commit, run_seed=seeds[0])
         trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial, commit)
         save_results(out, results)
 

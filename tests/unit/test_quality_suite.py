@@ -277,6 +277,10 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
         ("glyphs", seed, change) for seed in (0, 1, 2) for change in ({}, {"student": {"epochs": 20}})
     ]
     assert all(o[0] == {"student": {"alpha": 1.0}} for _, o in calls)
+    # another seed first would train on that seed's run (another stored order): refused before any training
+    with pytest.raises(SystemExit):
+        quality.main([*common, "--seeds", "2,0,1"])
+    assert len(calls) == 6 and quality.load_results(out)["trials"]["glyphs"]["run_seed"] == 0
     summary = quality.load_results(out)["trials"]["glyphs"]["summary"]
     assert summary["preset"]["test_mean"] == 0.61 and summary["preset"]["test_gain"] is None
     assert summary["more"]["seeds"] == [0, 1, 2]
