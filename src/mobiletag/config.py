@@ -174,7 +174,8 @@ class TeacherConfig(OptimizationConfig):
     )
     early_stopping_patience: int = _f(
         4,
-        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half its peak (never a stop at a high rate); 0 = off",
+        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half "
+        "its peak (never a stop at a high rate); 0 = off",
         min=0,
     )
     batch_norm_momentum: float = _f(
@@ -215,7 +216,8 @@ class StudentConfig(OptimizationConfig):
     temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
     early_stopping_patience: int = _f(
         5,
-        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half its peak (never a stop at a high rate); 0 = off",
+        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half "
+        "its peak (never a stop at a high rate); 0 = off",
         min=0,
     )
     batch_norm_momentum: float = _f(

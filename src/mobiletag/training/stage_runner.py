@@ -332,7 +332,7 @@ def early_stopping_start(phase: Phase) -> int:
     """The first epoch (0-based) early stopping counts: once a ``cosine`` phase's rate has decayed to
     about half its peak (the middle of the decay after the ramp), once a ``hold`` phase's ramp has ended;
     from the first epoch at a ``constant`` rate. A run stopped at a high rate has not settled: on the
-    development suite's digits a student whose validation mAP sat at the constant predictor's for the
+    development suite's digits a student whose validation mAP sat near the constant predictor's for its
     first epochs was stopped there (docs/recipe.md)."""
     ramp = min(phase.lr_warmup_epochs, phase.epochs)
     if phase.schedule == "cosine":
