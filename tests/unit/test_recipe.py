@@ -106,14 +106,28 @@ def test_train_head_only_freezes_the_backbone_and_its_batch_norm():
     assert model.get_layer("logits").trainable
 
 
+def _moved_from_imagenet(checkpoint, config) -> dict[str, bool]:
+    """Per layer with weights of a trained student checkpoint: whether any weight differs from the
+    ImageNet weights the stage started from (the same architecture, loaded as the stage loads them)."""
+    from mobiletag.models.lite_weights import imagenet_weights, load_backbone
+    from mobiletag.models.student import build_student
+
+    trained = keras.models.load_model(checkpoint, compile=False)
+    reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
+    load_backbone(reference, imagenet_weights(config.student.architecture))
+    return {
+        mine.name: not all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
+        for mine, theirs in zip(trained.layers, reference.layers)
+        if mine.weights
+    }
+
+
 @pytest.mark.slow
 def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir, teacher_dir, tiny_config, tmp_path):
     """One warm-up epoch and no fine-tuning: the backbone is the pretrained one, bit for bit,
     BatchNormalization statistics included; only the head has learned."""
     import json
 
-    from mobiletag.models.lite_weights import imagenet_weights, load_backbone
-    from mobiletag.models.student import build_student
     from mobiletag.stages import train_student
 
     student = dataclasses.replace(tiny_config.student, head_epochs=1, epochs=0, weights="imagenet")
@@ -122,12 +136,8 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
         config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
     )
     assert result.metrics["epochs_warmup"] == 1 and result.metrics["epochs"] == 0
-    trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
-    reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
-    load_backbone(reference, imagenet_weights(config.student.architecture))
-    for mine, theirs in zip(trained.layers, reference.layers):
-        same = all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
-        assert same == (mine.name != "logits"), mine.name
+    moved = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
+    assert all(moved[name] == (name == "logits") for name in moved), moved
     history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["warmup_history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
 
@@ -138,8 +148,6 @@ def test_student_fine_tuning_with_frozen_batch_norm_keeps_the_pretrained_statist
 ):
     """`student.freeze_batch_norm`: one fine-tuning epoch moves the convolutions but leaves every
     BatchNormalization layer (moving statistics, scale, offset) as the ImageNet weights have it."""
-    from mobiletag.models.lite_weights import imagenet_weights, load_backbone
-    from mobiletag.models.student import build_student
     from mobiletag.stages import train_student
 
     student = dataclasses.replace(
@@ -150,12 +158,7 @@ def test_student_fine_tuning_with_frozen_batch_norm_keeps_the_pretrained_statist
         config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
     )
     trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
-    reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
-    load_backbone(reference, imagenet_weights(config.student.architecture))
-    moved = {}
-    for mine, theirs in zip(trained.layers, reference.layers):
-        if mine.weights:
-            moved[mine.name] = not all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
+    moved = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
     batch_norm = [layer.name for layer in trained.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert batch_norm and not any(moved[name] for name in batch_norm)
     assert all(moved[name] for name in moved if name not in batch_norm)  # every convolution and the head learned
@@ -179,7 +182,14 @@ def test_the_student_stage_does_not_stop_early_at_a_high_rate(tfrecord_dir, teac
         alpha=1.0,
         batch_norm_momentum=1.0,
     )
-    train_student.run(tiny_config.replace(student=student), tfrecord_dir, teacher_dir, tmp_path / "student")
+    train_student.run(
+        tiny_config.replace(student=student),
+        tfrecord_dir,
+        teacher_dir,
+        tmp_path / "student",
+        backup_uri=str(tmp_path / "backups"),
+        run_id="run-1",
+    )
     history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["history"]
     assert len(set(history["val_map"])) == 1 and len(history["val_map"]) == 5
 
