@@ -337,6 +337,13 @@ def preset_digest(preset: Path) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def earlier_settings(config: str | None, digests: set[str | None]) -> bool:
+    """Whether figures trained at ``digests`` (their preset's :func:`preset_digest`) predate the settings the
+    preset file ``config`` (relative to the repo) has now: the table says so beside them."""
+    path = REPO / config if config else None
+    return path is not None and path.is_file() and digests != {preset_digest(path)}
+
+
 def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: str, digest: str = "") -> dict:
     """The figures bench-quality keeps of one training's metrics.json (``commit``: the code it ran;
     ``digest``: the preset's, :func:`preset_digest`)."""

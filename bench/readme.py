@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import report
+from quality import earlier_settings
 from sections import BLOCKS, ROUNDS
 
 # what each section of `make bench` measures, in the table's order
@@ -303,7 +304,8 @@ def quality_lines(quality: dict) -> list[str]:
     lines = [
         "Each set is generated with dataset seed 0 (`mobiletag.data.suite`; 96-px images, 420 / 90 / 90, "
         "unless said) and trained once per training seed (the preset's `seed`). Goal: "
-        f"{quality['goal']}. Spread: max - min; std: sample standard deviation.",
+        f"{quality['goal']}. Spread: max - min; std: sample standard deviation. (earlier settings): trained at "
+        "settings the preset file has since changed.",
         "",
         *(f"* `{name}`: {SET_TEXT.get(name, '')}" for name in quality["sets"]),
         "",
@@ -321,7 +323,9 @@ def quality_lines(quality: dict) -> list[str]:
         cells = [
             f"`{name}`",
             images,
-            _preset(summary.get("config"), summary.get("commits")),
+            _preset(
+                summary.get("config"), summary.get("commits"), {r.get("config_digest") for r in entry["runs"].values()}
+            ),
             per_seed or "-",
             _cell(summary.get("mean")),
             _cell(summary.get("spread")),
@@ -366,7 +370,7 @@ def quality_lines(quality: dict) -> list[str]:
             for change, t in trial["summary"].items():
                 cells = [
                     f"`{name}`",
-                    _preset(trial["config"], _row_commits(trial, change)),
+                    _preset(trial["config"], _row_commits(trial, change), {trial.get("config_digest")}),
                     (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
                     + _carried(trial, change),
                     ", ".join(map(str, t["seeds"])),
@@ -385,11 +389,13 @@ def _gain(gain: dict | None) -> str:
     return "-" if gain is None else f"{gain['mean']:+.4f} ({gain['min']:+.4f} to {gain['max']:+.4f})"
 
 
-def _preset(config: str | None, commits: list[str] | None) -> str:
-    """The preset's file and the commit(s) its figures ran at (the file's version)."""
+def _preset(config: str | None, commits: list[str] | None, digests: set[str | None]) -> str:
+    """The preset's file and the commit(s) its figures ran at (the file's version); "(earlier settings)" when
+    they ran at settings (``digests``) the file no longer has."""
     if config is None:
         return "-"
-    return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "")
+    earlier = " (earlier settings)" if earlier_settings(config, digests) else ""
+    return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "") + earlier
 
 
 def _row_commits(trial: dict, change: str) -> list[str] | None:

@@ -18,6 +18,7 @@ DEMO_CUTS = {
     "teacher.fine_tune_epochs": 2,
     "student.head_epochs": 0,
     "student.epochs": 4,
+    "student.lr_warmup_epochs": 0.0,
     "qat.epochs": 1,
 }
 

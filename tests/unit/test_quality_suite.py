@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import csv
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -200,7 +201,8 @@ def test_the_preset_digest_is_its_settings_not_its_comments(quality, tmp_path):
     commented = tmp_path / "commented.yaml"
     commented.write_text("# a note\n" + text.replace("learning_rate:", "learning_rate:  ", 1))
     changed = tmp_path / "changed.yaml"
-    changed.write_text(text.replace("epochs: 30", "epochs: 31", 1))
+    changed.write_text(text.replace("\nseed: 7\n", "\nseed: 8\n", 1))
+    assert changed.read_text() != text
     digest = quality.preset_digest(REPO / "configs" / "fast.yaml")
     assert quality.preset_digest(commented) == digest
     assert quality.preset_digest(changed) != digest
@@ -316,3 +318,10 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     preset.write_text(preset.read_text().replace("seed: 7", "seed: 8"))
     quality.main([*common, "--seeds", "0", "--config", str(preset)])
     assert len(calls) == 6 + 2 + 2
+    # figures trained at settings the preset file has since changed: the suite's and the trials' rows say so
+    assert "(earlier settings) |" not in "\n".join(readme.quality_lines(quality.load_results(out)))
+    preset.write_text(preset.read_text().replace("seed: 8", "seed: 9"))
+    table = "\n".join(readme.quality_lines(quality.load_results(out)))
+    name = os.path.relpath(preset.resolve(), REPO)
+    assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 (earlier settings) | 0: 0.8 |" in table
+    assert f"| `glyphs` | `{name}` at def5678 (earlier settings) | preset | 0 |" in table
