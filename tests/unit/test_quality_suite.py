@@ -63,6 +63,42 @@ def test_each_96px_set_writes_its_declared_classes_in_every_split(name, tmp_path
                 assert (image.size, image.mode) == ((96, 96), "RGB")
 
 
+HASH_SEED_SCRIPT = """
+import hashlib, sys, tempfile
+from pathlib import Path
+import numpy as np
+from mobiletag.data import suite
+digest = hashlib.sha256()
+rng = np.random.default_rng(0)
+for _ in range(3000):  # enough draws for ties among equally common classes to be cut
+    digest.update("|".join(suite._imbalance_labels(rng)).encode() + b"\\n")
+root = Path(tempfile.mkdtemp())
+for name in suite.SUITE:
+    small = ((("train", 3), ("val", 2), ("test", 2)) if name == "photos" else
+             (("train", 20), ("val", 20), ("test", 20)))
+    suite.SUITE[name](root / name, seed=0, splits=small)
+for path in sorted(root.rglob("*")):
+    if path.is_file():
+        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_sets_do_not_move_with_the_python_hash_seed():
+    """The suite's files are the same in every process: a generator that cut labels in the order of a
+    set of names wrote another imbalance set under each PYTHONHASHSEED (6 of its 600 images)."""
+    import subprocess
+    import sys
+
+    def digest(hash_seed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", HASH_SEED_SCRIPT], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert digest("1") == digest("2")
+
+
 @pytest.mark.parametrize("name", ["glyphs", "imbalance", "textures", "photos"])
 def test_the_same_seed_writes_the_same_files_and_another_seed_others(name, tmp_path):
     for folder, seed in (("a", 5), ("b", 5), ("c", 6)):

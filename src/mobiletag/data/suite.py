@@ -180,8 +180,9 @@ def _imbalance_labels(rng: np.random.Generator) -> list[str]:
     for cls, partner, p in IMBALANCE_PAIRS:
         if cls in labels and rng.random() < p:
             labels.add(partner)
-    if len(labels) > 4:  # four slots: keep the rarest four
-        labels = set(sorted(labels, key=lambda c: IMBALANCE_PREVALENCE[c])[:4])
+    if len(labels) > 4:  # four slots: keep the rarest four; of two as common, the later name (a fixed
+        # order: the order of a set of names moves with PYTHONHASHSEED, and with it the dataset)
+        labels = set(sorted(labels, key=lambda c: (-IMBALANCE_PREVALENCE[c], c))[-4:])
     return sorted(labels)
 
 
