@@ -106,20 +106,22 @@ def test_train_head_only_freezes_the_backbone_and_its_batch_norm():
     assert model.get_layer("logits").trainable
 
 
-def _moved_from_imagenet(checkpoint, config) -> dict[str, bool]:
+def _moved_from_imagenet(checkpoint, config) -> tuple[dict[str, bool], set[str]]:
     """Per layer with weights of a trained student checkpoint: whether any weight differs from the
-    ImageNet weights the stage started from (the same architecture, loaded as the stage loads them)."""
+    ImageNet weights the stage started from (the same architecture, loaded as the stage loads them);
+    and the names of its BatchNormalization layers."""
     from mobiletag.models.lite_weights import imagenet_weights, load_backbone
     from mobiletag.models.student import build_student
 
     trained = keras.models.load_model(checkpoint, compile=False)
     reference = build_student(6, config.student.image_size, config.student.architecture, config.student.dropout)
     load_backbone(reference, imagenet_weights(config.student.architecture))
-    return {
+    moved = {
         mine.name: not all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights()))
         for mine, theirs in zip(trained.layers, reference.layers)
         if mine.weights
     }
+    return moved, {layer.name for layer in trained.layers if isinstance(layer, keras.layers.BatchNormalization)}
 
 
 @pytest.mark.slow
@@ -136,7 +138,7 @@ def test_student_warm_up_trains_the_head_on_the_pretrained_backbone(tfrecord_dir
         config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
     )
     assert result.metrics["epochs_warmup"] == 1 and result.metrics["epochs"] == 0
-    moved = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
+    moved, _ = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
     assert all(moved[name] == (name == "logits") for name in moved), moved
     history = json.loads((tmp_path / "student" / "student_metrics.json").read_text())["warmup_history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
@@ -157,9 +159,7 @@ def test_student_fine_tuning_with_frozen_batch_norm_keeps_the_pretrained_statist
     train_student.run(
         config, tfrecord_dir, teacher_dir, tmp_path / "student", backup_uri=str(tmp_path / "backups"), run_id="run-1"
     )
-    trained = keras.models.load_model(tmp_path / "student" / "student_best.h5", compile=False)
-    moved = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
-    batch_norm = [layer.name for layer in trained.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    moved, batch_norm = _moved_from_imagenet(tmp_path / "student" / "student_best.h5", config)
     assert batch_norm and not any(moved[name] for name in batch_norm)
     assert all(moved[name] for name in moved if name not in batch_norm)  # every convolution and the head learned
 
