@@ -349,11 +349,14 @@ def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: st
     ``digest``: the preset's, :func:`preset_digest`)."""
     distillation = metrics.get("distillation") or {}
     students = distillation.get("students") or {}
+    per_class = metrics["test"].get("per_class", {})
     return {
         "seed": seed,
         "config": preset,
         "config_digest": digest,
         "int8_test_map": metrics["test"]["map_macro"],
+        "test_ap_by_class": {name: m["ap"] for name, m in per_class.items()},
+        "test_positives_by_class": {name: m["support"] for name, m in per_class.items()},
         "float_student_test_map": metrics["compare"]["student"]["map_macro"],
         "teacher_test_map": metrics["compare"]["teacher"]["map_macro"],
         "shipped_student": distillation.get("shipped"),
@@ -420,10 +423,38 @@ def set_summary(entry: dict) -> dict:
                 "spread": round(max(gaps) - min(gaps), 4),
                 "runs": len(gaps),
             }
+        if by_positives := spread_by_positives(list(runs.values())):
+            summary["spread_by_positives"] = by_positives
         summary["shipped"] = sorted({str(r["shipped_student"]) for r in runs.values()})
         summary["config"] = next(iter(runs.values()))["config"]
         summary["commits"] = sorted({r.get("commit", "unknown") for r in runs.values()})  # the preset's version
     return summary
+
+
+def spread_by_positives(runs: list[dict]) -> dict | None:
+    """Where a set's spread comes from: the INT8 macro mAP split into the share of the classes with
+    fewer than MIN_POSITIVES test positives (the dataset summary warns about those) and the share of
+    the others (each a sum of per-class AP over the classes with test positives, divided by their
+    count, so the two shares add up to the macro mAP), with each share's spread over the runs. None
+    unless every run recorded its per-class AP."""
+    from mobiletag.data.dataset import MIN_POSITIVES
+
+    if not runs or not all(r.get("test_ap_by_class") for r in runs):
+        return None
+    positives = runs[0]["test_positives_by_class"]  # the same test split in every run
+    scored = [c for c, n in positives.items() if n > 0]
+    out: dict = {"min_positives": MIN_POSITIVES}
+    for group, classes in (
+        ("few", [c for c in scored if positives[c] < MIN_POSITIVES]),
+        ("many", [c for c in scored if positives[c] >= MIN_POSITIVES]),
+    ):
+        shares = [sum(r["test_ap_by_class"][c] for c in classes) / len(scored) for r in runs]
+        out[group] = {
+            "classes": len(classes),
+            "positives": sorted(positives[c] for c in classes),
+            "spread": round(max(shares) - min(shares), 4),
+        }
+    return out
 
 
 def load_results(path: Path) -> dict:

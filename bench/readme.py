@@ -339,6 +339,7 @@ def quality_lines(quality: dict) -> list[str]:
             status,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _spread_by_positives_lines(quality)
     if ablations := quality.get("ablations"):
         lines += [
             "",
@@ -381,6 +382,34 @@ def quality_lines(quality: dict) -> list[str]:
                     _gain(t.get("app_test_gain")),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _spread_by_positives_lines(quality: dict) -> list[str]:
+    """Per set whose runs recorded per-class AP: the spread of the macro mAP's share from the classes
+    with few test positives and from the others (quality.spread_by_positives)."""
+    split = {name: e["summary"].get("spread_by_positives") for name, e in quality["sets"].items()}
+    split = {name: s for name, s in split.items() if s}
+    if not split:
+        return []
+    minimum = next(iter(split.values()))["min_positives"]
+    lines = [
+        "",
+        f"Where the spread comes from: the INT8 macro mAP as the sum of two shares, the classes with fewer "
+        f"than {minimum} test positives (the dataset summary warns about them) and the others (each share: "
+        "their per-class AP summed, over the number of classes with test positives), and each share's spread "
+        "over the seeds:",
+        "",
+        f"| set | classes with < {minimum} test positives (positives) | their share's spread "
+        "| other classes (positives) | their share's spread |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in split.items():
+        few, many = s["few"], s["many"]
+        lines.append(
+            f"| `{name}` | {few['classes']} ({', '.join(map(str, few['positives'])) or '-'}) | {few['spread']} "
+            f"| {many['classes']} ({', '.join(map(str, many['positives'])) or '-'}) | {many['spread']} |"
+        )
     return lines
 
 

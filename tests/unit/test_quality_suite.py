@@ -283,6 +283,39 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     assert {s: r["config"] for s, r in runs.items()} == {"0": "configs/demo.yaml"}  # presets never mixed
 
 
+def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_others(quality):
+    """Each run keeps its per-class test AP; the set's macro mAP splits into the share of the classes
+    with fewer than 10 test positives and the share of the others, each with its spread over the
+    seeds; a class with no test positives is in neither; bench/README.md shows it."""
+    import readme  # bench/readme.py, imported by the fixture's bench_modules
+
+    positives = {"rare": 3, "scarce": 9, "common": 10, "absent": 0}
+    aps = {0: (0.5, 1.0, 0.9), 1: (1.0, 1.0, 0.93), 2: (0.8, 0.7, 0.9)}  # rare, scarce, common per seed
+    runs = {}
+    for seed, (rare, scarce, common) in aps.items():
+        metrics = _fake_metrics(seed)
+        ap = {"rare": rare, "scarce": scarce, "common": common, "absent": None}
+        metrics["test"]["per_class"] = {c: {"ap": ap[c], "support": n} for c, n in positives.items()}
+        runs[str(seed)] = quality.run_record(metrics, seed, "configs/fast.yaml", 1.0, "abc1234")
+    assert runs["1"]["test_ap_by_class"] == {"rare": 1.0, "scarce": 1.0, "common": 0.93, "absent": None}
+    entry = {"runs": runs, "best_regression_test_map": 0.6, "dataset": {}, "baselines": BASE}
+    split = quality.set_summary(entry)["spread_by_positives"]
+    # shares over the 3 classes with positives: few 0.5 / 0.6667 / 0.5, many 0.3 / 0.31 / 0.3
+    assert split == {
+        "min_positives": 10,
+        "few": {"classes": 2, "positives": [3, 9], "spread": 0.1667},
+        "many": {"classes": 1, "positives": [10], "spread": 0.01},
+    }
+    entry["summary"] = quality.set_summary(entry)
+    entry["dataset"] = {"train": 4, "val": 4, "test": 4}
+    lines = readme.quality_lines({"goal": "g", "sets": {"glyphs": entry}})
+    assert "| `glyphs` | 2 (3, 9) | 0.1667 | 1 (10) | 0.01 |" in lines
+    del runs["2"]["test_ap_by_class"]  # a run from before per-class AP was kept: no split shown
+    entry["summary"] = quality.set_summary(entry)
+    assert "spread_by_positives" not in entry["summary"]
+    assert not [x for x in readme.quality_lines({"goal": "g", "sets": {"glyphs": entry}}) if "(3, 9)" in x]
+
+
 def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_trained_again(
     quality, tmp_path, monkeypatch
 ):
