@@ -366,7 +366,19 @@ def run_record(metrics: dict, seed: int, preset: str, seconds: float, commit: st
         "seconds": round(seconds),
         "commit": commit,
         "date": datetime.date.today().isoformat(),
+        "cpu": run_cpu(),
     }
+
+
+def run_cpu() -> str:
+    """The CPU a run trained on: ``reproducible`` holds on one kind of CPU only (docs/configuration.md);
+    the same seed, data and code trained other models on a CPU without AVX-512 (docs/recipe.md)."""
+    from machine import cpu
+
+    found = cpu()
+    features = found["cpu_features"] if isinstance(found["cpu_features"], list) else []
+    vector = "AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else "no AVX2"
+    return f"{found['cpu_model']}, {vector}"
 
 
 def _commit() -> str:
@@ -428,6 +440,7 @@ def set_summary(entry: dict) -> dict:
         summary["shipped"] = sorted({str(r["shipped_student"]) for r in runs.values()})
         summary["config"] = next(iter(runs.values()))["config"]
         summary["commits"] = sorted({r.get("commit", "unknown") for r in runs.values()})  # the preset's version
+        summary["cpus"] = sorted({r.get("cpu", "not recorded") for r in runs.values()})
     return summary
 
 

@@ -339,6 +339,7 @@ def quality_lines(quality: dict) -> list[str]:
             status,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _cpu_lines(quality)
     lines += _spread_by_positives_lines(quality)
     if ablations := quality.get("ablations"):
         lines += [
@@ -383,6 +384,17 @@ def quality_lines(quality: dict) -> list[str]:
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _cpu_lines(quality: dict) -> list[str]:
+    """The CPUs each set's runs trained on, where any run recorded its CPU (quality.run_cpu)."""
+    cpus = {name: e["summary"].get("cpus") or [] for name, e in quality["sets"].items()}
+    if not any(c != "not recorded" for found in cpus.values() for c in found):
+        return []
+    return [
+        "",
+        "CPUs the runs trained on: " + "; ".join(f"`{n}`: {' and '.join(c)}" for n, c in cpus.items() if c) + ".",
+    ]
 
 
 def _spread_by_positives_lines(quality: dict) -> list[str]:

@@ -283,7 +283,7 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     assert {s: r["config"] for s, r in runs.items()} == {"0": "configs/demo.yaml"}  # presets never mixed
 
 
-def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_others(quality):
+def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_others_and_runs_name_their_cpu(quality):
     """Each run keeps its per-class test AP; the set's macro mAP splits into the share of the classes
     with fewer than 10 test positives and the share of the others, each with its spread over the
     seeds; a class with no test positives is in neither; bench/README.md shows it."""
@@ -298,6 +298,7 @@ def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_othe
         metrics["test"]["per_class"] = {c: {"ap": ap[c], "support": n} for c, n in positives.items()}
         runs[str(seed)] = quality.run_record(metrics, seed, "configs/fast.yaml", 1.0, "abc1234")
     assert runs["1"]["test_ap_by_class"] == {"rare": 1.0, "scarce": 1.0, "common": 0.93, "absent": None}
+    assert runs["1"]["cpu"] == quality.run_cpu() and runs["1"]["cpu"].endswith(("AVX-512", "AVX2", "no AVX2"))
     entry = {"runs": runs, "best_regression_test_map": 0.6, "dataset": {}, "baselines": BASE}
     split = quality.set_summary(entry)["spread_by_positives"]
     # shares over the 3 classes with positives: few 0.5 / 0.6667 / 0.5, many 0.3 / 0.31 / 0.3
@@ -310,8 +311,11 @@ def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_othe
     entry["dataset"] = {"train": 4, "val": 4, "test": 4}
     lines = readme.quality_lines({"goal": "g", "sets": {"glyphs": entry}})
     assert "| `glyphs` | 2 (3, 9) | 0.1667 | 1 (10) | 0.01 |" in lines
+    assert f"CPUs the runs trained on: `glyphs`: {quality.run_cpu()}." in lines
     del runs["2"]["test_ap_by_class"]  # a run from before per-class AP was kept: no split shown
+    del runs["2"]["cpu"]
     entry["summary"] = quality.set_summary(entry)
+    assert entry["summary"]["cpus"] == sorted([quality.run_cpu(), "not recorded"])
     assert "spread_by_positives" not in entry["summary"]
     assert not [x for x in readme.quality_lines({"goal": "g", "sets": {"glyphs": entry}}) if "(3, 9)" in x]
 
