@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -237,11 +238,12 @@ def trials(
     changes: list[tuple[str, dict]],
     entry: dict,
     commit: str,
+    save: Callable[[], None] = lambda: None,
 ) -> None:
     """Set ``name``'s student stage alone (the baseline student, TRIAL_BASE) for each training seed: with
     the preset as it is ("preset") and with each of ``changes`` (name, overrides); rows kept in
     ``entry`` by "<change>/<seed>" (one there already is not trained again) with the ``commit`` that
-    trained them, then summarised per change."""
+    trained them, summarised per change and ``save``d after each row (a stopped run keeps its rows)."""
     for seed in seeds:
         for change, overrides in [("preset", {}), *changes]:
             key = f"{change}/{seed}"
@@ -249,6 +251,8 @@ def trials(
                 continue
             row = student_stage(stages, data_dir, preset, [TRIAL_BASE, {"seed": seed}, overrides])
             entry["rows"][key] = {"change": change, "seed": seed, "overrides": overrides, **row, "commit": commit}
+            entry["summary"] = trial_summary(entry["rows"])
+            save()
             print(
                 f"  {name} {key}: validation {row['val_map']:.4f}, test {row['test_map']:.4f}, "
                 f"app path {row['app_test_map']:.4f}",
@@ -641,7 +645,17 @@ def main(argv: list[str] | None = None) -> int:
             trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
         commit = _commit()
         trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=commit, run_seed=seeds[0])
-        trials(name, run_dir / "stages", data_dir, run_dir / "config.yaml", seeds, changes, trial, commit)
+        trials(
+            name,
+            run_dir / "stages",
+            data_dir,
+            run_dir / "config.yaml",
+            seeds,
+            changes,
+            trial,
+            commit,
+            lambda: save_results(out, results),
+        )
         save_results(out, results)
 
     if args.ablations:

@@ -398,3 +398,27 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     name = os.path.relpath(preset.resolve(), REPO)
     assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 (earlier settings) | 0: 0.8 |" in table
     assert f"| `glyphs` | `{name}` at def5678 (earlier settings) | preset | 0 |" in table
+
+
+def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, monkeypatch):
+    """The results file is written after each trial row: a run stopped in its third student stage
+    (killed, or out of time) keeps the first two."""
+    calls = []
+
+    def fake_student_stage(stages, data_dir, config, overrides):
+        calls.append(overrides)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"val_map": 0.9, "test_map": 0.8, "app_test_map": 0.7, "seconds": 1}
+
+    monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
+    monkeypatch.setattr(quality, "student_stage", fake_student_stage)
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
+    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    out = tmp_path / "quality.json"
+    trial = ["--trial", "more", '{"student": {"epochs": 20}}']
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--sets", "glyphs", "--seeds", "0,1", "--out", str(out), "--keep", str(tmp_path / "w"), *trial])
+    trial = quality.load_results(out)["trials"]["glyphs"]
+    assert sorted(trial["rows"]) == ["more/0", "preset/0"]
+    assert trial["summary"]["more"]["test_gain"] == {"mean": 0.0, "min": 0.0, "max": 0.0}
