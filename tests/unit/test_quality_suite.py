@@ -64,7 +64,7 @@ def test_each_96px_set_writes_its_declared_classes_in_every_split(name, tmp_path
 
 
 HASH_SEED_SCRIPT = """
-import hashlib, sys, tempfile
+import hashlib, json, sys, tempfile
 from pathlib import Path
 import numpy as np
 from mobiletag.data import suite
@@ -73,10 +73,9 @@ rng = np.random.default_rng(0)
 for _ in range(3000):  # enough draws for ties among equally common classes to be cut
     digest.update("|".join(suite._imbalance_labels(rng)).encode() + b"\\n")
 root = Path(tempfile.mkdtemp())
+splits = json.loads(sys.argv[1])  # set name -> splits
 for name in suite.SUITE:
-    small = ((("train", 3), ("val", 2), ("test", 2)) if name == "photos" else
-             (("train", 20), ("val", 20), ("test", 20)))
-    suite.SUITE[name](root / name, seed=0, splits=small)
+    suite.SUITE[name](root / name, seed=0, splits=tuple(map(tuple, splits[name])))
 for path in sorted(root.rglob("*")):
     if path.is_file():
         digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
@@ -87,12 +86,15 @@ print(digest.hexdigest())
 def test_the_sets_do_not_move_with_the_python_hash_seed():
     """The suite's files are the same in every process: a generator that cut labels in the order of a
     set of names wrote another imbalance set under each PYTHONHASHSEED (6 of its 600 images)."""
+    import json
     import subprocess
     import sys
 
     def digest(hash_seed: str) -> str:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run([sys.executable, "-c", HASH_SEED_SCRIPT], env=env, capture_output=True, text=True)
+        splits = json.dumps({name: PHOTO_SMALL if name == "photos" else SMALL for name in suite.SUITE})
+        command = [sys.executable, "-c", HASH_SEED_SCRIPT, splits]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
