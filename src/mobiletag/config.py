@@ -124,6 +124,14 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+# help of the keys TeacherConfig and StudentConfig both declare (with their own defaults)
+PATIENCE_HELP = (
+    "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half "
+    "its peak (never a stop at a high rate); 0 = off"
+)
+BN_MOMENTUM_HELP = "BatchNormalization moving-average momentum; 0.9 for short runs from scratch"
+
+
 @dataclass(frozen=True)
 class OptimizationConfig:
     """The optimisation recipe keys the teacher and student sections share (docs/recipe.md)."""
@@ -172,15 +180,8 @@ class TeacherConfig(OptimizationConfig):
     lr_warmup_epochs: float = _f(
         1.0, "linear learning-rate warmup from 0 at the start of each phase, in epochs", min=0.0
     )
-    early_stopping_patience: int = _f(
-        4,
-        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half "
-        "its peak (never a stop at a high rate); 0 = off",
-        min=0,
-    )
-    batch_norm_momentum: float = _f(
-        0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
-    )
+    early_stopping_patience: int = _f(4, PATIENCE_HELP, min=0)
+    batch_norm_momentum: float = _f(0.99, BN_MOMENTUM_HELP, min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -214,15 +215,8 @@ class StudentConfig(OptimizationConfig):
     lr_warmup_epochs: float = _f(1.0, "linear learning-rate warmup from 0, in epochs", min=0.0)
     alpha: float = _f(0.7, "weight of the hard-label loss; 1 - alpha goes to the distillation term", min=0.0, max=1.0)
     temperature: float = _f(2.0, "distillation temperature T (soft term is scaled by T^2)", min=0.01)
-    early_stopping_patience: int = _f(
-        5,
-        "epochs without validation mAP gain before stopping, counted once the cosine rate has decayed to half "
-        "its peak (never a stop at a high rate); 0 = off",
-        min=0,
-    )
-    batch_norm_momentum: float = _f(
-        0.99, "BatchNormalization moving-average momentum; 0.9 for short runs from scratch", min=0.0, max=1.0
-    )
+    early_stopping_patience: int = _f(5, PATIENCE_HELP, min=0)
+    batch_norm_momentum: float = _f(0.99, BN_MOMENTUM_HELP, min=0.0, max=1.0)
     freeze_batch_norm: bool = _f(
         False,
         "fine-tuning keeps BatchNormalization in inference mode (pretrained statistics, scale and offset "
