@@ -641,8 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
         trial = results.setdefault("trials", {}).setdefault(name, {"config": preset_name, "rows": {}})
         same = (trial["config"], trial.get("config_digest"), trial.get("data"))
-        if same != (preset_name, digest, entry["dataset"].get("digest")):
-            trial.update(config=preset_name, rows={})  # another preset or version, other data: no comparison
+        if same != (preset_name, digest, entry["dataset"].get("digest")):  # no comparison with its rows:
+            if trial["rows"]:  # they stay in the file apart, and in bench/README.md marked as such
+                results.setdefault("earlier_trials", {}).setdefault(name, []).append(dict(trial))
+            trial.update(config=preset_name, rows={})
         commit = _commit()
         trial.update(config_digest=digest, data=entry["dataset"].get("digest"), commit=commit, run_seed=seeds[0])
         trials(

@@ -362,13 +362,16 @@ def quality_lines(quality: dict) -> list[str]:
             "(alpha 1, the student these presets ship) on each set's seed-0 run's dataset, once per training "
             "seed, with the preset and with the change; float student, test images as stored and through the "
             "app's input path from the originals (how the shipped model is measured; rows trained before it was "
-            "measured show -). Gain: test mAP minus the preset's on the same seed (mean, min to max).",
+            "measured show -). Gain: test mAP minus the preset's on the same seed (mean, min to max). A set's "
+            "trials at earlier settings follow its current ones.",
             "",
             "| set | preset | student stage with... | seeds | validation mAP (spread) | test mAP (spread) | gain "
             "| test mAP, app path (spread) | gain, app path |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, trial in trials.items():
+        earlier = quality.get("earlier_trials", {})  # per set: trials superseded by one at other settings
+        shown = [(n, t) for n in dict.fromkeys([*trials, *earlier]) for t in [trials.get(n), *earlier.get(n, [])] if t]
+        for name, trial in shown:
             for change, t in trial["summary"].items():
                 cells = [
                     f"`{name}`",

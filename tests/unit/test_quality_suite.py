@@ -394,12 +394,23 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     quality.main([*common, "--seeds", "0", "--config", str(preset)])
     assert len(calls) == 6 + 2 + 2
     # figures trained at settings the preset file has since changed: the suite's and the trials' rows say so
-    assert "(earlier settings) |" not in "\n".join(readme.quality_lines(quality.load_results(out)))
+    name = os.path.relpath(preset.resolve(), REPO)
+    table = "\n".join(readme.quality_lines(quality.load_results(out)))
+    assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 | 0: 0.8 |" in table
+    assert f"| `glyphs` | `{name}` at def5678 | preset | 0 |" in table
     preset.write_text(preset.read_text().replace("seed: 8", "seed: 9"))
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
-    name = os.path.relpath(preset.resolve(), REPO)
     assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 (earlier settings) | 0: 0.8 |" in table
     assert f"| `glyphs` | `{name}` at def5678 (earlier settings) | preset | 0 |" in table
+    # the trials those runs superseded stay in the file, after the set's current one in the table
+    earlier = quality.load_results(out)["earlier_trials"]["glyphs"]
+    assert [(t["config"], sorted(t["rows"])) for t in earlier] == [
+        ("configs/fast.yaml", [f"{c}/{s}" for c in ("more", "preset") for s in (0, 1, 2)]),
+        (name, ["more/0", "preset/0"]),
+    ]
+    current = table.index(f"| `glyphs` | `{name}` at def5678 (earlier settings) | preset | 0 |")
+    first = table.index('| `glyphs` | `configs/fast.yaml` at abc1234, def5678 | more: `{"student":{"epochs":20}}` |')
+    assert current < first < table.index(f"| `glyphs` | `{name}` at def5678 (earlier settings) | more: ", first)
 
 
 def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, monkeypatch):
