@@ -398,6 +398,7 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
     assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 | 0: 0.8 |" in table
     assert f"| `glyphs` | `{name}` at def5678 | preset | 0 |" in table
+    assert table.count("(earlier settings) |") == 2  # only the superseded seed-7 version's preset and more rows
     preset.write_text(preset.read_text().replace("seed: 8", "seed: 9"))
     table = "\n".join(readme.quality_lines(quality.load_results(out)))
     assert f"| `glyphs` | 20 / 20 / 20 | `{name}` at def5678 (earlier settings) | 0: 0.8 |" in table
