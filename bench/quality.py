@@ -2,7 +2,8 @@
 
     python bench/quality.py [--sets small-objects,glyphs,...] [--seeds 0,1,2] [--config configs/fast.yaml]
                             [--out bench/quality.json] [--keep DIR] [--rerun] [--baselines-only]
-                            [--ablations [--ablation-set small-objects]]
+                            [--ablations [--ablation-set small-objects]] [--trial NAME OVERRIDES]
+    python bench/quality.py --merge OTHER.json [--out bench/quality.json]
 
 On each set of the development suite (``mobiletag.data.suite.SUITE``: small objects, stroke-drawn
 digits with flips off, heavy imbalance and co-occurrence, textures among clutter, phone-sized
@@ -25,7 +26,8 @@ seeds is "incomplete".
 The results file is resumable: a (set, seed) already in it for the same preset and the same
 dataset content is not trained again (``--rerun`` trains it again); the file is written after
 every training. A set's runs all share one preset: training a set under another preset drops
-its runs under the old one.
+its runs under the old one. Two processes can train side by side, each into its own ``--out``
+(a copy of the file): ``--merge`` folds one's runs and trial rows into the other.
 
 With ``--ablations`` it then trains the student stage again under each recipe change undone on
 one set (``--ablation-set``; the first seed's teacher and dataset, one fresh process each) and
@@ -532,6 +534,80 @@ def prepare_set(name: str, work: Path, results: dict, rerun: bool) -> tuple[Path
     return data_dir, entry
 
 
+def merge(results: dict, other: dict, preset_name: str, digest: str, replace: bool = False) -> list[str]:
+    """Fold ``other`` (a results file another ``--out`` wrote: a second process training other sets or
+    seeds beside this one) into ``results``; what was taken, one line each.
+
+    Per set, on the same generated data only: ``other``'s runs at the preset's current settings
+    (``preset_name`` at ``digest``) are added, and ``results``' runs at other settings dropped (a set's
+    runs share one preset); ``other``'s trial at those settings and data has its rows added to
+    ``results``' (on the same run seed) or, when ``results``' trial ran at other settings, takes its
+    place and sends it to ``earlier_trials``. A run or trial row both files hold with different
+    figures (a rerun, say on another CPU) is refused unless ``replace``. Raises ValueError naming the
+    set, seed or row."""
+    taken = []
+    current = (preset_name, digest)
+    for name, theirs in other.get("sets", {}).items():
+        ours = results["sets"].get(name)
+        if ours is not None and ours["dataset"].get("digest") != theirs["dataset"].get("digest"):
+            raise ValueError(
+                f"set {name}: its data differ (digest {theirs['dataset'].get('digest')} against "
+                f"{ours['dataset'].get('digest')}); merge only files written from the same generated sets"
+            )
+        new = {s: r for s, r in theirs["runs"].items() if (r["config"], r.get("config_digest")) == current}
+        if not new:
+            continue
+        if ours is None:
+            ours = results["sets"][name] = {**theirs, "runs": {}}
+        for seed, run in new.items():
+            mine = ours["runs"].get(seed)
+            if (
+                mine is not None
+                and (mine["config"], mine.get("config_digest")) == current
+                and mine != run
+                and not replace
+            ):
+                raise ValueError(
+                    f"set {name} seed {seed}: both files hold a run at the current settings and their figures "
+                    f"differ (INT8 {mine['int8_test_map']} here, {run['int8_test_map']} there: a rerun, or another "
+                    "CPU); keep one, or pass --rerun to take the merged file's"
+                )
+        added = sorted((s for s, r in new.items() if ours["runs"].get(s) != r), key=int)
+        kept = {s: r for s, r in ours["runs"].items() if (r["config"], r.get("config_digest")) == current}
+        ours["runs"] = dict(sorted({**kept, **new}.items(), key=lambda item: int(item[0])))
+        ours["summary"] = set_summary(ours)
+        taken.append(f"{name}: runs of seeds {', '.join(added) or 'none new'}")
+    for name, trial in other.get("trials", {}).items():
+        data = results["sets"].get(name, {}).get("dataset", {}).get("digest")
+        if (trial["config"], trial.get("config_digest"), trial.get("data")) != (*current, data):
+            continue
+        mine = results.setdefault("trials", {}).get(name)
+        if mine and (mine["config"], mine.get("config_digest"), mine.get("data")) == (*current, data):
+            if run_seed(mine) != run_seed(trial):
+                raise ValueError(
+                    f"trials of {name}: here on seed {run_seed(mine)}'s run, there on seed {run_seed(trial)}'s; "
+                    "rows on different runs do not pair"
+                )
+            for key, row in trial["rows"].items():
+                if key in mine["rows"] and mine["rows"][key] != row and not replace:
+                    raise ValueError(
+                        f"trials of {name}, row {key}: both files hold it and their figures differ; keep one, "
+                        "or pass --rerun to take the merged file's"
+                    )
+            rows = {**mine["rows"], **trial["rows"]}
+            added = sorted(set(trial["rows"]) - set(mine["rows"]))
+        else:
+            if mine and mine["rows"]:
+                results.setdefault("earlier_trials", {}).setdefault(name, []).append(mine)
+            rows, added = dict(trial["rows"]), sorted(trial["rows"])
+        results["trials"][name] = {**trial, "rows": rows, "summary": trial_summary(rows)}
+        taken.append(f"{name}: trial rows {', '.join(added) or 'none new'}")
+    for name, earlier in other.get("earlier_trials", {}).items():
+        mine = results.setdefault("earlier_trials", {}).setdefault(name, [])
+        mine += [t for t in earlier if t not in mine and t != results.get("trials", {}).get(name)]
+    return taken
+
+
 def run_seed(trial: dict) -> int:
     """The seed of the run whose dataset (its stored order) and teacher a set's trials train on (files
     written before it was recorded: 0, the first seed every trial listed)."""
@@ -578,6 +654,15 @@ def main(argv: list[str] | None = None) -> int:
         "every time); repeatable. Results in "
         "the file's 'trials', by set; no suite training beyond the runs they need",
     )
+    parser.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="fold FILE (a results file another --out wrote, e.g. a second process on other sets or seeds) into "
+        "--out: its runs and trial rows at the --config preset's current settings; trains nothing; repeatable "
+        "(with --rerun, a run or row both hold with other figures is taken from FILE)",
+    )
     args = parser.parse_args(argv)
 
     names = [n for n in args.sets.split(",") if n]
@@ -592,6 +677,15 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(out)
     digest = preset_digest(preset)
     data_dirs: dict[str, Path] = {}
+    if args.merge:
+        for file in args.merge:
+            try:
+                taken = merge(results, load_results(Path(file)), preset_name, digest, replace=args.rerun)
+            except ValueError as error:
+                parser.error(f"--merge {file}: {error}")
+            print(f"{file}: " + ("; ".join(taken) or f"nothing at {preset_name}'s current settings"), flush=True)
+        save_results(out, results)
+        return 0
 
     for name in names:
         data_dir, entry = prepare_set(name, work, results, args.rerun)

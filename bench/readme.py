@@ -363,7 +363,8 @@ def quality_lines(quality: dict) -> list[str]:
             "seed, with the preset and with the change; float student, test images as stored and through the "
             "app's input path from the originals (how the shipped model is measured; rows trained before it was "
             "measured show -). Gain: test mAP minus the preset's on the same seed (mean, min to max). A set's "
-            "trials at earlier settings follow its current ones.",
+            "trials at earlier settings follow its current ones; (earlier data): trained on data the set's generator no "
+            "longer writes.",
             "",
             "| set | preset | student stage with... | seeds | validation mAP (spread) | test mAP (spread) | gain "
             "| test mAP, app path (spread) | gain, app path |",
@@ -375,7 +376,12 @@ def quality_lines(quality: dict) -> list[str]:
             for change, t in trial["summary"].items():
                 cells = [
                     f"`{name}`",
-                    _preset(trial["config"], _row_commits(trial, change), {trial.get("config_digest")}),
+                    _preset(
+                        trial["config"],
+                        _row_commits(trial, change),
+                        {trial.get("config_digest")},
+                        trial.get("data") != quality["sets"].get(name, {}).get("dataset", {}).get("digest"),
+                    ),
                     (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
                     + _carried(trial, change),
                     ", ".join(map(str, t["seeds"])),
@@ -433,13 +439,14 @@ def _gain(gain: dict | None) -> str:
     return "-" if gain is None else f"{gain['mean']:+.4f} ({gain['min']:+.4f} to {gain['max']:+.4f})"
 
 
-def _preset(config: str | None, commits: list[str] | None, digests: set[str | None]) -> str:
+def _preset(config: str | None, commits: list[str] | None, digests: set[str | None], old_data: bool = False) -> str:
     """The preset's file and the commit(s) its figures ran at (the file's version); "(earlier settings)" when
-    they ran at settings (``digests``) the file no longer has."""
+    they ran at settings (``digests``) the file no longer has, "(earlier data)" when on data (``old_data``)
+    the set's generator no longer writes."""
     if config is None:
         return "-"
-    earlier = " (earlier settings)" if earlier_settings(config, digests) else ""
-    return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "") + earlier
+    marks = [m for m, on in (("earlier settings", earlier_settings(config, digests)), ("earlier data", old_data)) if on]
+    return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "") + "".join(f" ({m})" for m in marks)
 
 
 def _row_commits(trial: dict, change: str) -> list[str] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import csv
 import functools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -436,3 +437,90 @@ def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, mon
     trial = quality.load_results(out)["trials"]["glyphs"]
     assert sorted(trial["rows"]) == ["more/0", "preset/0"]
     assert trial["summary"]["more"]["test_gain"] == {"mean": 0.0, "min": 0.0, "max": 0.0}
+
+
+def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_refused(
+    quality, tmp_path, monkeypatch, capsys
+):
+    """--merge: two processes train side by side into their own results files; one's runs and trial
+    rows at the preset's current settings fold into the other's without training; a run both hold
+    with other figures, or a set on other data, is refused with its name; a trial at other settings
+    moves to earlier_trials; trial rows on data the generator no longer writes are marked."""
+    import readme  # bench/readme.py, imported by the fixture's bench_modules
+    import yaml
+
+    trained: list[int] = []
+
+    def fake_train(data_dir, config, out_dir, work_dir):
+        trained.append(yaml.safe_load(Path(config).read_text())["seed"])
+        return _fake_metrics(trained[-1])
+
+    def fake_student_stage(stages, data_dir, config, overrides):
+        test = round(0.6 + overrides[1]["seed"] / 100 + (0.05 if overrides[2] else 0), 4)
+        return {"val_map": test, "test_map": test, "app_test_map": test, "seconds": 1}
+
+    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality, "student_stage", fake_student_stage)
+    monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
+    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    out, lane = tmp_path / "quality.json", tmp_path / "lane.json"
+    common = ["--sets", "glyphs", "--keep", str(tmp_path / "work")]
+    trial = ["--trial", "more", '{"student": {"epochs": 20}}']
+    quality.main([*common, "--out", str(out), "--seeds", "0"])
+    lane.write_text(out.read_text())  # the second process starts from a copy
+    quality.main([*common, "--out", str(lane), "--seeds", "1,2"])
+    quality.main([*common, "--out", str(out), "--seeds", "0,1", *trial])
+    quality.main([*common, "--out", str(lane), "--seeds", "0,2", *trial])
+    assert trained[:3] == [0, 1, 2]  # then seed 0 again for each trial (the fake leaves no teacher to start from)
+    before, count = out.read_text(), len(trained)
+
+    quality.main(["--out", str(out), "--merge", str(lane)])
+    assert len(trained) == count  # merging trains nothing
+    assert "glyphs: runs of seeds 1, 2; glyphs: trial rows more/2, preset/2" in capsys.readouterr().out
+    results = quality.load_results(out)
+    entry, rows = results["sets"]["glyphs"], results["trials"]["glyphs"]["rows"]
+    assert list(entry["runs"]) == ["0", "1", "2"] and entry["summary"]["int8_test_map"] == [0.8, 0.81, 0.82]
+    assert (entry["summary"]["spread"], entry["summary"]["status"]) == (0.02, "met")
+    assert sorted(rows) == [f"{c}/{s}" for c in ("more", "preset") for s in (0, 1, 2)]
+    more = results["trials"]["glyphs"]["summary"]["more"]
+    assert (more["seeds"], more["test_gain"]) == ([0, 1, 2], {"mean": 0.05, "min": 0.05, "max": 0.05})
+
+    # a rerun with other figures: refused, the file untouched; --rerun takes the merged file's
+    other = quality.load_results(lane)
+    other["sets"]["glyphs"]["runs"]["1"]["int8_test_map"] = 0.7
+    lane.write_text(json.dumps(other))
+    merged = out.read_text()
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(out), "--merge", str(lane)])
+    assert "set glyphs seed 1: both files hold a run at the current settings" in capsys.readouterr().err
+    assert out.read_text() == merged
+    quality.main(["--out", str(out), "--merge", str(lane), "--rerun"])
+    assert quality.load_results(out)["sets"]["glyphs"]["summary"]["int8_test_map"] == [0.8, 0.7, 0.82]
+    # another set's data: refused
+    other["sets"]["glyphs"]["dataset"]["digest"] = "sha256:other"
+    lane.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(out), "--merge", str(lane)])
+    assert "set glyphs: its data differ" in capsys.readouterr().err
+    other["sets"]["glyphs"]["dataset"]["digest"] = entry["dataset"]["digest"]
+    other["sets"]["glyphs"]["runs"]["2"]["config_digest"] = "sha256:older"  # a run at settings since changed
+    lane.write_text(json.dumps(other))
+
+    # a trial here at settings the preset no longer has: the merged current one takes its place
+    out.write_text(before)
+    stale = quality.load_results(out)
+    stale["trials"]["glyphs"]["config_digest"] = "sha256:older"
+    out.write_text(json.dumps(stale))
+    quality.main(["--out", str(out), "--merge", str(lane)])
+    results = quality.load_results(out)
+    assert list(results["sets"]["glyphs"]["runs"]) == ["0", "1"]  # not the one at older settings
+    assert sorted(results["trials"]["glyphs"]["rows"]) == [f"{c}/{s}" for c in ("more", "preset") for s in (0, 2)]
+    assert [sorted(t["rows"]) for t in results["earlier_trials"]["glyphs"]] == [
+        [f"{c}/{s}" for c in ("more", "preset") for s in (0, 1)]
+    ]
+    # the set's generator writes other data now: the trials on the old data say so
+    results["sets"]["glyphs"]["dataset"]["digest"] = "sha256:newer"
+    table = "\n".join(readme.quality_lines(results))
+    assert table.count("abc1234 (earlier data) |") == 2  # the current trial's two changes
+    assert table.count("(earlier settings) (earlier data) |") == 2  # the earlier trial: both
