@@ -277,7 +277,8 @@ def demo_lines(demo: dict) -> list[str]:
 SET_TEXT = {
     "small-objects": "0-3 of ten small shapes (a tenth of the image wide) in four slots, any dark colour",
     "glyphs": "mosaics of 0-3 stroke-drawn digits; a mirrored 2 is a 5, so its config.yaml turns flips off",
-    "imbalance": "ten shapes at 40% down to 3% of images; rare ones mostly beside a common partner",
+    "imbalance": "ten shapes at 40% down to 3% of images; rare ones mostly beside a common partner; 360 "
+    "validation and test images, so that every class has 10 or more positives in each",
     "textures": "0-3 patches of eight textures (stripes, grid, checks, dots, rings, zigzag, speckle) among clutter",
     "photos": "1200x900 JPEGs of large shapes, half stored turned with an EXIF orientation tag; "
     "a horizontal and a vertical bar are two classes",
@@ -305,7 +306,8 @@ def quality_lines(quality: dict) -> list[str]:
         "Each set is generated with dataset seed 0 (`mobiletag.data.suite`; 96-px images, 420 / 90 / 90, "
         "unless said) and trained once per training seed (the preset's `seed`). Goal: "
         f"{quality['goal']}. Spread: max - min; std: sample standard deviation. (earlier settings): trained at "
-        "settings the preset file has since changed.",
+        "settings the preset file has since changed; (earlier data): on splits of other sizes than the set's "
+        "generator writes now.",
         "",
         *(f"* `{name}`: {SET_TEXT.get(name, '')}" for name in quality["sets"]),
         "",
@@ -324,7 +326,10 @@ def quality_lines(quality: dict) -> list[str]:
             f"`{name}`",
             images,
             _preset(
-                summary.get("config"), summary.get("commits"), {r.get("config_digest") for r in entry["runs"].values()}
+                summary.get("config"),
+                summary.get("commits"),
+                {r.get("config_digest") for r in entry["runs"].values()},
+                _earlier_splits(name, data),
             ),
             per_seed or "-",
             _cell(summary.get("mean")),
@@ -380,7 +385,8 @@ def quality_lines(quality: dict) -> list[str]:
                         trial["config"],
                         _row_commits(trial, change),
                         {trial.get("config_digest")},
-                        trial.get("data") != quality["sets"].get(name, {}).get("dataset", {}).get("digest"),
+                        trial.get("data") != quality["sets"].get(name, {}).get("dataset", {}).get("digest")
+                        or _earlier_splits(name, quality["sets"].get(name, {}).get("dataset", {})),
                     ),
                     (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
                     + _carried(trial, change),
@@ -447,6 +453,15 @@ def _preset(config: str | None, commits: list[str] | None, digests: set[str | No
         return "-"
     marks = [m for m, on in (("earlier settings", earlier_settings(config, digests)), ("earlier data", old_data)) if on]
     return f"`{config}`" + (f" at {', '.join(commits)}" if commits else "") + "".join(f" ({m})" for m in marks)
+
+
+def _earlier_splits(name: str, data: dict) -> bool:
+    """Whether a set's stored runs were trained on splits of other sizes than its generator writes now
+    (the runs' data digest cannot be checked without generating the set)."""
+    from mobiletag.data.suite import SUITE_SPLITS
+
+    splits = SUITE_SPLITS.get(name)
+    return splits is not None and any(data.get(split) != count for split, count in splits)
 
 
 def _row_commits(trial: dict, change: str) -> list[str] | None:

@@ -260,6 +260,7 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
     monkeypatch.setattr(quality, "train", fake_train)
     monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, keep = tmp_path / "quality.json", tmp_path / "work"
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep)]
 
@@ -344,6 +345,7 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
     monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, keep = tmp_path / "quality.json", tmp_path / "work"
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep), *trial]
@@ -430,6 +432,7 @@ def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, mon
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
     monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out = tmp_path / "quality.json"
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
     with pytest.raises(KeyboardInterrupt):
@@ -464,6 +467,7 @@ def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_r
     monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
     monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
     monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, lane = tmp_path / "quality.json", tmp_path / "lane.json"
     common = ["--sets", "glyphs", "--keep", str(tmp_path / "work")]
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
@@ -524,3 +528,23 @@ def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_r
     table = "\n".join(readme.quality_lines(results))
     assert table.count("abc1234 (earlier data) |") == 2  # the current trial's two changes
     assert table.count("(earlier settings) (earlier data) |") == 2  # the earlier trial: both
+    assert "| `glyphs` | 20 / 20 / 20 | `configs/fast.yaml` at abc1234 | 0: 0.8, 1: 0.7 |" in table
+    # the generator writes larger splits now: the set's runs were on data it no longer writes, as are its trials
+    results["sets"]["glyphs"]["dataset"]["digest"] = results["trials"]["glyphs"]["data"]
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", (("train", 20), ("val", 40), ("test", 40)))
+    table = "\n".join(readme.quality_lines(results))
+    assert "| `glyphs` | 20 / 20 / 20 | `configs/fast.yaml` at abc1234 (earlier data) | 0: 0.8, 1: 0.7 |" in table
+    assert table.count("abc1234 (earlier data) |") == 1 + 2  # the set's runs, the current trial's two changes
+
+
+def test_every_imbalance_class_has_the_summary_s_minimum_of_positives_in_validation_and_test(tmp_path):
+    """The imbalance set as bench-quality generates it (seed 0, its own splits): no class falls below the
+    count under which the dataset summary warns that its AP moves between training seeds (at 90
+    validation and test images the rarest had 3-5), and the training split keeps its 420 images."""
+    from mobiletag.data.dataset import MIN_POSITIVES
+
+    counts = suite.SUITE["imbalance"](tmp_path, seed=0)
+    assert counts == {"train": 420, "val": 360, "test": 360}
+    for split in ("val", "test"):
+        seen = collections.Counter(label for row in _rows(tmp_path, split) for label in row["labels"].split("|"))
+        assert min(seen[c] for c in suite.IMBALANCE_CLASSES) >= MIN_POSITIVES, (split, seen)
