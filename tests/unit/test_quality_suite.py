@@ -501,6 +501,20 @@ def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_r
     assert out.read_text() == merged
     quality.main(["--out", str(out), "--merge", str(lane), "--rerun"])
     assert quality.load_results(out)["sets"]["glyphs"]["summary"]["int8_test_map"] == [0.8, 0.7, 0.82]
+    # the same for a trial row, and trials on another seed's run do not pair at all
+    row = other["trials"]["glyphs"]["rows"]["more/2"]
+    row["test_map"], merged = 0.5, out.read_text()
+    lane.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(out), "--merge", str(lane)])
+    assert "trials of glyphs, row more/2: both files hold it" in capsys.readouterr().err
+    other["trials"]["glyphs"]["run_seed"] = 2
+    lane.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(out), "--merge", str(lane), "--rerun"])
+    assert "here on seed 0's run, there on seed 2's" in capsys.readouterr().err
+    assert out.read_text() == merged
+    row["test_map"], other["trials"]["glyphs"]["run_seed"] = 0.67, 0
     # another set's data: refused
     other["sets"]["glyphs"]["dataset"]["digest"] = "sha256:other"
     lane.write_text(json.dumps(other))
