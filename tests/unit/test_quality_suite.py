@@ -562,3 +562,12 @@ def test_every_imbalance_class_has_the_summary_s_minimum_of_positives_in_validat
     for split in ("val", "test"):
         seen = collections.Counter(label for row in _rows(tmp_path, split) for label in row["labels"].split("|"))
         assert min(seen[c] for c in suite.IMBALANCE_CLASSES) >= MIN_POSITIVES, (split, seen)
+
+
+@pytest.mark.parametrize("name", list(suite.SUITE))
+def test_suite_splits_are_what_each_generator_writes_by_default(name):
+    """bench/README.md marks runs on splits of other sizes than SUITE_SPLITS: it must be each
+    generator's own default."""
+    import inspect
+
+    assert inspect.signature(suite.SUITE[name]).parameters["splits"].default == suite.SUITE_SPLITS[name]

@@ -181,7 +181,7 @@ IMBALANCE_PAIRS = (("star", "circle", 0.9), ("xmark", "square", 0.9), ("ring", "
 # dataset summary warns that a class's AP and threshold move a lot between training seeds. At 90 the
 # rare classes had 3-5 and made most of the spread over seeds that the suite's goal is judged on:
 # what it measured was which few images a run ranked first, not the recipe. The training split
-# stays at 420 (the rare classes' 8-13 training positives are the set's difficulty).
+# stays at 420 (the four rarest classes' 8-15 training positives are the set's difficulty).
 IMBALANCE_SPLITS = (("train", 420), ("val", 360), ("test", 360))
 
 
