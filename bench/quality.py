@@ -543,21 +543,24 @@ def merge(results: dict, other: dict, preset_name: str, digest: str, replace: bo
     runs share one preset); ``other``'s trial at those settings and data has its rows added to
     ``results``' (on the same run seed) or, when ``results``' trial ran at other settings, takes its
     place and sends it to ``earlier_trials``. A run or trial row both files hold with different
-    figures (a rerun, say on another CPU) is refused unless ``replace``. Raises ValueError naming the
-    set, seed or row."""
+    figures (a rerun, say on another CPU), or a set on other data, is refused unless ``replace`` (then
+    ``other``'s is taken: for a set on other data, its data, baselines and runs). Raises ValueError
+    naming the set, seed or row."""
     taken = []
     current = (preset_name, digest)
     for name, theirs in other.get("sets", {}).items():
         ours = results["sets"].get(name)
-        if ours is not None and ours["dataset"].get("digest") != theirs["dataset"].get("digest"):
+        other_data = ours is not None and ours["dataset"].get("digest") != theirs["dataset"].get("digest")
+        if other_data and not replace:
             raise ValueError(
                 f"set {name}: its data differ (digest {theirs['dataset'].get('digest')} against "
-                f"{ours['dataset'].get('digest')}); merge only files written from the same generated sets"
+                f"{ours['dataset'].get('digest')}); merge only files written from the same generated sets, or "
+                "pass --rerun to take the merged file's set (its data, baselines and runs) when its generator changed"
             )
         new = {s: r for s, r in theirs["runs"].items() if (r["config"], r.get("config_digest")) == current}
         if not new:
             continue
-        if ours is None:
+        if ours is None or other_data:
             ours = results["sets"][name] = {**theirs, "runs": {}}
         for seed, run in new.items():
             mine = ours["runs"].get(seed)
@@ -661,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="fold FILE (a results file another --out wrote, e.g. a second process on other sets or seeds) into "
         "--out: its runs and trial rows at the --config preset's current settings; trains nothing; repeatable "
-        "(with --rerun, a run or row both hold with other figures is taken from FILE)",
+        "(with --rerun, a run or row both hold with other figures, or a set on other data, is taken from FILE)",
     )
     args = parser.parse_args(argv)
 

@@ -521,6 +521,11 @@ def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_r
     with pytest.raises(SystemExit):
         quality.main(["--out", str(out), "--merge", str(lane)])
     assert "set glyphs: its data differ" in capsys.readouterr().err
+    kept = out.read_text()  # with --rerun (the set's generator changed): the merged file's set, its runs
+    quality.main(["--out", str(out), "--merge", str(lane), "--rerun"])
+    taken = quality.load_results(out)["sets"]["glyphs"]
+    assert (taken["dataset"]["digest"], list(taken["runs"])) == ("sha256:other", ["0", "1", "2"])
+    out.write_text(kept)
     other["sets"]["glyphs"]["dataset"]["digest"] = entry["dataset"]["digest"]
     other["sets"]["glyphs"]["runs"]["2"]["config_digest"] = "sha256:older"  # a run at settings since changed
     lane.write_text(json.dumps(other))
