@@ -234,6 +234,14 @@ BASE = {  # a set's baselines, as bench/quality.py's baselines returns them
 }
 
 
+@pytest.fixture
+def small_glyphs(quality, monkeypatch) -> None:
+    """The glyph set generated at SMALL splits, its baselines faked: bench/quality.py's bookkeeping at no cost."""
+    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
+    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
+    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
+
+
 def test_the_preset_digest_is_its_settings_not_its_comments(quality, tmp_path):
     """A comment or layout edit keeps a preset's runs; a changed value does not."""
     text = (REPO / "configs" / "fast.yaml").read_text()
@@ -247,7 +255,7 @@ def test_the_preset_digest_is_its_settings_not_its_comments(quality, tmp_path):
     assert quality.preset_digest(changed) != digest
 
 
-def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path, monkeypatch):
+def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path, monkeypatch, small_glyphs):
     trained: list[tuple[str, int]] = []
 
     def fake_train(data_dir, config, out_dir, work_dir):
@@ -258,9 +266,6 @@ def test_runs_stored_in_the_results_file_are_not_trained_again(quality, tmp_path
         return _fake_metrics(seed)
 
     monkeypatch.setattr(quality, "train", fake_train)
-    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
-    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
-    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, keep = tmp_path / "quality.json", tmp_path / "work"
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep)]
 
@@ -325,7 +330,7 @@ def test_the_spread_splits_into_the_classes_with_few_test_positives_and_the_othe
 
 
 def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_trained_again(
-    quality, tmp_path, monkeypatch
+    quality, tmp_path, monkeypatch, small_glyphs
 ):
     """--trial: the student stage alone, per set and seed, with the preset and with each change (the
     seed and alpha 1 given first); the gain is the test mAP minus the preset's on the same seed; rows
@@ -343,9 +348,6 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
     monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
-    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
-    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
-    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, keep = tmp_path / "quality.json", tmp_path / "work"
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
     common = ["--sets", "glyphs", "--out", str(out), "--keep", str(keep), *trial]
@@ -417,7 +419,7 @@ def test_trials_pair_each_change_with_the_preset_on_the_same_seed_and_are_not_tr
     assert current < first < table.index(f"| `glyphs` | `{name}` at def5678 (earlier settings) | more: ", first)
 
 
-def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, monkeypatch):
+def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, monkeypatch, small_glyphs):
     """The results file is written after each trial row: a run stopped in its third student stage
     (killed, or out of time) keeps the first two."""
     calls = []
@@ -430,9 +432,6 @@ def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, mon
 
     monkeypatch.setattr(quality, "train", lambda *a: _fake_metrics(0))
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
-    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
-    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
-    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out = tmp_path / "quality.json"
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
     with pytest.raises(KeyboardInterrupt):
@@ -443,7 +442,7 @@ def test_a_trial_run_that_stops_keeps_the_rows_it_trained(quality, tmp_path, mon
 
 
 def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_refused(
-    quality, tmp_path, monkeypatch, capsys
+    quality, tmp_path, monkeypatch, small_glyphs, capsys
 ):
     """--merge: two processes train side by side into their own results files; one's runs and trial
     rows at the preset's current settings fold into the other's without training; a run both hold
@@ -465,9 +464,6 @@ def test_a_second_process_s_runs_and_trial_rows_merge_and_a_differing_rerun_is_r
     monkeypatch.setattr(quality, "train", fake_train)
     monkeypatch.setattr(quality, "student_stage", fake_student_stage)
     monkeypatch.setattr(quality, "_commit", lambda: "abc1234")
-    monkeypatch.setattr(quality, "baselines", lambda data_dir: BASE)
-    monkeypatch.setitem(suite.SUITE, "glyphs", functools.partial(suite.make_glyph_dataset, splits=SMALL))
-    monkeypatch.setitem(suite.SUITE_SPLITS, "glyphs", SMALL)
     out, lane = tmp_path / "quality.json", tmp_path / "lane.json"
     common = ["--sets", "glyphs", "--keep", str(tmp_path / "work")]
     trial = ["--trial", "more", '{"student": {"epochs": 20}}']
