@@ -534,6 +534,16 @@ def prepare_set(name: str, work: Path, results: dict, rerun: bool) -> tuple[Path
     return data_dir, entry
 
 
+def run_settings(run: dict) -> tuple[str, str | None]:
+    """What a run was trained at: its preset file and that file's :func:`preset_digest`."""
+    return run["config"], run.get("config_digest")
+
+
+def trial_settings(trial: dict) -> tuple[str, str | None, str | None]:
+    """What a set's trials were trained at: the preset file, its digest and the set's data digest."""
+    return trial["config"], trial.get("config_digest"), trial.get("data")
+
+
 def merge(results: dict, other: dict, preset_name: str, digest: str, replace: bool = False) -> list[str]:
     """Fold ``other`` (a results file another ``--out`` wrote: a second process training other sets or
     seeds beside this one) into ``results``; what was taken, one line each.
@@ -557,35 +567,30 @@ def merge(results: dict, other: dict, preset_name: str, digest: str, replace: bo
                 f"{ours['dataset'].get('digest')}); merge only files written from the same generated sets, or "
                 "pass --rerun to take the merged file's set (its data, baselines and runs) when its generator changed"
             )
-        new = {s: r for s, r in theirs["runs"].items() if (r["config"], r.get("config_digest")) == current}
+        new = {s: r for s, r in theirs["runs"].items() if run_settings(r) == current}
         if not new:
             continue
         if ours is None or other_data:
             ours = results["sets"][name] = {**theirs, "runs": {}}
         for seed, run in new.items():
             mine = ours["runs"].get(seed)
-            if (
-                mine is not None
-                and (mine["config"], mine.get("config_digest")) == current
-                and mine != run
-                and not replace
-            ):
+            if mine is not None and run_settings(mine) == current and mine != run and not replace:
                 raise ValueError(
                     f"set {name} seed {seed}: both files hold a run at the current settings and their figures "
                     f"differ (INT8 {mine['int8_test_map']} here, {run['int8_test_map']} there: a rerun, or another "
                     "CPU); keep one, or pass --rerun to take the merged file's"
                 )
         added = sorted((s for s, r in new.items() if ours["runs"].get(s) != r), key=int)
-        kept = {s: r for s, r in ours["runs"].items() if (r["config"], r.get("config_digest")) == current}
+        kept = {s: r for s, r in ours["runs"].items() if run_settings(r) == current}
         ours["runs"] = dict(sorted({**kept, **new}.items(), key=lambda item: int(item[0])))
         ours["summary"] = set_summary(ours)
         taken.append(f"{name}: runs of seeds {', '.join(added) or 'none new'}")
     for name, trial in other.get("trials", {}).items():
         data = results["sets"].get(name, {}).get("dataset", {}).get("digest")
-        if (trial["config"], trial.get("config_digest"), trial.get("data")) != (*current, data):
+        if trial_settings(trial) != (*current, data):
             continue
         mine = results.setdefault("trials", {}).get(name)
-        if mine and (mine["config"], mine.get("config_digest"), mine.get("data")) == (*current, data):
+        if mine and trial_settings(mine) == (*current, data):
             if run_seed(mine) != run_seed(trial):
                 raise ValueError(
                     f"trials of {name}: here on seed {run_seed(mine)}'s run, there on seed {run_seed(trial)}'s; "
@@ -693,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         data_dir, entry = prepare_set(name, work, results, args.rerun)
         data_dirs[name] = data_dir
-        other = {s for s, r in entry["runs"].items() if (r["config"], r.get("config_digest")) != (preset_name, digest)}
+        other = {s for s, r in entry["runs"].items() if run_settings(r) != (preset_name, digest)}
         if other and not args.baselines_only:
             print(f"{name}: dropping seeds {sorted(other)} trained with another preset or version of it", flush=True)
             entry["runs"] = {s: r for s, r in entry["runs"].items() if s not in other}
@@ -737,8 +742,11 @@ def main(argv: list[str] | None = None) -> int:
         data_dir, entry = data_dirs[name], results["sets"][name]  # prepared above
         run_dir = ensure_run(name, seeds[0], data_dir, preset, preset_name, entry, work)
         trial = results.setdefault("trials", {}).setdefault(name, {"config": preset_name, "rows": {}})
-        same = (trial["config"], trial.get("config_digest"), trial.get("data"))
-        if same != (preset_name, digest, entry["dataset"].get("digest")):  # no comparison with its rows:
+        if trial_settings(trial) != (
+            preset_name,
+            digest,
+            entry["dataset"].get("digest"),
+        ):  # no comparison with its rows:
             if trial["rows"]:  # they stay in the file apart, and in bench/README.md marked as such
                 results.setdefault("earlier_trials", {}).setdefault(name, []).append(dict(trial))
             trial.update(config=preset_name, rows={})

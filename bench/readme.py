@@ -378,6 +378,8 @@ def quality_lines(quality: dict) -> list[str]:
         earlier = quality.get("earlier_trials", {})  # per set: trials superseded by one at other settings
         shown = [(n, t) for n in dict.fromkeys([*trials, *earlier]) for t in [trials.get(n), *earlier.get(n, [])] if t]
         for name, trial in shown:
+            data = quality["sets"].get(name, {}).get("dataset", {})  # the set's data now
+            old_data = trial.get("data") != data.get("digest") or _earlier_splits(name, data)
             for change, t in trial["summary"].items():
                 cells = [
                     f"`{name}`",
@@ -385,8 +387,7 @@ def quality_lines(quality: dict) -> list[str]:
                         trial["config"],
                         _row_commits(trial, change),
                         {trial.get("config_digest")},
-                        trial.get("data") != quality["sets"].get(name, {}).get("dataset", {}).get("digest")
-                        or _earlier_splits(name, quality["sets"].get(name, {}).get("dataset", {})),
+                        old_data,
                     ),
                     (change if change == "preset" else f"{change}: `{_overrides(trial, change)}`")
                     + _carried(trial, change),
